@@ -1,0 +1,156 @@
+//! The application state every handler shares, how it is opened, and the router over it.
+//!
+//! State is injected, never global: a test builds its own with a temporary directory, a local
+//! identity table and a manual clock. Each part owns its own synchronization; there is no
+//! lock around the whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use tailpass_verify::UnixTime;
+use tokio::task::JoinHandle;
+
+use crate::audit::AuditLog;
+use crate::clients::Clients;
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::identity::IdentitySource;
+use crate::issuer::Issuer;
+use crate::keys::{KeyError, KeyRing, KeySettings};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// The largest request body read (forms, registration metadata).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// How long a request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The issuer.
+    pub issuer: Arc<Issuer>,
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: Arc<KeyRing>,
+    /// Caller identities.
+    pub identity: Arc<dyn IdentitySource>,
+    /// Registered clients.
+    pub clients: Arc<Clients>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// The audit log.
+    pub audit: AuditLog,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.issuer.url())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Occurs when the state directory cannot be created or secured.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Occurs when the keys cannot be loaded (a corrupt key file among them).
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    /// Occurs when the database cannot be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl AppState {
+    /// Opens keys, store and audit writer for `settings`. The returned task is the audit
+    /// writer: await it after the last handle is dropped so that every event is committed.
+    pub async fn open(
+        settings: Settings,
+        issuer: Issuer,
+        identity: Arc<dyn IdentitySource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(AppState, JoinHandle<()>), OpenError> {
+        let state_dir = settings.paths.state_dir.clone();
+        crate::private_fs::ensure_dir(&state_dir).map_err(|source| OpenError::StateDir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let key_settings = KeySettings {
+            enabled: settings.algs.clone(),
+            // A retired key must verify every token it signed: the longest a token lives,
+            // plus a minute of clock skew.
+            retire_after: settings.max_token_lifetime + 60,
+            rotation_interval: settings.key_rotation_interval,
+        };
+        let keys_dir = settings.paths.keys_dir.clone();
+        let key_clock = clock.clone();
+        let keys =
+            tokio::task::spawn_blocking(move || KeyRing::open(&keys_dir, key_settings, key_clock))
+                .await
+                .map_err(|e| {
+                    OpenError::Keys(KeyError::Io {
+                        path: "key loading task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })??;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
+        let (audit, audit_task) = AuditLog::start(store.clone(), None);
+        let clients = Clients::new(settings.static_clients.clone(), store.clone());
+        Ok((
+            AppState {
+                issuer: Arc::new(issuer),
+                settings: Arc::new(settings),
+                store,
+                keys: Arc::new(keys),
+                identity,
+                clients: Arc::new(clients),
+                clock,
+                audit,
+            },
+            audit_task,
+        ))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+}
+
+/// The public HTTP application: OAuth endpoints, the admin API, health.
+pub fn router(state: AppState) -> Router {
+    let routes = crate::oauth::routes()
+        .merge(crate::admin::routes())
+        .route("/healthz", get(healthz));
+    crate::http::layers(routes, state)
+}
+
+/// What the admin socket serves: the admin API and health.
+pub fn admin_socket_router(state: AppState) -> Router {
+    let routes = crate::admin::routes().route("/healthz", get(healthz));
+    crate::http::layers(routes, state)
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Applies the body limit used by every router.
+pub fn body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(BODY_LIMIT)
+}

@@ -1,0 +1,279 @@
+//! The audit log: one event for every issuance, exchange, refresh, revocation, registration
+//! and denial.
+//!
+//! Events are written by group commit. [`AuditLog::record`] hands the event to a single writer
+//! task and waits until the transaction holding it has committed; the writer takes everything
+//! queued (up to [`MAX_BATCH`]) into one transaction. So a token is never returned before its
+//! event is durable, yet the store sees a few transactions per second rather than one per
+//! token. The queue is bounded: when the store falls behind, callers wait instead of memory
+//! growing.
+//!
+//! This module records and queries; it does not decide what is worth recording — callers do,
+//! and every decision that denies says why in [`AuditEvent::reason`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tailpass_verify::UnixTime;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::identity::Identity;
+use crate::store::{Store, StoreError};
+
+/// The most events committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// The most events waiting for the writer.
+const QUEUE: usize = 8_192;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A client was registered (admin, CLI or RFC 7591).
+    ClientRegistered,
+    /// A client's metadata changed (RFC 7592 or admin).
+    ClientUpdated,
+    /// A client was deleted.
+    ClientDeleted,
+    /// Signing keys were rotated.
+    KeysRotated,
+    /// A request for an authorization code (`/authorize`).
+    Authorize,
+    /// A user approved a dynamically registered client.
+    Consent,
+    /// A token was issued by the authorization code grant.
+    CodeExchanged,
+    /// A refresh token was used.
+    Refresh,
+    /// An agent (or confidential client) used the client credentials grant.
+    AgentToken,
+    /// An RFC 8693 token exchange.
+    TokenExchange,
+    /// A token or refresh family was revoked (RFC 7009 or kill switch).
+    Revocation,
+    /// A revocation was lifted.
+    RevocationLifted,
+    /// A user's session ended (RP-initiated logout or admin).
+    Logout,
+    /// A call passed through the gateway.
+    GatewayCall,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done as asked.
+    Success,
+    /// Refused by policy or validation; [`AuditEvent::reason`] says why.
+    Denied,
+    /// Failed on the server's side.
+    Error,
+}
+
+/// One audit event. Never holds a secret or a token: only their identifiers (`jti`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When it happened.
+    pub time: UnixTime,
+    /// What happened.
+    pub event: EventKind,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it was denied or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The user's login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The node's stable id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The node's tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The client involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The run's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_label: Option<String>,
+    /// The parent run of an exchanged token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// The root run of an exchanged token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_run_id: Option<String>,
+    /// The token's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The token's audiences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audience: Vec<String>,
+    /// The token's scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Anything else worth keeping (a key id, a revoked value…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event with no subject yet.
+    pub fn new(time: UnixTime, event: EventKind, outcome: Outcome) -> AuditEvent {
+        AuditEvent {
+            time,
+            event,
+            outcome,
+            reason: None,
+            user: None,
+            node_id: None,
+            node_name: None,
+            tags: Vec::new(),
+            client_id: None,
+            run_id: None,
+            run_label: None,
+            parent_run_id: None,
+            root_run_id: None,
+            jti: None,
+            audience: Vec::new(),
+            scopes: Vec::new(),
+            detail: None,
+        }
+    }
+
+    /// Sets who acted: user, node and tags from a tailnet identity.
+    pub fn by(mut self, identity: &Identity) -> AuditEvent {
+        self.user = identity.user.as_ref().map(|u| u.login.clone());
+        self.node_id = Some(identity.node.stable_id.0.clone());
+        self.node_name = Some(identity.node.name.clone());
+        self.tags = identity.node.tags.clone();
+        self
+    }
+
+    /// Sets the reason.
+    pub fn because(mut self, reason: impl Into<String>) -> AuditEvent {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the client.
+    pub fn client(mut self, client_id: impl Into<String>) -> AuditEvent {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the free-form detail.
+    pub fn detail(mut self, detail: impl Into<String>) -> AuditEvent {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// Occurs when the store refused the batch; the caller must not hand out what it was
+    /// about to issue.
+    #[error("audit store failed: {0}")]
+    Store(String),
+    /// Occurs when the writer has stopped (server shutting down).
+    #[error("audit writer is not running")]
+    Closed,
+}
+
+struct Pending {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// A handle for recording events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.event.fmt(f)
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer. It stops once every handle is dropped and the queue is drained;
+    /// await the returned task to be sure the last events are committed.
+    pub fn start(
+        store: Arc<dyn Store>,
+        mirror: Option<PathBuf>,
+    ) -> (AuditLog, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(writer(store, mirror, rx));
+        (AuditLog { tx }, task)
+    }
+
+    /// Records `event`, returning once it is committed.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { event, done })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        wait.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
+async fn writer(store: Arc<dyn Store>, mirror: Option<PathBuf>, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    let mut mirror_file = match &mirror {
+        Some(path) => open_mirror(path).await,
+        None => None,
+    };
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let result = store
+            .append_audit(&events)
+            .await
+            .map_err(|e: StoreError| AuditError::Store(e.to_string()));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, events = events.len(), "audit batch not committed");
+        } else if let Some(file) = mirror_file.as_mut() {
+            // The mirror is a convenience copy for log shippers; the store is the record.
+            let mut lines = Vec::new();
+            for event in &events {
+                if serde_json::to_writer(&mut lines, event).is_ok() {
+                    lines.push(b'\n');
+                }
+            }
+            if let Err(e) = file.write_all(&lines).await {
+                tracing::warn!(error = %e, "audit mirror write failed");
+            }
+        }
+        for pending in batch.drain(..) {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+async fn open_mirror(path: &std::path::Path) -> Option<tokio::fs::File> {
+    match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .await
+    {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open audit mirror; continuing without it");
+            None
+        }
+    }
+}

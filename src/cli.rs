@@ -1,0 +1,277 @@
+//! The command line (DESIGN "Contracts": CLI).
+//!
+//! Every flag has an environment variable `TAILPASS_<FLAG>` and a TOML key, the flag's name in
+//! snake_case; precedence is flag, then environment, then file, then `--dev` defaults, then
+//! built-in defaults. Parsing here only gives raw values their types; [`crate::config`] merges
+//! them with the file and checks that they make sense together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tailpass_verify::Alg;
+use url::Url;
+
+/// tailpass: an OpenID Connect issuer for your tailnet.
+#[derive(Debug, Parser)]
+#[command(name = "tailpass", version, about, long_about = None)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file; keys are the flags' names in snake_case.
+    #[arg(long, global = true, env = "TAILPASS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory: database, admin socket, and keys unless --keys-dir
+    /// [default: /var/lib/tailpass, or ./.tailpass with --dev].
+    #[arg(long, global = true, env = "TAILPASS_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Signing keys directory [default: STATE_DIR/keys, or ./keys with --dev].
+    #[arg(long, global = true, env = "TAILPASS_KEYS_DIR", value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// Development mode: local identity (every loopback caller is you, with admin rights),
+    /// SQLite in ./.tailpass, keys in ./keys, http://127.0.0.1:8765. Explicit flags win.
+    #[arg(long, global = true, env = "TAILPASS_DEV")]
+    pub dev: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the identity provider.
+    Serve(Box<ServeArgs>),
+    /// List or rotate signing keys.
+    Keys {
+        /// The keys action.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Register, list or remove relying parties.
+    Clients {
+        /// The clients action.
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+}
+
+/// Where caller identities come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityKind {
+    /// A JSON table of WhoIs answers (--identity-file).
+    Local,
+    /// tailscaled's LocalAPI (--tailscaled-socket).
+    Tailscaled,
+    /// An embedded tailnet node (cargo feature `tsnet`).
+    Tsnet,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `tailpass serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8765 with --dev].
+    #[arg(long, env = "TAILPASS_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The issuer URL relying parties see [default with --dev: http://LISTEN].
+    #[arg(long, env = "TAILPASS_ISSUER", value_name = "URL")]
+    pub issuer: Option<Url>,
+    /// A second, loopback-only listener for `tailscale serve`: the only place where the last
+    /// X-Forwarded-For value is taken as the caller's address.
+    #[arg(long, env = "TAILPASS_PROXY_LISTEN", value_name = "ADDR:PORT")]
+    pub proxy_listen: Option<SocketAddr>,
+    /// Algorithm of access tokens [default: ES256]. ID tokens use the client's registered
+    /// algorithm; a client that registered none gets RS256, OIDC's default, unless --no-rs256,
+    /// in which case it gets this one.
+    #[arg(long, env = "TAILPASS_SIGNING_ALG", value_name = "ALG", value_parser = parse_alg)]
+    pub signing_alg: Option<Alg>,
+    /// Do not keep an RS256 key (clients must then register another ID token algorithm).
+    #[arg(long, env = "TAILPASS_NO_RS256")]
+    pub no_rs256: bool,
+    /// Where caller identities come from [default: tailscaled, or a local table with --dev].
+    #[arg(long, env = "TAILPASS_IDENTITY", value_enum)]
+    pub identity: Option<IdentityKind>,
+    /// The identity table for --identity local: {"<ip>": <WhoIs answer>, ...}.
+    #[arg(long, env = "TAILPASS_IDENTITY_FILE", value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// tailscaled's LocalAPI socket [default: /var/run/tailscale/tailscaled.sock].
+    #[arg(long, env = "TAILPASS_TAILSCALED_SOCKET", value_name = "PATH")]
+    pub tailscaled_socket: Option<PathBuf>,
+    /// Host name of the embedded node (--identity tsnet) [default: tailpass].
+    #[arg(long, env = "TAILPASS_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(
+        long,
+        env = "TAILPASS_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "TAILPASS_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Lifetime of access and ID tokens, e.g. 15m, 1h [default: 1h].
+    #[arg(long, env = "TAILPASS_TOKEN_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub token_lifetime: Option<u64>,
+    /// The longest lifetime any policy may grant a token [default: 24h]. Retired keys stay
+    /// published this long.
+    #[arg(long, env = "TAILPASS_MAX_TOKEN_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<u64>,
+    /// Absolute lifetime of a refresh-token family [default: 30d].
+    #[arg(long, env = "TAILPASS_REFRESH_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub refresh_lifetime: Option<u64>,
+    /// Rotate signing keys this often, e.g. 30d; `0` rotates only on demand [default: 90d].
+    #[arg(long, env = "TAILPASS_KEY_ROTATION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub key_rotation_interval: Option<u64>,
+    /// Accept http:// redirect URIs to non-loopback hosts.
+    #[arg(long, env = "TAILPASS_ALLOW_HTTP_REDIRECT_URIS")]
+    pub allow_http_redirect_uris: bool,
+    /// Log format [default: text].
+    #[arg(long, env = "TAILPASS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `tailpass keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// List keys: active, next and retired.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire the active key, promote the next one, publish a new next key.
+    Rotate {
+        /// Only this algorithm [default: every enabled one].
+        #[arg(long, value_parser = parse_alg)]
+        alg: Option<Alg>,
+    },
+}
+
+/// `tailpass clients …`.
+#[derive(Debug, Subcommand)]
+pub enum ClientsAction {
+    /// Register a client; prints its client_id and client_secret once, as JSON.
+    Add(ClientAddArgs),
+    /// List clients.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a client.
+    Rm {
+        /// The client id.
+        client_id: String,
+    },
+}
+
+/// `tailpass clients add`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientAddArgs {
+    /// A name for people.
+    #[arg(long)]
+    pub name: String,
+    /// A redirect URI; repeat for several.
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    pub redirect_uris: Vec<String>,
+    /// A public client: no secret, PKCE required.
+    #[arg(long)]
+    pub public: bool,
+    /// ID token algorithm [default: RS256].
+    #[arg(long, value_parser = parse_alg)]
+    pub id_token_alg: Option<Alg>,
+    /// A post-logout redirect URI; repeat for several.
+    #[arg(long = "post-logout-redirect-uri", value_name = "URI")]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Who may log in: a login or group:NAME; repeat for several [default: any tailnet user].
+    #[arg(long = "user", value_name = "LOGIN|group:NAME")]
+    pub users: Vec<String>,
+    /// An RFC 8707 resource the client may request; repeat for several.
+    #[arg(long = "resource", value_name = "URI")]
+    pub resources: Vec<String>,
+    /// OIDC back-channel logout endpoint.
+    #[arg(long)]
+    pub backchannel_logout_uri: Option<String>,
+}
+
+fn parse_alg(value: &str) -> Result<Alg, String> {
+    value
+        .parse()
+        .map_err(|e: tailpass_verify::alg::UnknownAlg| e.to_string())
+}
+
+/// Parses a duration: whole seconds (`3600`) or a number with a unit `s`, `m`, `h`, `d`.
+pub fn parse_duration(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration (e.g. 90s, 15m, 1h, 30d)"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{value:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{value:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600"), Ok(3600));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration("30d"), Ok(2_592_000));
+        for bad in ["", "h", "1w", "-1", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli =
+            Cli::try_parse_from(["tailpass", "serve", "--dev", "--state-dir", "/tmp/x"]).unwrap();
+        assert!(cli.global.dev);
+        assert_eq!(cli.global.state_dir, Some(PathBuf::from("/tmp/x")));
+    }
+}

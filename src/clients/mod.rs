@@ -1,0 +1,371 @@
+//! Relying parties: what each registered client is, and the registry that finds them.
+//!
+//! Clients come from three places — the configuration file (static, read-only), the admin API
+//! and CLI, and dynamic registration (RFC 7591) — and share one type, [`Client`]. A client's
+//! secret exists in clear only in the response that creates it; tailpass keeps its SHA-256.
+//!
+//! This module does not authenticate requests at the token endpoint; it only answers whether
+//! a presented secret is the client's ([`Client::secret_matches`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tailpass_verify::{Alg, UnixTime};
+
+use crate::secret::{Secret, SecretHash, random_token};
+use crate::store::{Store, StoreError};
+
+pub mod metadata;
+pub mod redirect;
+
+pub use metadata::{ClientMetadata, MetadataError, MetadataRules, ValidMetadata};
+
+/// A client identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientId(pub String);
+
+impl ClientId {
+    /// A new random, unguessable client id.
+    pub fn generate() -> ClientId {
+        ClientId(random_token(16))
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a client authenticates at the token endpoint (RFC 7591 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic with the client id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// The secret as a form parameter.
+    ClientSecretPost,
+    /// A public client: no secret; PKCE S256 is mandatory.
+    None,
+}
+
+impl AuthMethod {
+    /// Parses the RFC 7591 name.
+    pub fn parse(name: &str) -> Option<AuthMethod> {
+        match name {
+            "client_secret_basic" => Some(AuthMethod::ClientSecretBasic),
+            "client_secret_post" => Some(AuthMethod::ClientSecretPost),
+            "none" => Some(AuthMethod::None),
+            _ => None,
+        }
+    }
+
+    /// The RFC 7591 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+/// A grant a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantType {
+    /// The authorization code grant.
+    #[serde(rename = "authorization_code")]
+    AuthorizationCode,
+    /// Refresh tokens.
+    #[serde(rename = "refresh_token")]
+    RefreshToken,
+    /// Client credentials with the client's secret.
+    #[serde(rename = "client_credentials")]
+    ClientCredentials,
+    /// RFC 8693 token exchange.
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
+}
+
+impl GrantType {
+    /// Parses the grant type's registered name.
+    pub fn parse(name: &str) -> Option<GrantType> {
+        match name {
+            "authorization_code" => Some(GrantType::AuthorizationCode),
+            "refresh_token" => Some(GrantType::RefreshToken),
+            "client_credentials" => Some(GrantType::ClientCredentials),
+            "urn:ietf:params:oauth:grant-type:token-exchange" => Some(GrantType::TokenExchange),
+            _ => None,
+        }
+    }
+
+    /// The registered name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+        }
+    }
+}
+
+/// Where a client was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientOrigin {
+    /// The configuration file; changed only by editing it.
+    Config,
+    /// The admin API or `tailpass clients add`.
+    Admin,
+    /// Dynamic registration (RFC 7591); shows a consent page before its first code.
+    Dynamic,
+}
+
+/// A registered client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    /// The client id.
+    pub client_id: ClientId,
+    /// A human-readable name.
+    #[serde(default)]
+    pub client_name: String,
+    /// The SHA-256 of the client secret; `None` for a public client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_sha256: Option<SecretHash>,
+    /// How it authenticates at the token endpoint.
+    pub token_endpoint_auth_method: AuthMethod,
+    /// Registered redirect URIs, matched exactly.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Registered post-logout redirect URIs, matched exactly.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Allowed grants.
+    pub grant_types: Vec<GrantType>,
+    /// ID token algorithm; `None` means RS256, OIDC's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signed_response_alg: Option<Alg>,
+    /// RFC 8707 resources the client may request (`*` for any, operators only).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Who may log in to this client: logins, `group:`s, or `*`; empty means any tailnet user.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Back-channel logout endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_uri: Option<String>,
+    /// Whether logout tokens must carry `sid`.
+    #[serde(default)]
+    pub backchannel_logout_session_required: bool,
+    /// Where it was registered.
+    pub origin: ClientOrigin,
+    /// The SHA-256 of the RFC 7592 registration access token (dynamic clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_token_sha256: Option<SecretHash>,
+    /// When it was registered.
+    pub created_at: UnixTime,
+    /// Who registered it: a login or node name, or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+impl Client {
+    /// Builds a client from validated metadata.
+    pub fn from_metadata(
+        client_id: ClientId,
+        meta: ValidMetadata,
+        origin: ClientOrigin,
+        now: UnixTime,
+        created_by: Option<String>,
+    ) -> Client {
+        Client {
+            client_id,
+            client_name: meta.client_name,
+            secret_sha256: None,
+            token_endpoint_auth_method: meta.token_endpoint_auth_method,
+            redirect_uris: meta.redirect_uris,
+            post_logout_redirect_uris: meta.post_logout_redirect_uris,
+            grant_types: meta.grant_types,
+            id_token_signed_response_alg: meta.id_token_signed_response_alg,
+            resources: meta.resources,
+            users: Vec::new(),
+            backchannel_logout_uri: meta.backchannel_logout_uri,
+            backchannel_logout_session_required: meta.backchannel_logout_session_required,
+            origin,
+            registration_token_sha256: None,
+            created_at: now,
+            created_by,
+        }
+    }
+
+    /// Replaces the registered metadata, keeping identity, secret and provenance.
+    pub fn apply_metadata(&mut self, meta: ValidMetadata) {
+        self.client_name = meta.client_name;
+        self.token_endpoint_auth_method = meta.token_endpoint_auth_method;
+        self.redirect_uris = meta.redirect_uris;
+        self.post_logout_redirect_uris = meta.post_logout_redirect_uris;
+        self.grant_types = meta.grant_types;
+        self.id_token_signed_response_alg = meta.id_token_signed_response_alg;
+        self.resources = meta.resources;
+        self.backchannel_logout_uri = meta.backchannel_logout_uri;
+        self.backchannel_logout_session_required = meta.backchannel_logout_session_required;
+    }
+
+    /// Whether this is a public client (no secret, PKCE mandatory).
+    pub fn is_public(&self) -> bool {
+        self.token_endpoint_auth_method == AuthMethod::None
+    }
+
+    /// Whether `presented` is this client's secret (constant-time). Always false for a public
+    /// client.
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        self.secret_sha256
+            .as_ref()
+            .is_some_and(|hash| hash.matches(presented))
+    }
+
+    /// The ID token algorithm to use: the registered one, else the server's default for
+    /// clients that chose none (RS256 while it is enabled, OIDC Core §2).
+    pub fn id_token_alg(&self, server_default: Alg) -> Alg {
+        self.id_token_signed_response_alg.unwrap_or(server_default)
+    }
+
+    /// The RFC 7591 metadata view of this client, as `/register` answers it.
+    pub fn metadata(&self, default_alg: Alg) -> ClientMetadata {
+        ClientMetadata {
+            redirect_uris: Some(self.redirect_uris.clone()),
+            token_endpoint_auth_method: Some(self.token_endpoint_auth_method.as_str().into()),
+            grant_types: Some(self.grant_types.iter().map(|g| g.as_str().into()).collect()),
+            response_types: Some(vec!["code".into()]),
+            client_name: Some(self.client_name.clone()),
+            id_token_signed_response_alg: Some(self.id_token_alg(default_alg).as_str().into()),
+            post_logout_redirect_uris: Some(self.post_logout_redirect_uris.clone()),
+            backchannel_logout_uri: self.backchannel_logout_uri.clone(),
+            backchannel_logout_session_required: Some(self.backchannel_logout_session_required),
+            resources: Some(self.resources.clone()),
+            jwks_uri: None,
+            jwks: None,
+        }
+    }
+}
+
+/// A client just created or given a new secret, with the secrets in clear for the one
+/// response that shows them.
+#[derive(Debug)]
+pub struct Issued {
+    /// The client as stored.
+    pub client: Client,
+    /// The client secret, for confidential clients.
+    pub secret: Option<Secret>,
+    /// The RFC 7592 registration access token, for dynamic clients.
+    pub registration_token: Option<Secret>,
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientsError {
+    /// Occurs when the client does not exist.
+    #[error("no such client")]
+    NotFound,
+    /// Occurs when trying to change a client defined in the configuration file.
+    #[error("client {0} is defined in the configuration file; edit the file instead")]
+    Static(ClientId),
+    /// Occurs when the store fails.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Finds and changes clients: static ones from the configuration, the rest in the store.
+pub struct Clients {
+    statics: HashMap<ClientId, Arc<Client>>,
+    store: Arc<dyn Store>,
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clients")
+            .field("statics", &self.statics.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// A registry over `store`, with `statics` from the configuration taking precedence.
+    pub fn new(statics: Vec<Client>, store: Arc<dyn Store>) -> Clients {
+        Clients {
+            statics: statics
+                .into_iter()
+                .map(|c| (c.client_id.clone(), Arc::new(c)))
+                .collect(),
+            store,
+        }
+    }
+
+    /// The client with this id.
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+        let key = ClientId(id.to_owned());
+        if let Some(found) = self.statics.get(&key) {
+            return Ok(Some(found.clone()));
+        }
+        Ok(self.store.client(&key).await?.map(Arc::new))
+    }
+
+    /// Every client, static ones first.
+    pub async fn list(&self) -> Result<Vec<Client>, StoreError> {
+        let mut all: Vec<Client> = self.statics.values().map(|c| (**c).clone()).collect();
+        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        all.extend(self.store.clients().await?);
+        Ok(all)
+    }
+
+    /// Registers a new client from validated metadata, generating its id, its secret (unless
+    /// public) and, for dynamic registration, its registration access token.
+    pub async fn create(
+        &self,
+        meta: ValidMetadata,
+        origin: ClientOrigin,
+        now: UnixTime,
+        created_by: Option<String>,
+    ) -> Result<Issued, ClientsError> {
+        let mut client = Client::from_metadata(ClientId::generate(), meta, origin, now, created_by);
+        let secret = (!client.is_public()).then(Secret::generate);
+        client.secret_sha256 = secret.as_ref().map(Secret::hash);
+        let registration_token = (origin == ClientOrigin::Dynamic).then(Secret::generate);
+        client.registration_token_sha256 = registration_token.as_ref().map(Secret::hash);
+        self.store.insert_client(&client).await?;
+        Ok(Issued {
+            client,
+            secret,
+            registration_token,
+        })
+    }
+
+    /// Replaces a stored client (not a static one).
+    pub async fn update(&self, client: &Client) -> Result<(), ClientsError> {
+        if self.statics.contains_key(&client.client_id) {
+            return Err(ClientsError::Static(client.client_id.clone()));
+        }
+        if self.store.update_client(client).await? {
+            Ok(())
+        } else {
+            Err(ClientsError::NotFound)
+        }
+    }
+
+    /// Deletes a stored client (not a static one).
+    pub async fn delete(&self, id: &str) -> Result<(), ClientsError> {
+        let key = ClientId(id.to_owned());
+        if self.statics.contains_key(&key) {
+            return Err(ClientsError::Static(key));
+        }
+        if self.store.delete_client(&key).await? {
+            Ok(())
+        } else {
+            Err(ClientsError::NotFound)
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The keys directory on disk: one PEM file per key (PKCS#8, mode 0600) and a manifest
+//! saying which key is next, active or retired, in a directory of mode 0700.
+//!
+//! Files are written to a temporary name and renamed, so a crash never leaves a half-written
+//! key or manifest. A file that is unreadable, does not parse, or whose public key does not
+//! match the `kid` the manifest gives it stops start-up: it is never replaced, because
+//! replacing a key silently breaks every relying party that cached it.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tailpass_verify::{Alg, UnixTime};
+use zeroize::Zeroizing;
+
+use super::KeyError;
+use super::signing::SigningKey;
+
+const MANIFEST: &str = "manifest.json";
+const MANIFEST_VERSION: u32 = 1;
+const PEM_LABEL: &str = "PRIVATE KEY";
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Published in the JWKS, not yet signing: relying parties learn it before they meet it.
+    Next,
+    /// Signing new tokens.
+    Active,
+    /// No longer signing; published until every token it signed has expired.
+    Retired,
+}
+
+/// One key's line in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// The RFC 7638 thumbprint, also the file's stem.
+    pub kid: String,
+    /// The key's algorithm.
+    pub alg: Alg,
+    /// Its state.
+    pub state: KeyState,
+    /// When it was generated (and first published).
+    pub created_at: UnixTime,
+    /// When it started signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<UnixTime>,
+    /// When it stopped signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<UnixTime>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    version: u32,
+    keys: Vec<KeyEntry>,
+}
+
+/// A keys directory.
+#[derive(Debug)]
+pub struct KeyDir {
+    path: PathBuf,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> KeyError {
+    KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl KeyDir {
+    /// Opens `path`, creating it with mode 0700 if missing and tightening it to 0700 if wider.
+    pub fn open(path: &Path) -> Result<KeyDir, KeyError> {
+        crate::private_fs::ensure_dir(path).map_err(|e| io_error(path, e))?;
+        Ok(KeyDir {
+            path: path.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn key_path(&self, kid: &str) -> PathBuf {
+        self.path.join(format!("{kid}.pem"))
+    }
+
+    /// The manifest's entries, or `None` for a directory that has never held keys. Key files
+    /// without a manifest are an error: which of them is active cannot be guessed.
+    pub fn read_manifest(&self) -> Result<Option<Vec<KeyEntry>>, KeyError> {
+        let manifest = self.path.join(MANIFEST);
+        let text = match fs::read_to_string(&manifest) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(stray) = self.pem_files()?.first() {
+                    return Err(KeyError::Corrupt {
+                        path: stray.display().to_string(),
+                        reason: format!("key file present but {MANIFEST} is missing"),
+                    });
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(io_error(&manifest, e)),
+        };
+        let parsed: Manifest = serde_json::from_str(&text).map_err(|e| KeyError::Corrupt {
+            path: manifest.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if parsed.version != MANIFEST_VERSION {
+            return Err(KeyError::Corrupt {
+                path: manifest.display().to_string(),
+                reason: format!("unsupported manifest version {}", parsed.version),
+            });
+        }
+        Ok(Some(parsed.keys))
+    }
+
+    /// Replaces the manifest atomically.
+    pub fn write_manifest(&self, keys: &[KeyEntry]) -> Result<(), KeyError> {
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            keys: keys.to_vec(),
+        };
+        let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| KeyError::Corrupt {
+            path: self.path.join(MANIFEST).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        text.push(b'\n');
+        self.write_atomic(&self.path.join(MANIFEST), &text)
+    }
+
+    /// Loads and checks the key an entry names.
+    pub fn read_key(&self, entry: &KeyEntry) -> Result<SigningKey, KeyError> {
+        let path = self.key_path(&entry.kid);
+        let shown = path.display().to_string();
+        let corrupt = |reason: String| KeyError::Corrupt {
+            path: shown.clone(),
+            reason,
+        };
+        crate::private_fs::tighten(&path, 0o600).map_err(|e| io_error(&path, e))?;
+        let pem = Zeroizing::new(fs::read(&path).map_err(|e| io_error(&path, e))?);
+        let (label, der) = pem_rfc7468::decode_vec(&pem).map_err(|e| corrupt(e.to_string()))?;
+        let der = Zeroizing::new(der);
+        if label != PEM_LABEL {
+            return Err(corrupt(format!(
+                "expected a {PEM_LABEL} PEM, found {label}"
+            )));
+        }
+        let key = SigningKey::from_pkcs8(entry.alg, &der).map_err(|e| corrupt(e.to_string()))?;
+        if key.kid().0 != entry.kid {
+            return Err(corrupt(format!(
+                "its public key has thumbprint {} but the manifest says {}",
+                key.kid(),
+                entry.kid
+            )));
+        }
+        Ok(key)
+    }
+
+    /// Writes a new key file (mode 0600).
+    pub fn write_key(&self, kid: &str, der: &[u8]) -> Result<(), KeyError> {
+        let path = self.key_path(kid);
+        let pem = pem_rfc7468::encode_string(PEM_LABEL, pem_rfc7468::LineEnding::LF, der).map_err(
+            |e| KeyError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+        let pem = Zeroizing::new(pem);
+        self.write_atomic(&path, pem.as_bytes())
+    }
+
+    /// Deletes a key file that is no longer published.
+    pub fn remove_key(&self, kid: &str) -> Result<(), KeyError> {
+        let path = self.key_path(kid);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    fn pem_files(&self) -> Result<Vec<PathBuf>, KeyError> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.path).map_err(|e| io_error(&self.path, e))? {
+            let entry = entry.map_err(|e| io_error(&self.path, e))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "pem") {
+                found.push(path);
+            }
+        }
+        Ok(found)
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+        let tmp = path.with_extension("tmp");
+        // A leftover temporary file from a crash is garbage; create_new below must not fail on it.
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_error(&tmp, e))?;
+        file.write_all(bytes).map_err(|e| io_error(&tmp, e))?;
+        file.sync_all().map_err(|e| io_error(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
+        // Make the rename itself durable.
+        if let Ok(dir) = fs::File::open(&self.path) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}

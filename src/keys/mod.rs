@@ -1,0 +1,633 @@
+//! Signing keys: generation, storage, rotation, publication.
+//!
+//! One active key per enabled algorithm signs; a *next* key per algorithm is published in the
+//! JWKS before it ever signs, so relying parties that cache the JWKS already know it when
+//! rotation promotes it; *retired* keys stay published until every token they signed has
+//! expired, then their files are deleted. `kid` is the RFC 7638 thumbprint.
+//!
+//! This module is the only one that sees private key bytes. It does not decide what goes in a
+//! token or how long it lives: callers hand it claims and an algorithm.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use tailpass_verify::{Alg, Jwk, JwkSet, UnixTime};
+
+use crate::clock::Clock;
+
+mod dir;
+mod signing;
+
+pub use dir::{KeyEntry, KeyState};
+pub use signing::{SigningError, SigningKey};
+
+use dir::KeyDir;
+
+/// How the key ring behaves.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    /// Algorithms that have an active key.
+    pub enabled: BTreeSet<Alg>,
+    /// How long a retired key stays published: the longest lifetime of any token it may have
+    /// signed, plus clock leeway.
+    pub retire_after: u64,
+    /// Rotate each active key once it has signed for this many seconds; `None` rotates only on
+    /// demand.
+    pub rotation_interval: Option<u64>,
+}
+
+/// Why the key ring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Occurs when a file or the directory cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Occurs when a key file or the manifest is damaged. Start-up stops rather than replace it.
+    #[error(
+        "{path} is corrupt: {reason}; refusing to start (restore it from a backup, or move the keys directory away to start over with new keys)"
+    )]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Occurs when asked to sign with or rotate an algorithm that is not enabled.
+    #[error("algorithm {0} is not enabled")]
+    NotEnabled(Alg),
+    /// Occurs when key generation or signing fails.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    /// Occurs when the key ring's lock was poisoned by a panic elsewhere.
+    #[error("key ring state is unavailable")]
+    Poisoned,
+}
+
+/// What `keys list` and the admin API show of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KeyInfo {
+    /// The key's manifest entry.
+    #[serde(flatten)]
+    pub entry: KeyEntry,
+    /// For a retired key, when it leaves the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_until: Option<UnixTime>,
+}
+
+/// An immutable snapshot of the keys; swapped whole on every change.
+struct KeySet {
+    entries: Vec<KeyEntry>,
+    keys: HashMap<String, Arc<SigningKey>>,
+    active: BTreeMap<Alg, Arc<SigningKey>>,
+    jwks: Arc<JwkSet>,
+}
+
+impl KeySet {
+    fn build(entries: Vec<KeyEntry>, keys: HashMap<String, Arc<SigningKey>>) -> KeySet {
+        let mut active = BTreeMap::new();
+        let mut published = Vec::new();
+        // Active keys first, then next, then retired: a naive client that takes the first key
+        // of an algorithm gets the one that is signing.
+        let mut ordered: Vec<&KeyEntry> = entries.iter().collect();
+        let rank = |state| match state {
+            KeyState::Active => 0,
+            KeyState::Next => 1,
+            KeyState::Retired => 2,
+        };
+        ordered.sort_by_key(|e| (rank(e.state), e.alg, std::cmp::Reverse(e.created_at)));
+        for entry in ordered {
+            if let Some(key) = keys.get(&entry.kid) {
+                if entry.state == KeyState::Active {
+                    active.insert(entry.alg, key.clone());
+                }
+                published.push(key.jwk().clone());
+            }
+        }
+        KeySet {
+            entries,
+            keys,
+            active,
+            jwks: Arc::new(JwkSet { keys: published }),
+        }
+    }
+}
+
+/// The server's signing keys.
+pub struct KeyRing {
+    dir: KeyDir,
+    settings: KeySettings,
+    clock: Arc<dyn Clock>,
+    current: RwLock<Arc<KeySet>>,
+    /// Serializes changes (rotation, pruning) so that two never interleave their file writes.
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("dir", &self.dir.path())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// Opens the keys directory, loading every key the manifest names and generating what is
+    /// missing: an active and a next key for each enabled algorithm. Expired retired keys are
+    /// deleted; active keys of algorithms no longer enabled are retired.
+    ///
+    /// Generating an RSA key takes a noticeable fraction of a second: call this from a
+    /// blocking context.
+    pub fn open(
+        path: &Path,
+        settings: KeySettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<KeyRing, KeyError> {
+        let dir = KeyDir::open(path)?;
+        let entries = dir.read_manifest()?.unwrap_or_default();
+        let mut keys = HashMap::new();
+        for entry in &entries {
+            keys.insert(entry.kid.clone(), Arc::new(dir.read_key(entry)?));
+        }
+        let ring = KeyRing {
+            dir,
+            settings,
+            clock,
+            current: RwLock::new(Arc::new(KeySet::build(entries.clone(), keys.clone()))),
+            writer: Mutex::new(()),
+        };
+        // Not shared yet, so no need for the writer lock.
+        let now = ring.clock.now();
+        let mut next = entries.clone();
+        for entry in &mut next {
+            if entry.state != KeyState::Retired && !ring.settings.enabled.contains(&entry.alg) {
+                entry.state = KeyState::Retired;
+                entry.retired_at = Some(now);
+            }
+        }
+        ring.prune(&mut next, &mut keys, now)?;
+        for alg in ring.settings.enabled.clone() {
+            ring.fill(alg, &mut next, &mut keys, now)?;
+        }
+        if next != entries {
+            ring.commit(next, keys)?;
+        }
+        Ok(ring)
+    }
+
+    fn snapshot(&self) -> Result<Arc<KeySet>, KeyError> {
+        self.current
+            .read()
+            .map(|set| set.clone())
+            .map_err(|_| KeyError::Poisoned)
+    }
+
+    /// The algorithms that can sign.
+    pub fn enabled(&self) -> &BTreeSet<Alg> {
+        &self.settings.enabled
+    }
+
+    /// The active key of `alg`.
+    pub fn active(&self, alg: Alg) -> Result<Arc<SigningKey>, KeyError> {
+        self.snapshot()?
+            .active
+            .get(&alg)
+            .cloned()
+            .ok_or(KeyError::NotEnabled(alg))
+    }
+
+    /// Signs `claims` with the active key of `alg` as a compact JWS of type `typ`.
+    pub fn sign_jwt<C: Serialize + ?Sized>(
+        &self,
+        alg: Alg,
+        typ: &str,
+        claims: &C,
+    ) -> Result<String, KeyError> {
+        Ok(self.active(alg)?.sign_jwt(typ, claims)?)
+    }
+
+    /// The published key set: active, next and not yet expired retired keys.
+    pub fn jwks(&self) -> Result<Arc<JwkSet>, KeyError> {
+        Ok(self.snapshot()?.jwks.clone())
+    }
+
+    /// The published key with this `kid`, for verifying tokens this server issued.
+    pub fn published(&self, kid: &str) -> Result<Option<Jwk>, KeyError> {
+        Ok(self.snapshot()?.keys.get(kid).map(|k| k.jwk().clone()))
+    }
+
+    /// Every key in the manifest, for operators.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, KeyError> {
+        let set = self.snapshot()?;
+        Ok(set
+            .entries
+            .iter()
+            .map(|entry| KeyInfo {
+                entry: entry.clone(),
+                published_until: entry.retired_at.map(|t| t.plus(self.settings.retire_after)),
+            })
+            .collect())
+    }
+
+    /// Rotates `alg` (or every enabled algorithm): the active key retires, the next key
+    /// becomes active, and a new next key is generated and published. Blocking (RSA
+    /// generation).
+    pub fn rotate(&self, alg: Option<Alg>) -> Result<Vec<KeyInfo>, KeyError> {
+        let algs: Vec<Alg> = match alg {
+            Some(alg) if !self.settings.enabled.contains(&alg) => {
+                return Err(KeyError::NotEnabled(alg));
+            }
+            Some(alg) => vec![alg],
+            None => self.settings.enabled.iter().copied().collect(),
+        };
+        {
+            let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+            let set = self.snapshot()?;
+            let mut entries = set.entries.clone();
+            let mut keys = set.keys.clone();
+            let now = self.clock.now();
+            for alg in algs {
+                self.rotate_one(alg, &mut entries, &mut keys, now)?;
+            }
+            self.prune(&mut entries, &mut keys, now)?;
+            self.commit(entries, keys)?;
+        }
+        self.list()
+    }
+
+    /// Periodic upkeep: rotates keys whose interval has passed and drops retired keys whose
+    /// tokens have all expired. Returns whether anything changed. Blocking.
+    pub fn maintain(&self) -> Result<bool, KeyError> {
+        let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+        let set = self.snapshot()?;
+        let mut entries = set.entries.clone();
+        let mut keys = set.keys.clone();
+        let now = self.clock.now();
+        if let Some(interval) = self.settings.rotation_interval {
+            let due: Vec<Alg> = entries
+                .iter()
+                .filter(|e| e.state == KeyState::Active)
+                .filter(|e| now.since(e.activated_at.unwrap_or(e.created_at)) >= interval)
+                .map(|e| e.alg)
+                .collect();
+            for alg in due {
+                tracing::info!(%alg, "scheduled key rotation");
+                self.rotate_one(alg, &mut entries, &mut keys, now)?;
+            }
+        }
+        self.prune(&mut entries, &mut keys, now)?;
+        let changed = entries != set.entries;
+        if changed {
+            self.commit(entries, keys)?;
+        }
+        Ok(changed)
+    }
+
+    /// Retires the active key of `alg`, promotes its next key, and generates a new next key.
+    /// Works on copies: nothing is visible until [`KeyRing::commit`].
+    fn rotate_one(
+        &self,
+        alg: Alg,
+        entries: &mut Vec<KeyEntry>,
+        keys: &mut HashMap<String, Arc<SigningKey>>,
+        now: UnixTime,
+    ) -> Result<(), KeyError> {
+        let mut promoted = false;
+        for entry in entries.iter_mut().filter(|e| e.alg == alg) {
+            match entry.state {
+                KeyState::Active => {
+                    entry.state = KeyState::Retired;
+                    entry.retired_at = Some(now);
+                }
+                KeyState::Next if !promoted => {
+                    entry.state = KeyState::Active;
+                    entry.activated_at = Some(now);
+                    promoted = true;
+                }
+                KeyState::Next | KeyState::Retired => {}
+            }
+        }
+        // A new next key, and an active one too if there was no next key to promote.
+        self.fill(alg, entries, keys, now)
+    }
+
+    /// Makes sure `alg` has an active and a next key.
+    fn fill(
+        &self,
+        alg: Alg,
+        entries: &mut Vec<KeyEntry>,
+        keys: &mut HashMap<String, Arc<SigningKey>>,
+        now: UnixTime,
+    ) -> Result<(), KeyError> {
+        let has = |entries: &Vec<KeyEntry>, state| {
+            entries.iter().any(|e| e.alg == alg && e.state == state)
+        };
+        if !has(entries, KeyState::Active) {
+            if let Some(next) = entries
+                .iter_mut()
+                .find(|e| e.alg == alg && e.state == KeyState::Next)
+            {
+                next.state = KeyState::Active;
+                next.activated_at = Some(now);
+            } else {
+                let entry = self.generate(alg, KeyState::Active, now, keys)?;
+                entries.push(entry);
+            }
+        }
+        if !has(entries, KeyState::Next) {
+            let entry = self.generate(alg, KeyState::Next, now, keys)?;
+            entries.push(entry);
+        }
+        Ok(())
+    }
+
+    fn generate(
+        &self,
+        alg: Alg,
+        state: KeyState,
+        now: UnixTime,
+        keys: &mut HashMap<String, Arc<SigningKey>>,
+    ) -> Result<KeyEntry, KeyError> {
+        let (key, der) = SigningKey::generate(alg)?;
+        self.dir.write_key(&key.kid().0, &der)?;
+        tracing::info!(%alg, kid = %key.kid(), ?state, "generated signing key");
+        let entry = KeyEntry {
+            kid: key.kid().0.clone(),
+            alg,
+            state,
+            created_at: now,
+            activated_at: (state == KeyState::Active).then_some(now),
+            retired_at: None,
+        };
+        keys.insert(entry.kid.clone(), Arc::new(key));
+        Ok(entry)
+    }
+
+    /// Drops retired keys whose every token has expired, deleting their files.
+    fn prune(
+        &self,
+        entries: &mut Vec<KeyEntry>,
+        keys: &mut HashMap<String, Arc<SigningKey>>,
+        now: UnixTime,
+    ) -> Result<(), KeyError> {
+        let retire_after = self.settings.retire_after;
+        let expired: Vec<String> = entries
+            .iter()
+            .filter(|e| e.state == KeyState::Retired)
+            .filter(|e| e.retired_at.is_none_or(|t| now >= t.plus(retire_after)))
+            .map(|e| e.kid.clone())
+            .collect();
+        for kid in &expired {
+            self.dir.remove_key(kid)?;
+            keys.remove(kid);
+            tracing::info!(%kid, "retired key no longer published; deleted");
+        }
+        entries.retain(|e| !expired.contains(&e.kid));
+        Ok(())
+    }
+
+    /// Writes the manifest and swaps the in-memory snapshot.
+    fn commit(
+        &self,
+        entries: Vec<KeyEntry>,
+        keys: HashMap<String, Arc<SigningKey>>,
+    ) -> Result<(), KeyError> {
+        self.dir.write_manifest(&entries)?;
+        let mut keys = keys;
+        keys.retain(|kid, _| entries.iter().any(|e| &e.kid == kid));
+        let set = Arc::new(KeySet::build(entries, keys));
+        *self.current.write().map_err(|_| KeyError::Poisoned)? = set;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn settings(algs: &[Alg]) -> KeySettings {
+        KeySettings {
+            enabled: algs.iter().copied().collect(),
+            retire_after: 3_600,
+            rotation_interval: Some(86_400),
+        }
+    }
+
+    fn open(path: &Path, algs: &[Alg], clock: &Arc<ManualClock>) -> Result<KeyRing, KeyError> {
+        KeyRing::open(path, settings(algs), clock.clone())
+    }
+
+    fn state_of(ring: &KeyRing, kid: &str) -> Option<KeyState> {
+        ring.list()
+            .unwrap()
+            .into_iter()
+            .find(|k| k.entry.kid == kid)
+            .map(|k| k.entry.state)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn fresh_directory_gets_active_and_next_keys_with_tight_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("keys");
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(&dir, &[Alg::ES256, Alg::EdDSA], &clock).unwrap();
+        let list = ring.list().unwrap();
+        assert_eq!(list.len(), 4, "an active and a next key per algorithm");
+        assert_eq!(
+            ring.jwks().unwrap().keys.len(),
+            4,
+            "next keys are published too"
+        );
+        assert_eq!(mode(&dir), 0o700);
+        for info in &list {
+            assert_eq!(mode(&dir.join(format!("{}.pem", info.entry.kid))), 0o600);
+        }
+        assert_eq!(mode(&dir.join("manifest.json")), 0o600);
+        // The first published key of each algorithm is the one that signs.
+        let jwks = ring.jwks().unwrap();
+        let first_es = jwks
+            .keys
+            .iter()
+            .find(|k| k.alg == Some(Alg::ES256))
+            .unwrap();
+        assert_eq!(
+            first_es.kid.as_deref(),
+            Some(ring.active(Alg::ES256).unwrap().kid().0.as_str())
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_the_same_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let first = open(tmp.path(), &[Alg::ES256], &clock)
+            .unwrap()
+            .list()
+            .unwrap();
+        let second = open(tmp.path(), &[Alg::ES256], &clock)
+            .unwrap()
+            .list()
+            .unwrap();
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn wide_permissions_are_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        let kid = ring.active(Alg::ES256).unwrap().kid().0.clone();
+        let file = tmp.path().join(format!("{kid}.pem"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(ring);
+        open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(tmp.path()), 0o700);
+    }
+
+    #[test]
+    fn rotation_promotes_next_and_keeps_retired_published_until_expiry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        let old_active = ring.active(Alg::ES256).unwrap().kid().0.clone();
+        let old_next = ring
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|k| k.entry.state == KeyState::Next)
+            .unwrap()
+            .entry
+            .kid;
+        clock.advance(10);
+        ring.rotate(Some(Alg::ES256)).unwrap();
+        assert_eq!(ring.active(Alg::ES256).unwrap().kid().0, old_next);
+        assert_eq!(state_of(&ring, &old_active), Some(KeyState::Retired));
+        let published: Vec<_> = ring
+            .jwks()
+            .unwrap()
+            .keys
+            .iter()
+            .filter_map(|k| k.kid.clone())
+            .collect();
+        assert_eq!(published.len(), 3, "active, new next, retired");
+        assert!(published.contains(&old_active));
+        // Still published one second before every token it signed has expired…
+        clock.advance(3_599);
+        assert!(!ring.maintain().unwrap());
+        assert!(ring.published(&old_active).unwrap().is_some());
+        // …and gone, file included, once they have.
+        clock.advance(1);
+        assert!(ring.maintain().unwrap());
+        assert!(ring.published(&old_active).unwrap().is_none());
+        assert!(!tmp.path().join(format!("{old_active}.pem")).exists());
+    }
+
+    #[test]
+    fn scheduled_rotation_happens_when_the_interval_has_passed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::EdDSA], &clock).unwrap();
+        let before = ring.active(Alg::EdDSA).unwrap().kid().0.clone();
+        clock.advance(86_399);
+        assert!(!ring.maintain().unwrap());
+        clock.advance(1);
+        assert!(ring.maintain().unwrap());
+        assert_ne!(ring.active(Alg::EdDSA).unwrap().kid().0, before);
+    }
+
+    #[test]
+    fn rotating_an_algorithm_that_is_not_enabled_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        assert!(matches!(
+            ring.rotate(Some(Alg::RS256)),
+            Err(KeyError::NotEnabled(Alg::RS256))
+        ));
+        assert!(matches!(
+            ring.sign_jwt(Alg::EdDSA, "JWT", &serde_json::json!({})),
+            Err(KeyError::NotEnabled(Alg::EdDSA))
+        ));
+    }
+
+    #[test]
+    fn corrupt_key_file_stops_start_up_and_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        let kid = ring.active(Alg::ES256).unwrap().kid().0.clone();
+        drop(ring);
+        let file = tmp.path().join(format!("{kid}.pem"));
+        std::fs::write(
+            &file,
+            "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = open(tmp.path(), &[Alg::ES256], &clock).unwrap_err();
+        assert!(matches!(err, KeyError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&kid));
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("not base64")
+        );
+    }
+
+    #[test]
+    fn key_swapped_under_another_kid_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        let list = ring.list().unwrap();
+        drop(ring);
+        let (a, b) = (&list[0].entry.kid, &list[1].entry.kid);
+        let b_pem = std::fs::read(tmp.path().join(format!("{b}.pem"))).unwrap();
+        std::fs::write(tmp.path().join(format!("{a}.pem")), b_pem).unwrap();
+        let err = open(tmp.path(), &[Alg::ES256], &clock).unwrap_err();
+        assert!(err.to_string().contains("thumbprint"), "{err}");
+    }
+
+    #[test]
+    fn key_files_without_a_manifest_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        std::fs::remove_file(tmp.path().join("manifest.json")).unwrap();
+        assert!(matches!(
+            open(tmp.path(), &[Alg::ES256], &clock),
+            Err(KeyError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn disabling_an_algorithm_retires_its_active_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256, Alg::EdDSA], &clock).unwrap();
+        let ed = ring.active(Alg::EdDSA).unwrap().kid().0.clone();
+        drop(ring);
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        assert_eq!(state_of(&ring, &ed), Some(KeyState::Retired));
+        assert!(ring.active(Alg::EdDSA).is_err());
+        assert!(
+            ring.published(&ed).unwrap().is_some(),
+            "its tokens may still be live"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! tailpass: an OpenID Connect issuer for a tailnet.
+//!
+//! The network already knows who is calling: tailscaled answers "who is this address?" with
+//! the user, the node, its tags and its capability grants. tailpass turns that answer into
+//! short-lived signed tokens — for people logging in to internal apps, and for agents and CI
+//! jobs on tagged nodes that hold no secret at all. See `ARCHITECTURE.md` for the map.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clients;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod issuer;
+pub mod keys;
+pub mod oauth;
+pub mod policy;
+pub mod private_fs;
+pub mod secret;
+pub mod server;
+pub mod store;

@@ -1,0 +1,54 @@
+//! The `tailpass` binary: parses the command line, sets up logging, and hands over to the
+//! library.
+
+use clap::Parser as _;
+use tailpass::cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("TAILPASS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: journald and log shippers get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Serve(args) => match tailpass::config::resolve(&cli.global, &args) {
+            Ok(settings) => {
+                init_logging(settings.log_format);
+                tailpass::server::run(settings)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Keys { action } => {
+            init_logging(LogFormat::Text);
+            tailpass::commands::keys(&cli.global, action)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Command::Clients { action } => {
+            init_logging(LogFormat::Text);
+            tailpass::commands::clients(&cli.global, action)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tailpass: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The one error type of every OAuth/OIDC endpoint, and its JSON response.
+//!
+//! Codes are those of RFC 6749 §5.2 and the specifications that extend it (RFC 6750 §3.1,
+//! RFC 7591 §3.2.2, RFC 8707 §2, RFC 9449 §7). The response is always JSON with
+//! `Cache-Control: no-store`; `invalid_client` and `invalid_token` carry the
+//! `WWW-Authenticate` challenge their RFCs ask for. `server_error` never carries inner text to
+//! the client: the cause is logged instead.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error code and the status it is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// The request is missing a parameter, repeats one, or is malformed.
+    InvalidRequest,
+    /// Client authentication failed, or an agent is not on the tailnet (401).
+    InvalidClient,
+    /// The code, refresh token or subject token is invalid, expired, revoked or mismatched.
+    InvalidGrant,
+    /// The client or caller may not use this grant.
+    UnauthorizedClient,
+    /// The grant type is not supported.
+    UnsupportedGrantType,
+    /// The response type is not supported.
+    UnsupportedResponseType,
+    /// The scope is invalid or exceeds what may be granted.
+    InvalidScope,
+    /// The resource or audience is not allowed (RFC 8707).
+    InvalidTarget,
+    /// The access token is invalid (RFC 6750, 401).
+    InvalidToken,
+    /// The DPoP proof is invalid (RFC 9449).
+    InvalidDpopProof,
+    /// The DPoP proof needs a server nonce (RFC 9449 §8).
+    UseDpopNonce,
+    /// The caller or user is not allowed (403).
+    AccessDenied,
+    /// A redirect URI is invalid (RFC 7591).
+    InvalidRedirectUri,
+    /// Client metadata is invalid (RFC 7591).
+    InvalidClientMetadata,
+    /// Too many requests (429 with `Retry-After`), or the identity source is down (503).
+    TemporarilyUnavailable,
+    /// No such endpoint (404).
+    NotFound,
+    /// The method is not allowed on this endpoint (405).
+    MethodNotAllowed,
+    /// The body is larger than allowed (413).
+    PayloadTooLarge,
+    /// Something failed on the server's side (500).
+    ServerError,
+}
+
+impl Code {
+    /// The `error` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest | Code::MethodNotAllowed | Code::PayloadTooLarge => {
+                "invalid_request"
+            }
+            Code::InvalidClient => "invalid_client",
+            Code::InvalidGrant => "invalid_grant",
+            Code::UnauthorizedClient => "unauthorized_client",
+            Code::UnsupportedGrantType => "unsupported_grant_type",
+            Code::UnsupportedResponseType => "unsupported_response_type",
+            Code::InvalidScope => "invalid_scope",
+            Code::InvalidTarget => "invalid_target",
+            Code::InvalidToken => "invalid_token",
+            Code::InvalidDpopProof => "invalid_dpop_proof",
+            Code::UseDpopNonce => "use_dpop_nonce",
+            Code::AccessDenied => "access_denied",
+            Code::InvalidRedirectUri => "invalid_redirect_uri",
+            Code::InvalidClientMetadata => "invalid_client_metadata",
+            Code::TemporarilyUnavailable => "temporarily_unavailable",
+            Code::NotFound => "not_found",
+            Code::ServerError => "server_error",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidClient | Code::InvalidToken | Code::InvalidDpopProof => {
+                StatusCode::UNAUTHORIZED
+            }
+            Code::AccessDenied => StatusCode::FORBIDDEN,
+            Code::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Which `WWW-Authenticate` scheme an authentication error challenges with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// HTTP Basic (client authentication).
+    Basic,
+    /// Bearer tokens (RFC 6750).
+    Bearer,
+    /// DPoP-bound tokens (RFC 9449).
+    Dpop,
+}
+
+/// An OAuth error response.
+#[derive(Debug, Clone)]
+pub struct Error {
+    code: Code,
+    description: Option<Cow<'static, str>>,
+    status: Option<StatusCode>,
+    retry_after: Option<u64>,
+    challenge: Option<Scheme>,
+    dpop_nonce: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_description: Option<&'a str>,
+}
+
+impl Error {
+    /// An error with this code and description.
+    pub fn new(code: Code, description: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            code,
+            description: Some(description.into()),
+            status: None,
+            retry_after: None,
+            challenge: None,
+            dpop_nonce: None,
+        }
+    }
+
+    /// `invalid_request`.
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Code::InvalidRequest, description)
+    }
+
+    /// `access_denied`.
+    pub fn access_denied(description: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Code::AccessDenied, description)
+    }
+
+    /// `invalid_client`, challenging with Basic.
+    pub fn invalid_client(description: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Code::InvalidClient, description).challenge(Scheme::Basic)
+    }
+
+    /// `invalid_token`, challenging with Bearer.
+    pub fn invalid_token(description: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Code::InvalidToken, description).challenge(Scheme::Bearer)
+    }
+
+    /// `server_error`. The cause is logged here and not sent.
+    pub fn server_error(cause: &dyn std::fmt::Display) -> Error {
+        tracing::error!(error = %cause, "internal error");
+        Error {
+            code: Code::ServerError,
+            description: None,
+            status: None,
+            retry_after: None,
+            challenge: None,
+            dpop_nonce: None,
+        }
+    }
+
+    /// 503 `temporarily_unavailable`, e.g. tailscaled is down.
+    pub fn unavailable(description: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Code::TemporarilyUnavailable, description)
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(retry_after: u64) -> Error {
+        let mut e = Error::new(Code::TemporarilyUnavailable, "rate limit exceeded");
+        e.status = Some(StatusCode::TOO_MANY_REQUESTS);
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+
+    /// Sets the `WWW-Authenticate` challenge.
+    pub fn challenge(mut self, scheme: Scheme) -> Error {
+        self.challenge = Some(scheme);
+        self
+    }
+
+    /// Overrides the status.
+    pub fn with_status(mut self, status: StatusCode) -> Error {
+        self.status = Some(status);
+        self
+    }
+
+    /// Sends a fresh DPoP nonce with the error (RFC 9449 §8).
+    pub fn with_dpop_nonce(mut self, nonce: String) -> Error {
+        self.dpop_nonce = Some(nonce);
+        self
+    }
+
+    /// The error code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The description, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.code.status())
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.description {
+            Some(d) => write!(f, "{}: {d}", self.code.as_str()),
+            None => f.write_str(self.code.as_str()),
+        }
+    }
+}
+
+/// Quotes a value for an auth-param (RFC 9110 §11.2): backslash-escapes `"` and `\`, drops
+/// control characters.
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.code.as_str(),
+            error_description: self.description.as_deref(),
+        };
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
+        if let Some(scheme) = self.challenge {
+            let mut challenge = match scheme {
+                Scheme::Basic => "Basic realm=\"tailpass\"".to_owned(),
+                Scheme::Bearer => "Bearer realm=\"tailpass\"".to_owned(),
+                Scheme::Dpop => "DPoP realm=\"tailpass\", algs=\"ES256 EdDSA RS256\"".to_owned(),
+            };
+            if scheme != Scheme::Basic {
+                challenge.push_str(&format!(", error={}", quoted(self.code.as_str())));
+                if let Some(d) = &self.description {
+                    challenge.push_str(&format!(", error_description={}", quoted(d)));
+                }
+            }
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        if let Some(nonce) = self.dpop_nonce
+            && let Ok(value) = HeaderValue::from_str(&nonce)
+        {
+            headers.insert("dpop-nonce", value);
+        }
+        response
+    }
+}
+
+// Failures of the server's own parts become `server_error`, their cause logged, never sent.
+impl From<crate::audit::AuditError> for Error {
+    fn from(e: crate::audit::AuditError) -> Error {
+        Error::server_error(&e)
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Error {
+        Error::server_error(&e)
+    }
+}
+
+impl From<crate::keys::KeyError> for Error {
+    fn from(e: crate::keys::KeyError) -> Error {
+        Error::server_error(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_rfcs() {
+        assert_eq!(
+            Error::invalid_client("x").status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(Error::invalid_token("x").status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(Error::access_denied("x").status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            Error::new(Code::InvalidGrant, "x").status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            Error::rate_limited(3).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[test]
+    fn response_is_json_no_store_with_challenge() {
+        let response = Error::invalid_token("token \"expired\"").into_response();
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"tailpass\", error=\"invalid_token\", error_description=\"token \\\"expired\\\"\""
+        );
+    }
+
+    #[test]
+    fn server_error_hides_its_cause() {
+        let e = Error::server_error(&"database password is hunter2");
+        assert_eq!(e.description(), None);
+        assert_eq!(e.to_string(), "server_error");
+    }
+
+    #[test]
+    fn rate_limit_sets_retry_after() {
+        let response = Error::rate_limited(7).into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+    }
+}

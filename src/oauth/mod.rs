@@ -1,0 +1,70 @@
+//! The OAuth 2.0 / OpenID Connect endpoints, one file each.
+//!
+//! Handlers are thin: extract, call one domain operation, map its error into
+//! [`error::Error`]. They never touch SQL, keys or policy directly.
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::app::AppState;
+
+pub mod discovery;
+pub mod error;
+pub mod input;
+pub mod jwks;
+pub mod register;
+
+/// Endpoint paths, shared by the router and the discovery document.
+pub mod paths {
+    /// OpenID Provider metadata (OIDC Discovery §4).
+    pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+    /// Authorization server metadata (RFC 8414 §3).
+    pub const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
+    /// The JWK Set.
+    pub const JWKS: &str = "/.well-known/jwks.json";
+    /// Dynamic client registration (RFC 7591); `/register/{client_id}` is RFC 7592's.
+    pub const REGISTER: &str = "/register";
+}
+
+/// The OAuth routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(paths::OPENID_CONFIGURATION, get(discovery::metadata))
+        .route(paths::OAUTH_METADATA, get(discovery::metadata))
+        .route(paths::JWKS, get(jwks::jwks))
+        .route(paths::REGISTER, axum::routing::post(register::register))
+        .route(
+            "/register/{client_id}",
+            get(register::read)
+                .put(register::update)
+                .delete(register::delete),
+        )
+}
+
+/// A public, cacheable JSON document (discovery, JWKS) that any origin may read.
+pub fn public_document<T: Serialize>(body: &T) -> Response {
+    let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// A JSON answer that carries a credential (a secret, a token) and must not be cached
+/// (RFC 6749 §5.1).
+pub fn no_store<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}

@@ -1,0 +1,169 @@
+//! Bearer secrets the server hands out: client secrets, authorization codes, refresh tokens,
+//! registration access tokens.
+//!
+//! They are random 256-bit values shown to their holder once. Only their SHA-256 is stored
+//! ([`SecretHash`]), and a presented value is compared against it in constant time. They are
+//! not passwords, so a fast hash is right: a slow one would only cap throughput (DESIGN
+//! "Tokens"). Neither type prints its value in `Debug`, so a secret cannot reach a log through
+//! `{:?}`.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+
+/// A freshly generated or presented secret value, in clear. Lives only in memory.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A new random 256-bit secret, base64url-encoded (43 characters).
+    pub fn generate() -> Secret {
+        Secret(random_token(32))
+    }
+
+    /// Wraps a value a client presented.
+    pub fn from_presented(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+
+    /// The clear value, for the single response that hands it to its holder.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The hash under which this secret is stored.
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The SHA-256 of a secret, lowercase hex: what the store and config files hold.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SecretHash([u8; 32]);
+
+impl SecretHash {
+    /// Hashes a clear value.
+    pub fn of(value: &str) -> SecretHash {
+        let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        SecretHash(out)
+    }
+
+    /// Whether `presented` hashes to this value, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        SecretHash::of(presented).0.ct_eq(&self.0).into()
+    }
+
+    /// The lowercase hex form.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses the lowercase or uppercase hex form of a SHA-256.
+    pub fn from_hex(hex: &str) -> Option<SecretHash> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2)?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(SecretHash(out))
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A hash of a 256-bit random value reveals nothing, but it is still a lookup key:
+        // print a prefix only, enough to correlate log lines.
+        let hex = self.to_hex();
+        write!(f, "SecretHash({}…)", hex.get(..8).unwrap_or_default())
+    }
+}
+
+impl TryFrom<String> for SecretHash {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        SecretHash::from_hex(&value).ok_or_else(|| "expected a SHA-256 as 64 hex digits".into())
+    }
+}
+
+impl From<SecretHash> for String {
+    fn from(value: SecretHash) -> Self {
+        value.to_hex()
+    }
+}
+
+/// `bytes` random bytes from the operating system's CSPRNG, base64url without padding. Used
+/// for secrets and for identifiers that must be unguessable (client ids, run ids, jti).
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SystemRandom reads getrandom(2); it fails only if the kernel cannot provide entropy, in
+    // which case no secure identifier can be made and aborting the request is the only option.
+    // We surface that as an all-zero buffer never: retry until it succeeds.
+    while SystemRandom::new().fill(&mut buf).is_err() {
+        std::thread::yield_now();
+    }
+    URL_SAFE_NO_PAD.encode(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_distinct_and_256_bit() {
+        let a = Secret::generate();
+        let b = Secret::generate();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), 43);
+    }
+
+    #[test]
+    fn hash_matches_only_its_secret() {
+        let s = Secret::generate();
+        let h = s.hash();
+        assert!(h.matches(s.expose()));
+        assert!(!h.matches("something else"));
+        assert!(!h.matches(""));
+    }
+
+    #[test]
+    fn hex_round_trip_and_rejects_garbage() {
+        let h = SecretHash::of("x");
+        assert_eq!(SecretHash::from_hex(&h.to_hex()), Some(h.clone()));
+        assert_eq!(SecretHash::from_hex("zz"), None);
+        assert_eq!(SecretHash::from_hex(&"g".repeat(64)), None);
+        assert_eq!(SecretHash::from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn debug_never_prints_the_value() {
+        let s = Secret::from_presented("hunter2-very-secret");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let h = s.hash();
+        assert!(!format!("{h:?}").contains(&h.to_hex()));
+    }
+
+    #[test]
+    fn sha256_of_known_value() {
+        // SHA-256("abc") from FIPS 180-2 appendix B.1.
+        assert_eq!(
+            SecretHash::of("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Durable state: the [`Store`] trait and its records.
+//!
+//! What must survive a restart or a crash lives here — clients, authorization codes, refresh
+//! token families, revocations, consents and the audit log. Signing keys do not: they are
+//! files in the keys directory (`keys`).
+//!
+//! The trait speaks in records and outcomes, never in SQL: single-use and rotation rules
+//! ("a code is redeemed once", "a spent refresh token revokes its family") are atomic
+//! operations of the store, so that a second implementation (PostgreSQL, for replicas) gives
+//! the same guarantees. Secrets appear only as [`SecretHash`]es.
+
+use serde::{Deserialize, Serialize};
+use tailpass_verify::UnixTime;
+
+use crate::audit::{AuditEvent, EventKind};
+use crate::clients::{Client, ClientId};
+use crate::identity::Identity;
+use crate::secret::SecretHash;
+
+pub mod sqlite;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Occurs when inserting a record whose key already exists.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// Occurs when a stored record cannot be decoded (a damaged or foreign database).
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// Occurs when the database itself fails (I/O, locking, connection).
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// What an authorization code grants, kept until it is redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthCode {
+    /// The client the code was issued to.
+    pub client_id: ClientId,
+    /// The redirect URI it was delivered to; the token request must repeat it.
+    pub redirect_uri: String,
+    /// Granted scopes.
+    pub scope: Vec<String>,
+    /// Granted RFC 8707 resources (future audiences).
+    pub resources: Vec<String>,
+    /// The OIDC nonce to echo in the ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The PKCE challenge (RFC 7636).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge: Option<String>,
+    /// The PKCE method, `S256` or `plain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge_method: Option<String>,
+    /// Who logged in.
+    pub identity: Identity,
+    /// When they authenticated.
+    pub auth_time: UnixTime,
+    /// The session id (`sid`).
+    pub sid: String,
+    /// When the code expires.
+    pub expires_at: UnixTime,
+}
+
+/// What was issued from a redeemed code, so that a replay can revoke it (RFC 6749 §4.1.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedFromCode {
+    /// The refresh family created, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_id: Option<String>,
+    /// The access token's `jti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_jti: Option<String>,
+}
+
+/// The result of redeeming a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// First use: the code is now spent.
+    Redeemed(AuthCode),
+    /// The code was already used; what it issued should be revoked.
+    Replayed(AuthCode, IssuedFromCode),
+    /// Unknown or expired.
+    Invalid,
+}
+
+/// A refresh-token family: every refresh token descending from one authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshFamily {
+    /// The family id.
+    pub id: String,
+    /// The client.
+    pub client_id: ClientId,
+    /// Who it was issued to.
+    pub identity: Identity,
+    /// Granted scopes (a refresh may narrow, never widen them).
+    pub scope: Vec<String>,
+    /// Granted resources.
+    pub resources: Vec<String>,
+    /// When the user authenticated.
+    pub auth_time: UnixTime,
+    /// The session id.
+    pub sid: String,
+    /// When the family was created.
+    pub created_at: UnixTime,
+    /// The absolute end of the family, whatever the refreshes.
+    pub expires_at: UnixTime,
+    /// When it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<UnixTime>,
+}
+
+impl RefreshFamily {
+    /// Whether the family can still issue tokens at `now`.
+    pub fn is_live(&self, now: UnixTime) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// The result of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was current: it is now spent and the replacement is current.
+    Rotated(RefreshFamily),
+    /// The token had already been spent: the whole family has been revoked.
+    Reused(RefreshFamily),
+    /// The family was revoked or has expired.
+    Inactive(RefreshFamily),
+    /// No such token.
+    Unknown,
+}
+
+/// What a revocation matches (DESIGN "Contracts": revocation feed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    /// A run id: the run and every run exchanged from it.
+    Run,
+    /// A node's stable id.
+    Node,
+    /// A user's login.
+    User,
+    /// One token's `jti`.
+    Jti,
+    /// A refresh family id.
+    Family,
+}
+
+impl RevocationKind {
+    /// The feed's name for the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Run => "run",
+            RevocationKind::Node => "node",
+            RevocationKind::User => "user",
+            RevocationKind::Jti => "jti",
+            RevocationKind::Family => "family",
+        }
+    }
+
+    /// Parses the feed's name for the kind.
+    pub fn parse(name: &str) -> Option<RevocationKind> {
+        match name {
+            "run" => Some(RevocationKind::Run),
+            "node" => Some(RevocationKind::Node),
+            "user" => Some(RevocationKind::User),
+            "jti" => Some(RevocationKind::Jti),
+            "family" => Some(RevocationKind::Family),
+            _ => None,
+        }
+    }
+}
+
+/// A revocation: tokens matching `kind`/`value` issued at or before `revoked_at` are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Its position in the revocation feed.
+    pub seq: u64,
+    /// What it matches.
+    pub kind: RevocationKind,
+    /// The matched value.
+    pub value: String,
+    /// When it was made.
+    pub revoked_at: UnixTime,
+    /// For nodes and users: new tokens are refused until then (`None`: until lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixTime>,
+    /// When new tokens were allowed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at: Option<UnixTime>,
+}
+
+/// Which audit events to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Events of this run, its parent chain's children included (`run_id` or `root_run_id`).
+    pub run: Option<String>,
+    /// Events of this node (stable id).
+    pub node: Option<String>,
+    /// Events of this user (login).
+    pub user: Option<String>,
+    /// Events of this kind.
+    pub event: Option<EventKind>,
+    /// Events at or after this time.
+    pub since: Option<UnixTime>,
+    /// Events after this sequence number (paging).
+    pub after_seq: Option<u64>,
+    /// At most this many events (newest last).
+    pub limit: u32,
+}
+
+/// An audit event with its position in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The position in the log, increasing.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// Durable state. Every method is atomic.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds a client; [`StoreError::Conflict`] if its id exists.
+    async fn insert_client(&self, client: &Client) -> Result<(), StoreError>;
+    /// The client with this id.
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, StoreError>;
+    /// Every stored client, oldest first.
+    async fn clients(&self) -> Result<Vec<Client>, StoreError>;
+    /// Replaces a client; false if there is none with its id.
+    async fn update_client(&self, client: &Client) -> Result<bool, StoreError>;
+    /// Deletes a client and its consents; false if there was none.
+    async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError>;
+
+    /// Stores a new authorization code under the hash of its value.
+    async fn insert_code(&self, hash: &SecretHash, code: &AuthCode) -> Result<(), StoreError>;
+    /// Redeems a code: the first call at or before its expiry gets it, every later call learns
+    /// it was replayed.
+    async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
+    -> Result<Redemption, StoreError>;
+    /// Records what a redeemed code issued.
+    async fn record_code_issue(
+        &self,
+        hash: &SecretHash,
+        issued: &IssuedFromCode,
+    ) -> Result<(), StoreError>;
+
+    /// Creates a refresh family whose first token has hash `token`.
+    async fn insert_family(
+        &self,
+        family: &RefreshFamily,
+        token: &SecretHash,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Spends `presented` and makes `replacement` current, or reports why not (revoking the
+    /// family when `presented` was already spent).
+    async fn rotate_refresh(
+        &self,
+        presented: &SecretHash,
+        replacement: &SecretHash,
+        now: UnixTime,
+    ) -> Result<Rotation, StoreError>;
+    /// The family a refresh token belongs to.
+    async fn family_of(&self, token: &SecretHash) -> Result<Option<RefreshFamily>, StoreError>;
+    /// Revokes a family; false if unknown or already revoked.
+    async fn revoke_family(&self, id: &str, now: UnixTime) -> Result<bool, StoreError>;
+    /// Revokes every live family of a user (by login) or node (by stable id), returning them.
+    async fn revoke_families_of(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+    ) -> Result<Vec<RefreshFamily>, StoreError>;
+
+    /// Appends a revocation, assigning its feed sequence number.
+    async fn insert_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        revoked_at: UnixTime,
+        until: Option<UnixTime>,
+    ) -> Result<Revocation, StoreError>;
+    /// Lifts the live revocations of `kind`/`value` (new tokens allowed again), returning them.
+    async fn lift_revocations(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError>;
+    /// Revocations with a sequence number above `seq`, in order.
+    async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
+
+    /// Whether the user (by login) approved the client.
+    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError>;
+    /// Records the user's approval of the client.
+    async fn insert_consent(
+        &self,
+        client: &ClientId,
+        user: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+
+    /// Appends audit events in one transaction.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Lists audit events, oldest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Deletes what can no longer matter at `now`: codes past expiry (kept `grace` seconds
+    /// more to detect replays), families and revocations past `horizon`.
+    async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,290 @@
+//! The `tailpass` binary as a user runs it: `serve --dev` in a fresh directory, the CLI against
+//! a running server, and what ends up on disk and in the logs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::{json, peer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tailpass");
+/// Generous: a first start generates RSA keys in a debug build.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Served {
+    child: Child,
+    issuer: String,
+    stdout: Vec<String>,
+    log: PathBuf,
+}
+
+/// Starts `tailpass serve --dev` in `cwd` on an ephemeral port and waits for its banner.
+async fn serve_dev(cwd: &Path, log_name: &str) -> Served {
+    let log = cwd.join(log_name);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .env("TAILPASS_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = Vec::new();
+    let banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.trim_start().starts_with("curl");
+            stdout.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("tailpass exited before printing its endpoints: {stdout:?}");
+    };
+    tokio::time::timeout(START_TIMEOUT, banner)
+        .await
+        .expect("tailpass did not start in time");
+    let issuer = stdout
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("issuer").map(|s| s.trim().to_owned()))
+        .unwrap();
+    Served {
+        child,
+        issuer,
+        stdout,
+        log,
+    }
+}
+
+impl Served {
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(START_TIMEOUT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            status.success(),
+            std::fs::read_to_string(&self.log).unwrap(),
+        )
+    }
+}
+
+async fn cli(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--dev")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn dev_mode_starts_prints_endpoints_and_keeps_its_keys() {
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve_dev(cwd.path(), "first.log").await;
+    let text = served.stdout.join("\n");
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/jwks.json",
+        "/register",
+    ] {
+        assert!(
+            text.contains(&format!("{}{path}", served.issuer)),
+            "banner names {path}: {text}"
+        );
+    }
+    let client = peer(1);
+    let (status, discovery) = json(
+        client
+            .get(format!(
+                "{}/.well-known/openid-configuration",
+                served.issuer
+            ))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, discovery["issuer"].as_str()),
+        (200, Some(served.issuer.as_str()))
+    );
+    let first_keys = client
+        .get(format!("{}/.well-known/jwks.json", served.issuer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (clean_exit, _) = served.terminate().await;
+    assert!(clean_exit, "SIGTERM is a clean shutdown");
+    assert!(cwd.path().join(".tailpass/tailpass.db").exists());
+    assert!(
+        !cwd.path().join(".tailpass/admin.sock").exists(),
+        "the socket is removed on shutdown"
+    );
+    assert!(cwd.path().join("keys/manifest.json").exists());
+
+    let served = serve_dev(cwd.path(), "second.log").await;
+    let second_keys = client
+        .get(format!("{}/.well-known/jwks.json", served.issuer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(first_keys, second_keys, "a second start reuses the keys");
+    served.terminate().await;
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn clients_add_goes_through_the_running_server_and_no_secret_is_kept_in_clear() {
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve_dev(cwd.path(), "server.log").await;
+    let issuer = served.issuer.clone();
+
+    // The CLI prints the secret once, as JSON.
+    let (ok, stdout, stderr) = cli(
+        cwd.path(),
+        &[
+            "clients",
+            "add",
+            "--name",
+            "Grafana",
+            "--redirect-uri",
+            "https://grafana.example/cb",
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let client_id = printed["client_id"].as_str().unwrap().to_owned();
+    let cli_secret = printed["client_secret"].as_str().unwrap().to_owned();
+
+    // The running server knows it at once.
+    let (status, clients) = json(
+        peer(1)
+            .get(format!("{issuer}/admin/api/clients"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == client_id.as_str())
+    );
+
+    // A dynamic registration: a second secret and a registration access token.
+    let (status, registered) = json(
+        peer(1)
+            .post(format!("{issuer}/register"))
+            .json(&serde_json::json!({"redirect_uris": ["https://wiki.example/cb"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let dcr_secret = registered["client_secret"].as_str().unwrap().to_owned();
+    let registration_token = registered["registration_access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (listed_ok, listed, _) = cli(cwd.path(), &["clients", "list"]).await;
+    assert!(listed_ok && listed.contains(&client_id));
+    assert!(!listed.contains(&cli_secret));
+
+    let (_, log) = served.terminate().await;
+    assert!(
+        log.contains("path=/admin/api/clients") && log.contains("method=POST"),
+        "the server itself handled clients add"
+    );
+    let mut state_bytes = Vec::new();
+    for entry in std::fs::read_dir(cwd.path().join(".tailpass")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            state_bytes.extend(std::fs::read(path).unwrap());
+        }
+    }
+    for secret in [&cli_secret, &dcr_secret, &registration_token] {
+        assert!(!log.contains(secret.as_str()), "a secret reached the log");
+        assert!(
+            !contains(&state_bytes, secret),
+            "a secret is stored in clear"
+        );
+    }
+    // What is stored is the hash: proof that the bytes searched are the right ones.
+    let hash = tailpass::secret::SecretHash::of(&cli_secret).to_hex();
+    assert!(contains(&state_bytes, &hash));
+}
+
+#[tokio::test]
+async fn with_no_server_running_the_cli_opens_the_state_itself() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = cli(
+        cwd.path(),
+        &[
+            "clients",
+            "add",
+            "--name",
+            "cli",
+            "--public",
+            "--redirect-uri",
+            "http://127.0.0.1:7000/cb",
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        printed["client_secret"].is_null(),
+        "public clients have no secret"
+    );
+    let (ok, listed, _) = cli(cwd.path(), &["clients", "list", "--json"]).await;
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["client_id"], printed["client_id"]);
+    assert_eq!(listed[0]["public"], true);
+    let (ok, keys, _) = cli(cwd.path(), &["keys", "list", "--json"]).await;
+    assert!(ok);
+    let keys: serde_json::Value = serde_json::from_str(&keys).unwrap();
+    assert_eq!(
+        keys.as_array().unwrap().len(),
+        4,
+        "ES256 and RS256, active and next"
+    );
+    let (ok, _, stderr) = cli(cwd.path(), &["clients", "rm", "no-such-client"]).await;
+    assert!(!ok && stderr.contains("no such client"), "{stderr}");
+}

@@ -1,0 +1,208 @@
+//! Signing keys as relying parties see them: the JWKS per algorithm, rotation with next keys
+//! published ahead and retired keys kept, file modes, and refusal of a damaged key file.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use axum::http::Method;
+use tailpass_verify::{Alg, JwkSet};
+
+use crate::support::{ALICE, TestServer, admin, peer};
+
+async fn jwks(server: &TestServer) -> JwkSet {
+    peer(ALICE)
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn kids(set: &JwkSet, alg: Alg) -> Vec<String> {
+    set.keys
+        .iter()
+        .filter(|k| k.alg == Some(alg))
+        .filter_map(|k| k.kid.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn jwks_for_each_algorithm() {
+    for (args, expected) in [
+        (vec!["--signing-alg", "ES256"], vec![Alg::ES256, Alg::RS256]),
+        (vec!["--signing-alg", "EdDSA"], vec![Alg::EdDSA, Alg::RS256]),
+        (vec!["--signing-alg", "RS256"], vec![Alg::RS256]),
+        (
+            vec!["--signing-alg", "ES256", "--no-rs256"],
+            vec![Alg::ES256],
+        ),
+    ] {
+        let server = TestServer::with_args(&args).await;
+        let response = peer(ALICE)
+            .get(server.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["access-control-allow-origin"], "*");
+        let raw: serde_json::Value = response.json().await.unwrap();
+        let set: JwkSet = serde_json::from_value(raw.clone()).unwrap();
+        let mut algs: Vec<Alg> = set.keys.iter().filter_map(|k| k.alg).collect();
+        algs.sort();
+        algs.dedup();
+        assert_eq!(algs, expected, "{args:?}");
+        for (key, raw) in set.keys.iter().zip(raw["keys"].as_array().unwrap()) {
+            assert_eq!(
+                key.kid.as_deref(),
+                Some(key.thumbprint().0.as_str()),
+                "kid is the RFC 7638 thumbprint"
+            );
+            assert_eq!(key.use_.as_deref(), Some("sig"));
+            assert!(
+                raw.get("d").is_none(),
+                "no private member is ever published"
+            );
+        }
+        for alg in expected {
+            assert_eq!(kids(&set, alg).len(), 2, "{alg}: an active and a next key");
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rotation_publishes_next_before_it_signs_and_keeps_retired() {
+    let server = TestServer::start().await;
+    let before = jwks(&server).await;
+    let es = kids(&before, Alg::ES256);
+    let (old_active, old_next) = (es[0].clone(), es[1].clone());
+    assert_eq!(
+        server.state().keys.active(Alg::ES256).unwrap().kid().0,
+        old_active
+    );
+
+    let (status, _) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/rotate",
+        Some(serde_json::json!({"alg": "ES256"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let after = jwks(&server).await;
+    let es = kids(&after, Alg::ES256);
+    assert_eq!(es.len(), 3, "active, new next, retired: {es:?}");
+    assert_eq!(
+        es[0], old_next,
+        "the key published as next is the one that now signs"
+    );
+    assert_eq!(
+        server.state().keys.active(Alg::ES256).unwrap().kid().0,
+        old_next
+    );
+    assert!(es.contains(&old_active), "the retired key is still served");
+    let new_next = es
+        .iter()
+        .find(|k| **k != old_next && **k != old_active)
+        .unwrap()
+        .clone();
+    assert!(server.state().keys.published(&new_next).unwrap().is_some());
+    assert_eq!(
+        kids(&after, Alg::RS256),
+        kids(&before, Alg::RS256),
+        "only ES256 rotated"
+    );
+
+    // Once every token the retired key signed has expired, it leaves the JWKS.
+    server
+        .clock
+        .advance(server.state().settings.max_token_lifetime + 61);
+    assert!(server.state().keys.maintain().unwrap());
+    let later = jwks(&server).await;
+    assert!(!kids(&later, Alg::ES256).contains(&old_active));
+    assert!(!server.keys_dir().join(format!("{old_active}.pem")).exists());
+}
+
+#[tokio::test]
+async fn rotating_an_algorithm_that_is_not_enabled_is_a_clear_error() {
+    let server = TestServer::start().await;
+    let (status, body) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/rotate",
+        Some(serde_json::json!({"alg": "EdDSA"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("EdDSA")
+    );
+}
+
+#[tokio::test]
+async fn key_files_and_state_are_private() {
+    let server = TestServer::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&server.keys_dir()), 0o700);
+    assert_eq!(mode(&server.state_dir()), 0o700);
+    assert_eq!(mode(&server.state_dir().join("tailpass.db")), 0o600);
+    assert_eq!(mode(server.running().admin_socket()), 0o600);
+    for entry in std::fs::read_dir(server.keys_dir()).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_keys() {
+    let server = TestServer::start().await;
+    let before = jwks(&server).await;
+    let dir = server.stop().await;
+    let table = dir.path().join("peers.json");
+    let table = table.to_str().unwrap().to_owned();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", &table]).await;
+    assert_eq!(jwks(&server).await, before);
+}
+
+#[tokio::test]
+async fn a_corrupt_key_file_stops_start_up_and_is_not_replaced() {
+    let server = TestServer::start().await;
+    let active = server
+        .state()
+        .keys
+        .active(Alg::ES256)
+        .unwrap()
+        .kid()
+        .0
+        .clone();
+    let dir = server.stop().await;
+    let file = dir.path().join("keys").join(format!("{active}.pem"));
+    std::fs::write(&file, "not a key at all").unwrap();
+
+    let state = dir.path().join("state");
+    let keys = dir.path().join("keys");
+    let argv = [
+        "tailpass",
+        "--dev",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let parsed = <tailpass::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+    let tailpass::cli::Command::Serve(args) = parsed.command else {
+        unreachable!()
+    };
+    let settings = tailpass::config::resolve(&parsed.global, &args).unwrap();
+    let err = tailpass::server::start(settings, std::sync::Arc::new(tailpass::clock::SystemClock))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&active) && err.contains("corrupt"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a key at all");
+}

@@ -1,0 +1,19 @@
+//! tailpass integration tests: one binary, a module per area. Servers run in-process on
+//! ephemeral loopback ports with a temporary state directory; distinct loopback source
+//! addresses (127.0.0.2, .3, …) are distinct tailnet peers, resolved through a local identity
+//! table in tailscaled's WhoIs shape — the same code path as production.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod binary;
+mod discovery;
+mod keys;
+mod localapi;
+mod peers;
+mod register;
+mod support;

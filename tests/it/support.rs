@@ -1,0 +1,240 @@
+//! Test harness: a real tailpass server in-process, and HTTP clients that connect from a chosen
+//! loopback address, i.e. as a chosen tailnet peer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use clap::Parser as _;
+use tailpass::cli::{Cli, Command};
+use tailpass::clock::{Clock, ManualClock, SystemClock};
+use tailpass::keys::{KeyRing, KeySettings};
+use tailpass::server::Running;
+use tailpass_verify::{Alg, UnixTime};
+use tempfile::TempDir;
+
+/// Alice: a person, with the tsidp grant (admin UI, DCR, extra claims).
+pub const ALICE: u8 = 2;
+/// A tagged CI runner: no user, no grants.
+pub const CI: u8 = 3;
+/// Bob: a person without any grant.
+pub const BOB: u8 = 4;
+/// An address that is not on the tailnet.
+pub const STRANGER: u8 = 9;
+
+pub fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// The WhoIs answer of Bob: a user, no capability grants.
+pub fn bob_whois() -> serde_json::Value {
+    serde_json::json!({
+        "Node": {"ID": 1004, "StableID": "nBob4CNTRL", "Name": "bob-desktop.tail1234.ts.net.",
+                 "User": 77, "Key": "nodekey:0b", "Addresses": ["100.64.0.4/32"], "Tags": null},
+        "UserProfile": {"ID": 77, "LoginName": "bob@example.com", "DisplayName": "Bob", "ProfilePicURL": ""},
+        "CapMap": {}
+    })
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The identity table of the test tailnet.
+pub fn peers_table() -> serde_json::Value {
+    serde_json::json!({
+        ip(ALICE).to_string(): fixture("whois-user.json"),
+        ip(CI).to_string(): fixture("whois-tagged.json"),
+        ip(BOB).to_string(): bob_whois(),
+    })
+}
+
+/// Key directories generated once per set of algorithms and copied into each test, so that
+/// tests do not each wait for RSA key generation.
+fn keys_template(algs: &[Alg]) -> PathBuf {
+    static TEMPLATES: OnceLock<Mutex<HashMap<Vec<Alg>, TempDir>>> = OnceLock::new();
+    let mut algs = algs.to_vec();
+    algs.sort();
+    let map = TEMPLATES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap();
+    map.entry(algs.clone())
+        .or_insert_with(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = KeySettings {
+                enabled: algs.iter().copied().collect(),
+                retire_after: 86_460,
+                rotation_interval: None,
+            };
+            KeyRing::open(dir.path(), settings, Arc::new(SystemClock)).unwrap();
+            dir
+        })
+        .path()
+        .to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    tailpass::private_fs::ensure_dir(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Which algorithms a command line enables, to pick the key template.
+fn algs_of(args: &[String]) -> Vec<Alg> {
+    let signing = args
+        .iter()
+        .position(|a| a == "--signing-alg")
+        .and_then(|i| args.get(i + 1))
+        .map(|a| a.parse().unwrap())
+        .unwrap_or(Alg::ES256);
+    let mut algs = vec![signing];
+    if !args.iter().any(|a| a == "--no-rs256") && signing != Alg::RS256 {
+        algs.push(Alg::RS256);
+    }
+    algs
+}
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub base: String,
+    pub dir: TempDir,
+    pub clock: Arc<ManualClock>,
+}
+
+impl TestServer {
+    /// A server on the test tailnet with default settings.
+    pub async fn start() -> TestServer {
+        TestServer::with_args(&[]).await
+    }
+
+    /// A server with extra `serve` flags.
+    pub async fn with_args(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("peers.json");
+        std::fs::write(&table, peers_table().to_string()).unwrap();
+        TestServer::in_dir(dir, extra, &["--identity-file", table.to_str().unwrap()]).await
+    }
+
+    /// A server in `dir` (state in `dir/state`, keys in `dir/keys`) with an identity source
+    /// given by `identity` flags.
+    pub async fn in_dir(dir: TempDir, extra: &[&str], identity: &[&str]) -> TestServer {
+        let state = dir.path().join("state");
+        let keys = dir.path().join("keys");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !keys.exists() {
+            copy_dir(&keys_template(&algs_of(&extra)), &keys);
+        }
+        let mut argv: Vec<String> = vec![
+            "tailpass".into(),
+            "--dev".into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+            "--keys-dir".into(),
+            keys.to_str().unwrap().into(),
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        argv.extend(identity.iter().map(|s| s.to_string()));
+        argv.extend(extra);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
+        let settings = tailpass::config::resolve(&cli.global, &args).unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime::now()));
+        let running = tailpass::server::start(settings, clock.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap();
+        let base = running.issuer().to_owned();
+        TestServer {
+            running: Some(running),
+            base,
+            dir,
+            clock,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn state(&self) -> &tailpass::app::AppState {
+        self.running().state().unwrap()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// Stops the server and hands back its directory, for a restart.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+/// An HTTP client connecting from 127.0.0.`n`: tailnet peer `n`. It does not follow redirects.
+pub fn peer(n: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip(n))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A JSON body and status.
+pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, body)
+}
+
+/// `GET url` from peer `from`, as JSON.
+pub async fn get_json(from: u8, url: &str) -> (u16, serde_json::Value) {
+    json(peer(from).get(url).send().await.unwrap()).await
+}
+
+/// Calls the admin API over the server's admin socket.
+pub async fn admin(
+    server: &TestServer,
+    method: axum::http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = tailpass::http::unix_client::UnixRequest {
+        method,
+        path,
+        host: "tailpass-admin",
+        json: body.map(|b| b.to_string().into_bytes()),
+        max_answer: 1 << 20,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let (status, bytes) =
+        tailpass::http::unix_client::send(server.running().admin_socket(), request)
+            .await
+            .unwrap();
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, value)
+}
