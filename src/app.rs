@@ -14,12 +14,14 @@ use tailpass_verify::UnixTime;
 use tokio::task::JoinHandle;
 
 use crate::audit::AuditLog;
+use crate::backchannel::Backchannel;
 use crate::clients::Clients;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::identity::IdentitySource;
 use crate::issuer::Issuer;
 use crate::keys::{KeyError, KeyRing, KeySettings};
+use crate::revocation::Revocations;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -47,6 +49,27 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The audit log.
     pub audit: AuditLog,
+    /// Revoked tokens, runs, nodes and users.
+    pub revocations: Arc<Revocations>,
+    /// Back-channel logout delivery.
+    pub backchannel: Backchannel,
+    /// Authenticates consent forms (HMAC): a form this process served, for this user and
+    /// request, not yet expired.
+    pub consent_key: Arc<ring::hmac::Key>,
+}
+
+/// The background tasks behind a state: await them after the last state handle is dropped, so
+/// that queued audit events are committed and logout deliveries attempted.
+#[derive(Debug)]
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    /// Waits for every task to finish.
+    pub async fn finish(self) {
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -77,14 +100,13 @@ pub enum OpenError {
 }
 
 impl AppState {
-    /// Opens keys, store and audit writer for `settings`. The returned task is the audit
-    /// writer: await it after the last handle is dropped so that every event is committed.
+    /// Opens keys, store, revocations, audit writer and logout sender for `settings`.
     pub async fn open(
         settings: Settings,
         issuer: Issuer,
         identity: Arc<dyn IdentitySource>,
         clock: Arc<dyn Clock>,
-    ) -> Result<(AppState, JoinHandle<()>), OpenError> {
+    ) -> Result<(AppState, Tasks), OpenError> {
         let state_dir = settings.paths.state_dir.clone();
         crate::private_fs::ensure_dir(&state_dir).map_err(|source| OpenError::StateDir {
             path: state_dir.display().to_string(),
@@ -108,21 +130,34 @@ impl AppState {
                         source: std::io::Error::other(e.to_string()),
                     })
                 })??;
+        let keys = Arc::new(keys);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
+        let revocations = Arc::new(Revocations::load(store.as_ref()).await?);
         let (audit, audit_task) = AuditLog::start(store.clone(), None);
+        let (backchannel, backchannel_task) =
+            Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone());
         let clients = Clients::new(settings.static_clients.clone(), store.clone());
+        let consent_key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| OpenError::StateDir {
+                    path: "random source".into(),
+                    source: std::io::Error::other("the system random source failed"),
+                })?;
         Ok((
             AppState {
                 issuer: Arc::new(issuer),
                 settings: Arc::new(settings),
                 store,
-                keys: Arc::new(keys),
+                keys,
                 identity,
                 clients: Arc::new(clients),
                 clock,
                 audit,
+                revocations,
+                backchannel,
+                consent_key: Arc::new(consent_key),
             },
-            audit_task,
+            Tasks(vec![audit_task, backchannel_task]),
         ))
     }
 

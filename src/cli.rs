@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// Do not keep an RS256 key (clients must then register another ID token algorithm).
     #[arg(long, env = "TAILPASS_NO_RS256")]
     pub no_rs256: bool,
+    /// Another algorithm clients may choose for their ID tokens (EdDSA, say); repeat for
+    /// several.
+    #[arg(long = "enable-alg", env = "TAILPASS_ENABLE_ALG", value_name = "ALG", value_parser = parse_alg, value_delimiter = ',')]
+    pub enable_algs: Vec<Alg>,
     /// Where caller identities come from [default: tailscaled, or a local table with --dev].
     #[arg(long, env = "TAILPASS_IDENTITY", value_enum)]
     pub identity: Option<IdentityKind>,
@@ -149,6 +153,9 @@ pub struct ServeArgs {
     /// Accept http:// redirect URIs to non-loopback hosts.
     #[arg(long, env = "TAILPASS_ALLOW_HTTP_REDIRECT_URIS")]
     pub allow_http_redirect_uris: bool,
+    /// Local policy file (TOML): groups, and agent rules.
+    #[arg(long, env = "TAILPASS_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, env = "TAILPASS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

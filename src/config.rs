@@ -17,6 +17,7 @@ use url::Url;
 use crate::cli::{GlobalArgs, IdentityKind, LogFormat, ServeArgs, parse_duration};
 use crate::clients::redirect::RedirectRules;
 use crate::clients::{Client, ClientId, ClientMetadata, ClientOrigin, MetadataRules};
+use crate::policy::file::PolicyFile;
 use crate::secret::SecretHash;
 
 /// Where state lives by default outside `--dev`.
@@ -113,6 +114,7 @@ struct FileConfig {
     proxy_listen: Option<SocketAddr>,
     signing_alg: Option<String>,
     no_rs256: Option<bool>,
+    enable_alg: Option<Vec<String>>,
     identity: Option<IdentityKind>,
     identity_file: Option<PathBuf>,
     tailscaled_socket: Option<PathBuf>,
@@ -124,6 +126,7 @@ struct FileConfig {
     refresh_lifetime: Option<FileDuration>,
     key_rotation_interval: Option<FileDuration>,
     allow_http_redirect_uris: Option<bool>,
+    policy: Option<PathBuf>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     client: Vec<FileClient>,
@@ -229,6 +232,8 @@ pub struct Settings {
     pub redirect_rules: RedirectRules,
     /// Log format.
     pub log_format: LogFormat,
+    /// The local policy (groups, agent rules); empty without `--policy`.
+    pub policy: PolicyFile,
     /// Clients from the file.
     pub static_clients: Vec<Client>,
 }
@@ -316,6 +321,18 @@ fn resolve_for(
     let mut algs = BTreeSet::from([signing_alg]);
     if !no_rs256 {
         algs.insert(Alg::RS256);
+    }
+    if !args.enable_algs.is_empty() {
+        algs.extend(args.enable_algs.iter().copied());
+    } else {
+        for name in file.enable_alg.iter().flatten() {
+            algs.insert(
+                name.parse()
+                    .map_err(|e: tailpass_verify::alg::UnknownAlg| {
+                        invalid(format!("enable_alg: {e}"))
+                    })?,
+            );
+        }
     }
 
     let issuer = args.issuer.clone().or(file.issuer.clone());
@@ -460,6 +477,10 @@ fn resolve_for(
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Text),
+        policy: match args.policy.as_ref().or(file.policy.as_ref()) {
+            Some(path) => PolicyFile::load(path).map_err(|e| invalid(e.to_string()))?,
+            None => PolicyFile::default(),
+        },
         static_clients: Vec::new(),
     };
     settings.static_clients = static_clients(&file.client, &settings)?;
@@ -510,7 +531,14 @@ fn static_clients(entries: &[FileClient], settings: &Settings) -> Result<Vec<Cli
         let meta = ClientMetadata {
             redirect_uris: Some(entry.redirect_uris.clone()),
             token_endpoint_auth_method: entry.token_endpoint_auth_method.clone(),
-            grant_types: entry.grant_types.clone(),
+            // Operators' clients refresh unless told otherwise; RFC 7591's default (code only)
+            // is for self-registration.
+            grant_types: Some(
+                entry
+                    .grant_types
+                    .clone()
+                    .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]),
+            ),
             response_types: None,
             client_name: entry.client_name.clone(),
             id_token_signed_response_alg: entry.id_token_signed_response_alg.clone(),

@@ -73,7 +73,7 @@ pub struct Running {
     state: Option<AppState>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    audit_task: JoinHandle<()>,
+    background: Option<app::Tasks>,
 }
 
 impl Running {
@@ -111,10 +111,12 @@ impl Running {
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        // The last handle to the audit log goes with the state; the writer then drains its
-        // queue and stops.
+        // The last handles to the audit log and the logout sender go with the state; they
+        // then drain their queues and stop.
         drop(self.state.take());
-        let _ = (&mut self.audit_task).await;
+        if let Some(background) = self.background.take() {
+            background.finish().await;
+        }
         let _ = std::fs::remove_file(&self.admin_socket);
     }
 }
@@ -213,7 +215,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
     let proxy_addr = proxy.as_ref().and_then(|l| l.local_addr().ok());
 
     let socket_path = settings.paths.admin_socket();
-    let (state, audit_task) = AppState::open(settings.clone(), issuer, identity, clock).await?;
+    let (state, background) = AppState::open(settings.clone(), issuer, identity, clock).await?;
     let admin = admin_listener(&socket_path).await?;
 
     let router = app::router(state.clone());
@@ -248,7 +250,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
         state: Some(state),
         shutdown,
         tasks,
-        audit_task,
+        background: Some(background),
     })
 }
 

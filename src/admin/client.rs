@@ -106,7 +106,7 @@ impl AdminClient {
             Some(url) => url.clone(),
             None => Url::parse(&format!("http://{}", settings.listen)).map_err(|e| offline(&e))?,
         };
-        let (state, audit_task) = AppState::open(
+        let (state, background) = AppState::open(
             settings,
             crate::issuer::Issuer::new(&issuer),
             Arc::new(LocalTable::default()),
@@ -135,7 +135,7 @@ impl AdminClient {
             .map_err(|e| offline(&e))?
             .to_bytes();
         // The router held the last state handle; the audit writer now drains and stops.
-        let _ = audit_task.await;
+        background.finish().await;
         Ok(Answer {
             status,
             body,

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
-use tailpass_verify::{Alg, Jwk, JwkSet, UnixTime};
+use tailpass_verify::{Alg, Jwk, JwkSet, UnixTime, VerifyingKey};
 
 use crate::clock::Clock;
 
@@ -87,12 +87,15 @@ struct KeySet {
     keys: HashMap<String, Arc<SigningKey>>,
     active: BTreeMap<Alg, Arc<SigningKey>>,
     jwks: Arc<JwkSet>,
+    /// The published keys, parsed for verifying this server's own tokens.
+    verifiers: HashMap<String, Arc<VerifyingKey>>,
 }
 
 impl KeySet {
     fn build(entries: Vec<KeyEntry>, keys: HashMap<String, Arc<SigningKey>>) -> KeySet {
         let mut active = BTreeMap::new();
         let mut published = Vec::new();
+        let mut verifiers = HashMap::new();
         // Active keys first, then next, then retired: a naive client that takes the first key
         // of an algorithm gets the one that is signing.
         let mut ordered: Vec<&KeyEntry> = entries.iter().collect();
@@ -108,6 +111,9 @@ impl KeySet {
                     active.insert(entry.alg, key.clone());
                 }
                 published.push(key.jwk().clone());
+                if let Ok(verifier) = VerifyingKey::from_jwk(key.jwk(), key.alg()) {
+                    verifiers.insert(entry.kid.clone(), Arc::new(verifier));
+                }
             }
         }
         KeySet {
@@ -115,6 +121,7 @@ impl KeySet {
             keys,
             active,
             jwks: Arc::new(JwkSet { keys: published }),
+            verifiers,
         }
     }
 }
@@ -221,6 +228,11 @@ impl KeyRing {
     /// The published key with this `kid`, for verifying tokens this server issued.
     pub fn published(&self, kid: &str) -> Result<Option<Jwk>, KeyError> {
         Ok(self.snapshot()?.keys.get(kid).map(|k| k.jwk().clone()))
+    }
+
+    /// The published key with this `kid`, parsed for verification.
+    pub fn verifying_key(&self, kid: &str) -> Result<Option<Arc<VerifyingKey>>, KeyError> {
+        Ok(self.snapshot()?.verifiers.get(kid).cloned())
     }
 
     /// Every key in the manifest, for operators.

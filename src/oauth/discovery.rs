@@ -17,25 +17,122 @@ use crate::app::AppState;
 pub struct Metadata {
     /// The issuer.
     pub issuer: String,
+    /// The authorization endpoint.
+    pub authorization_endpoint: String,
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The userinfo endpoint.
+    pub userinfo_endpoint: String,
     /// The JWK Set.
     pub jwks_uri: String,
     /// Dynamic registration.
     pub registration_endpoint: String,
+    /// Introspection.
+    pub introspection_endpoint: String,
+    /// Revocation.
+    pub revocation_endpoint: String,
+    /// RP-initiated logout.
+    pub end_session_endpoint: String,
+    /// Scopes a person may request.
+    pub scopes_supported: Vec<&'static str>,
+    /// Only the code flow.
+    pub response_types_supported: Vec<&'static str>,
+    /// Only query responses.
+    pub response_modes_supported: Vec<&'static str>,
+    /// Grants.
+    pub grant_types_supported: Vec<&'static str>,
     /// Subject identifier types (OIDC Core §8): one `sub` per person for every client.
     pub subject_types_supported: Vec<&'static str>,
     /// ID token signing algorithms.
     pub id_token_signing_alg_values_supported: Vec<Alg>,
+    /// Client authentication methods at the token endpoint.
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Client authentication at introspection.
+    pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Client authentication at revocation.
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// PKCE methods.
+    pub code_challenge_methods_supported: Vec<&'static str>,
+    /// Claims tokens may carry.
+    pub claims_supported: Vec<&'static str>,
+    /// `iss` in authorization responses (RFC 9207).
+    pub authorization_response_iss_parameter_supported: bool,
+    /// Back-channel logout (OIDC Back-Channel Logout §2.1).
+    pub backchannel_logout_supported: bool,
+    /// Logout tokens carry `sid`.
+    pub backchannel_logout_session_supported: bool,
+    /// Request objects are not supported.
+    pub request_parameter_supported: bool,
+    /// Request URIs are not supported.
+    pub request_uri_parameter_supported: bool,
+    /// The `claims` parameter is not supported.
+    pub claims_parameter_supported: bool,
 }
 
 /// Builds the document for this server.
 pub fn document(state: &AppState) -> Metadata {
     let issuer = &state.issuer;
+    let client_auth = vec!["client_secret_basic", "client_secret_post"];
     Metadata {
         issuer: issuer.url().to_owned(),
+        authorization_endpoint: issuer.endpoint(paths::AUTHORIZE),
+        token_endpoint: issuer.endpoint(paths::TOKEN),
+        userinfo_endpoint: issuer.endpoint(paths::USERINFO),
         jwks_uri: issuer.endpoint(paths::JWKS),
         registration_endpoint: issuer.endpoint(paths::REGISTER),
+        introspection_endpoint: issuer.endpoint(paths::INTROSPECT),
+        revocation_endpoint: issuer.endpoint(paths::REVOKE),
+        end_session_endpoint: issuer.endpoint(paths::LOGOUT),
+        scopes_supported: vec!["openid", "profile", "email", "groups", "offline_access"],
+        response_types_supported: vec!["code"],
+        response_modes_supported: vec!["query"],
+        grant_types_supported: vec!["authorization_code", "refresh_token"],
         subject_types_supported: vec!["public"],
         id_token_signing_alg_values_supported: state.keys.enabled().iter().copied().collect(),
+        token_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        introspection_endpoint_auth_methods_supported: client_auth.clone(),
+        revocation_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        code_challenge_methods_supported: vec!["S256", "plain"],
+        claims_supported: vec![
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "nonce",
+            "auth_time",
+            "sid",
+            "azp",
+            "email",
+            "name",
+            "preferred_username",
+            "username",
+            "uid",
+            "picture",
+            "groups",
+            "node",
+            "nid",
+            "tags",
+            "tailnet",
+            "key",
+            "addresses",
+        ],
+        authorization_response_iss_parameter_supported: true,
+        backchannel_logout_supported: true,
+        backchannel_logout_session_supported: true,
+        request_parameter_supported: false,
+        request_uri_parameter_supported: false,
+        claims_parameter_supported: false,
     }
 }
 

@@ -11,11 +11,17 @@ use serde::Serialize;
 
 use crate::app::AppState;
 
+pub mod authorize;
 pub mod discovery;
 pub mod error;
 pub mod input;
+pub mod introspect;
 pub mod jwks;
+pub mod logout;
 pub mod register;
+pub mod revoke;
+pub mod token;
+pub mod userinfo;
 
 /// Endpoint paths, shared by the router and the discovery document.
 pub mod paths {
@@ -27,6 +33,20 @@ pub mod paths {
     pub const JWKS: &str = "/.well-known/jwks.json";
     /// Dynamic client registration (RFC 7591); `/register/{client_id}` is RFC 7592's.
     pub const REGISTER: &str = "/register";
+    /// The authorization endpoint.
+    pub const AUTHORIZE: &str = "/authorize";
+    /// Where the consent page posts.
+    pub const AUTHORIZE_CONSENT: &str = "/authorize/consent";
+    /// The token endpoint.
+    pub const TOKEN: &str = "/token";
+    /// The userinfo endpoint.
+    pub const USERINFO: &str = "/userinfo";
+    /// Token introspection (RFC 7662).
+    pub const INTROSPECT: &str = "/introspect";
+    /// Token revocation (RFC 7009).
+    pub const REVOKE: &str = "/revoke";
+    /// RP-initiated logout (`end_session_endpoint`).
+    pub const LOGOUT: &str = "/logout";
 }
 
 /// The OAuth routes.
@@ -36,6 +56,25 @@ pub fn routes() -> Router<AppState> {
         .route(paths::OAUTH_METADATA, get(discovery::metadata))
         .route(paths::JWKS, get(jwks::jwks))
         .route(paths::REGISTER, axum::routing::post(register::register))
+        .route(paths::AUTHORIZE, get(authorize::get).post(authorize::post))
+        .route(
+            paths::AUTHORIZE_CONSENT,
+            axum::routing::post(authorize::consent),
+        )
+        .route(
+            paths::TOKEN,
+            axum::routing::post(token::token).options(token::preflight),
+        )
+        .route(
+            paths::USERINFO,
+            get(userinfo::userinfo).post(userinfo::userinfo),
+        )
+        .route(
+            paths::INTROSPECT,
+            axum::routing::post(introspect::introspect),
+        )
+        .route(paths::REVOKE, axum::routing::post(revoke::revoke))
+        .route(paths::LOGOUT, get(logout::get).post(logout::post))
         .route(
             "/register/{client_id}",
             get(register::read)

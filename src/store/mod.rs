@@ -49,10 +49,7 @@ pub struct AuthCode {
     pub nonce: Option<String>,
     /// The PKCE challenge (RFC 7636).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code_challenge: Option<String>,
-    /// The PKCE method, `S256` or `plain`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code_challenge_method: Option<String>,
+    pub pkce: Option<crate::pkce::Challenge>,
     /// Who logged in.
     pub identity: Identity,
     /// When they authenticated.
@@ -255,15 +252,20 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Spends `presented` and makes `replacement` current, or reports why not (revoking the
-    /// family when `presented` was already spent).
+    /// family when `presented` was already spent). A token of another client is `Unknown` and
+    /// left untouched.
     async fn rotate_refresh(
         &self,
         presented: &SecretHash,
         replacement: &SecretHash,
+        client: &ClientId,
         now: UnixTime,
     ) -> Result<Rotation, StoreError>;
-    /// The family a refresh token belongs to.
-    async fn family_of(&self, token: &SecretHash) -> Result<Option<RefreshFamily>, StoreError>;
+    /// The family a refresh token belongs to, and whether the token itself is spent.
+    async fn family_of(
+        &self,
+        token: &SecretHash,
+    ) -> Result<Option<(RefreshFamily, bool)>, StoreError>;
     /// Revokes a family; false if unknown or already revoked.
     async fn revoke_family(&self, id: &str, now: UnixTime) -> Result<bool, StoreError>;
     /// Revokes every live family of a user (by login) or node (by stable id), returning them.

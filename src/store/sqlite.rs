@@ -266,6 +266,7 @@ impl Store for SqliteStore {
         &self,
         presented: &SecretHash,
         replacement: &SecretHash,
+        client: &ClientId,
         now: UnixTime,
     ) -> Result<Rotation, StoreError> {
         let mut tx = self.writer.begin().await.map_err(backend)?;
@@ -281,6 +282,9 @@ impl Store for SqliteStore {
             return Ok(Rotation::Unknown);
         };
         let mut family: RefreshFamily = decode(row.get::<&str, _>(0))?;
+        if family.client_id != *client {
+            return Ok(Rotation::Unknown);
+        }
         family.revoked_at = row.get::<Option<i64>, _>(1).map(from_time);
         if !family.is_live(now) {
             return Ok(Rotation::Inactive(family));
@@ -317,9 +321,12 @@ impl Store for SqliteStore {
         Ok(Rotation::Rotated(family))
     }
 
-    async fn family_of(&self, token: &SecretHash) -> Result<Option<RefreshFamily>, StoreError> {
+    async fn family_of(
+        &self,
+        token: &SecretHash,
+    ) -> Result<Option<(RefreshFamily, bool)>, StoreError> {
         let row = sqlx::query(
-            "SELECT f.data, f.revoked_at FROM refresh_tokens t \
+            "SELECT f.data, f.revoked_at, t.spent_at FROM refresh_tokens t \
              JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?",
         )
         .bind(token.to_hex())
@@ -329,7 +336,7 @@ impl Store for SqliteStore {
         row.map(|r| {
             let mut family: RefreshFamily = decode(r.get::<&str, _>(0))?;
             family.revoked_at = r.get::<Option<i64>, _>(1).map(from_time);
-            Ok(family)
+            Ok((family, r.get::<Option<i64>, _>(2).is_some()))
         })
         .transpose()
     }
@@ -661,13 +668,16 @@ mod tests {
             scope: vec!["openid".into()],
             resources: vec![],
             nonce: Some("n".into()),
-            code_challenge: None,
-            code_challenge_method: None,
+            pkce: None,
             identity: alice(),
             auth_time: UnixTime(100),
             sid: "s1".into(),
             expires_at: UnixTime(expires_at),
         }
+    }
+
+    fn c1() -> ClientId {
+        ClientId("c1".into())
     }
 
     fn family(id: &str, expires_at: u64) -> RefreshFamily {
@@ -776,26 +786,66 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            store.rotate_refresh(&t1, &t2, UnixTime(200)).await.unwrap(),
+            store
+                .rotate_refresh(&t1, &t2, &c1(), UnixTime(200))
+                .await
+                .unwrap(),
             Rotation::Rotated(_)
         ));
         // t1 is spent: presenting it again revokes the family, t2 included.
-        match store.rotate_refresh(&t1, &t3, UnixTime(300)).await.unwrap() {
+        match store
+            .rotate_refresh(&t1, &t3, &c1(), UnixTime(300))
+            .await
+            .unwrap()
+        {
             Rotation::Reused(f) => assert_eq!(f.revoked_at, Some(UnixTime(300))),
             other => panic!("expected reuse, got {other:?}"),
         }
         assert!(matches!(
-            store.rotate_refresh(&t2, &t3, UnixTime(301)).await.unwrap(),
+            store
+                .rotate_refresh(&t2, &t3, &c1(), UnixTime(301))
+                .await
+                .unwrap(),
             Rotation::Inactive(_)
         ));
         assert_eq!(
-            store.rotate_refresh(&t3, &t1, UnixTime(301)).await.unwrap(),
+            store
+                .rotate_refresh(&t3, &t1, &c1(), UnixTime(301))
+                .await
+                .unwrap(),
             Rotation::Unknown
         );
-        assert_eq!(
-            store.family_of(&t2).await.unwrap().unwrap().revoked_at,
-            Some(UnixTime(300))
+        let (family, spent) = store.family_of(&t2).await.unwrap().unwrap();
+        assert_eq!((family.revoked_at, spent), (Some(UnixTime(300)), false));
+        assert!(
+            store.family_of(&t1).await.unwrap().unwrap().1,
+            "t1 is spent"
         );
+    }
+
+    #[tokio::test]
+    async fn another_clients_refresh_token_is_unknown_and_left_alone() {
+        let (_dir, store) = store().await;
+        let (t1, t2) = (Secret::generate().hash(), Secret::generate().hash());
+        store
+            .insert_family(&family("f1", 10_000), &t1, UnixTime(100))
+            .await
+            .unwrap();
+        let other = ClientId("c2".into());
+        assert_eq!(
+            store
+                .rotate_refresh(&t1, &t2, &other, UnixTime(200))
+                .await
+                .unwrap(),
+            Rotation::Unknown
+        );
+        assert!(matches!(
+            store
+                .rotate_refresh(&t1, &t2, &c1(), UnixTime(201))
+                .await
+                .unwrap(),
+            Rotation::Rotated(_)
+        ));
     }
 
     #[tokio::test]
@@ -808,7 +858,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             store
-                .rotate_refresh(&t1, &t2, UnixTime(1_000))
+                .rotate_refresh(&t1, &t2, &c1(), UnixTime(1_000))
                 .await
                 .unwrap(),
             Rotation::Inactive(_)

@@ -10,10 +10,14 @@
     missing_docs
 )]
 
+mod authorize;
 mod binary;
 mod discovery;
 mod keys;
 mod localapi;
+mod login;
 mod peers;
 mod register;
+mod sessions;
 mod support;
+mod tls;

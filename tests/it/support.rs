@@ -20,8 +20,15 @@ pub const ALICE: u8 = 2;
 pub const CI: u8 = 3;
 /// Bob: a person without any grant.
 pub const BOB: u8 = 4;
+/// Carol: a person with two tsidp grants whose claims merge, and a resource grant.
+pub const CAROL: u8 = 5;
+/// Mallory: a person whose grant tries to override a standard claim.
+pub const MALLORY: u8 = 6;
 /// An address that is not on the tailnet.
 pub const STRANGER: u8 = 9;
+
+/// The gateway resource Carol's grant allows.
+pub const GATEWAY: &str = "https://gateway.tail1234.ts.net";
 
 pub fn ip(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
@@ -34,6 +41,15 @@ pub fn bob_whois() -> serde_json::Value {
                  "User": 77, "Key": "nodekey:0b", "Addresses": ["100.64.0.4/32"], "Tags": null},
         "UserProfile": {"ID": 77, "LoginName": "bob@example.com", "DisplayName": "Bob", "ProfilePicURL": ""},
         "CapMap": {}
+    })
+}
+
+fn user_whois(id: u64, login: &str, stable: &str, caps: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "Node": {"ID": id, "StableID": stable, "Name": format!("{stable}.tail1234.ts.net."),
+                 "User": id, "Key": "nodekey:0c", "Addresses": ["100.64.0.5/32"], "Tags": []},
+        "UserProfile": {"ID": id, "LoginName": login, "DisplayName": login, "ProfilePicURL": ""},
+        "CapMap": caps
     })
 }
 
@@ -50,6 +66,16 @@ pub fn peers_table() -> serde_json::Value {
         ip(ALICE).to_string(): fixture("whois-user.json"),
         ip(CI).to_string(): fixture("whois-tagged.json"),
         ip(BOB).to_string(): bob_whois(),
+        ip(CAROL).to_string(): user_whois(0x5c, "carol@example.com", "nCarol5CNTRL", serde_json::json!({
+            "tailscale.com/cap/tsidp": [
+                {"users": ["carol@example.com"], "resources": [GATEWAY],
+                 "extraClaims": {"team": "data", "envs": ["dev"], "groups": ["analysts"]}, "includeInUserInfo": true},
+                {"users": ["*"], "extraClaims": {"team": "ignored", "envs": ["prod", "dev"], "groups": ["oncall"]}}
+            ]
+        })),
+        ip(MALLORY).to_string(): user_whois(0x6d, "mallory@example.com", "nMallory6CNTRL", serde_json::json!({
+            "tailscale.com/cap/tsidp": [{"extraClaims": {"email": "ceo@example.com"}}]
+        })),
     })
 }
 
@@ -96,6 +122,13 @@ fn algs_of(args: &[String]) -> Vec<Alg> {
     if !args.iter().any(|a| a == "--no-rs256") && signing != Alg::RS256 {
         algs.push(Alg::RS256);
     }
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--enable-alg" {
+            algs.push(args[i + 1].parse().unwrap());
+        }
+    }
+    algs.sort();
+    algs.dedup();
     algs
 }
 
@@ -104,12 +137,52 @@ pub struct TestServer {
     pub base: String,
     pub dir: TempDir,
     pub clock: Arc<ManualClock>,
+    /// The certificate of an HTTPS server, for clients to trust.
+    pub ca_pem: Option<String>,
 }
 
 impl TestServer {
     /// A server on the test tailnet with default settings.
     pub async fn start() -> TestServer {
         TestServer::with_args(&[]).await
+    }
+
+    /// A server speaking HTTPS with a throwaway certificate for 127.0.0.1; clients from
+    /// [`TestServer::peer`] trust it.
+    pub async fn https(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        let table = dir.path().join("peers.json");
+        std::fs::write(&table, peers_table().to_string()).unwrap();
+        let mut args: Vec<&str> = extra.to_vec();
+        let (cert, key) = (
+            cert.to_str().unwrap().to_owned(),
+            key.to_str().unwrap().to_owned(),
+        );
+        args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+        let mut server =
+            TestServer::in_dir(dir, &args, &["--identity-file", table.to_str().unwrap()]).await;
+        server.ca_pem = Some(generated.cert.pem());
+        server
+    }
+
+    /// An HTTP client from peer `n` that trusts this server's certificate.
+    pub fn peer(&self, n: u8) -> reqwest::Client {
+        self.client_builder().local_address(ip(n)).build().unwrap()
+    }
+
+    /// A client builder that trusts this server and does not follow redirects.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &self.ca_pem {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder
     }
 
     /// A server with extra `serve` flags.
@@ -157,6 +230,7 @@ impl TestServer {
             base,
             dir,
             clock,
+            ca_pem: None,
         }
     }
 

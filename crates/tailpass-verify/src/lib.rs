@@ -10,9 +10,15 @@
 //! crate.
 
 pub mod alg;
+pub mod claims;
 pub mod jwk;
+pub mod jws;
 pub mod time;
+pub mod validate;
 
 pub use alg::Alg;
+pub use claims::{AccessClaims, Audience, IdClaims};
 pub use jwk::{Jwk, JwkSet, Thumbprint};
+pub use jws::{Jws, JwsError, VerifyingKey};
 pub use time::UnixTime;
+pub use validate::{Expect, ValidationError};

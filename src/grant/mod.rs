@@ -1,0 +1,194 @@
+//! The grants: what each way of getting a token checks and issues, one file each. Endpoint
+//! handlers in `oauth` parse and answer; the decisions live here.
+
+use serde::Serialize;
+use tailpass_verify::{AccessClaims, UnixTime};
+
+use crate::app::AppState;
+use crate::clients::Client;
+use crate::identity::Identity;
+use crate::oauth::error::{Code, Error};
+use crate::policy::{login, tsidp};
+use crate::tokens::mint::Login;
+use crate::tokens::{ACCESS_TYP, ID_TYP};
+
+pub mod authorization_code;
+pub mod refresh;
+
+/// Scopes a person may request at `/authorize`: OIDC's, `groups`, and `offline_access`.
+const LOGIN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
+
+/// A set of scopes, in request order, without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes(pub Vec<String>);
+
+impl Scopes {
+    /// Splits a `scope` parameter on spaces and, for clients like Portainer that send
+    /// `openid,profile,email`, on commas.
+    pub fn parse(raw: Option<&str>) -> Scopes {
+        let mut scopes: Vec<String> = Vec::new();
+        for scope in raw
+            .unwrap_or_default()
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+        {
+            if !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+        Scopes(scopes)
+    }
+
+    /// Checks that every scope is one a person may request.
+    pub fn check_login(&self) -> Result<(), String> {
+        match self.0.iter().find(|s| !LOGIN_SCOPES.contains(&s.as_str())) {
+            Some(unknown) => Err(format!(
+                "scope {unknown:?} is not supported (supported: {})",
+                LOGIN_SCOPES.join(" ")
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `scope` is present.
+    pub fn has(&self, scope: &str) -> bool {
+        self.0.iter().any(|s| s == scope)
+    }
+
+    /// Whether every scope here is also in `other`.
+    pub fn within(&self, other: &[String]) -> bool {
+        self.0.iter().all(|s| other.contains(s))
+    }
+
+    /// The space-separated form.
+    pub fn joined(&self) -> String {
+        self.0.join(" ")
+    }
+}
+
+/// A successful token response (RFC 6749 §5.1, OIDC Core §3.1.3.3, RFC 8693 §2.2.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// `Bearer`, or `DPoP` for DPoP-bound tokens.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Granted scopes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The refresh token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The ID token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    /// For token exchange: the type of `access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+}
+
+/// The tokens issued to a person's client.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The signed access token.
+    pub access_token: String,
+    /// Its claims, for the audit log and code bookkeeping.
+    pub claims: AccessClaims,
+    /// The signed ID token, when `openid` was granted.
+    pub id_token: Option<String>,
+}
+
+/// What a person's tokens are for.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginGrant<'a> {
+    /// Who logged in (as captured at `/authorize`).
+    pub identity: &'a Identity,
+    /// Granted scopes.
+    pub scopes: &'a Scopes,
+    /// Granted resources.
+    pub resources: &'a [String],
+    /// When the person authenticated.
+    pub auth_time: UnixTime,
+    /// The session and refresh family.
+    pub sid: &'a str,
+    /// The nonce to echo in the ID token.
+    pub nonce: Option<&'a str>,
+}
+
+/// Mints a person's access token (and ID token for `openid`), re-checking policy first: who
+/// may log in to the client and which resources, as the client and grants stand now.
+pub fn issue_login(
+    state: &AppState,
+    client: &Client,
+    grant: LoginGrant<'_>,
+) -> Result<Issued, Error> {
+    let grants = tsidp::grants(grant.identity);
+    let extra = login::claims(grant.identity, &state.settings.policy, &grants)
+        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
+    login::may_log_in(
+        client,
+        grant.identity,
+        &state.settings.policy,
+        &extra.groups,
+    )
+    .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
+    login::check_resources(grant.resources, client, grant.identity, &grants)
+        .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
+    let now = state.now();
+    let login = Login {
+        identity: grant.identity,
+        client_id: &client.client_id.0,
+        scope: &grant.scopes.0,
+        resources: grant.resources,
+        groups: &extra.groups,
+        extra: &extra.claims,
+        userinfo_extra: &extra.userinfo,
+        auth_time: grant.auth_time,
+        sid: grant.sid,
+        nonce: grant.nonce,
+    };
+    let lifetime = state.settings.token_lifetime;
+    let claims = login.access_claims(state.issuer.url(), now, lifetime);
+    let access_token = state
+        .keys
+        .sign_jwt(state.settings.signing_alg, ACCESS_TYP, &claims)?;
+    let id_token = if grant.scopes.has("openid") {
+        let alg = client.id_token_alg(state.settings.default_id_token_alg());
+        let id_claims = login.id_claims(state.issuer.url(), now, lifetime);
+        Some(state.keys.sign_jwt(alg, ID_TYP, &id_claims)?)
+    } else {
+        None
+    };
+    Ok(Issued {
+        access_token,
+        claims,
+        id_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_split_on_spaces_and_commas() {
+        assert_eq!(
+            Scopes::parse(Some("openid,profile,email")).0,
+            ["openid", "profile", "email"]
+        );
+        assert_eq!(
+            Scopes::parse(Some("openid  profile openid")).0,
+            ["openid", "profile"]
+        );
+        assert_eq!(Scopes::parse(Some("openid, email")).0, ["openid", "email"]);
+        assert!(Scopes::parse(None).0.is_empty());
+        assert!(
+            Scopes::parse(Some("openid offline_access"))
+                .check_login()
+                .is_ok()
+        );
+        assert!(Scopes::parse(Some("openid admin")).check_login().is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The local policy file (`--policy FILE`, TOML): what the tailnet cannot say.
+//!
+//! ```toml
+//! [groups]                       # WhoIs carries no groups: they are defined here
+//! sre = ["alice@example.com", "bob@example.com"]
+//!
+//! [[rule]]                       # agent rules; same schema as the tailpass/cap/agent grant
+//! src = ["tag:ci", "group:sre"]
+//! audiences = ["https://gateway.tail1234.ts.net"]
+//! scopes = ["llm"]
+//! max_lifetime = 900
+//! claims = { models = ["claude-sonnet"], quota = { requests = 200, tokens = 500000 } }
+//! tokens_per_minute = 60
+//! ```
+//!
+//! Selectors name callers by tag, node stable id, login or group — never by node name, which
+//! a device's owner chooses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One rule: who (`src`) may get what. Shared by the policy file's `[[rule]]` tables and the
+/// tailnet capability `tailpass/cap/agent` (DESIGN "Contracts": policy capability).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Selectors: `tag:x`, `node:<StableID>`, a login, `group:x`, or `*`.
+    #[serde(default)]
+    pub src: Vec<String>,
+    /// Audiences (resources) tokens may be for; `*` for any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes tokens may carry; `*` for any.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The longest lifetime granted, seconds.
+    #[serde(default)]
+    pub max_lifetime: Option<u64>,
+    /// Claims added to the token (the gateway's `models` and `quota`, for instance).
+    #[serde(default)]
+    pub claims: BTreeMap<String, Value>,
+    /// Token requests per minute per node.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// Whether the caller may use the introspection endpoint.
+    #[serde(default)]
+    pub allow_introspect: bool,
+}
+
+/// The policy file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Group name (without `group:`) → logins.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// Agent rules.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+/// Why the policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Occurs when the file cannot be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Occurs when the file is not valid.
+    #[error("policy {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl PolicyFile {
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        PolicyFile::parse(&text).map_err(|message| PolicyError::Invalid {
+            path: shown,
+            message,
+        })
+    }
+
+    /// Parses and checks policy TOML.
+    pub fn parse(text: &str) -> Result<PolicyFile, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, rule) in file.rules.iter().enumerate() {
+            if rule.src.is_empty() {
+                return Err(format!(
+                    "rule {}: src is empty, so it matches nobody",
+                    i + 1
+                ));
+            }
+            for selector in &rule.src {
+                if let Some(group) = selector.strip_prefix("group:")
+                    && !file.groups.contains_key(group)
+                {
+                    return Err(format!("rule {}: unknown group {group:?}", i + 1));
+                }
+            }
+        }
+        Ok(file)
+    }
+
+    /// The groups (without `group:`) a login belongs to.
+    pub fn groups_of(&self, login: &str) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, members)| members.contains(login))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_groups_and_rules() {
+        let file = PolicyFile::parse(
+            r#"
+            [groups]
+            sre = ["alice@example.com"]
+            [[rule]]
+            src = ["tag:ci", "group:sre"]
+            audiences = ["https://gw"]
+            max_lifetime = 900
+            claims = { models = ["m1"], quota = { requests = 10 } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.groups_of("alice@example.com"), ["sre"]);
+        assert!(file.groups_of("bob@example.com").is_empty());
+        assert_eq!(file.rules[0].max_lifetime, Some(900));
+        assert_eq!(file.rules[0].claims["quota"]["requests"], 10);
+    }
+
+    #[test]
+    fn refuses_typos_and_dangling_groups() {
+        assert!(PolicyFile::parse("[[rule]]\nsrc = [\"tag:ci\"]\naudience = [\"x\"]\n").is_err());
+        let err = PolicyFile::parse("[[rule]]\nsrc = [\"group:nope\"]\n").unwrap_err();
+        assert!(err.contains("nope"));
+        assert!(
+            PolicyFile::parse("[[rule]]\naudiences = [\"x\"]\n")
+                .unwrap_err()
+                .contains("src")
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Which tokens are revoked, answered from memory.
+//!
+//! Revocations are durable in the store and mirrored here, indexed by kind and value, so that
+//! checking a token costs a few hash lookups. A revocation matches a token issued at or before
+//! it (`iat <= revoked_at`): revoking is "kill what exists", and for nodes and users it also
+//! refuses new tokens until lifted or until its `until` passes. Every change is broadcast for
+//! the revocation feed. The index refreshes from the store, so replicas sharing a database
+//! converge.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tailpass_verify::{AccessClaims, UnixTime};
+use tokio::sync::broadcast;
+
+use crate::identity::Identity;
+use crate::store::{Revocation, RevocationKind, Store, StoreError};
+
+/// How many feed events a slow subscriber may fall behind before it must resynchronize.
+const FEED_BUFFER: usize = 1_024;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The latest revocation's time: tokens issued at or before it are refused.
+    revoked_at: UnixTime,
+    /// Whether new tokens are refused, and until when (`Some(None)`: until lifted).
+    blocks: Option<Option<UnixTime>>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    last_seq: u64,
+    entries: HashMap<(RevocationKind, String), Entry>,
+}
+
+impl Index {
+    fn apply(&mut self, r: &Revocation) {
+        self.last_seq = self.last_seq.max(r.seq);
+        let entry = self
+            .entries
+            .entry((r.kind, r.value.clone()))
+            .or_insert(Entry {
+                revoked_at: r.revoked_at,
+                blocks: None,
+            });
+        entry.revoked_at = entry.revoked_at.max(r.revoked_at);
+        // Only node and user revocations refuse new tokens; a lift ends that, and of two
+        // blocks the longer wins (`None` inside meaning until lifted).
+        if matches!(r.kind, RevocationKind::Node | RevocationKind::User) {
+            entry.blocks = match (r.lifted_at, entry.blocks) {
+                (Some(_), _) => None,
+                (None, None) => Some(r.until),
+                (None, Some(None)) => Some(None),
+                (None, Some(Some(t))) => Some(r.until.map(|u| u.max(t))),
+            };
+        }
+    }
+
+    fn matches(&self, kind: RevocationKind, value: &str, iat: UnixTime) -> bool {
+        self.entries
+            .get(&(kind, value.to_owned()))
+            .is_some_and(|e| iat <= e.revoked_at)
+    }
+}
+
+/// Why a token or an issuance is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// What matched.
+    pub kind: RevocationKind,
+    /// The matched value.
+    pub value: String,
+}
+
+impl std::fmt::Display for Hit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} is revoked", self.kind.as_str(), self.value)
+    }
+}
+
+/// The revocation index.
+#[derive(Debug)]
+pub struct Revocations {
+    index: RwLock<Index>,
+    changes: broadcast::Sender<Revocation>,
+}
+
+impl Revocations {
+    /// Loads every stored revocation.
+    pub async fn load(store: &dyn Store) -> Result<Revocations, StoreError> {
+        let (changes, _) = broadcast::channel(FEED_BUFFER);
+        let list = Revocations {
+            index: RwLock::new(Index::default()),
+            changes,
+        };
+        list.refresh(store).await?;
+        Ok(list)
+    }
+
+    /// Applies revocations stored since the last look (by another replica, say).
+    pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let since = self.last_seq();
+        let fresh = store.revocations_since(since).await?;
+        if let Ok(mut index) = self.index.write() {
+            for r in &fresh {
+                index.apply(r);
+            }
+        }
+        for r in fresh {
+            let _ = self.changes.send(r);
+        }
+        Ok(())
+    }
+
+    /// The highest sequence number applied.
+    pub fn last_seq(&self) -> u64 {
+        self.index.read().map(|i| i.last_seq).unwrap_or(0)
+    }
+
+    /// Revokes `kind`/`value` now: durable first, then visible here and on the feed.
+    pub async fn revoke(
+        &self,
+        store: &dyn Store,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+        until: Option<UnixTime>,
+    ) -> Result<Revocation, StoreError> {
+        let revocation = store.insert_revocation(kind, value, now, until).await?;
+        if let Ok(mut index) = self.index.write() {
+            index.apply(&revocation);
+        }
+        let _ = self.changes.send(revocation.clone());
+        Ok(revocation)
+    }
+
+    /// Allows new tokens for `kind`/`value` again; tokens already revoked stay revoked.
+    pub async fn lift(
+        &self,
+        store: &dyn Store,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let lifted = store.lift_revocations(kind, value, now).await?;
+        if let Ok(mut index) = self.index.write() {
+            for r in &lifted {
+                index.apply(r);
+            }
+        }
+        Ok(lifted)
+    }
+
+    /// Subscribes to revocations made from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        self.changes.subscribe()
+    }
+
+    /// Whether an access token is revoked, and by what.
+    pub fn check(&self, claims: &AccessClaims) -> Option<Hit> {
+        let index = self.index.read().ok()?;
+        let iat = claims.iat;
+        let mut candidates: Vec<(RevocationKind, &str)> = vec![(RevocationKind::Jti, &claims.jti)];
+        if let Some(sid) = &claims.sid {
+            candidates.push((RevocationKind::Family, sid));
+        }
+        let run = &claims.run;
+        for id in [&run.run_id, &run.parent_run_id, &run.root_run_id]
+            .into_iter()
+            .flatten()
+        {
+            candidates.push((RevocationKind::Run, id));
+        }
+        let mut actor = run.act.as_ref();
+        while let Some(a) = actor {
+            if let Some(id) = &a.run_id {
+                candidates.push((RevocationKind::Run, id));
+            }
+            actor = a.act.as_deref();
+        }
+        if let Some(node) = claims.cnf.as_ref().and_then(|c| c.tailnet_node.as_deref()) {
+            candidates.push((RevocationKind::Node, node));
+        }
+        if let Some(login) = &claims.profile.preferred_username {
+            candidates.push((RevocationKind::User, login));
+        }
+        candidates
+            .into_iter()
+            .find(|(kind, value)| index.matches(*kind, value, iat))
+            .map(|(kind, value)| Hit {
+                kind,
+                value: value.to_owned(),
+            })
+    }
+
+    /// Whether a refresh family (by id) is revoked for tokens issued at `iat`.
+    pub fn family_revoked(&self, family: &str, iat: UnixTime) -> bool {
+        self.index
+            .read()
+            .map(|i| i.matches(RevocationKind::Family, family, iat))
+            .unwrap_or(true)
+    }
+
+    /// Whether new tokens for this identity are refused (a revoked node or user).
+    pub fn blocks_issuance(&self, identity: &Identity, now: UnixTime) -> Option<Hit> {
+        let index = self.index.read().ok()?;
+        let mut keys = vec![(RevocationKind::Node, identity.node.stable_id.0.as_str())];
+        if let Some(user) = &identity.user {
+            keys.push((RevocationKind::User, user.login.as_str()));
+        }
+        keys.into_iter()
+            .find(|(kind, value)| {
+                index
+                    .entries
+                    .get(&(*kind, (*value).to_owned()))
+                    .and_then(|e| e.blocks)
+                    .is_some_and(|until| until.is_none_or(|t| now < t))
+            })
+            .map(|(kind, value)| Hit {
+                kind,
+                value: value.to_owned(),
+            })
+    }
+}
+
+/// Shared handle.
+pub type SharedRevocations = Arc<Revocations>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn claims(iat: u64) -> AccessClaims {
+        serde_json::from_value(serde_json::json!({
+            "iss": "i", "sub": "node:n1", "aud": "gw", "exp": iat + 100, "iat": iat, "jti": "j1",
+            "client_id": "node:n1", "run_id": "r2", "parent_run_id": "r1", "root_run_id": "r0",
+            "cnf": {"tailnet_node": "n1"}, "sid": "f1",
+            "act": {"sub": "node:n1", "run_id": "r1", "act": {"sub": "node:n0", "run_id": "r0"}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_link_of_a_token_can_revoke_it_but_only_backwards_in_time() {
+        for (kind, value) in [
+            (RevocationKind::Jti, "j1"),
+            (RevocationKind::Run, "r2"),
+            (RevocationKind::Run, "r1"),
+            (RevocationKind::Run, "r0"),
+            (RevocationKind::Node, "n1"),
+            (RevocationKind::Family, "f1"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open_in(dir.path()).await.unwrap();
+            let list = Revocations::load(&store).await.unwrap();
+            assert_eq!(list.check(&claims(1_000)), None);
+            list.revoke(&store, kind, value, UnixTime(1_000), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                list.check(&claims(1_000)).map(|h| h.kind),
+                Some(kind),
+                "{value}"
+            );
+            assert_eq!(
+                list.check(&claims(1_001)),
+                None,
+                "a token issued after is not matched"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn node_revocation_blocks_issuance_until_lifted_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        let list = Revocations::load(&store).await.unwrap();
+        let identity: Identity = serde_json::from_str::<crate::identity::whois::WhoIsResponse>(
+            include_str!("../tests/fixtures/whois-tagged.json"),
+        )
+        .unwrap()
+        .into_identity()
+        .unwrap();
+        let node = identity.node.stable_id.0.clone();
+        list.revoke(
+            &store,
+            RevocationKind::Node,
+            &node,
+            UnixTime(100),
+            Some(UnixTime(200)),
+        )
+        .await
+        .unwrap();
+        assert!(list.blocks_issuance(&identity, UnixTime(150)).is_some());
+        assert!(
+            list.blocks_issuance(&identity, UnixTime(200)).is_none(),
+            "until has passed"
+        );
+        list.revoke(&store, RevocationKind::Node, &node, UnixTime(300), None)
+            .await
+            .unwrap();
+        assert!(list.blocks_issuance(&identity, UnixTime(10_000)).is_some());
+        list.lift(&store, RevocationKind::Node, &node, UnixTime(400))
+            .await
+            .unwrap();
+        assert!(list.blocks_issuance(&identity, UnixTime(401)).is_none());
+        // A restart (a fresh index from the store) agrees.
+        let reloaded = Revocations::load(&store).await.unwrap();
+        assert!(reloaded.blocks_issuance(&identity, UnixTime(401)).is_none());
+        assert_eq!(reloaded.last_seq(), list.last_seq());
+    }
+}

@@ -1,0 +1,150 @@
+//! Claim assembly: what goes into an ID token or an access token for a person, built from the
+//! identity captured at login, the grant, and policy.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tailpass_verify::claims::{Audience, Profile, TailnetClaims};
+use tailpass_verify::{AccessClaims, IdClaims, UnixTime};
+
+use super::user_subject;
+use crate::identity::Identity;
+use crate::secret::random_token;
+
+/// An email-shaped value for a login. Most logins are email addresses already; identity
+/// providers without email (`alice@github`, `alice@passkey`) give a login whose "domain" is
+/// the provider, which relying parties that insist on an email claim would reject. For those,
+/// as tsidp does, the provider becomes a subdomain of the tailnet-independent suffix
+/// `<provider>.tailpass.invalid`… see [`email_for`].
+pub fn email_for(login: &str) -> String {
+    login.to_owned()
+}
+
+/// The login's local part (`alice` for `alice@example.com`).
+fn username_for(login: &str) -> String {
+    login.split('@').next().unwrap_or(login).to_owned()
+}
+
+/// A person's profile claims.
+pub fn profile(identity: &Identity, groups: &[String]) -> Profile {
+    match &identity.user {
+        Some(user) => Profile {
+            email: Some(email_for(&user.login)),
+            name: Some(user.display_name.clone()).filter(|n| !n.is_empty()),
+            preferred_username: Some(user.login.clone()),
+            username: Some(username_for(&user.login)),
+            uid: Some(user.id),
+            picture: user.picture.clone(),
+            groups: groups.to_vec(),
+        },
+        None => Profile {
+            groups: groups.to_vec(),
+            ..Profile::default()
+        },
+    }
+}
+
+/// The node's tailnet claims (tsidp's `node`, `nid`, `tags`, `tailnet`).
+pub fn tailnet(identity: &Identity) -> TailnetClaims {
+    TailnetClaims {
+        node: Some(identity.node.name.clone()),
+        nid: Some(identity.node.id),
+        tags: identity.node.tags.clone(),
+        tailnet: Some(identity.tailnet.clone()),
+    }
+}
+
+/// What a person's tokens are issued for.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    /// Who logged in.
+    pub identity: &'a Identity,
+    /// The client.
+    pub client_id: &'a str,
+    /// Granted scopes.
+    pub scope: &'a [String],
+    /// Granted resources.
+    pub resources: &'a [String],
+    /// Groups.
+    pub groups: &'a [String],
+    /// Policy claims, for the ID token.
+    pub extra: &'a BTreeMap<String, Value>,
+    /// The policy claims also shown at `/userinfo` (`includeInUserInfo`), which is what the
+    /// access token carries: `/userinfo` answers from it.
+    pub userinfo_extra: &'a BTreeMap<String, Value>,
+    /// When the user authenticated.
+    pub auth_time: UnixTime,
+    /// The session, which is also the refresh family.
+    pub sid: &'a str,
+    /// The nonce to echo.
+    pub nonce: Option<&'a str>,
+}
+
+impl Login<'_> {
+    fn subject(&self) -> String {
+        self.identity
+            .user
+            .as_ref()
+            .map(|u| user_subject(u.id))
+            .unwrap_or_default()
+    }
+
+    /// An RFC 9068 access token's claims: for the requested resources, or for the client
+    /// itself when none was requested.
+    pub fn access_claims(&self, issuer: &str, now: UnixTime, lifetime: u64) -> AccessClaims {
+        let aud = if self.resources.is_empty() {
+            Audience::one(self.client_id)
+        } else {
+            Audience(self.resources.to_vec())
+        };
+        AccessClaims {
+            iss: issuer.to_owned(),
+            sub: self.subject(),
+            aud,
+            exp: now.plus(lifetime),
+            iat: now,
+            nbf: Some(now),
+            jti: random_token(16),
+            client_id: self.client_id.to_owned(),
+            scope: Some(self.scope.join(" ")),
+            auth_time: Some(self.auth_time),
+            sid: Some(self.sid.to_owned()),
+            profile: profile(self.identity, self.groups),
+            tailnet: tailnet(self.identity),
+            run: Default::default(),
+            cnf: None,
+            extra: self.userinfo_extra.clone(),
+        }
+    }
+
+    /// An ID token's claims: the client is an audience, and so is each resource; `azp` names
+    /// the client when there are several (OIDC Core §2).
+    pub fn id_claims(&self, issuer: &str, now: UnixTime, lifetime: u64) -> IdClaims {
+        let mut aud = vec![self.client_id.to_owned()];
+        aud.extend(
+            self.resources
+                .iter()
+                .filter(|r| *r != self.client_id)
+                .cloned(),
+        );
+        let azp = (aud.len() > 1).then(|| self.client_id.to_owned());
+        IdClaims {
+            iss: issuer.to_owned(),
+            sub: self.subject(),
+            aud: Audience(aud),
+            exp: now.plus(lifetime),
+            iat: now,
+            nbf: Some(now),
+            jti: random_token(16),
+            nonce: self.nonce.map(str::to_owned),
+            auth_time: self.auth_time,
+            sid: Some(self.sid.to_owned()),
+            azp,
+            profile: profile(self.identity, self.groups),
+            tailnet: tailnet(self.identity),
+            key: self.identity.node.key.clone(),
+            addresses: self.identity.node.addresses.clone(),
+            extra: self.extra.clone(),
+        }
+    }
+}

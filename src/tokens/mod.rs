@@ -1,0 +1,151 @@
+//! The tokens this server issues: subject identifiers, claim assembly ([`mint`]), and reading
+//! back its own access tokens ([`read_access`]) for `/userinfo`, introspection, revocation and
+//! token exchange.
+
+use tailpass_verify::validate::{self, Expect, Registered, ValidationError};
+use tailpass_verify::{AccessClaims, Jws, UnixTime};
+
+use crate::identity::StableNodeId;
+use crate::keys::KeyRing;
+use crate::revocation::{Hit, Revocations};
+
+pub mod mint;
+
+/// `typ` of access tokens (RFC 9068 §2.1).
+pub const ACCESS_TYP: &str = "at+jwt";
+/// `typ` of ID tokens.
+pub const ID_TYP: &str = "JWT";
+/// `typ` of back-channel logout tokens (OIDC Back-Channel Logout §2.4).
+pub const LOGOUT_TYP: &str = "logout+jwt";
+/// Clock skew tolerated when reading tokens.
+pub const LEEWAY: u64 = 30;
+
+/// `sub` for a person: tsidp's form, so relying parties can migrate (DESIGN "Contracts").
+pub fn user_subject(user_id: u64) -> String {
+    format!("userid:{user_id:x}")
+}
+
+/// `sub` for a tagged node.
+pub fn node_subject(node: &StableNodeId) -> String {
+    format!("node:{node}")
+}
+
+/// `sub` for a confidential client using client credentials.
+pub fn client_subject(client_id: &str) -> String {
+    format!("client:{client_id}")
+}
+
+/// Why an access token presented to this server is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Occurs when the token is malformed, badly signed, expired, of the wrong type or from
+    /// another issuer.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Occurs when the token, its run, node, user or session was revoked.
+    #[error("{0}")]
+    Revoked(Hit),
+}
+
+/// Reads an access token this server issued: signature with a published key, `typ`,
+/// issuer, time, and revocation. It does not check `cnf`; callers that accept bound tokens
+/// check the binding against the presenter.
+pub fn read_access(
+    token: &str,
+    keys: &KeyRing,
+    revocations: &Revocations,
+    issuer: &str,
+    now: UnixTime,
+) -> Result<AccessClaims, TokenError> {
+    let claims =
+        read_signed::<AccessClaims>(token, keys, issuer, ACCESS_TYP, now, |c| Registered {
+            iss: &c.iss,
+            aud: &c.aud,
+            exp: c.exp,
+            iat: c.iat,
+            nbf: c.nbf,
+        })?;
+    if let Some(hit) = revocations.check(&claims) {
+        return Err(TokenError::Revoked(hit));
+    }
+    Ok(claims)
+}
+
+/// Reads a token of type `typ` this server signed, checking signature, type, issuer and time.
+pub fn read_signed<C: serde::de::DeserializeOwned>(
+    token: &str,
+    keys: &KeyRing,
+    issuer: &str,
+    typ: &'static str,
+    now: UnixTime,
+    registered: impl Fn(&C) -> Registered<'_>,
+) -> Result<C, ValidationError> {
+    let jws = Jws::parse(token)?;
+    let kid = jws.header.kid.clone().unwrap_or_default();
+    let key = keys
+        .verifying_key(&kid)
+        .ok()
+        .flatten()
+        .ok_or(ValidationError::UnknownKey(kid))?;
+    jws.verify(&key)?;
+    let claims: C = jws.claims()?;
+    let expect = Expect {
+        issuer,
+        audience: None,
+        typ,
+        leeway: LEEWAY,
+    };
+    validate::check(&jws, registered(&claims), &expect, now)?;
+    Ok(claims)
+}
+
+/// Reads an ID token this server issued, as an `id_token_hint`: signature, type and issuer,
+/// but not expiry — a relying party may send a hint long after the ID token expired
+/// (OIDC RP-Initiated Logout §2).
+pub fn read_id_token_hint(
+    token: &str,
+    keys: &KeyRing,
+    issuer: &str,
+) -> Result<tailpass_verify::IdClaims, ValidationError> {
+    let jws = Jws::parse(token)?;
+    let kid = jws.header.kid.clone().unwrap_or_default();
+    let key = keys
+        .verifying_key(&kid)
+        .ok()
+        .flatten()
+        .ok_or(ValidationError::UnknownKey(kid))?;
+    jws.verify(&key)?;
+    let claims: tailpass_verify::IdClaims = jws.claims()?;
+    let expect = Expect {
+        issuer,
+        audience: None,
+        typ: ID_TYP,
+        leeway: LEEWAY,
+    };
+    // Check everything at the time the token was issued: only expiry is waived.
+    let registered = Registered {
+        iss: &claims.iss,
+        aud: &claims.aud,
+        exp: claims.exp,
+        iat: claims.iat,
+        nbf: claims.nbf,
+    };
+    validate::check(&jws, registered, &expect, claims.iat)?;
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_typed_and_never_collide() {
+        assert_eq!(user_subject(0xc2847229e6780), "userid:c2847229e6780");
+        assert_eq!(user_subject(255), "userid:ff", "lowercase hex, no padding");
+        assert_eq!(
+            node_subject(&StableNodeId("nCi7CNTRL".into())),
+            "node:nCi7CNTRL"
+        );
+        assert_eq!(client_subject("grafana"), "client:grafana");
+    }
+}

@@ -1,0 +1,406 @@
+//! Sessions after login: consent for self-registered clients, refresh rotation and reuse,
+//! survival across a restart, introspection's rules, and logout with back-channel
+//! notification.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use serde_json::{Value, json};
+use tailpass_verify::claims::{BACKCHANNEL_LOGOUT_EVENT, LogoutClaims};
+use tailpass_verify::{JwkSet, Jws, VerifyingKey};
+use tokio::sync::mpsc;
+use url::Url;
+
+use crate::authorize::{
+    VERIFIER, authorize_url, claims, code, open, redeem, token, token_introspect,
+};
+use crate::login::{REDIRECT, alice_sub, param, register};
+use crate::support::{ALICE, BOB, TestServer, json as read, peer};
+
+/// Hidden inputs of an HTML form, unescaped.
+fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        s.replace("&#34;", "\"")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&#60;", "<")
+            .replace("&lt;", "<")
+            .replace("&#62;", ">")
+            .replace("&gt;", ">")
+            .replace("&#38;", "&")
+            .replace("&amp;", "&")
+    };
+    html.split("<input type=\"hidden\" ")
+        .skip(1)
+        .filter_map(|rest| {
+            let name = rest.split("name=\"").nth(1)?.split('"').next()?;
+            let value = rest.split("value=\"").nth(1)?.split('"').next()?;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
+}
+
+async fn submit_consent(
+    server: &TestServer,
+    from: u8,
+    fields: &[(String, String)],
+    decision: &str,
+    origin: &str,
+) -> reqwest::Response {
+    let mut form: Vec<(String, String)> = fields.to_vec();
+    form.push(("decision".into(), decision.into()));
+    server
+        .peer(from)
+        .post(server.url("/authorize/consent"))
+        .header("origin", origin)
+        .header("sec-fetch-site", "same-origin")
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_self_registered_client_asks_each_user_once() {
+    let server = TestServer::start().await;
+    let (status, registered) = read(
+        peer(ALICE)
+            .post(server.url("/register"))
+            .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Wiki"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = registered["client_id"].as_str().unwrap().to_owned();
+
+    let page = open(&server, ALICE, &authorize_url(&server, &id, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(page.0, 200, "a consent page, not a code");
+    assert!(page.1.contains("Wiki") && page.1.contains("alice@example.com"));
+    let fields = hidden_fields(&page.1);
+    assert!(fields.iter().any(|(k, _)| k == "consent_token"));
+
+    // Another site cannot approve for Alice; nor can a tampered form.
+    let cross = server
+        .peer(ALICE)
+        .post(server.url("/authorize/consent"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    let mut tampered = fields.clone();
+    for (k, v) in &mut tampered {
+        if k == "scope" {
+            *v = "openid profile email groups".into();
+        }
+    }
+    assert_eq!(
+        submit_consent(&server, ALICE, &tampered, "approve", &server.base)
+            .await
+            .status(),
+        403
+    );
+    // Nor can Bob replay Alice's form.
+    assert_eq!(
+        submit_consent(&server, BOB, &fields, "approve", &server.base)
+            .await
+            .status(),
+        403
+    );
+
+    let approved = submit_consent(&server, ALICE, &fields, "approve", &server.base).await;
+    assert_eq!(approved.status(), 303);
+    let back = Url::parse(approved.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(param(&back, "code").is_some());
+    // Once: the next login goes straight through.
+    let back = open(&server, ALICE, &authorize_url(&server, &id, &[]))
+        .await
+        .unwrap();
+    assert!(param(&back, "code").is_some());
+    // Per user: Bob has not consented; with prompt=none he gets consent_required.
+    let back = open(
+        &server,
+        BOB,
+        &authorize_url(&server, &id, &[("prompt", "none")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("consent_required"));
+    let page = open(&server, BOB, &authorize_url(&server, &id, &[]))
+        .await
+        .unwrap_err();
+    let declined =
+        submit_consent(&server, BOB, &hidden_fields(&page.1), "deny", &server.base).await;
+    let back = Url::parse(declined.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"));
+    // Pages that act forbid framing.
+    let framed = server
+        .peer(ALICE)
+        .get(authorize_url(&server, &id, &[("prompt", "consent")]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        framed.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+}
+
+async fn login(server: &TestServer, id: &str, secret: &str) -> Value {
+    let c = code(server, ALICE, id, &[]).await;
+    let (status, body) = redeem(server, (id, Some(secret)), &c, VERIFIER).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_revokes_its_whole_family() {
+    let server = TestServer::start().await;
+    let (id, secret) = register(&server, json!({"name": "app", "redirect_uris": [REDIRECT]})).await;
+    let secret = secret.unwrap();
+    let client = (id.as_str(), Some(secret.as_str()));
+    let first = login(&server, &id, &secret).await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let (status, second) = token(
+        &server,
+        client,
+        &[("grant_type", "refresh_token"), ("refresh_token", r1)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let r2 = second["refresh_token"].as_str().unwrap();
+    let (_, introspected) = token_introspect(&server, client, r2).await;
+    assert_eq!(
+        (
+            introspected["active"].as_bool(),
+            introspected["token_type"].as_str()
+        ),
+        (Some(true), Some("refresh_token"))
+    );
+
+    let (status, body) = token(
+        &server,
+        client,
+        &[("grant_type", "refresh_token"), ("refresh_token", r1)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("reused")
+    );
+    let (status, _) = token(
+        &server,
+        client,
+        &[("grant_type", "refresh_token"), ("refresh_token", r2)],
+    )
+    .await;
+    assert_eq!(status, 400, "the current token of the family is dead too");
+    let userinfo = peer(1)
+        .get(server.url("/userinfo"))
+        .bearer_auth(second["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), 401, "and the family's access tokens");
+    assert_eq!(
+        token_introspect(&server, client, r2).await.1,
+        json!({"active": false})
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_token_survives_a_restart() {
+    let server = TestServer::start().await;
+    let (id, secret) = register(&server, json!({"name": "app", "redirect_uris": [REDIRECT]})).await;
+    let secret = secret.unwrap();
+    let tokens = login(&server, &id, &secret).await;
+    let dir = server.stop().await;
+    let table = dir.path().join("peers.json").to_str().unwrap().to_owned();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", &table]).await;
+    let (status, body) = token(
+        &server,
+        (&id, Some(&secret)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims(body["id_token"].as_str().unwrap())["sub"],
+        alice_sub()
+    );
+}
+
+#[tokio::test]
+async fn introspection_is_for_authenticated_clients_about_their_tokens() {
+    let server = TestServer::start().await;
+    let (a, a_secret) = register(&server, json!({"name": "a", "redirect_uris": [REDIRECT]})).await;
+    let (b, b_secret) = register(&server, json!({"name": "b", "redirect_uris": [REDIRECT]})).await;
+    let (public, _) = register(
+        &server,
+        json!({"name": "p", "redirect_uris": [REDIRECT], "public": true}),
+    )
+    .await;
+    let tokens = login(&server, &a, a_secret.as_deref().unwrap()).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (status, body) = token_introspect(&server, (&a, a_secret.as_deref()), access).await;
+    assert_eq!((status, body["active"].as_bool()), (200, Some(true)));
+    assert_eq!(body["scope"], "openid profile email");
+    let (status, body) = token_introspect(&server, (&b, b_secret.as_deref()), access).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"active": false})),
+        "another client's token"
+    );
+    let (status, body) = read(
+        peer(1)
+            .post(server.url("/introspect"))
+            .form(&[("token", access), ("client_id", &public)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, body) = token_introspect(&server, (&a, a_secret.as_deref()), "garbage").await;
+    assert_eq!((status, body), (200, json!({"active": false})));
+}
+
+#[derive(Clone)]
+struct Rp(mpsc::Sender<String>);
+
+async fn backchannel(State(rp): State<Rp>, body: String) -> &'static str {
+    let _ = rp.0.send(body).await;
+    "ok"
+}
+
+/// A relying party's back-channel logout endpoint: a test double of an app that receives
+/// logout tokens.
+async fn test_rp() -> (String, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel(8);
+    let app = axum::Router::new()
+        .route("/backchannel", post(backchannel))
+        .with_state(Rp(tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/backchannel"), rx)
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_tells_the_relying_party() {
+    let server = TestServer::start().await;
+    let (uri, mut received) = test_rp().await;
+    let after = "http://127.0.0.1:9/signed-out";
+    let (id, secret) = register(
+        &server,
+        json!({
+            "name": "app", "redirect_uris": [REDIRECT], "backchannel_logout_uri": uri,
+            "post_logout_redirect_uris": [after], "id_token_alg": "ES256"
+        }),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let tokens = login(&server, &id, &secret).await;
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let sid = claims(id_token)["sid"].as_str().unwrap().to_owned();
+
+    let logout = |from: u8, redirect: &str| {
+        let mut url = Url::parse(&server.url("/logout")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("id_token_hint", id_token)
+            .append_pair("post_logout_redirect_uri", redirect)
+            .append_pair("state", "bye");
+        server.peer(from).get(url.to_string()).send()
+    };
+    assert_eq!(
+        logout(ALICE, "http://127.0.0.1:9/elsewhere")
+            .await
+            .unwrap()
+            .status(),
+        400,
+        "unregistered: shown, not redirected"
+    );
+    assert_eq!(
+        logout(BOB, after).await.unwrap().status(),
+        403,
+        "Bob cannot end Alice's session"
+    );
+
+    let response = logout(ALICE, after).await.unwrap();
+    assert_eq!(response.status(), 302);
+    let back = Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        (back.path(), param(&back, "state").as_deref()),
+        ("/signed-out", Some("bye"))
+    );
+
+    let body = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("logout token delivered")
+        .unwrap();
+    let (name, logout_token) = url::form_urlencoded::parse(body.as_bytes()).next().unwrap();
+    assert_eq!(name, "logout_token");
+    let jwks: JwkSet = peer(1)
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jws = Jws::parse(&logout_token).unwrap();
+    assert_eq!(jws.header.typ.as_deref(), Some("logout+jwt"));
+    let kid = jws.header.kid.clone().unwrap();
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+        .unwrap();
+    jws.verify(&VerifyingKey::from_published(jwk).unwrap())
+        .expect("signed by the issuer");
+    let logout_claims: LogoutClaims = jws.claims().unwrap();
+    assert_eq!(logout_claims.iss, server.base);
+    assert!(logout_claims.aud.contains(&id));
+    assert_eq!(logout_claims.sid.as_deref(), Some(sid.as_str()));
+    assert_eq!(logout_claims.sub.as_deref(), Some(alice_sub().as_str()));
+    assert!(logout_claims.events.contains_key(BACKCHANNEL_LOGOUT_EVENT));
+
+    let (status, _) = token(
+        &server,
+        (&id, Some(&secret)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "the session's refresh token is dead");
+    let userinfo = peer(1)
+        .get(server.url("/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), 401, "and its access token");
+}
