@@ -8,6 +8,7 @@ use url::Url;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issuer {
     url: String,
+    host: String,
     origin: String,
     authority: String,
     default_port: u16,
@@ -26,6 +27,7 @@ impl Issuer {
         let origin = url.origin().ascii_serialization();
         Issuer {
             url: text,
+            host: host.clone(),
             origin,
             authority: format!("{host}:{port}"),
             default_port,
@@ -35,6 +37,11 @@ impl Issuer {
     /// The issuer URL, as it appears in `iss`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The issuer's host name.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The issuer's origin (`scheme://host[:port]`), as browsers send it in `Origin`.

@@ -130,14 +130,22 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         })
 }
 
-fn identity_source(settings: &Settings) -> Result<Arc<dyn IdentitySource>, ServeError> {
+/// The identity source, and the embedded node when there is one (it also listens).
+async fn identity_source(
+    settings: &Settings,
+) -> Result<(Arc<dyn IdentitySource>, Option<EmbeddedNode>), ServeError> {
     Ok(match &settings.identity {
-        IdentitySettings::Dev => Arc::new(LocalTable::dev()),
-        IdentitySettings::Local(path) => Arc::new(LocalTable::from_file(path)?),
-        IdentitySettings::Tailscaled(socket) => Arc::new(Tailscaled::new(socket.clone())),
+        IdentitySettings::Dev => (Arc::new(LocalTable::dev()), None),
+        IdentitySettings::Local(path) => (Arc::new(LocalTable::from_file(path)?), None),
+        IdentitySettings::Tailscaled(socket) => (Arc::new(Tailscaled::new(socket.clone())), None),
         #[cfg(feature = "tsnet")]
-        IdentitySettings::Tsnet { .. } => {
-            return Err(ServeError::Tsnet("started separately".into()));
+        IdentitySettings::Tsnet { hostname } => {
+            crate::private_fs::ensure_dir(&settings.paths.state_dir)
+                .map_err(|e| ServeError::Tsnet(e.to_string()))?;
+            let node = crate::identity::tsnet::Tsnet::join(&settings.paths.state_dir, hostname)
+                .await
+                .map_err(|e| ServeError::Tsnet(e.to_string()))?;
+            (Arc::new(node.clone()), Some(node))
         }
         #[cfg(not(feature = "tsnet"))]
         IdentitySettings::Tsnet { .. } => {
@@ -147,6 +155,13 @@ fn identity_source(settings: &Settings) -> Result<Arc<dyn IdentitySource>, Serve
         }
     })
 }
+
+/// The embedded tailnet node, which also listens.
+#[cfg(feature = "tsnet")]
+type EmbeddedNode = crate::identity::tsnet::Tsnet;
+/// Without the `tsnet` feature there is never an embedded node.
+#[cfg(not(feature = "tsnet"))]
+type EmbeddedNode = std::convert::Infallible;
 
 /// Binds the admin socket, refusing to start if another server answers on it and removing a
 /// stale one left by a crash. The state directory is 0700, so the socket is private from the
@@ -197,7 +212,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
         }
     };
     let issuer = crate::issuer::Issuer::new(&issuer_url);
-    let identity = identity_source(&settings)?;
+    let (identity, embedded) = identity_source(&settings).await?;
     let shutdown = CancellationToken::new();
 
     let tls = match &settings.tls {
@@ -231,9 +246,20 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
             proxy,
             None,
             Listener::Proxy,
-            router,
+            router.clone(),
             shutdown.clone(),
         )));
+    }
+    if let Some(node) = embedded {
+        tasks.push(
+            serve_embedded(
+                node,
+                settings.listen.port(),
+                router.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
     }
     tasks.push(tokio::spawn(listen::serve_unix(
         admin,
@@ -252,6 +278,33 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
         tasks,
         background: Some(background),
     })
+}
+
+/// Listens on the embedded node's tailnet address as well.
+#[cfg(feature = "tsnet")]
+async fn serve_embedded(
+    node: EmbeddedNode,
+    port: u16,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, ServeError> {
+    let listener = node
+        .listen(port)
+        .await
+        .map_err(|e| ServeError::Tsnet(e.to_string()))?;
+    Ok(tokio::spawn(listen::serve_tsnet(
+        listener, router, shutdown,
+    )))
+}
+
+#[cfg(not(feature = "tsnet"))]
+async fn serve_embedded(
+    node: EmbeddedNode,
+    _: u16,
+    _: axum::Router,
+    _: CancellationToken,
+) -> Result<JoinHandle<()>, ServeError> {
+    match node {}
 }
 
 /// Scheduled key rotation, retired-key expiry and store purging.

@@ -148,6 +148,7 @@ pub fn issue_login(
         auth_time: grant.auth_time,
         sid: grant.sid,
         nonce: grant.nonce,
+        issuer_host: state.issuer.host(),
     };
     let lifetime = state.settings.token_lifetime;
     let claims = login.access_claims(state.issuer.url(), now, lifetime);

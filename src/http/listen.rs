@@ -162,3 +162,43 @@ async fn drain(graceful: GracefulShutdown) {
         tracing::warn!("connections still open after the grace period; closing them");
     }
 }
+
+/// Serves `app` on the embedded tailnet node's listener until `shutdown` (feature `tsnet`).
+/// Connections come through the node's own network stack; the peer address it reports is a
+/// tailnet address, which the same identity source then resolves.
+#[cfg(feature = "tsnet")]
+pub async fn serve_tsnet(
+    listener: tailscale::netstack::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                let conn = Conn {
+                    remote: Some(stream.remote_addr()),
+                    listener: Listener::Main,
+                };
+                let served = serve_connection(stream, conn, app.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tailnet accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drain(graceful).await;
+}

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod local;
 pub mod tailscaled;
+#[cfg(feature = "tsnet")]
+pub mod tsnet;
 pub mod whois;
 
 /// A node's stable id (`tailcfg.StableNodeID`), which survives renames. Policy selects nodes

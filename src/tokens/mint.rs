@@ -11,13 +11,16 @@ use super::user_subject;
 use crate::identity::Identity;
 use crate::secret::random_token;
 
-/// An email-shaped value for a login. Most logins are email addresses already; identity
-/// providers without email (`alice@github`, `alice@passkey`) give a login whose "domain" is
-/// the provider, which relying parties that insist on an email claim would reject. For those,
-/// as tsidp does, the provider becomes a subdomain of the tailnet-independent suffix
-/// `<provider>.tailpass.invalid`… see [`email_for`].
-pub fn email_for(login: &str) -> String {
-    login.to_owned()
+/// An email-shaped value for a login. Most logins are email addresses already. GitHub and
+/// passkey accounts have logins like `alice@github` and `alice@passkey`, which relying parties
+/// that insist on an email address reject; as tsidp does, the issuer's host is appended
+/// (`alice@github.idp.tail1234.ts.net`), so the value has a domain and stays unique and stable.
+pub fn email_for(login: &str, issuer_host: &str) -> String {
+    if login.ends_with("@github") || login.ends_with("@passkey") {
+        format!("{login}.{issuer_host}")
+    } else {
+        login.to_owned()
+    }
 }
 
 /// The login's local part (`alice` for `alice@example.com`).
@@ -26,10 +29,10 @@ fn username_for(login: &str) -> String {
 }
 
 /// A person's profile claims.
-pub fn profile(identity: &Identity, groups: &[String]) -> Profile {
+pub fn profile(identity: &Identity, groups: &[String], issuer_host: &str) -> Profile {
     match &identity.user {
         Some(user) => Profile {
-            email: Some(email_for(&user.login)),
+            email: Some(email_for(&user.login, issuer_host)),
             name: Some(user.display_name.clone()).filter(|n| !n.is_empty()),
             preferred_username: Some(user.login.clone()),
             username: Some(username_for(&user.login)),
@@ -78,6 +81,8 @@ pub struct Login<'a> {
     pub sid: &'a str,
     /// The nonce to echo.
     pub nonce: Option<&'a str>,
+    /// The issuer's host name, for email-shaped values of `@github` logins.
+    pub issuer_host: &'a str,
 }
 
 impl Login<'_> {
@@ -109,7 +114,7 @@ impl Login<'_> {
             scope: Some(self.scope.join(" ")),
             auth_time: Some(self.auth_time),
             sid: Some(self.sid.to_owned()),
-            profile: profile(self.identity, self.groups),
+            profile: profile(self.identity, self.groups, self.issuer_host),
             tailnet: tailnet(self.identity),
             run: Default::default(),
             cnf: None,
@@ -140,11 +145,37 @@ impl Login<'_> {
             auth_time: self.auth_time,
             sid: Some(self.sid.to_owned()),
             azp,
-            profile: profile(self.identity, self.groups),
+            profile: profile(self.identity, self.groups, self.issuer_host),
             tailnet: tailnet(self.identity),
             key: self.identity.node.key.clone(),
             addresses: self.identity.node.addresses.clone(),
             extra: self.extra.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_and_passkey_logins_get_an_email_shaped_value() {
+        let host = "idp.tail1234.ts.net";
+        assert_eq!(email_for("alice@example.com", host), "alice@example.com");
+        assert_eq!(
+            email_for("alice@github", host),
+            "alice@github.idp.tail1234.ts.net"
+        );
+        assert_eq!(
+            email_for("bob@passkey", host),
+            "bob@passkey.idp.tail1234.ts.net"
+        );
+        assert_eq!(email_for("carol@github.io", host), "carol@github.io");
+    }
+
+    #[test]
+    fn username_is_the_local_part() {
+        assert_eq!(username_for("alice@example.com"), "alice");
+        assert_eq!(username_for("noat"), "noat");
     }
 }
