@@ -2,6 +2,11 @@
 //! library.
 
 use clap::Parser as _;
+
+/// mimalloc: the server allocates many small, short-lived buffers per request (JSON, JWS
+/// assembly), where it measured faster than the system allocator (see the README's figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tailpass::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tailpass_verify::{Alg, UnixTime};
@@ -279,10 +280,18 @@ pub enum ClientsError {
     Store(#[from] StoreError),
 }
 
+/// How long a stored client is served from memory before it is read again. Changes made
+/// through this process take effect at once; the delay only bounds how long another replica's
+/// change can go unseen.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// The most clients kept in memory.
+const CACHE_SIZE: usize = 4_096;
+
 /// Finds and changes clients: static ones from the configuration, the rest in the store.
 pub struct Clients {
     statics: HashMap<ClientId, Arc<Client>>,
     store: Arc<dyn Store>,
+    cache: RwLock<HashMap<ClientId, (Arc<Client>, Instant)>>,
 }
 
 impl fmt::Debug for Clients {
@@ -302,6 +311,7 @@ impl Clients {
                 .map(|c| (c.client_id.clone(), Arc::new(c)))
                 .collect(),
             store,
+            cache: RwLock::new(HashMap::new()),
         }
     }
 
@@ -311,7 +321,25 @@ impl Clients {
         if let Some(found) = self.statics.get(&key) {
             return Ok(Some(found.clone()));
         }
-        Ok(self.store.client(&key).await?.map(Arc::new))
+        if let Some((client, at)) = self.cache.read().ok().and_then(|c| c.get(&key).cloned())
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(Some(client));
+        }
+        let found = self.store.client(&key).await?.map(Arc::new);
+        if let (Some(client), Ok(mut cache)) = (&found, self.cache.write()) {
+            if cache.len() >= CACHE_SIZE {
+                cache.clear();
+            }
+            cache.insert(key, (client.clone(), Instant::now()));
+        }
+        Ok(found)
+    }
+
+    fn forget(&self, id: &ClientId) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(id);
+        }
     }
 
     /// Every client, static ones first.
@@ -349,7 +377,9 @@ impl Clients {
         if self.statics.contains_key(&client.client_id) {
             return Err(ClientsError::Static(client.client_id.clone()));
         }
+        self.forget(&client.client_id);
         if self.store.update_client(client).await? {
+            self.forget(&client.client_id);
             Ok(())
         } else {
             Err(ClientsError::NotFound)
@@ -362,7 +392,9 @@ impl Clients {
         if self.statics.contains_key(&key) {
             return Err(ClientsError::Static(key));
         }
+        self.forget(&key);
         if self.store.delete_client(&key).await? {
+            self.forget(&key);
             Ok(())
         } else {
             Err(ClientsError::NotFound)

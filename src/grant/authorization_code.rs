@@ -27,8 +27,9 @@ use crate::identity::Identity;
 use crate::oauth::error::{Code, Error};
 use crate::pkce::{self, Challenge};
 use crate::policy::{login, tsidp};
+use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
-use crate::store::{AuthCode, IssuedFromCode, Redemption, RefreshFamily, RevocationKind};
+use crate::store::{AuthCode, Redemption, RefreshFamily, RevocationKind};
 
 /// How long a code may wait to be redeemed.
 pub const CODE_LIFETIME: u64 = 60;
@@ -627,8 +628,8 @@ pub async fn redeem(
         Redemption::Invalid => {
             return Err(invalid_grant(deny("invalid or expired code".into()).await?));
         }
-        Redemption::Replayed(code, issued) => {
-            revoke_issued(state, &code, &issued, now).await?;
+        Redemption::Replayed(code) => {
+            revoke_issued(state, &code, &hash, now).await?;
             return Err(invalid_grant(
                 deny("code already used; the tokens issued from it are revoked".into()).await?,
             ));
@@ -662,6 +663,7 @@ pub async fn redeem(
             auth_time: code.auth_time,
             sid: &code.sid,
             nonce: code.nonce.as_deref(),
+            access_jti: Some(&jti_for_code(&hash)),
         },
     )?;
     let refresh_token = if client.grant_types.contains(&GrantType::RefreshToken) {
@@ -686,16 +688,6 @@ pub async fn redeem(
     } else {
         None
     };
-    state
-        .store
-        .record_code_issue(
-            &hash,
-            &IssuedFromCode {
-                family_id: refresh_token.as_ref().map(|_| code.sid.clone()),
-                access_jti: Some(issued.claims.jti.clone()),
-            },
-        )
-        .await?;
     let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
         .by(&code.identity)
         .client(client.client_id.0.clone());
@@ -714,32 +706,41 @@ pub async fn redeem(
     })
 }
 
-/// RFC 6749 §4.1.2: a code used twice may have been stolen; revoke what the first use issued.
+/// The id of the access token a code is exchanged for, derived from the code's hash: a replay
+/// then knows which token to revoke without the first exchange writing it down. Unguessable,
+/// as the code is.
+fn jti_for_code(hash: &SecretHash) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("tailpass-code-jti:{}", hash.to_hex()).as_bytes(),
+    );
+    URL_SAFE_NO_PAD.encode(digest.as_ref().get(..16).unwrap_or_default())
+}
+
+/// RFC 6749 §4.1.2: a code used twice may have been stolen; revoke what the first use issued —
+/// its session (refresh family), and its access token.
 async fn revoke_issued(
     state: &AppState,
     code: &AuthCode,
-    issued: &IssuedFromCode,
+    hash: &SecretHash,
     now: UnixTime,
 ) -> Result<(), Error> {
-    if let Some(family) = &issued.family_id {
-        state.store.revoke_family(family, now).await?;
-        state
-            .revocations
-            .revoke(
-                state.store.as_ref(),
-                RevocationKind::Family,
-                family,
-                now,
-                None,
-            )
-            .await?;
-    }
-    if let Some(jti) = &issued.access_jti {
-        state
-            .revocations
-            .revoke(state.store.as_ref(), RevocationKind::Jti, jti, now, None)
-            .await?;
-    }
+    let store = state.store.as_ref();
+    store.revoke_family(&code.sid, now).await?;
+    state
+        .revocations
+        .revoke(store, RevocationKind::Family, &code.sid, now, None)
+        .await?;
+    state
+        .revocations
+        .revoke(
+            store,
+            RevocationKind::Jti,
+            &jti_for_code(hash),
+            now,
+            Some(code.expires_at.plus(state.settings.max_token_lifetime)),
+        )
+        .await?;
     let event = AuditEvent::new(now, EventKind::Revocation, AuditOutcome::Success)
         .by(&code.identity)
         .client(code.client_id.0.clone())

@@ -115,6 +115,8 @@ pub struct LoginGrant<'a> {
     pub sid: &'a str,
     /// The nonce to echo in the ID token.
     pub nonce: Option<&'a str>,
+    /// The access token's id, when the caller must know it in advance; random otherwise.
+    pub access_jti: Option<&'a str>,
 }
 
 /// Mints a person's access token (and ID token for `openid`), re-checking policy first: who
@@ -137,6 +139,14 @@ pub fn issue_login(
     login::check_resources(grant.resources, client, grant.identity, &grants)
         .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
     let now = state.now();
+    let random_jti;
+    let access_jti = match grant.access_jti {
+        Some(jti) => jti,
+        None => {
+            random_jti = crate::secret::random_token(16);
+            &random_jti
+        }
+    };
     let login = Login {
         identity: grant.identity,
         client_id: &client.client_id.0,
@@ -149,6 +159,7 @@ pub fn issue_login(
         sid: grant.sid,
         nonce: grant.nonce,
         issuer_host: state.issuer.host(),
+        access_jti,
     };
     let lifetime = state.settings.token_lifetime;
     let claims = login.access_claims(state.issuer.url(), now, lifetime);

@@ -147,6 +147,7 @@ pub async fn refresh(
             auth_time: family.auth_time,
             sid: &family.sid,
             nonce: None,
+            access_jti: None,
         },
     )?;
     let mut event = audit(Outcome::Success, None).by(&family.identity);

@@ -60,24 +60,13 @@ pub struct AuthCode {
     pub expires_at: UnixTime,
 }
 
-/// What was issued from a redeemed code, so that a replay can revoke it (RFC 6749 §4.1.2).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IssuedFromCode {
-    /// The refresh family created, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub family_id: Option<String>,
-    /// The access token's `jti`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_jti: Option<String>,
-}
-
 /// The result of redeeming a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
     /// First use: the code is now spent.
     Redeemed(AuthCode),
     /// The code was already used; what it issued should be revoked.
-    Replayed(AuthCode, IssuedFromCode),
+    Replayed(AuthCode),
     /// Unknown or expired.
     Invalid,
 }
@@ -237,13 +226,6 @@ pub trait Store: Send + Sync + 'static {
     /// it was replayed.
     async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
     -> Result<Redemption, StoreError>;
-    /// Records what a redeemed code issued.
-    async fn record_code_issue(
-        &self,
-        hash: &SecretHash,
-        issued: &IssuedFromCode,
-    ) -> Result<(), StoreError>;
-
     /// Creates a refresh family whose first token has hash `token`.
     async fn insert_family(
         &self,

@@ -83,6 +83,8 @@ pub struct Login<'a> {
     pub nonce: Option<&'a str>,
     /// The issuer's host name, for email-shaped values of `@github` logins.
     pub issuer_host: &'a str,
+    /// The access token's id.
+    pub access_jti: &'a str,
 }
 
 impl Login<'_> {
@@ -109,7 +111,7 @@ impl Login<'_> {
             exp: now.plus(lifetime),
             iat: now,
             nbf: Some(now),
-            jti: random_token(16),
+            jti: self.access_jti.to_owned(),
             client_id: self.client_id.to_owned(),
             scope: Some(self.scope.join(" ")),
             auth_time: Some(self.auth_time),

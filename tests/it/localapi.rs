@@ -23,12 +23,26 @@ struct FakeTailscaled {
     path: PathBuf,
     task: JoinHandle<()>,
     asked: Arc<Mutex<Vec<String>>>,
+    cert_pem: String,
 }
 
 #[derive(Clone)]
 struct Double {
     table: Arc<HashMap<IpAddr, serde_json::Value>>,
     asked: Arc<Mutex<Vec<String>>>,
+    /// The `type=pair` answer for domain 127.0.0.1: key then certificate, PEM.
+    pair: Arc<String>,
+}
+
+async fn cert(
+    State(double): State<Double>,
+    axum::extract::Path(domain): axum::extract::Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if domain != "127.0.0.1" || q.get("type").map(String::as_str) != Some("pair") {
+        return (StatusCode::NOT_FOUND, "no such certificate").into_response();
+    }
+    double.pair.as_str().to_owned().into_response()
 }
 
 async fn whois(
@@ -63,12 +77,17 @@ impl FakeTailscaled {
             .map(|(k, v)| (k.parse().unwrap(), v.clone()))
             .collect();
         let asked = Arc::new(Mutex::new(Vec::new()));
+        let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert_pem = generated.cert.pem();
+        let pair = format!("{}{}", generated.signing_key.serialize_pem(), cert_pem);
         let double = Double {
             table: Arc::new(table),
             asked: asked.clone(),
+            pair: Arc::new(pair),
         };
         let app = Router::new()
             .route("/localapi/v0/whois", get(whois))
+            .route("/localapi/v0/cert/{domain}", get(cert))
             .with_state(double);
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path).unwrap();
@@ -79,6 +98,7 @@ impl FakeTailscaled {
             path: path.to_owned(),
             task,
             asked,
+            cert_pem,
         }
     }
 
@@ -191,4 +211,47 @@ async fn server_answers_503_while_tailscaled_is_down_and_recovers() {
     let _double = FakeTailscaled::start(&socket).await;
     let (status, _) = json(register().await.unwrap()).await;
     assert_eq!(status, 201, "recovered without a restart");
+}
+
+#[tokio::test]
+async fn tls_from_tailscaleds_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tailscaled.sock");
+    let double = FakeTailscaled::start(&socket).await;
+    let api = tailpass::identity::tailscaled::LocalApi::new(&socket);
+    let token = tokio_util::sync::CancellationToken::new();
+    let missing =
+        tailpass::http::tls::from_tailscaled(api.clone(), "other.example".into(), token.clone())
+            .await;
+    assert!(missing.unwrap_err().to_string().contains("other.example"));
+
+    let config = tailpass::http::tls::from_tailscaled(api, "127.0.0.1".into(), token.clone())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "over tailscaled's certificate" }));
+    let served = tokio::spawn(tailpass::http::listen::serve_tcp(
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(config)),
+        tailpass::http::peer::Listener::Main,
+        app,
+        token.clone(),
+    ));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(double.cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let body = client
+        .get(format!("https://{addr}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "over tailscaled's certificate");
+    token.cancel();
+    served.await.unwrap();
 }

@@ -12,7 +12,6 @@ CREATE TABLE codes (
     client_id   TEXT NOT NULL,
     expires_at  INTEGER NOT NULL,
     redeemed_at INTEGER,
-    issued      TEXT,                    -- IssuedFromCode, JSON, once redeemed
     data        TEXT NOT NULL            -- the AuthCode record, JSON
 );
 CREATE INDEX codes_expires_at ON codes (expires_at);
@@ -75,7 +74,6 @@ CREATE INDEX audit_run ON audit (run_id);
 CREATE INDEX audit_root_run ON audit (root_run_id);
 CREATE INDEX audit_parent_run ON audit (parent_run_id);
 CREATE INDEX audit_node ON audit (node_id);
-CREATE INDEX audit_user ON audit (user_login);
 
 -- The audit log is append-only: the database itself refuses edits.
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit

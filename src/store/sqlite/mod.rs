@@ -1,0 +1,623 @@
+//! The embedded SQLite store: one file in the state directory, WAL mode.
+//!
+//! Writes go to one writer thread that commits them in groups ([`worker`]); reads use a few
+//! read-only connections. `synchronous = NORMAL` in WAL mode survives a crash of the process
+//! (every committed transaction is in the WAL); a power loss can lose the last transactions
+//! before a checkpoint, the usual trade of WAL deployments. Records are stored as JSON beside
+//! the few columns that are queried, so the schema stays small and readable. Migrations are
+//! embedded in the binary and applied at open, tracked by `PRAGMA user_version`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tailpass_verify::UnixTime;
+
+use super::{
+    AuditFilter, AuditRecord, AuthCode, Redemption, RefreshFamily, Revocation, RevocationKind,
+    Rotation, Store, StoreError,
+};
+use crate::audit::AuditEvent;
+use crate::clients::{Client, ClientId};
+use crate::secret::SecretHash;
+
+mod worker;
+
+use worker::Worker;
+
+/// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
+const MIGRATIONS: [&str; 1] = [include_str!("../migrations/sqlite/0001_initial.sql")];
+
+/// A store in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    worker: Worker,
+}
+
+fn time(t: UnixTime) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+fn from_time(t: i64) -> UnixTime {
+    UnixTime(u64::try_from(t).unwrap_or(0))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// An enum stored by its serde name (`"agent_token"`, `"success"`).
+fn name_of<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    Ok(encode(value)?.trim_matches('"').to_owned())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        if version <= current {
+            continue;
+        }
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))
+        .map_err(|e| StoreError::Backend(format!("migration {version} failed: {e}")))?;
+    }
+    let after: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if usize::try_from(after).unwrap_or(usize::MAX) > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {after}, newer than this tailpass knows"
+        )));
+    }
+    Ok(())
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) the database at `path` and applies the embedded
+    /// migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            create_private(path).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", path.display()))
+            })?;
+        }
+        let owned = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = worker::open_writer(&owned)?;
+            migrate(&conn)?;
+            Ok::<_, StoreError>(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(SqliteStore {
+            worker: Worker::start(conn, path)?,
+        })
+    }
+
+    /// Opens `tailpass.db` in `dir`; for tests.
+    pub async fn open_in(dir: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(&dir.join("tailpass.db")).await
+    }
+}
+
+/// A revocation as its row stores it.
+struct RevocationRow {
+    seq: i64,
+    kind: String,
+    value: String,
+    revoked_at: i64,
+    until: Option<i64>,
+    lifted_at: Option<i64>,
+}
+
+fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
+    Ok(RevocationRow {
+        seq: row.get(0)?,
+        kind: row.get(1)?,
+        value: row.get(2)?,
+        revoked_at: row.get(3)?,
+        until: row.get(4)?,
+        lifted_at: row.get(5)?,
+    })
+}
+
+fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
+    Ok(Revocation {
+        seq: u64::try_from(row.seq).unwrap_or(0),
+        kind: RevocationKind::parse(&row.kind).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown revocation kind {:?}", row.kind))
+        })?,
+        value: row.value,
+        revoked_at: from_time(row.revoked_at),
+        until: row.until.map(from_time),
+        lifted_at: row.lifted_at.map(from_time),
+    })
+}
+
+const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_client(&self, client: &Client) -> Result<(), StoreError> {
+        let (id, created, data) = (
+            client.client_id.0.clone(),
+            time(client.created_at),
+            encode(client)?,
+        );
+        self.worker
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO clients (client_id, created_at, data) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, created, data])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn client(&self, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        let id = id.0.clone();
+        self.worker
+            .read(move |c| {
+                let data: Option<String> = c
+                    .prepare_cached("SELECT data FROM clients WHERE client_id = ?1")?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()?;
+                data.map(|d| decode(&d)).transpose()
+            })
+            .await
+    }
+
+    async fn clients(&self) -> Result<Vec<Client>, StoreError> {
+        self.worker
+            .read(|c| {
+                let mut statement =
+                    c.prepare_cached("SELECT data FROM clients ORDER BY created_at, client_id")?;
+                let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
+                rows.map(|d| decode(&d?)).collect()
+            })
+            .await
+    }
+
+    async fn update_client(&self, client: &Client) -> Result<bool, StoreError> {
+        let (id, data) = (client.client_id.0.clone(), encode(client)?);
+        self.worker
+            .write(move |c| {
+                let changed = c
+                    .prepare_cached("UPDATE clients SET data = ?1 WHERE client_id = ?2")?
+                    .execute(params![data, id])?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        let id = id.0.clone();
+        self.worker
+            .write(move |c| {
+                let deleted = c
+                    .prepare_cached("DELETE FROM clients WHERE client_id = ?1")?
+                    .execute(params![id])?;
+                c.prepare_cached("DELETE FROM consents WHERE client_id = ?1")?
+                    .execute(params![id])?;
+                Ok(deleted == 1)
+            })
+            .await
+    }
+
+    async fn insert_code(&self, hash: &SecretHash, code: &AuthCode) -> Result<(), StoreError> {
+        let (hash, client, expires, data) = (
+            hash.to_hex(),
+            code.client_id.0.clone(),
+            time(code.expires_at),
+            encode(code)?,
+        );
+        self.worker
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO codes (code_hash, client_id, expires_at, data) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![hash, client, expires, data])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn redeem_code(
+        &self,
+        hash: &SecretHash,
+        now: UnixTime,
+    ) -> Result<Redemption, StoreError> {
+        let hash = hash.to_hex();
+        self.worker
+            .write(move |c| {
+                let row: Option<(String, i64, Option<i64>)> = c
+                    .prepare_cached(
+                        "SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = ?1",
+                    )?
+                    .query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((data, expires_at, redeemed_at)) = row else {
+                    return Ok(Redemption::Invalid);
+                };
+                let code: AuthCode = decode(&data)?;
+                if redeemed_at.is_some() {
+                    return Ok(Redemption::Replayed(code));
+                }
+                if time(now) > expires_at {
+                    return Ok(Redemption::Invalid);
+                }
+                c.prepare_cached("UPDATE codes SET redeemed_at = ?1 WHERE code_hash = ?2")?
+                    .execute(params![time(now), hash])?;
+                Ok(Redemption::Redeemed(code))
+            })
+            .await
+    }
+
+    async fn insert_family(
+        &self,
+        family: &RefreshFamily,
+        token: &SecretHash,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let id = family.id.clone();
+        let client = family.client_id.0.clone();
+        let user = family.identity.user.as_ref().map(|u| u.login.clone());
+        let node = family.identity.node.stable_id.0.clone();
+        let (created, expires, data) = (
+            time(family.created_at),
+            time(family.expires_at),
+            encode(family)?,
+        );
+        let token = token.to_hex();
+        self.worker
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![id, client, user, node, created, expires, data])?;
+                c.prepare_cached("INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![token, id, time(now)])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented: &SecretHash,
+        replacement: &SecretHash,
+        client: &ClientId,
+        now: UnixTime,
+    ) -> Result<Rotation, StoreError> {
+        let (presented, replacement, client) =
+            (presented.to_hex(), replacement.to_hex(), client.clone());
+        self.worker
+            .write(move |c| {
+                let row: Option<(String, Option<i64>, Option<i64>)> = c
+                    .prepare_cached(
+                        "SELECT f.data, f.revoked_at, t.spent_at FROM refresh_tokens t \
+                         JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?1",
+                    )?
+                    .query_row(params![presented], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((data, revoked_at, spent_at)) = row else {
+                    return Ok(Rotation::Unknown);
+                };
+                let mut family: RefreshFamily = decode(&data)?;
+                if family.client_id != client {
+                    return Ok(Rotation::Unknown);
+                }
+                family.revoked_at = revoked_at.map(from_time);
+                if !family.is_live(now) {
+                    return Ok(Rotation::Inactive(family));
+                }
+                if spent_at.is_some() {
+                    // RFC 9700 §4.14.2: a spent refresh token presented again means it leaked;
+                    // end the whole family so that neither the thief nor the client goes on.
+                    c.prepare_cached("UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2")?
+                        .execute(params![time(now), family.id])?;
+                    family.revoked_at = Some(now);
+                    return Ok(Rotation::Reused(family));
+                }
+                c.prepare_cached("UPDATE refresh_tokens SET spent_at = ?1 WHERE token_hash = ?2")?
+                    .execute(params![time(now), presented])?;
+                c.prepare_cached("INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![replacement, family.id, time(now)])?;
+                Ok(Rotation::Rotated(family))
+            })
+            .await
+    }
+
+    async fn family_of(
+        &self,
+        token: &SecretHash,
+    ) -> Result<Option<(RefreshFamily, bool)>, StoreError> {
+        let token = token.to_hex();
+        self.worker
+            .read(move |c| {
+                let row: Option<(String, Option<i64>, Option<i64>)> = c
+                    .prepare_cached(
+                        "SELECT f.data, f.revoked_at, t.spent_at FROM refresh_tokens t \
+                         JOIN refresh_families f ON f.family_id = t.family_id WHERE t.token_hash = ?1",
+                    )?
+                    .query_row(params![token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                row.map(|(data, revoked_at, spent_at)| {
+                    let mut family: RefreshFamily = decode(&data)?;
+                    family.revoked_at = revoked_at.map(from_time);
+                    Ok((family, spent_at.is_some()))
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn revoke_family(&self, id: &str, now: UnixTime) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.worker
+            .write(move |c| {
+                let changed = c
+                    .prepare_cached("UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2 AND revoked_at IS NULL")?
+                    .execute(params![time(now), id])?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn revoke_families_of(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+    ) -> Result<Vec<RefreshFamily>, StoreError> {
+        let statement = match kind {
+            RevocationKind::User => {
+                "UPDATE refresh_families SET revoked_at = ?1 \
+                 WHERE user_login = ?2 AND revoked_at IS NULL AND expires_at > ?1 RETURNING data"
+            }
+            RevocationKind::Node => {
+                "UPDATE refresh_families SET revoked_at = ?1 \
+                 WHERE node_id = ?2 AND revoked_at IS NULL AND expires_at > ?1 RETURNING data"
+            }
+            RevocationKind::Run | RevocationKind::Jti | RevocationKind::Family => {
+                return Ok(Vec::new());
+            }
+        };
+        let value = value.to_owned();
+        self.worker
+            .write(move |c| {
+                let mut query = c.prepare_cached(statement)?;
+                let rows = query.query_map(params![time(now), value], |r| r.get::<_, String>(0))?;
+                rows.map(|data| {
+                    let mut family: RefreshFamily = decode(&data?)?;
+                    family.revoked_at = Some(now);
+                    Ok(family)
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn insert_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        revoked_at: UnixTime,
+        until: Option<UnixTime>,
+    ) -> Result<Revocation, StoreError> {
+        let stored = value.to_owned();
+        let seq = self
+            .worker
+            .write(move |c| {
+                Ok(c.prepare_cached(
+                    "INSERT INTO revocations (kind, value, revoked_at, until) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+                )?
+                .query_row(params![kind.as_str(), stored, time(revoked_at), until.map(time)], |r| r.get::<_, i64>(0))?)
+            })
+            .await?;
+        Ok(Revocation {
+            seq: u64::try_from(seq).unwrap_or(0),
+            kind,
+            value: value.to_owned(),
+            revoked_at,
+            until,
+            lifted_at: None,
+        })
+    }
+
+    async fn lift_revocations(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let value = value.to_owned();
+        self.worker
+            .write(move |c| {
+                let mut query = c.prepare_cached(&format!(
+                    "UPDATE revocations SET lifted_at = ?1 WHERE kind = ?2 AND value = ?3 AND lifted_at IS NULL \
+                     RETURNING {REVOCATION_COLUMNS}"
+                ))?;
+                let rows = query.query_map(params![time(now), kind.as_str(), value], revocation_row)?;
+                rows.map(|r| revocation(r?)).collect()
+            })
+            .await
+    }
+
+    async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.worker
+            .read(move |c| {
+                let mut query = c.prepare_cached(&format!(
+                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 ORDER BY seq"
+                ))?;
+                let rows = query.query_map(params![seq], revocation_row)?;
+                rows.map(|r| revocation(r?)).collect()
+            })
+            .await
+    }
+
+    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError> {
+        let (client, user) = (client.0.clone(), user.to_owned());
+        self.worker
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT 1 FROM consents WHERE client_id = ?1 AND user_key = ?2",
+                )?
+                .exists(params![client, user])?)
+            })
+            .await
+    }
+
+    async fn insert_consent(
+        &self,
+        client: &ClientId,
+        user: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let (client, user) = (client.0.clone(), user.to_owned());
+        self.worker
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO consents (client_id, user_key, granted_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (client_id, user_key) DO NOTHING",
+                )?
+                .execute(params![client, user, time(now)])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            rows.push((
+                time(e.time),
+                name_of(&e.event)?,
+                name_of(&e.outcome)?,
+                e.user.clone(),
+                e.node_id.clone(),
+                e.client_id.clone(),
+                e.run_id.clone(),
+                e.parent_run_id.clone(),
+                e.root_run_id.clone(),
+                e.jti.clone(),
+                encode(e)?,
+            ));
+        }
+        self.worker
+            .write(move |c| {
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO audit (time, event, outcome, user_login, node_id, client_id, run_id, \
+                     parent_run_id, root_run_id, jti, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for r in rows {
+                    insert.execute(params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        // Each value is bound as a numbered parameter; the SQL text holds only placeholders.
+        let mut bind = |value: rusqlite::types::Value| {
+            args.push(value);
+            format!("?{}", args.len())
+        };
+        let mut sql = String::from("SELECT seq, data FROM audit WHERE 1 = 1");
+        if let Some(run) = &filter.run {
+            let p = bind(run.clone().into());
+            sql.push_str(&format!(
+                " AND (run_id = {p} OR parent_run_id = {p} OR root_run_id = {p})"
+            ));
+        }
+        if let Some(node) = &filter.node {
+            sql.push_str(&format!(" AND node_id = {}", bind(node.clone().into())));
+        }
+        if let Some(user) = &filter.user {
+            sql.push_str(&format!(" AND user_login = {}", bind(user.clone().into())));
+        }
+        if let Some(event) = &filter.event {
+            sql.push_str(&format!(" AND event = {}", bind(name_of(event)?.into())));
+        }
+        if let Some(since) = filter.since {
+            sql.push_str(&format!(" AND time >= {}", bind(time(since).into())));
+        }
+        let limit = i64::from(filter.limit.clamp(1, 10_000));
+        let newest_first = filter.after_seq.is_none();
+        match filter.after_seq {
+            Some(after) => {
+                let after = bind(i64::try_from(after).unwrap_or(i64::MAX).into());
+                sql.push_str(&format!(
+                    " AND seq > {after} ORDER BY seq ASC LIMIT {}",
+                    bind(limit.into())
+                ));
+            }
+            None => sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", bind(limit.into()))),
+        }
+        self.worker
+            .read(move |c| {
+                let mut query = c.prepare(&sql)?;
+                let rows = query.query_map(params_from_iter(args), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?;
+                let mut records = rows
+                    .map(|row| {
+                        let (seq, data) = row?;
+                        Ok(AuditRecord {
+                            seq: u64::try_from(seq).unwrap_or(0),
+                            event: decode(&data)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                if newest_first {
+                    records.reverse();
+                }
+                Ok(records)
+            })
+            .await
+    }
+
+    async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError> {
+        self.worker
+            .write(move |c| {
+                let codes = c.execute("DELETE FROM codes WHERE expires_at < ?1", params![time(now.minus(grace))])?;
+                let families = c.execute(
+                    "DELETE FROM refresh_families WHERE expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?2)",
+                    params![time(now), time(horizon)],
+                )?;
+                // A revocation can go once no token it matches can still be valid, and it no
+                // longer blocks new tokens (lifted, expired, or a kind that never blocks).
+                let revocations = c.execute(
+                    "DELETE FROM revocations WHERE revoked_at < ?1 AND \
+                     (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < ?2) OR kind IN ('run', 'jti', 'family'))",
+                    params![time(horizon), time(now)],
+                )?;
+                Ok(u64::try_from(codes + families + revocations).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

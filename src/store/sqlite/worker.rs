@@ -1,0 +1,216 @@
+//! The threads that touch the SQLite file: one writer, a few readers.
+//!
+//! Every write is a job sent to the writer thread. The thread takes all jobs queued (up to
+//! [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction — each inside its own
+//! savepoint, so one job's failure (a duplicate client id, say) does not undo the others — and
+//! commits once. A job's caller gets its result only after that commit: nothing is answered
+//! before it is durable, and a burst of token requests costs one transaction, not hundreds.
+//! This is group commit for every write, not only the audit log.
+//!
+//! Reads run on a small pool of read-only connections under `spawn_blocking`; in WAL mode they
+//! see every committed transaction and never block the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::StoreError;
+
+/// The most jobs committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer at most; past it, callers wait (backpressure, bounded memory).
+const QUEUE: usize = 4_096;
+/// Read connections kept open.
+const READERS: usize = 4;
+
+/// What a job hands back once it ran: how to answer its caller given the commit's outcome.
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write: runs on the writer thread inside the batch transaction.
+type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, message)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                StoreError::Conflict(message.clone().unwrap_or_else(|| e.to_string()))
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+    }
+}
+
+/// Applies the per-connection settings: WAL, `synchronous = NORMAL` (see the module docs of
+/// `sqlite`), foreign keys, and a busy timeout for the rare writer from another process.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -8000;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// The writer thread's handle, and the reader pool.
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the writer thread on `conn`, already migrated.
+    pub fn start(conn: Connection, path: &Path) -> Result<Worker, StoreError> {
+        let (jobs, rx) = mpsc::channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("tailpass-sqlite-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Worker {
+            jobs,
+            path: path.to_owned(),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` in the next write batch; returns its result once the batch is committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = in_savepoint(conn, f);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(outcome));
+            })
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the writer thread dropped a job".into()))?
+    }
+
+    /// Runs `f` on a read-only connection, off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.take_reader()?;
+        let (result, conn) = tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            (result, conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < READERS
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    fn take_reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.readers.lock().ok().and_then(|mut p| p.pop()) {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+}
+
+/// Opens the writer connection (creating the file if needed) with its settings.
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Runs `f` inside a savepoint, undoing its writes if it fails.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(value) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while rx.blocking_recv().map(|job| batch.push(job)).is_some() {
+        // Let the request handlers that are runnable queue their writes too before this batch
+        // starts: on a busy server the next jobs are usually a few microseconds away, and one
+        // commit for many jobs is the point of this thread.
+        std::thread::yield_now();
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from);
+        let replies: Vec<Reply> = match &begun {
+            Ok(()) => batch.drain(..).map(|job| job(&conn)).collect(),
+            Err(_) => {
+                // No transaction: run nothing, fail everything.
+                batch.clear();
+                Vec::new()
+            }
+        };
+        let committed = begun.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(committed.as_ref().map(|_| ()).map_err(clone_error));
+        }
+    }
+}
