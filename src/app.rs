@@ -56,6 +56,14 @@ pub struct AppState {
     /// Authenticates consent forms (HMAC): a form this process served, for this user and
     /// request, not yet expired.
     pub consent_key: Arc<ring::hmac::Key>,
+    /// DPoP server nonces.
+    pub dpop_nonces: Arc<crate::dpop::Nonces>,
+    /// DPoP proofs already used.
+    pub dpop_replay: Arc<tailpass_verify::dpop::ReplayCache>,
+    /// Request rates by node, client or address.
+    pub rate: Arc<crate::ratelimit::RateLimiter>,
+    /// Revocation feed subscriber slots.
+    pub feed_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The background tasks behind a state: await them after the last state handle is dropped, so
@@ -133,16 +141,18 @@ impl AppState {
         let keys = Arc::new(keys);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
         let revocations = Arc::new(Revocations::load(store.as_ref()).await?);
-        let (audit, audit_task) = AuditLog::start(store.clone(), None);
+        let (audit, audit_task) = AuditLog::start(store.clone(), settings.audit_file.clone());
         let (backchannel, backchannel_task) =
             Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone());
         let clients = Clients::new(settings.static_clients.clone(), store.clone());
+        let random_failed = |_| OpenError::StateDir {
+            path: "random source".into(),
+            source: std::io::Error::other("the system random source failed"),
+        };
         let consent_key =
             ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-                .map_err(|_| OpenError::StateDir {
-                    path: "random source".into(),
-                    source: std::io::Error::other("the system random source failed"),
-                })?;
+                .map_err(random_failed)?;
+        let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
         Ok((
             AppState {
                 issuer: Arc::new(issuer),
@@ -156,6 +166,13 @@ impl AppState {
                 revocations,
                 backchannel,
                 consent_key: Arc::new(consent_key),
+                dpop_nonces: Arc::new(dpop_nonces),
+                dpop_replay: Arc::new(tailpass_verify::dpop::ReplayCache::new(
+                    crate::dpop::REPLAY_CAPACITY,
+                    crate::dpop::MAX_AGE + crate::dpop::SKEW,
+                )),
+                rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
+                feed_slots: crate::oauth::revocation_feed::slots(),
             },
             Tasks(vec![audit_task, backchannel_task]),
         ))

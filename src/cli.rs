@@ -60,6 +60,88 @@ pub enum Command {
         #[command(subcommand)]
         action: ClientsAction,
     },
+    /// Get an agent token for this node, proving nothing but its tailnet identity.
+    Token(TokenArgs),
+    /// Revoke a run, node, user or token now (the kill switch), or lift a node or user.
+    Revoke(RevokeArgs),
+    /// Show the audit log.
+    Audit(AuditArgs),
+}
+
+/// `tailpass token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The issuer.
+    #[arg(long, env = "TAILPASS_ISSUER", value_name = "URL")]
+    pub issuer: Url,
+    /// An audience; repeat for several.
+    #[arg(long = "audience", value_name = "A")]
+    pub audiences: Vec<String>,
+    /// An RFC 8707 resource (an audience too); repeat for several.
+    #[arg(long = "resource", value_name = "R")]
+    pub resources: Vec<String>,
+    /// Space-separated scopes.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Requested lifetime in seconds (capped by policy).
+    #[arg(long, value_name = "SECS")]
+    pub expires_in: Option<u64>,
+    /// Free text recorded in the token and the audit log, e.g. a CI run number.
+    #[arg(long, value_name = "LABEL")]
+    pub run_label: Option<String>,
+    /// Bind the token to this DPoP key (PKCS#8 PEM, P-256; created if missing).
+    #[arg(long, value_name = "FILE")]
+    pub dpop_key: Option<PathBuf>,
+    /// Print the whole token response as JSON instead of the token alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tailpass revoke`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["run", "node", "user", "jti"])))]
+pub struct RevokeArgs {
+    /// A run id: the run and every run exchanged from it.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// A node's stable id: its tokens, its sessions, and new tokens until lifted.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A user's login: their tokens, their sessions, and new tokens until lifted.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// One token's id.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// For --node and --user: refuse new tokens until then (a duration like 2h, or a time).
+    #[arg(long, value_name = "T", value_parser = parse_until)]
+    pub until: Option<u64>,
+    /// Allow new tokens for the node or user again (revoked tokens stay revoked).
+    #[arg(long)]
+    pub lift: bool,
+}
+
+/// `tailpass audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// Events of this run and of runs exchanged from it.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Events of this node (stable id).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Events of this user (login).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Events since then (a duration like 1h meaning "the last hour", or a time).
+    #[arg(long, value_name = "T", value_parser = parse_since)]
+    pub since: Option<u64>,
+    /// At most this many events, the newest.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where caller identities come from.
@@ -156,6 +238,23 @@ pub struct ServeArgs {
     /// Local policy file (TOML): groups, and agent rules.
     #[arg(long, env = "TAILPASS_POLICY", value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// The tailnet capability holding agent rules [default: tailpass/cap/agent].
+    #[arg(long, env = "TAILPASS_AGENT_CAPABILITY", value_name = "NAME")]
+    pub agent_capability: Option<String>,
+    /// Default lifetime of agent tokens, e.g. 15m; rules and requests may shorten it
+    /// [default: 15m].
+    #[arg(long, env = "TAILPASS_AGENT_TOKEN_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub agent_token_lifetime: Option<u64>,
+    /// Token and authorization requests per minute per node (or client, or unidentified
+    /// address), unless a rule sets tokens_per_minute [default: 600].
+    #[arg(long, env = "TAILPASS_RATE_LIMIT", value_name = "PER_MINUTE")]
+    pub rate_limit: Option<u32>,
+    /// Require a server nonce in DPoP proofs (RFC 9449 §8).
+    #[arg(long, env = "TAILPASS_DPOP_NONCE")]
+    pub dpop_nonce: bool,
+    /// Also append every audit event to this file, one JSON object per line.
+    #[arg(long, env = "TAILPASS_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
     /// Log format [default: text].
     #[arg(long, env = "TAILPASS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -225,6 +324,38 @@ pub struct ClientAddArgs {
     pub backchannel_logout_uri: Option<String>,
 }
 
+fn now() -> u64 {
+    tailpass_verify::UnixTime::now().0
+}
+
+/// A point in time: Unix seconds, an RFC 3339 time, or a duration counted from now by `sign`.
+fn parse_time(value: &str, forward: bool) -> Result<u64, String> {
+    if let Ok(at) =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+    {
+        return u64::try_from(at.unix_timestamp()).map_err(|_| format!("{value:?} is before 1970"));
+    }
+    if value.len() >= 9 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse()
+            .map_err(|_| format!("{value:?} is not a time"));
+    }
+    let secs = parse_duration(value)?;
+    Ok(if forward {
+        now().saturating_add(secs)
+    } else {
+        now().saturating_sub(secs)
+    })
+}
+
+fn parse_until(value: &str) -> Result<u64, String> {
+    parse_time(value, true)
+}
+
+fn parse_since(value: &str) -> Result<u64, String> {
+    parse_time(value, false)
+}
+
 fn parse_alg(value: &str) -> Result<Alg, String> {
     value
         .parse()
@@ -272,6 +403,23 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn times_for_until_and_since() {
+        let t = now();
+        assert!((parse_until("2h").unwrap() as i64 - (t + 7200) as i64).abs() <= 2);
+        assert!((parse_since("1h").unwrap() as i64 - (t - 3600) as i64).abs() <= 2);
+        assert_eq!(parse_until("2026-11-22T12:00:00Z"), Ok(1_795_348_800));
+        assert_eq!(parse_since("1795348800"), Ok(1_795_348_800));
+        assert!(parse_until("tomorrow").is_err());
+    }
+
+    #[test]
+    fn revoke_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["tailpass", "revoke"]).is_err());
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "a", "--node", "b"]).is_err());
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "r1"]).is_ok());
     }
 
     #[test]

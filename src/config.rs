@@ -127,6 +127,11 @@ struct FileConfig {
     key_rotation_interval: Option<FileDuration>,
     allow_http_redirect_uris: Option<bool>,
     policy: Option<PathBuf>,
+    agent_capability: Option<String>,
+    agent_token_lifetime: Option<FileDuration>,
+    rate_limit: Option<u32>,
+    dpop_nonce: Option<bool>,
+    audit_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     client: Vec<FileClient>,
@@ -234,6 +239,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The local policy (groups, agent rules); empty without `--policy`.
     pub policy: PolicyFile,
+    /// The tailnet capability holding agent rules.
+    pub agent_capability: String,
+    /// Default agent token lifetime, seconds.
+    pub agent_token_lifetime: u64,
+    /// Requests per minute per node, client or address.
+    pub rate_limit: u32,
+    /// Whether DPoP proofs need a server nonce.
+    pub dpop_nonce: bool,
+    /// The audit log's JSONL mirror.
+    pub audit_file: Option<PathBuf>,
     /// Clients from the file.
     pub static_clients: Vec<Client>,
 }
@@ -481,6 +496,21 @@ fn resolve_for(
             Some(path) => PolicyFile::load(path).map_err(|e| invalid(e.to_string()))?,
             None => PolicyFile::default(),
         },
+        agent_capability: args
+            .agent_capability
+            .clone()
+            .or(file.agent_capability.clone())
+            .unwrap_or_else(|| crate::policy::agent::DEFAULT_CAPABILITY.to_owned()),
+        agent_token_lifetime: seconds(
+            args.agent_token_lifetime,
+            &file.agent_token_lifetime,
+            "agent_token_lifetime",
+            900,
+        )?
+        .clamp(1, max_token_lifetime),
+        rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(600),
+        dpop_nonce: args.dpop_nonce || file.dpop_nonce.unwrap_or(false),
+        audit_file: args.audit_file.clone().or(file.audit_file.clone()),
         static_clients: Vec::new(),
     };
     settings.static_clients = static_clients(&file.client, &settings)?;

@@ -48,6 +48,21 @@ async fn main() -> std::process::ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }
+        Command::Token(args) => tailpass::commands::token::token(args)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Revoke(args) => {
+            init_logging(LogFormat::Text);
+            tailpass::commands::revoke(&cli.global, args)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Command::Audit(args) => {
+            init_logging(LogFormat::Text);
+            tailpass::commands::audit(&cli.global, args)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -356,8 +356,11 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             state_dir.display(),
             keys_dir.display()
         );
-        println!("try:");
-        println!("  curl -s {issuer}{}", paths::OPENID_CONFIGURATION);
+        println!("try (an agent token for this machine, no secret needed):");
+        println!(
+            "  curl -s -d grant_type=client_credentials -d audience=https://api.example {issuer}{}",
+            paths::TOKEN
+        );
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

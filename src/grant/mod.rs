@@ -12,7 +12,9 @@ use crate::policy::{login, tsidp};
 use crate::tokens::mint::Login;
 use crate::tokens::{ACCESS_TYP, ID_TYP};
 
+pub mod agent;
 pub mod authorization_code;
+pub mod exchange;
 pub mod refresh;
 
 /// Scopes a person may request at `/authorize`: OIDC's, `groups`, and `offline_access`.

@@ -64,15 +64,15 @@ pub async fn response_headers(req: Request, next: Next) -> Response {
 pub struct SameOrigin;
 
 /// Whether the request's fetch metadata and `Origin` allow acting on ambient identity.
-pub fn is_same_origin(parts: &Parts, origin: &str) -> bool {
-    if let Some(site) = parts.headers.get("sec-fetch-site") {
+pub fn is_same_origin(headers: &axum::http::HeaderMap, origin: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
         // `same-site` is not enough: every node of a tailnet shares the registrable domain
         // `<tailnet>.ts.net`, so another app on the tailnet is "same-site".
         if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
             return false;
         }
     }
-    match parts.headers.get(header::ORIGIN) {
+    match headers.get(header::ORIGIN) {
         Some(value) => value.to_str().is_ok_and(|v| v == origin),
         None => true,
     }
@@ -82,7 +82,7 @@ impl FromRequestParts<AppState> for SameOrigin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        if is_same_origin(parts, state.issuer.origin()) {
+        if is_same_origin(&parts.headers, state.issuer.origin()) {
             Ok(SameOrigin)
         } else {
             Err(Error::access_denied(
@@ -97,25 +97,25 @@ mod tests {
     use super::*;
     use axum::http::Request;
 
-    fn parts(headers: &[(&str, &str)]) -> Parts {
+    fn headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
         let mut req = Request::builder().uri("/register");
-        for (k, v) in headers {
+        for (k, v) in pairs {
             req = req.header(*k, *v);
         }
-        req.body(()).unwrap().into_parts().0
+        req.body(()).unwrap().into_parts().0.headers
     }
 
     const ORIGIN: &str = "https://idp.tail1234.ts.net";
 
     #[test]
     fn programs_and_same_origin_pages_pass() {
-        assert!(is_same_origin(&parts(&[]), ORIGIN));
+        assert!(is_same_origin(&headers(&[]), ORIGIN));
         assert!(is_same_origin(
-            &parts(&[("sec-fetch-site", "same-origin"), ("origin", ORIGIN)]),
+            &headers(&[("sec-fetch-site", "same-origin"), ("origin", ORIGIN)]),
             ORIGIN
         ));
         assert!(is_same_origin(
-            &parts(&[("sec-fetch-site", "none")]),
+            &headers(&[("sec-fetch-site", "none")]),
             ORIGIN
         ));
     }
@@ -123,17 +123,17 @@ mod tests {
     #[test]
     fn other_sites_are_refused() {
         assert!(!is_same_origin(
-            &parts(&[("sec-fetch-site", "cross-site")]),
+            &headers(&[("sec-fetch-site", "cross-site")]),
             ORIGIN
         ));
         assert!(!is_same_origin(
-            &parts(&[("sec-fetch-site", "same-site")]),
+            &headers(&[("sec-fetch-site", "same-site")]),
             ORIGIN
         ));
         assert!(!is_same_origin(
-            &parts(&[("origin", "https://evil.tail1234.ts.net")]),
+            &headers(&[("origin", "https://evil.tail1234.ts.net")]),
             ORIGIN
         ));
-        assert!(!is_same_origin(&parts(&[("origin", "null")]), ORIGIN));
+        assert!(!is_same_origin(&headers(&[("origin", "null")]), ORIGIN));
     }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use crate::app::AppState;
@@ -69,13 +70,9 @@ impl From<CallerError> for Error {
 }
 
 /// The address to ask WhoIs about.
-fn peer_address(parts: &Parts) -> Result<SocketAddr, CallerError> {
-    let conn = parts
-        .extensions
-        .get::<Conn>()
-        .copied()
-        .ok_or(CallerError::NotOnTailnet)?;
-    if parts.headers.contains_key(FUNNEL_HEADER) {
+fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, CallerError> {
+    let conn = conn.copied().ok_or(CallerError::NotOnTailnet)?;
+    if headers.contains_key(FUNNEL_HEADER) {
         return Err(CallerError::Funnel);
     }
     match conn.listener {
@@ -83,8 +80,7 @@ fn peer_address(parts: &Parts) -> Result<SocketAddr, CallerError> {
         Listener::Proxy => {
             // Only the last value: anything before it was sent by the client and merely
             // passed along by the proxy.
-            let last = parts
-                .headers
+            let last = headers
                 .get_all("x-forwarded-for")
                 .iter()
                 .next_back()
@@ -104,17 +100,25 @@ fn peer_address(parts: &Parts) -> Result<SocketAddr, CallerError> {
 #[derive(Clone)]
 struct Resolved(Result<Arc<Identity>, CallerError>);
 
+/// The identity behind a request, from its connection facts and headers. Handlers that need
+/// it only for some requests call this instead of taking [`Caller`].
+pub async fn identify(
+    state: &AppState,
+    conn: Option<&Conn>,
+    headers: &HeaderMap,
+) -> Result<Arc<Identity>, CallerError> {
+    let addr = peer_address(conn, headers)?;
+    state.identity.whois(addr).await.map_err(|e| match e {
+        WhoisError::NotOnTailnet => CallerError::NotOnTailnet,
+        WhoisError::Unavailable(_) => CallerError::Unavailable,
+    })
+}
+
 async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Arc<Identity>, CallerError> {
     if let Some(Resolved(done)) = parts.extensions.get::<Resolved>() {
         return done.clone();
     }
-    let result = match peer_address(parts) {
-        Ok(addr) => state.identity.whois(addr).await.map_err(|e| match e {
-            WhoisError::NotOnTailnet => CallerError::NotOnTailnet,
-            WhoisError::Unavailable(_) => CallerError::Unavailable,
-        }),
-        Err(e) => Err(e),
-    };
+    let result = identify(state, parts.extensions.get::<Conn>(), &parts.headers).await;
     parts.extensions.insert(Resolved(result.clone()));
     result
 }
@@ -150,6 +154,10 @@ mod tests {
     use super::*;
     use axum::http::Request;
 
+    fn address(parts: &Parts) -> Result<SocketAddr, CallerError> {
+        peer_address(parts.extensions.get::<Conn>(), &parts.headers)
+    }
+
     fn parts(listener: Listener, headers: &[(&str, &str)]) -> Parts {
         let mut req = Request::builder().uri("/x");
         for (k, v) in headers {
@@ -166,7 +174,7 @@ mod tests {
     #[test]
     fn main_listener_ignores_forwarded_for() {
         let p = parts(Listener::Main, &[("x-forwarded-for", "100.64.0.2")]);
-        assert_eq!(peer_address(&p), Ok("127.0.0.1:5555".parse().unwrap()));
+        assert_eq!(address(&p), Ok("127.0.0.1:5555".parse().unwrap()));
     }
 
     #[test]
@@ -175,7 +183,7 @@ mod tests {
             Listener::Proxy,
             &[("x-forwarded-for", "1.2.3.4, 100.64.0.2")],
         );
-        assert_eq!(peer_address(&p), Ok("100.64.0.2:0".parse().unwrap()));
+        assert_eq!(address(&p), Ok("100.64.0.2:0".parse().unwrap()));
         let p = parts(
             Listener::Proxy,
             &[
@@ -183,17 +191,17 @@ mod tests {
                 ("x-forwarded-for", "100.64.0.3"),
             ],
         );
-        assert_eq!(peer_address(&p), Ok("100.64.0.3:0".parse().unwrap()));
+        assert_eq!(address(&p), Ok("100.64.0.3:0".parse().unwrap()));
         let p = parts(Listener::Proxy, &[]);
-        assert_eq!(peer_address(&p), Err(CallerError::NoForwardedFor));
+        assert_eq!(address(&p), Err(CallerError::NoForwardedFor));
         let p = parts(Listener::Proxy, &[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(peer_address(&p), Err(CallerError::NoForwardedFor));
+        assert_eq!(address(&p), Err(CallerError::NoForwardedFor));
     }
 
     #[test]
     fn funnel_requests_have_no_identity() {
         let p = parts(Listener::Main, &[("tailscale-funnel-request", "?1")]);
-        assert_eq!(peer_address(&p), Err(CallerError::Funnel));
+        assert_eq!(address(&p), Err(CallerError::Funnel));
         let p = parts(
             Listener::Proxy,
             &[
@@ -201,6 +209,6 @@ mod tests {
                 ("x-forwarded-for", "100.64.0.2"),
             ],
         );
-        assert_eq!(peer_address(&p), Err(CallerError::Funnel));
+        assert_eq!(address(&p), Err(CallerError::Funnel));
     }
 }

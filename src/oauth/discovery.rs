@@ -33,6 +33,8 @@ pub struct Metadata {
     pub revocation_endpoint: String,
     /// RP-initiated logout.
     pub end_session_endpoint: String,
+    /// The revocation feed gateways subscribe to (DESIGN "Contracts").
+    pub revocation_feed_endpoint: String,
     /// Scopes a person may request.
     pub scopes_supported: Vec<&'static str>,
     /// Only the code flow.
@@ -55,6 +57,8 @@ pub struct Metadata {
     pub code_challenge_methods_supported: Vec<&'static str>,
     /// Claims tokens may carry.
     pub claims_supported: Vec<&'static str>,
+    /// DPoP proof algorithms (RFC 9449 §5.1).
+    pub dpop_signing_alg_values_supported: Vec<Alg>,
     /// `iss` in authorization responses (RFC 9207).
     pub authorization_response_iss_parameter_supported: bool,
     /// Back-channel logout (OIDC Back-Channel Logout §2.1).
@@ -83,10 +87,16 @@ pub fn document(state: &AppState) -> Metadata {
         introspection_endpoint: issuer.endpoint(paths::INTROSPECT),
         revocation_endpoint: issuer.endpoint(paths::REVOKE),
         end_session_endpoint: issuer.endpoint(paths::LOGOUT),
+        revocation_feed_endpoint: issuer.endpoint(paths::REVOCATIONS),
         scopes_supported: vec!["openid", "profile", "email", "groups", "offline_access"],
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec!["authorization_code", "refresh_token"],
+        grant_types_supported: vec![
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            crate::oauth::token::TOKEN_EXCHANGE,
+        ],
         subject_types_supported: vec!["public"],
         id_token_signing_alg_values_supported: state.keys.enabled().iter().copied().collect(),
         token_endpoint_auth_methods_supported: vec![
@@ -127,6 +137,7 @@ pub fn document(state: &AppState) -> Metadata {
             "key",
             "addresses",
         ],
+        dpop_signing_alg_values_supported: Alg::ALL.to_vec(),
         authorization_response_iss_parameter_supported: true,
         backchannel_logout_supported: true,
         backchannel_logout_session_supported: true,

@@ -163,3 +163,39 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .ok_or_else(|| Error::invalid_token("a bearer token is required"))
     }
 }
+
+/// An access token from `Authorization: Bearer …` or `Authorization: DPoP …` (RFC 9449 §7.1).
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The token.
+    pub token: String,
+    /// Whether it came with the DPoP scheme.
+    pub dpop: bool,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("dpop", &self.dpop)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(token) = authorization(parts, "DPoP") {
+            return Ok(AccessToken {
+                token: token.to_owned(),
+                dpop: true,
+            });
+        }
+        authorization(parts, "Bearer")
+            .map(|t| AccessToken {
+                token: t.to_owned(),
+                dpop: false,
+            })
+            .ok_or_else(|| Error::invalid_token("an access token is required"))
+    }
+}

@@ -1,11 +1,14 @@
 //! `POST /introspect` (RFC 7662).
 //!
-//! Only an authenticated confidential client may ask, and it learns about a token only if the
-//! token was issued to it or names it as an audience; for anything else — unknown, expired,
-//! revoked, someone else's — the answer is `{"active": false}` and nothing more. Revocations
-//! show at once: access tokens are checked against the revocation index, refresh tokens
-//! against their family.
+//! Two kinds of caller may ask. An authenticated confidential client learns about a token
+//! only if the token was issued to it or names it as an audience. A tailnet caller whose rule
+//! has `allow_introspect` (a gateway, say) learns about any token; it is identified by the
+//! connection, so cross-site requests are refused. Anything else is `invalid_client`. For an
+//! unknown, expired, revoked or someone else's token the answer is `{"active": false}` and
+//! nothing more. Revocations show at once: access tokens are checked against the revocation
+//! index, refresh tokens against their family.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -16,6 +19,9 @@ use super::error::Error;
 use super::input::Form;
 use crate::app::AppState;
 use crate::client_auth::{self, Presented};
+use crate::http::guard::is_same_origin;
+use crate::http::peer::{self, Conn};
+use crate::policy::agent;
 use crate::secret::Secret;
 use crate::tokens;
 
@@ -59,6 +65,7 @@ struct Inactive {
 /// `POST /introspect`.
 pub async fn introspect(
     State(state): State<AppState>,
+    conn: Option<Extension<Conn>>,
     headers: HeaderMap,
     Form(form): Form<IntrospectForm>,
 ) -> Result<Response, Error> {
@@ -67,17 +74,39 @@ pub async fn introspect(
         form.client_id.as_deref(),
         form.client_secret.as_deref(),
     )?;
-    if !matches!(presented, Presented::Secret { .. }) {
-        return Err(Error::invalid_client(
-            "introspection requires client authentication",
-        ));
-    }
-    let client = client_auth::authenticate(&state.clients, &presented).await?;
+    // `None`: a caller allowed to introspect any token.
+    let client = match presented {
+        Presented::Secret { .. } => {
+            Some(client_auth::authenticate(&state.clients, &presented).await?)
+        }
+        Presented::Nothing if is_same_origin(&headers, state.issuer.origin()) => {
+            let allowed = peer::identify(&state, conn.as_ref().map(|c| &c.0), &headers)
+                .await
+                .is_ok_and(|identity| {
+                    agent::may_introspect(
+                        &identity,
+                        &state.settings.policy,
+                        &state.settings.agent_capability,
+                    )
+                });
+            if !allowed {
+                return Err(Error::invalid_client(
+                    "introspection requires client authentication or an allow_introspect rule",
+                ));
+            }
+            None
+        }
+        _ => {
+            return Err(Error::invalid_client(
+                "introspection requires client authentication",
+            ));
+        }
+    };
     let token = form
         .token
         .as_deref()
         .ok_or_else(|| Error::invalid_request("token is required"))?;
-    let caller = client.client_id.0.as_str();
+    let caller = client.as_ref().map(|c| c.client_id.0.as_str());
     let inactive = || super::no_store(StatusCode::OK, &Inactive { active: false });
     let now = state.now();
 
@@ -92,7 +121,7 @@ pub async fn introspect(
             now,
         )
         .ok()
-        .filter(|c| c.client_id == caller || c.aud.contains(caller))
+        .filter(|c| caller.is_none_or(|id| c.client_id == id || c.aud.contains(id)))
     };
     if !refresh_first && let Some(claims) = as_access() {
         return Ok(active_access(&claims));
@@ -107,11 +136,11 @@ pub async fn introspect(
             && !state
                 .revocations
                 .family_revoked(&family.id, family.created_at);
-        if live && family.client_id == client.client_id {
+        if live && caller.is_none_or(|id| family.client_id.0 == id) {
             let body = ActiveRefresh {
                 active: true,
                 token_type: "refresh_token",
-                client_id: caller,
+                client_id: &family.client_id.0,
                 scope: family.scope.join(" "),
                 sub: family
                     .identity

@@ -19,6 +19,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod logout;
 pub mod register;
+pub mod revocation_feed;
 pub mod revoke;
 pub mod token;
 pub mod userinfo;
@@ -47,6 +48,8 @@ pub mod paths {
     pub const REVOKE: &str = "/revoke";
     /// RP-initiated logout (`end_session_endpoint`).
     pub const LOGOUT: &str = "/logout";
+    /// The revocation feed (`revocation_feed_endpoint`).
+    pub const REVOCATIONS: &str = "/revocations";
 }
 
 /// The OAuth routes.
@@ -75,6 +78,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(paths::REVOKE, axum::routing::post(revoke::revoke))
         .route(paths::LOGOUT, get(logout::get).post(logout::post))
+        .route(paths::REVOCATIONS, get(revocation_feed::feed))
         .route(
             "/register/{client_id}",
             get(register::read)

@@ -1,8 +1,13 @@
 //! `POST /token`: parses the request into one of the grants and answers its result.
 //!
-//! Grants that carry their own proof (a code with PKCE, a refresh token) may be called from
-//! browsers, so their answers allow any origin; nothing else does.
+//! - `authorization_code` and `refresh_token` carry their own proof (a code with PKCE, a
+//!   refresh token), so browsers may call them: their answers allow any origin.
+//! - `client_credentials` without client authentication is the agent grant, and
+//!   `urn:ietf:params:oauth:grant-type:token-exchange` acts for the calling node: both rest on
+//!   the connection's ambient identity, so they refuse cross-site requests and send no CORS
+//!   headers.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,10 +15,20 @@ use serde::Deserialize;
 
 use super::error::{Code, Error};
 use super::input::Form;
+use super::paths;
 use crate::app::AppState;
-use crate::client_auth;
+use crate::client_auth::{self, Presented};
+use crate::dpop;
+use crate::grant::TokenResponse;
+use crate::grant::agent::{self, AgentRequest};
 use crate::grant::authorization_code::{self, CodeRequest};
+use crate::grant::exchange::{self, ExchangeRequest};
 use crate::grant::refresh::{self, RefreshRequest};
+use crate::http::guard::is_same_origin;
+use crate::http::peer::{self, Conn};
+
+/// The token exchange grant type (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// Every parameter any grant takes (RFC 6749, RFC 7636, RFC 8707, RFC 8693, DESIGN
 /// "Contracts"). Only `resource` and `audience` may repeat.
@@ -27,29 +42,34 @@ pub struct TokenForm {
     scope: Option<String>,
     #[serde(default)]
     resource: Vec<String>,
+    #[serde(default)]
+    audience: Vec<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    expires_in: Option<String>,
+    run_label: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    actor_token: Option<String>,
+    actor_token_type: Option<String>,
+    requested_token_type: Option<String>,
 }
 
 /// The grants, by `grant_type`.
-enum Grant<'a> {
-    AuthorizationCode(CodeRequest<'a>),
-    Refresh(RefreshRequest<'a>),
+enum Grant {
+    AuthorizationCode,
+    Refresh,
+    ClientCredentials,
+    TokenExchange,
 }
 
 impl TokenForm {
-    fn grant(&self) -> Result<Grant<'_>, Error> {
+    fn grant(&self) -> Result<Grant, Error> {
         match self.grant_type.as_deref() {
-            Some("authorization_code") => Ok(Grant::AuthorizationCode(CodeRequest {
-                code: self.code.as_deref(),
-                redirect_uri: self.redirect_uri.as_deref(),
-                code_verifier: self.code_verifier.as_deref(),
-            })),
-            Some("refresh_token") => Ok(Grant::Refresh(RefreshRequest {
-                refresh_token: self.refresh_token.as_deref(),
-                scope: self.scope.as_deref(),
-                resources: &self.resource,
-            })),
+            Some("authorization_code") => Ok(Grant::AuthorizationCode),
+            Some("refresh_token") => Ok(Grant::Refresh),
+            Some("client_credentials") => Ok(Grant::ClientCredentials),
+            Some(TOKEN_EXCHANGE) => Ok(Grant::TokenExchange),
             Some(other) => Err(Error::new(
                 Code::UnsupportedGrantType,
                 format!("grant_type {other:?} is not supported"),
@@ -57,44 +77,151 @@ impl TokenForm {
             None => Err(Error::invalid_request("grant_type is required")),
         }
     }
+
+    /// `resource` and `audience` together, in order, without repeats.
+    fn audiences(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for a in self.resource.iter().chain(&self.audience) {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
 }
 
 /// `POST /token`.
 pub async fn token(
     State(state): State<AppState>,
+    conn: Option<Extension<Conn>>,
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    match exchange(&state, &headers, &form).await {
+    let grant = match form.grant() {
+        Ok(grant) => grant,
+        Err(error) => return error.into_response(),
+    };
+    let browser_safe = matches!(grant, Grant::AuthorizationCode | Grant::Refresh);
+    match exchange_for(&state, conn.map(|c| c.0), &headers, &form, grant).await {
         Ok(body) => {
             let mut response = super::no_store(StatusCode::OK, &body);
-            response.headers_mut().insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
+            if browser_safe {
+                response.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+            }
             response
         }
         Err(error) => error.into_response(),
     }
 }
 
-async fn exchange(
+/// The request's DPoP proof, checked, for the token endpoint (errors are 400 here, §5.1).
+fn proof(
     state: &AppState,
     headers: &HeaderMap,
+) -> Result<Option<tailpass_verify::dpop::Proof>, Error> {
+    let Some(header) =
+        dpop::proof_header(headers).map_err(|e| e.with_status(StatusCode::BAD_REQUEST))?
+    else {
+        return Ok(None);
+    };
+    let url = state.issuer.endpoint(paths::TOKEN);
+    dpop::check_request(
+        header,
+        "POST",
+        &url,
+        None,
+        &state.dpop_nonces,
+        &state.dpop_replay,
+        state.now(),
+    )
+    .map(Some)
+    .map_err(|e| {
+        if e.status() == StatusCode::UNAUTHORIZED {
+            e.with_status(StatusCode::BAD_REQUEST)
+        } else {
+            e
+        }
+    })
+}
+
+async fn exchange_for(
+    state: &AppState,
+    conn: Option<Conn>,
+    headers: &HeaderMap,
     form: &TokenForm,
-) -> Result<crate::grant::TokenResponse, Error> {
-    let grant = form.grant()?;
+    grant: Grant,
+) -> Result<TokenResponse, Error> {
     let presented = client_auth::presented(
         headers,
         form.client_id.as_deref(),
         form.client_secret.as_deref(),
     )?;
-    let client = client_auth::authenticate(&state.clients, &presented).await?;
+    let same_origin = || {
+        if is_same_origin(headers, state.issuer.origin()) {
+            Ok(())
+        } else {
+            Err(Error::access_denied(
+                "cross-site request refused: this grant acts on the caller's network identity",
+            ))
+        }
+    };
     match grant {
-        Grant::AuthorizationCode(request) => {
+        Grant::AuthorizationCode => {
+            let client = client_auth::authenticate(&state.clients, &presented).await?;
+            let request = CodeRequest {
+                code: form.code.as_deref(),
+                redirect_uri: form.redirect_uri.as_deref(),
+                code_verifier: form.code_verifier.as_deref(),
+            };
             authorization_code::redeem(state, &client, request).await
         }
-        Grant::Refresh(request) => refresh::refresh(state, &client, request).await,
+        Grant::Refresh => {
+            let client = client_auth::authenticate(&state.clients, &presented).await?;
+            let request = RefreshRequest {
+                refresh_token: form.refresh_token.as_deref(),
+                scope: form.scope.as_deref(),
+                resources: &form.resource,
+            };
+            refresh::refresh(state, &client, request).await
+        }
+        Grant::ClientCredentials => {
+            let request = AgentRequest {
+                audiences: form.audiences(),
+                scope: form.scope.as_deref(),
+                expires_in: form.expires_in.as_deref(),
+                run_label: form.run_label.as_deref(),
+                proof: proof(state, headers)?,
+                peer: conn.and_then(|c| c.remote).map(|a| a.ip()),
+            };
+            if presented == Presented::Nothing {
+                same_origin()?;
+                let caller = peer::identify(state, conn.as_ref(), headers).await;
+                agent::agent(state, caller, request).await
+            } else {
+                let client = client_auth::authenticate(&state.clients, &presented).await?;
+                agent::client(state, &client, request).await
+            }
+        }
+        Grant::TokenExchange => {
+            same_origin()?;
+            let request = ExchangeRequest {
+                subject_token: form.subject_token.as_deref(),
+                subject_token_type: form.subject_token_type.as_deref(),
+                actor_token: form.actor_token.as_deref(),
+                actor_token_type: form.actor_token_type.as_deref(),
+                requested_token_type: form.requested_token_type.as_deref(),
+                audiences: form.audiences(),
+                scope: form.scope.as_deref(),
+                expires_in: form.expires_in.as_deref(),
+                run_label: form.run_label.as_deref(),
+                proof: proof(state, headers)?,
+            };
+            let caller = peer::identify(state, conn.as_ref(), headers).await;
+            exchange::exchange(state, caller, request).await
+        }
     }
 }
 

@@ -153,6 +153,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let file = PolicyFile::parse(include_str!("../../deploy/policy.example.toml")).unwrap();
+        assert_eq!(file.rules.len(), 3);
+        assert_eq!(file.groups_of("bob@example.com"), ["sre"]);
+        assert!(file.rules[2].allow_introspect);
+    }
+
+    #[test]
     fn refuses_typos_and_dangling_groups() {
         assert!(PolicyFile::parse("[[rule]]\nsrc = [\"tag:ci\"]\naudience = [\"x\"]\n").is_err());
         let err = PolicyFile::parse("[[rule]]\nsrc = [\"group:nope\"]\n").unwrap_err();

@@ -5,6 +5,7 @@
 //! and agent rules. [`login`] decides for people logging in to apps. This module only
 //! decides; it never mints, stores or answers HTTP.
 
+pub mod agent;
 pub mod file;
 pub mod login;
 pub mod tsidp;

@@ -288,3 +288,94 @@ async fn with_no_server_running_the_cli_opens_the_state_itself() {
     let (ok, _, stderr) = cli(cwd.path(), &["clients", "rm", "no-such-client"]).await;
     assert!(!ok && stderr.contains("no such client"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_cli_mints_revokes_and_audits_a_run() {
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve_dev(cwd.path(), "server.log").await;
+    let curl_line = served
+        .stdout
+        .iter()
+        .find(|l| l.contains("curl"))
+        .unwrap()
+        .clone();
+    assert!(
+        curl_line.contains("grant_type=client_credentials"),
+        "the banner shows the agent grant: {curl_line}"
+    );
+
+    let key = cwd.path().join("agent-dpop.pem");
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--issuer",
+            &served.issuer,
+            "--audience",
+            "https://api.example",
+            "--run-label",
+            "cli test",
+            "--json",
+            "--dpop-key",
+        ])
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(response["token_type"], "DPoP");
+    let claims = crate::authorize::claims(response["access_token"].as_str().unwrap());
+    assert_eq!(claims["run_label"], "cli test");
+    assert!(claims["cnf"]["jkt"].is_string());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the DPoP key is private"
+        );
+    }
+    let run = claims["run_id"].as_str().unwrap().to_owned();
+
+    // Plain output is the token alone, for TOKEN=$(tailpass token ...).
+    let plain = Command::new(BIN)
+        .args([
+            "token",
+            "--issuer",
+            &served.issuer,
+            "--audience",
+            "https://api.example",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8(plain.stdout).unwrap();
+    assert_eq!(text.trim().split('.').count(), 3, "{text}");
+
+    let (ok, stdout, stderr) = cli(cwd.path(), &["revoke", "--run", &run]).await;
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["revocation"]["value"], run.as_str());
+
+    let (ok, stdout, stderr) = cli(cwd.path(), &["audit", "--run", &run, "--json"]).await;
+    assert!(ok, "{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["agent_token", "revocation"]);
+    let (_, human, _) = cli(cwd.path(), &["audit", "--run", &run]).await;
+    assert!(
+        human.contains("agent_token") && human.contains("label=cli test"),
+        "{human}"
+    );
+    served.terminate().await;
+}

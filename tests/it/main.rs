@@ -10,10 +10,13 @@
     missing_docs
 )]
 
+mod agents;
 mod authorize;
 mod binary;
 mod discovery;
+mod dpop;
 mod keys;
+mod killswitch;
 mod localapi;
 mod login;
 mod peers;

@@ -24,6 +24,10 @@ pub const BOB: u8 = 4;
 pub const CAROL: u8 = 5;
 /// Mallory: a person whose grant tries to override a standard claim.
 pub const MALLORY: u8 = 6;
+/// A second CI runner (`tag:ci`), another node.
+pub const CI2: u8 = 7;
+/// A gateway node (`tag:gateway`).
+pub const GATEWAY_NODE: u8 = 8;
 /// An address that is not on the tailnet.
 pub const STRANGER: u8 = 9;
 
@@ -41,6 +45,16 @@ pub fn bob_whois() -> serde_json::Value {
                  "User": 77, "Key": "nodekey:0b", "Addresses": ["100.64.0.4/32"], "Tags": null},
         "UserProfile": {"ID": 77, "LoginName": "bob@example.com", "DisplayName": "Bob", "ProfilePicURL": ""},
         "CapMap": {}
+    })
+}
+
+/// A tagged node's WhoIs answer.
+pub fn tagged_whois(id: u64, stable: &str, tags: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "Node": {"ID": id, "StableID": stable, "Name": format!("{stable}.tail1234.ts.net."),
+                 "User": 9000, "Addresses": [format!("100.64.0.{}/32", id % 250)], "Tags": tags},
+        "UserProfile": {"ID": 9000, "LoginName": "tagged-devices", "DisplayName": "tagged devices"},
+        "CapMap": null
     })
 }
 
@@ -73,6 +87,8 @@ pub fn peers_table() -> serde_json::Value {
                 {"users": ["*"], "extraClaims": {"team": "ignored", "envs": ["prod", "dev"], "groups": ["oncall"]}}
             ]
         })),
+        ip(CI2).to_string(): tagged_whois(1007, "nCiRunner7CNTRL", &["tag:ci"]),
+        ip(GATEWAY_NODE).to_string(): tagged_whois(1008, "nGateway8CNTRL", &["tag:gateway"]),
         ip(MALLORY).to_string(): user_whois(0x6d, "mallory@example.com", "nMallory6CNTRL", serde_json::json!({
             "tailscale.com/cap/tsidp": [{"extraClaims": {"email": "ceo@example.com"}}]
         })),

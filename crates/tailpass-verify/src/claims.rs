@@ -92,6 +92,17 @@ pub struct Confirmation {
     pub unknown: BTreeMap<String, Value>,
 }
 
+impl Confirmation {
+    /// The binding of an agent token: its node, and its DPoP key when the request had a proof.
+    pub fn node(stable_id: &str, jkt: Option<String>) -> Confirmation {
+        Confirmation {
+            tailnet_node: Some(stable_id.to_owned()),
+            jkt,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
 /// The gateway's budget for a run (`quota` claim).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {

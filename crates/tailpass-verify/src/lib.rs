@@ -10,7 +10,9 @@
 //! crate.
 
 pub mod alg;
+pub mod binding;
 pub mod claims;
+pub mod dpop;
 pub mod jwk;
 pub mod jws;
 pub mod time;

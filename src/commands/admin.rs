@@ -1,23 +1,17 @@
-//! What each CLI command does, on top of the library: `serve` runs the server; `keys` and
-//! `clients` call the admin API ([`crate::admin::client`]) and print its answer for people or,
-//! with `--json`, for scripts.
+//! The operator's commands — `keys`, `clients`, `revoke`, `audit` — over the admin API
+//! ([`crate::admin::client`]), printing its answer for people or, with `--json`, for scripts.
 
 use axum::http::Method;
 use serde::de::DeserializeOwned;
+use tailpass_verify::UnixTime;
 
+use super::{CommandError, fail};
 use crate::admin::client::{AdminClient, Answer};
-use crate::admin::{ClientView, CreatedClient, NewClient, PREFIX, RotateRequest};
-use crate::cli::{ClientAddArgs, ClientsAction, GlobalArgs, KeysAction};
+use crate::admin::{AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RotateRequest};
+use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, GlobalArgs, KeysAction, RevokeArgs};
 use crate::keys::KeyInfo;
-
-/// A failed command, with the message to print.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CommandError(pub String);
-
-fn fail(e: impl std::fmt::Display) -> CommandError {
-    CommandError(e.to_string())
-}
+use crate::killswitch::{Report, Target};
+use crate::store::{AuditRecord, Revocation, RevocationKind};
 
 fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, CommandError> {
     if !(200..300).contains(&answer.status) {
@@ -160,6 +154,117 @@ async fn add_client(admin: &AdminClient, args: ClientAddArgs) -> Result<(), Comm
         eprintln!(
             "Store the client_secret now: tailpass keeps only its hash and cannot show it again."
         );
+    }
+    Ok(())
+}
+
+/// `tailpass revoke`.
+pub async fn revoke(global: &GlobalArgs, args: RevokeArgs) -> Result<(), CommandError> {
+    let (kind, value) = match (&args.run, &args.node, &args.user, &args.jti) {
+        (Some(v), _, _, _) => (RevocationKind::Run, v.clone()),
+        (_, Some(v), _, _) => (RevocationKind::Node, v.clone()),
+        (_, _, Some(v), _) => (RevocationKind::User, v.clone()),
+        (_, _, _, Some(v)) => (RevocationKind::Jti, v.clone()),
+        _ => return Err(CommandError("name what to revoke".into())),
+    };
+    let target = Target {
+        kind,
+        value,
+        until: args.until.map(UnixTime),
+    };
+    let admin = AdminClient::new(global).map_err(fail)?;
+    let body = serde_json::to_value(&target).map_err(fail)?;
+    if args.lift {
+        let answer = admin
+            .call(
+                Method::POST,
+                &format!("{PREFIX}/revocations/lift"),
+                Some(body),
+            )
+            .await
+            .map_err(fail)?;
+        let lifted: Vec<Revocation> = decode(&answer)?;
+        eprintln!(
+            "lifted {} revocation(s) of {} {}: new tokens are allowed again",
+            lifted.len(),
+            kind.as_str(),
+            target.value
+        );
+        return Ok(());
+    }
+    let answer = admin
+        .call(Method::POST, &format!("{PREFIX}/revocations"), Some(body))
+        .await
+        .map_err(fail)?;
+    let report: Report = decode(&answer)?;
+    print_json(&report)?;
+    if !answer.via_server {
+        eprintln!(
+            "No server was running: the revocation is stored and takes effect when it starts."
+        );
+    }
+    Ok(())
+}
+
+/// `tailpass audit`.
+pub async fn audit(global: &GlobalArgs, args: AuditArgs) -> Result<(), CommandError> {
+    let query = AuditQuery {
+        run: args.run,
+        node: args.node,
+        user: args.user,
+        since: args.since,
+        after: None,
+        limit: Some(args.limit),
+    };
+    let query = serde_html_form::to_string(&query).map_err(fail)?;
+    let admin = AdminClient::new(global).map_err(fail)?;
+    let answer = admin
+        .call(Method::GET, &format!("{PREFIX}/audit?{query}"), None)
+        .await
+        .map_err(fail)?;
+    let records: Vec<AuditRecord> = decode(&answer)?;
+    for record in records {
+        if args.json {
+            println!("{}", serde_json::to_string(&record).map_err(fail)?);
+            continue;
+        }
+        let e = &record.event;
+        let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(e.time.0).unwrap_or(0))
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| e.time.0.to_string());
+        let kind = serde_json::to_value(e.event).map_err(fail)?;
+        let outcome = serde_json::to_value(e.outcome).map_err(fail)?;
+        let who = e
+            .user
+            .clone()
+            .or_else(|| e.node_id.clone())
+            .unwrap_or_else(|| "-".into());
+        let mut line = format!(
+            "{when} {:<15} {:<8} {who}",
+            kind.as_str().unwrap_or_default(),
+            outcome.as_str().unwrap_or_default()
+        );
+        for (name, value) in [
+            ("client", &e.client_id),
+            ("run", &e.run_id),
+            ("parent", &e.parent_run_id),
+            ("label", &e.run_label),
+            ("jti", &e.jti),
+            ("reason", &e.reason),
+            ("detail", &e.detail),
+        ] {
+            if let Some(value) = value {
+                line.push_str(&format!(" {name}={value}"));
+            }
+        }
+        if !e.audience.is_empty() {
+            line.push_str(&format!(" aud={}", e.audience.join(",")));
+        }
+        println!("{line}");
     }
     Ok(())
 }

@@ -1,0 +1,16 @@
+//! What each CLI command does, on top of the library: the operator's commands through the
+//! admin API ([`admin`]), and the agent's `tailpass token` ([`token`]).
+
+pub mod admin;
+pub mod token;
+
+pub use admin::{audit, clients, keys, revoke};
+
+/// A failed command, with the message to print.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub String);
+
+fn fail(e: impl std::fmt::Display) -> CommandError {
+    CommandError(e.to_string())
+}

@@ -1,0 +1,107 @@
+//! `tailpass token`: an agent asks for a token for itself. It sends no secret: the server
+//! knows the node by its tailnet connection. With `--dpop-key` the token is also bound to a
+//! key the agent keeps, so a copy of the token alone is useless.
+
+use serde::Deserialize;
+
+use super::{CommandError, fail};
+use crate::cli::TokenArgs;
+use crate::dpop::ProofKey;
+
+#[derive(Deserialize)]
+struct Discovery {
+    token_endpoint: String,
+}
+
+/// What matters of the token endpoint's answer; the rest is printed as it came.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// `tailpass token`.
+pub async fn token(args: TokenArgs) -> Result<(), CommandError> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(fail)?;
+    let issuer = args.issuer.as_str().trim_end_matches('/');
+    let discovery: Discovery = http
+        .get(format!("{issuer}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .map_err(fail)?
+        .error_for_status()
+        .map_err(fail)?
+        .json()
+        .await
+        .map_err(|e| fail(format!("discovery: {e}")))?;
+    let key = args
+        .dpop_key
+        .as_deref()
+        .map(ProofKey::load_or_create)
+        .transpose()
+        .map_err(fail)?;
+
+    let mut form: Vec<(&str, String)> = vec![("grant_type", "client_credentials".into())];
+    form.extend(args.audiences.iter().map(|a| ("audience", a.clone())));
+    form.extend(args.resources.iter().map(|r| ("resource", r.clone())));
+    if let Some(scope) = &args.scope {
+        form.push(("scope", scope.clone()));
+    }
+    if let Some(secs) = args.expires_in {
+        form.push(("expires_in", secs.to_string()));
+    }
+    if let Some(label) = &args.run_label {
+        form.push(("run_label", label.clone()));
+    }
+
+    let mut nonce: Option<String> = None;
+    // One retry: the server may ask for a DPoP nonce first (RFC 9449 §8).
+    for _ in 0..2 {
+        let mut request = http.post(&discovery.token_endpoint).form(&form);
+        if let Some(key) = &key {
+            let proof = key
+                .proof("POST", &discovery.token_endpoint, None, nonce.as_deref())
+                .map_err(fail)?;
+            request = request.header("DPoP", proof);
+        }
+        let response = request.send().await.map_err(fail)?;
+        let status = response.status();
+        let fresh_nonce = response
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let raw: serde_json::Value = response.json().await.map_err(fail)?;
+        let answer: Answer = serde_json::from_value(raw.clone()).map_err(fail)?;
+        if status.is_success() {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&raw).map_err(fail)?);
+            } else {
+                println!("{}", answer.access_token.unwrap_or_default());
+            }
+            return Ok(());
+        }
+        if answer.error.as_deref() == Some("use_dpop_nonce")
+            && fresh_nonce.is_some()
+            && nonce.is_none()
+        {
+            nonce = fresh_nonce;
+            continue;
+        }
+        return Err(CommandError(format!(
+            "refused ({status}): {} {}",
+            answer.error.unwrap_or_else(|| "error".into()),
+            answer.error_description.unwrap_or_default()
+        )));
+    }
+    Err(CommandError(
+        "the server kept asking for a new DPoP nonce".into(),
+    ))
+}

@@ -1,0 +1,124 @@
+//! The kill switch: `tailpass revoke --run | --node | --user | --jti` and the admin API behind
+//! it.
+//!
+//! Revoking is durable first (the store), then visible at once to this server (the revocation
+//! index: introspection, userinfo, exchange) and, through the revocation feed, to every
+//! gateway within seconds. Revoking a run also kills every run exchanged from it (their tokens
+//! name it as parent, root or actor). Revoking a node or a user also refuses new tokens for it
+//! until lifted or until `until`, and ends its sessions: refresh families revoked, relying
+//! parties told by back-channel logout.
+
+use serde::{Deserialize, Serialize};
+use tailpass_verify::UnixTime;
+
+use crate::app::AppState;
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::oauth::error::Error;
+use crate::session;
+use crate::store::{Revocation, RevocationKind};
+
+/// What to revoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// `run`, `node`, `user` or `jti`.
+    pub kind: RevocationKind,
+    /// The run id, node stable id, login or token id.
+    pub value: String,
+    /// For nodes and users: refuse new tokens until then (`None`: until lifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixTime>,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The revocation as the feed carries it.
+    pub revocation: Revocation,
+    /// Sessions (refresh families) ended.
+    pub sessions_ended: usize,
+}
+
+fn check(target: &Target) -> Result<(), Error> {
+    if target.value.is_empty()
+        || target.value.len() > 512
+        || target.value.chars().any(char::is_control)
+    {
+        return Err(Error::invalid_request(
+            "the value to revoke must be 1 to 512 printable characters",
+        ));
+    }
+    if target.kind == RevocationKind::Family {
+        return Err(Error::invalid_request(
+            "refresh families are revoked through /revoke or logout",
+        ));
+    }
+    if target.until.is_some() && !matches!(target.kind, RevocationKind::Node | RevocationKind::User)
+    {
+        return Err(Error::invalid_request(
+            "until applies to node and user revocations",
+        ));
+    }
+    Ok(())
+}
+
+/// Revokes `target` on behalf of `actor`.
+pub async fn revoke(state: &AppState, target: &Target, actor: &str) -> Result<Report, Error> {
+    check(target)?;
+    let now = state.now();
+    let revocation = state
+        .revocations
+        .revoke(
+            state.store.as_ref(),
+            target.kind,
+            &target.value,
+            now,
+            target.until,
+        )
+        .await?;
+    let sessions_ended = match target.kind {
+        RevocationKind::Node | RevocationKind::User => {
+            session::end_all_of(state, target.kind, &target.value, now).await?
+        }
+        _ => 0,
+    };
+    let mut event = AuditEvent::new(now, EventKind::Revocation, Outcome::Success).detail(format!(
+        "{} {} revoked by {actor}; {sessions_ended} sessions ended",
+        target.kind.as_str(),
+        target.value
+    ));
+    match target.kind {
+        RevocationKind::Run => event.run_id = Some(target.value.clone()),
+        RevocationKind::Node => event.node_id = Some(target.value.clone()),
+        RevocationKind::User => event.user = Some(target.value.clone()),
+        RevocationKind::Jti => event.jti = Some(target.value.clone()),
+        RevocationKind::Family => {}
+    }
+    state.audit.record(event).await?;
+    Ok(Report {
+        revocation,
+        sessions_ended,
+    })
+}
+
+/// Allows new tokens for a node or user again. Tokens revoked stay revoked.
+pub async fn lift(
+    state: &AppState,
+    target: &Target,
+    actor: &str,
+) -> Result<Vec<Revocation>, Error> {
+    check(target)?;
+    let now = state.now();
+    let lifted = state
+        .revocations
+        .lift(state.store.as_ref(), target.kind, &target.value, now)
+        .await?;
+    let event =
+        AuditEvent::new(now, EventKind::RevocationLifted, Outcome::Success).detail(format!(
+            "{} {} lifted by {actor} ({} revocations)",
+            target.kind.as_str(),
+            target.value,
+            lifted.len()
+        ));
+    state.audit.record(event).await?;
+    Ok(lifted)
+}

@@ -1,0 +1,231 @@
+//! The revocation feed (DESIGN "Contracts": revocation feed), at `revocation_feed_endpoint`.
+//!
+//! Gateways verify JWTs offline; this feed is how "kill this run" reaches them within seconds.
+//! With `Accept: text/event-stream` it is a server-sent event stream: first a `snapshot`
+//! event carrying the current sequence number and every live revocation, then one
+//! `revocation` event per new revocation, each with its sequence number as the event id, so
+//! that a client resumes with `Last-Event-ID`. Otherwise it answers JSON, `?since=<seq>` for
+//! pollers. A revocation leaves the feed once no token it could match can still be valid.
+//!
+//! Any tailnet peer may read it; subscribers are bounded, and a subscriber that falls behind
+//! gets a fresh snapshot rather than an unbounded queue.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use tailpass_verify::UnixTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+
+use super::error::Error;
+use super::input::Query;
+use crate::app::AppState;
+use crate::http::peer::Caller;
+use crate::store::Revocation;
+
+/// Streams served at once; past it, 503.
+pub const MAX_SUBSCRIBERS: usize = 1_024;
+
+/// One event of the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// Its position.
+    pub seq: u64,
+    /// `run`, `node`, `user`, `jti` or `family`.
+    pub kind: String,
+    /// What it matches.
+    pub value: String,
+    /// Tokens with `iat <= revoked_at` are refused.
+    pub revoked_at: UnixTime,
+    /// For nodes and users: new tokens refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixTime>,
+}
+
+impl From<&Revocation> for FeedEvent {
+    fn from(r: &Revocation) -> FeedEvent {
+        FeedEvent {
+            seq: r.seq,
+            kind: r.kind.as_str().to_owned(),
+            value: r.value.clone(),
+            revoked_at: r.revoked_at,
+            until: r.until,
+        }
+    }
+}
+
+/// The feed's state at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The sequence number of the newest event included.
+    pub seq: u64,
+    /// Live revocations.
+    pub events: Vec<FeedEvent>,
+}
+
+/// Whether a revocation can still matter: a token it matches may be unexpired, or it still
+/// refuses new tokens.
+fn live(state: &AppState, r: &Revocation, now: UnixTime) -> bool {
+    let horizon = r
+        .revoked_at
+        .plus(state.settings.max_token_lifetime + crate::tokens::LEEWAY);
+    let blocking = r.lifted_at.is_none()
+        && r.until.is_none_or(|u| now < u)
+        && matches!(r.kind.as_str(), "node" | "user");
+    now < horizon || blocking
+}
+
+async fn events_since(state: &AppState, since: u64) -> Result<Vec<FeedEvent>, Error> {
+    let now = state.now();
+    Ok(state
+        .store
+        .revocations_since(since)
+        .await?
+        .iter()
+        .filter(|r| live(state, r, now))
+        .map(FeedEvent::from)
+        .collect())
+}
+
+async fn snapshot(state: &AppState) -> Result<Snapshot, Error> {
+    let events = events_since(state, 0).await?;
+    let seq = events
+        .iter()
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
+        .max(state.revocations.last_seq());
+    Ok(Snapshot { seq, events })
+}
+
+/// The polling parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct FeedQuery {
+    since: Option<u64>,
+}
+
+/// `GET /revocations`.
+pub async fn feed(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, Error> {
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        let body = match query.since {
+            Some(since) => Snapshot {
+                seq: state.revocations.last_seq(),
+                events: events_since(&state, since).await?,
+            },
+            None => snapshot(&state).await?,
+        };
+        return Ok(super::no_store(axum::http::StatusCode::OK, &body));
+    }
+    let permit = state
+        .feed_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::unavailable("too many revocation feed subscribers"))?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Subscribe before reading, so that nothing falls between the read and the stream.
+    let receiver = state.revocations.subscribe();
+    let (first, head) = match resume {
+        Some(since) => {
+            let missed = events_since(&state, since).await?;
+            let head = missed.iter().map(|e| e.seq).max().unwrap_or(since);
+            (
+                missed.iter().map(revocation_event).collect::<Vec<_>>(),
+                head,
+            )
+        }
+        None => {
+            let snap = snapshot(&state).await?;
+            let head = snap.seq;
+            (vec![snapshot_event(&snap)], head)
+        }
+    };
+    let stream = events(state, receiver, first, head, permit);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn snapshot_event(snapshot: &Snapshot) -> Event {
+    Event::default()
+        .event("snapshot")
+        .id(snapshot.seq.to_string())
+        .json_data(snapshot)
+        .unwrap_or_default()
+}
+
+fn revocation_event(event: &FeedEvent) -> Event {
+    Event::default()
+        .event("revocation")
+        .id(event.seq.to_string())
+        .json_data(event)
+        .unwrap_or_default()
+}
+
+struct Feed {
+    state: AppState,
+    receiver: broadcast::Receiver<Revocation>,
+    pending: std::collections::VecDeque<Event>,
+    head: u64,
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+fn events(
+    state: AppState,
+    receiver: broadcast::Receiver<Revocation>,
+    first: Vec<Event>,
+    head: u64,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    let feed = Feed {
+        state,
+        receiver,
+        pending: first.into(),
+        head,
+        _permit: Arc::new(permit),
+    };
+    stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(event) = feed.pending.pop_front() {
+                return Some((Ok(event), feed));
+            }
+            match feed.receiver.recv().await {
+                Ok(r) if r.seq > feed.head => {
+                    feed.head = r.seq;
+                    feed.pending
+                        .push_back(revocation_event(&FeedEvent::from(&r)));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too far behind to replay one by one: start over from a snapshot.
+                    let snap = snapshot(&feed.state).await.ok()?;
+                    feed.head = snap.seq;
+                    feed.pending.push_back(snapshot_event(&snap));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// The subscriber slots.
+pub fn slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_SUBSCRIBERS))
+}
