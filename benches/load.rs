@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! load code-flow --issuer URL --client-id ID --client-secret S --redirect-uri U [--from 127.0.0.2]
+//! load agent --issuer URL --audience A [--from 127.0.0.3]
 //! ```
 #![allow(
     clippy::unwrap_used,
@@ -48,6 +49,16 @@ enum Scenario {
         redirect_uri: String,
         /// The browser's address: a user in the identity table.
         #[arg(long, default_value = "127.0.0.2")]
+        from: IpAddr,
+    },
+    /// The agent grant: `client_credentials` with no secret, from a tagged node.
+    Agent {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: String,
+        /// The agent's address: a tagged node in the identity table.
+        #[arg(long, default_value = "127.0.0.3")]
         from: IpAddr,
     },
 }
@@ -127,6 +138,26 @@ impl CodeFlow {
         }
         Ok(())
     }
+}
+
+/// One agent token request; fails unless a token comes back.
+async fn agent_once(client: &reqwest::Client, token: &str, audience: &str) -> Result<(), String> {
+    let response = client
+        .post(token)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", audience),
+            ("run_label", "load"),
+        ])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() || !body["access_token"].is_string() {
+        return Err(format!("token answered {status}: {body}"));
+    }
+    Ok(())
 }
 
 /// Runs `work` from `concurrency` workers, as fast as possible or at `rate` per second.
@@ -250,6 +281,23 @@ async fn main() {
                 errors,
                 elapsed,
             );
+        }
+        Scenario::Agent {
+            issuer,
+            audience,
+            from,
+        } => {
+            let client = client(Some(from));
+            let token = Arc::new(format!("{issuer}/token"));
+            let audience = Arc::new(audience);
+            let (latencies, errors, elapsed) =
+                drive(args.concurrency, args.seconds, args.rate, move || {
+                    let (client, token, audience) =
+                        (client.clone(), token.clone(), audience.clone());
+                    async move { agent_once(&client, &token, &audience).await }
+                })
+                .await;
+            report("agent tokens over HTTP", latencies, errors, elapsed);
         }
     }
 }

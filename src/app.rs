@@ -30,9 +30,21 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// How long a request may take, body included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every handler can reach.
+/// What every handler can reach: one shared allocation, so the per-request clones axum makes
+/// cost one atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`]. Each part guards its own data (no lock spans the state).
+pub struct Shared {
     /// The issuer.
     pub issuer: Arc<Issuer>,
     /// Validated settings.
@@ -154,7 +166,7 @@ impl AppState {
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
         Ok((
-            AppState {
+            AppState(Arc::new(Shared {
                 issuer: Arc::new(issuer),
                 settings: Arc::new(settings),
                 store,
@@ -173,7 +185,7 @@ impl AppState {
                 )),
                 rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
                 feed_slots: crate::oauth::revocation_feed::slots(),
-            },
+            })),
             Tasks(vec![audit_task, backchannel_task]),
         ))
     }

@@ -108,16 +108,21 @@ impl From<SecretHash> for String {
 }
 
 /// `bytes` random bytes from the operating system's CSPRNG, base64url without padding. Used
-/// for secrets and for identifiers that must be unguessable (client ids, run ids, jti).
+/// for secrets and for identifiers that must be unguessable (client ids, jti).
 pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
+    fill_random(&mut buf);
+    URL_SAFE_NO_PAD.encode(&buf)
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) {
     // SystemRandom reads getrandom(2); it fails only if the kernel cannot provide entropy, in
-    // which case no secure identifier can be made and aborting the request is the only option.
-    // We surface that as an all-zero buffer never: retry until it succeeds.
-    while SystemRandom::new().fill(&mut buf).is_err() {
+    // which case no secure identifier can be made. Never hand out a predictable buffer: retry
+    // until it succeeds.
+    while SystemRandom::new().fill(buf).is_err() {
         std::thread::yield_now();
     }
-    URL_SAFE_NO_PAD.encode(&buf)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ pub async fn agent(
         },
         tailnet: mint::tailnet(&identity),
         run: RunClaims {
-            run_id: Some(random_token(16)),
+            run_id: Some(tokens::new_run_id()),
             run_label: label,
             ..RunClaims::default()
         },

@@ -237,7 +237,7 @@ pub async fn exchange(
         profile: parent.profile.clone(),
         tailnet: mint::tailnet(&identity),
         run: RunClaims {
-            run_id: Some(random_token(16)),
+            run_id: Some(tokens::new_run_id()),
             run_label: label.clone(),
             parent_run_id: parent_run.clone(),
             root_run_id: root_run.clone(),
