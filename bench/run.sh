@@ -20,18 +20,10 @@ load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n1)
 
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
-cp tests/fixtures/whois-user.json "$work/alice.json"
 cat > "$work/peers.json" <<JSON
 {"127.0.0.2": $(cat tests/fixtures/whois-user.json), "127.0.0.3": $(cat tests/fixtures/whois-tagged.json)}
 JSON
-cat > "$work/policy.toml" <<TOML
-[[rule]]
-src = ["tag:ci"]
-audiences = ["https://gateway.tail1234.ts.net"]
-scopes = ["llm:chat"]
-max_lifetime = 900
-claims = { models = ["claude-sonnet"], quota = { requests = 500, tokens = 2000000 } }
-TOML
+cp bench/policy.toml "$work/policy.toml"
 port=18765
 issuer="http://127.0.0.1:$port"
 taskset -c 0 "$bin" --state-dir "$work/state" --keys-dir "$work/keys" serve \

@@ -47,14 +47,7 @@ struct Args {
 
 const GATEWAY: &str = "https://gateway.tail1234.ts.net";
 
-const POLICY: &str = r#"
-[[rule]]
-src = ["tag:ci"]
-audiences = ["https://gateway.tail1234.ts.net"]
-scopes = ["llm:chat"]
-max_lifetime = 900
-claims = { models = ["claude-sonnet"], quota = { requests = 500, tokens = 2000000 } }
-"#;
+const POLICY: &str = include_str!("../bench/policy.toml");
 
 /// Signs a message the size of an agent token's signing input for `seconds`; signatures per
 /// second on this thread.
