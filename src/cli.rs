@@ -66,6 +66,66 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Show the audit log.
     Audit(AuditArgs),
+    /// Check a token as a resource server would, and print its claims or why it fails.
+    Verify(VerifyArgs),
+    /// Run the reference AI gateway: the only holder of the upstream API key.
+    Gateway(Box<GatewayArgs>),
+}
+
+/// `tailpass verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The token, or `-` to read it from standard input.
+    #[arg(value_name = "TOKEN|-")]
+    pub token: String,
+    /// The issuer [default: the token's `iss`, which is then trusted only for this check].
+    #[arg(long, env = "TAILPASS_ISSUER", value_name = "URL")]
+    pub issuer: Option<Url>,
+    /// The audience the token must carry [default: its first].
+    #[arg(long, value_name = "A")]
+    pub audience: Option<String>,
+    /// The presenting node's stable id, to check `cnf.tailnet_node` [default: not checked,
+    /// and said so].
+    #[arg(long, value_name = "STABLE_ID")]
+    pub node: Option<String>,
+}
+
+/// `tailpass gateway`.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TAILPASS_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// The URL callers use to reach the gateway (DPoP proofs name it) [default: http://LISTEN].
+    #[arg(long, env = "TAILPASS_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<Url>,
+    /// The tailpass issuer whose tokens are accepted.
+    #[arg(long, env = "TAILPASS_ISSUER", value_name = "URL")]
+    pub issuer: Url,
+    /// The audience tokens must carry (the gateway's own URL, usually).
+    #[arg(long, env = "TAILPASS_AUDIENCE", value_name = "A")]
+    pub audience: String,
+    /// The upstream OpenAI-compatible API's base URL.
+    #[arg(long, env = "TAILPASS_UPSTREAM", value_name = "URL")]
+    pub upstream: Url,
+    /// The file holding the upstream API key (the only copy callers depend on).
+    #[arg(long, env = "TAILPASS_UPSTREAM_KEY_FILE", value_name = "FILE")]
+    pub upstream_key_file: PathBuf,
+    /// The local address to reach the issuer from (a tailnet address, on a multi-homed host).
+    #[arg(long, env = "TAILPASS_SOURCE_ADDRESS", value_name = "IP")]
+    pub source_address: Option<std::net::IpAddr>,
+    /// Where presenting nodes' identities come from [default: tailscaled].
+    #[arg(long, env = "TAILPASS_IDENTITY", value_enum)]
+    pub identity: Option<IdentityKind>,
+    /// The identity table for --identity local.
+    #[arg(long, env = "TAILPASS_IDENTITY_FILE", value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// tailscaled's LocalAPI socket [default: /var/run/tailscale/tailscaled.sock].
+    #[arg(long, env = "TAILPASS_TAILSCALED_SOCKET", value_name = "PATH")]
+    pub tailscaled_socket: Option<PathBuf>,
+    /// Mirror each call's record to this JSONL file (0600).
+    #[arg(long, env = "TAILPASS_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 /// `tailpass token`.

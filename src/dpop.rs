@@ -23,10 +23,7 @@ use crate::secret::random_token;
 
 /// The request header carrying a proof.
 pub const HEADER: &str = "dpop";
-/// How old a proof may be.
-pub const MAX_AGE: u64 = 300;
-/// How far ahead a proof's clock may be.
-pub const SKEW: u64 = 60;
+pub use tailpass_verify::dpop::{MAX_AGE, SKEW};
 /// Proofs remembered at most; past it new proofs are refused until old ones expire.
 pub const REPLAY_CAPACITY: usize = 200_000;
 /// A nonce's time bucket, seconds.

@@ -57,6 +57,13 @@ async fn main() -> std::process::ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }
+        Command::Verify(args) => tailpass::commands::verify::verify(args)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Gateway(args) => {
+            init_logging(LogFormat::Text);
+            tailpass::gateway::run(&args, cli.global.dev).await
+        }
         Command::Audit(args) => {
             init_logging(LogFormat::Text);
             tailpass::commands::audit(&cli.global, args)

@@ -160,32 +160,11 @@ impl Revocations {
     pub fn check(&self, claims: &AccessClaims) -> Option<Hit> {
         let index = self.index.read().ok()?;
         let iat = claims.iat;
-        let mut candidates: Vec<(RevocationKind, &str)> = vec![(RevocationKind::Jti, &claims.jti)];
-        if let Some(sid) = &claims.sid {
-            candidates.push((RevocationKind::Family, sid));
-        }
-        let run = &claims.run;
-        for id in [&run.run_id, &run.parent_run_id, &run.root_run_id]
+        // One definition of what revokes a token, shared with every verifier.
+        let mut candidates = tailpass_verify::feed::candidates(claims)
             .into_iter()
-            .flatten()
-        {
-            candidates.push((RevocationKind::Run, id));
-        }
-        let mut actor = run.act.as_ref();
-        while let Some(a) = actor {
-            if let Some(id) = &a.run_id {
-                candidates.push((RevocationKind::Run, id));
-            }
-            actor = a.act.as_deref();
-        }
-        if let Some(node) = claims.cnf.as_ref().and_then(|c| c.tailnet_node.as_deref()) {
-            candidates.push((RevocationKind::Node, node));
-        }
-        if let Some(login) = &claims.profile.preferred_username {
-            candidates.push((RevocationKind::User, login));
-        }
+            .filter_map(|(kind, value)| Some((RevocationKind::parse(kind)?, value)));
         candidates
-            .into_iter()
             .find(|(kind, value)| index.matches(*kind, value, iat))
             .map(|(kind, value)| Hit {
                 kind,

@@ -1,8 +1,10 @@
 //! What each CLI command does, on top of the library: the operator's commands through the
-//! admin API ([`admin`]), and the agent's `tailpass token` ([`token`]).
+//! admin API ([`admin`]), the agent's `tailpass token` ([`token`]), and `tailpass verify`
+//! ([`verify`]).
 
 pub mod admin;
 pub mod token;
+pub mod verify;
 
 pub use admin::{audit, clients, keys, revoke};
 

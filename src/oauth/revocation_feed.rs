@@ -19,8 +19,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tailpass_verify::UnixTime;
+pub use tailpass_verify::feed::{FeedEvent, Snapshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use super::error::Error;
@@ -32,22 +33,6 @@ use crate::store::Revocation;
 /// Streams served at once; past it, 503.
 pub const MAX_SUBSCRIBERS: usize = 1_024;
 
-/// One event of the feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedEvent {
-    /// Its position.
-    pub seq: u64,
-    /// `run`, `node`, `user`, `jti` or `family`.
-    pub kind: String,
-    /// What it matches.
-    pub value: String,
-    /// Tokens with `iat <= revoked_at` are refused.
-    pub revoked_at: UnixTime,
-    /// For nodes and users: new tokens refused until then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<UnixTime>,
-}
-
 impl From<&Revocation> for FeedEvent {
     fn from(r: &Revocation) -> FeedEvent {
         FeedEvent {
@@ -58,15 +43,6 @@ impl From<&Revocation> for FeedEvent {
             until: r.until,
         }
     }
-}
-
-/// The feed's state at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The sequence number of the newest event included.
-    pub seq: u64,
-    /// Live revocations.
-    pub events: Vec<FeedEvent>,
 }
 
 /// Whether a revocation can still matter: a token it matches may be unexpired, or it still

@@ -356,6 +356,52 @@ async fn the_cli_mints_revokes_and_audits_a_run() {
     let text = String::from_utf8(plain.stdout).unwrap();
     assert_eq!(text.trim().split('.').count(), 3, "{text}");
 
+    // `tailpass verify -` checks it as a resource server would: claims out, or the reason.
+    let verify = |token: String| {
+        let issuer = served.issuer.clone();
+        async move {
+            let mut child = Command::new(BIN)
+                .args(["verify", "-", "--issuer", &issuer])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, token.as_bytes())
+                .await
+                .unwrap();
+            drop(stdin);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = verify(text.clone()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plain_run = verified["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(verified["aud"], "https://api.example");
+    let mut tampered = text.trim().to_owned();
+    tampered.push('A');
+    let out = verify(tampered).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, stderr) = cli(cwd.path(), &["revoke", "--run", &plain_run]).await;
+    assert!(ok, "{stderr}");
+    let out = verify(text.clone()).await;
+    let reason = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && reason.contains("revoked"),
+        "{reason}"
+    );
+
     let (ok, stdout, stderr) = cli(cwd.path(), &["revoke", "--run", &run]).await;
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -15,6 +15,7 @@ mod authorize;
 mod binary;
 mod discovery;
 mod dpop;
+mod gateway;
 mod keys;
 mod killswitch;
 mod localapi;

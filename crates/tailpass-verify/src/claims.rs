@@ -61,7 +61,7 @@ impl<'de> Deserialize<'de> for Audience {
 
 /// The actor of a delegated token (RFC 8693 §4.1): who acts for the subject, and who acted
 /// for that actor, nested.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// The actor's subject.
     pub sub: String,
@@ -115,7 +115,7 @@ pub struct Quota {
 }
 
 /// An access token (RFC 9068), for people and agents alike.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AccessClaims {
     /// Issuer.
     pub iss: String,
@@ -333,6 +333,38 @@ pub const STANDARD_CLAIMS: &[&str] = &[
     "acr",
     "amr",
 ];
+
+impl AccessClaims {
+    /// The `models` claim: the model ids the gateway lets this token use. `None` when the
+    /// claim is absent (no model restriction); a malformed claim allows no model.
+    pub fn models(&self) -> Option<Vec<&str>> {
+        let value = self.extra.get("models")?;
+        Some(
+            value
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The `quota` claim: the run's budget at the gateway. A malformed claim is a budget of
+    /// zero, never an unlimited one.
+    pub fn quota(&self) -> Option<Quota> {
+        let value = self.extra.get("quota")?;
+        Some(serde_json::from_value(value.clone()).unwrap_or(Quota {
+            requests: Some(0),
+            tokens: Some(0),
+        }))
+    }
+
+    /// The run whose budget this token spends: the root of its chain, or its own run.
+    pub fn budget_run(&self) -> Option<&str> {
+        self.run
+            .root_run_id
+            .as_deref()
+            .or(self.run.run_id.as_deref())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,10 @@ use crate::{Jwk, Thumbprint, UnixTime};
 
 /// The `typ` of a DPoP proof.
 pub const DPOP_TYP: &str = "dpop+jwt";
+/// How old a proof may be, seconds.
+pub const MAX_AGE: u64 = 300;
+/// How far ahead a proof's clock may be, seconds.
+pub const SKEW: u64 = 60;
 /// The longest `jti` accepted.
 const MAX_JTI: usize = 128;
 
@@ -29,6 +33,9 @@ pub enum DpopError {
     /// (`none` and HMAC included).
     #[error("DPoP proof: {0}")]
     Jws(#[from] JwsError),
+    /// Occurs when a token sent under the `DPoP` scheme comes without a proof.
+    #[error("the DPoP scheme needs a DPoP proof header")]
+    Missing,
     /// Occurs when `typ` is not `dpop+jwt`.
     #[error("DPoP proof must have typ dpop+jwt")]
     Type,

@@ -5,18 +5,24 @@
 //! sides agree on — algorithms, JSON Web Keys, claims — so the issuer mints through the very
 //! types a verifier parses.
 //!
-//! It is deliberately not a server: no database, no HTTP server, no policy. Anything that needs
-//! the issuer's state (introspection, the revocation feed's source) lives in the `tailpass`
-//! crate.
+//! It is deliberately not a server: no database, no HTTP server, no policy. [`Verifier`] is the
+//! offline check; with the `remote` feature, `remote::RemoteVerifier` fetches discovery and
+//! keys and follows the revocation feed; with `axum`, a middleware and an extractor sit on top.
 
 pub mod alg;
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod binding;
 pub mod claims;
 pub mod dpop;
+pub mod feed;
 pub mod jwk;
 pub mod jws;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod time;
 pub mod validate;
+pub mod verifier;
 
 pub use alg::Alg;
 pub use claims::{AccessClaims, Audience, IdClaims};
@@ -24,3 +30,4 @@ pub use jwk::{Jwk, JwkSet, Thumbprint};
 pub use jws::{Jws, JwsError, VerifyingKey};
 pub use time::UnixTime;
 pub use validate::{Expect, ValidationError};
+pub use verifier::{KeySet, Presented, Verifier, VerifyError};

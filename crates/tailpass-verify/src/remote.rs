@@ -1,0 +1,367 @@
+//! The network side of verification (feature `remote`): discovery, the issuer's keys fetched
+//! and cached, fetched again when a token names an unknown `kid` (one fetch at a time, at most
+//! one per [`MIN_REFETCH`]), and the revocation feed followed with snapshot, resume and
+//! reconnect.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+
+use crate::binding::Presenter;
+use crate::feed::{FeedEvent, Snapshot};
+use crate::verifier::{KeySet, Presented, Verifier, VerifyError};
+use crate::{AccessClaims, UnixTime};
+
+/// The shortest time between two key fetches caused by unknown `kid`s, so that tokens with
+/// made-up key ids cannot turn the verifier into a load on the issuer.
+pub const MIN_REFETCH: Duration = Duration::from_secs(10);
+/// DPoP proofs remembered at most (refused past it, until old ones age out).
+const REPLAY_CAPACITY: usize = 200_000;
+/// The largest discovery or JWKS document read.
+const MAX_DOCUMENT: usize = 256 * 1024;
+/// The largest single feed event read.
+const MAX_EVENT: usize = 1024 * 1024;
+/// The longest wait between feed reconnections.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the issuer could not be reached or understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    /// Occurs when an HTTP request fails or answers an error status.
+    #[error("{url}: {message}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// Occurs when the discovery document names another issuer (RFC 8414 §3.3).
+    #[error("discovery names issuer {found:?}, not {expected:?}")]
+    IssuerMismatch {
+        /// The configured issuer.
+        expected: String,
+        /// The issuer in the document.
+        found: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+    #[serde(default)]
+    revocation_feed_endpoint: Option<String>,
+}
+
+/// A [`Verifier`] that fetches what it needs from the issuer.
+#[derive(Debug)]
+pub struct RemoteVerifier {
+    verifier: Verifier,
+    http: reqwest::Client,
+    jwks_uri: String,
+    feed_uri: Option<String>,
+    keys: RwLock<Arc<KeySet>>,
+    replay: crate::dpop::ReplayCache,
+    /// Held while fetching keys (single flight); holds when the last fetch happened.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<T, RemoteError> {
+    let fail = |message: String| RemoteError::Http {
+        url: url.to_owned(),
+        message,
+    };
+    let response = http
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(fail(format!("status {}", response.status())));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(fail("document too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))
+}
+
+impl RemoteVerifier {
+    /// Reads the issuer's discovery document and keys. `http` decides where connections come
+    /// from (the feed is for tailnet peers only).
+    pub async fn discover(
+        http: reqwest::Client,
+        verifier: Verifier,
+    ) -> Result<RemoteVerifier, RemoteError> {
+        let issuer = verifier.issuer().trim_end_matches('/').to_owned();
+        let discovery: Discovery =
+            get_json(&http, &format!("{issuer}/.well-known/openid-configuration")).await?;
+        if discovery.issuer != verifier.issuer() {
+            return Err(RemoteError::IssuerMismatch {
+                expected: verifier.issuer().to_owned(),
+                found: discovery.issuer,
+            });
+        }
+        let document: serde_json::Value = get_json(&http, &discovery.jwks_uri).await?;
+        Ok(RemoteVerifier {
+            verifier,
+            http,
+            jwks_uri: discovery.jwks_uri,
+            feed_uri: discovery.revocation_feed_endpoint,
+            keys: RwLock::new(Arc::new(KeySet::from_jwks(&document))),
+            replay: crate::dpop::ReplayCache::new(
+                REPLAY_CAPACITY,
+                crate::dpop::MAX_AGE + crate::dpop::SKEW,
+            ),
+            fetching: tokio::sync::Mutex::new(Some(Instant::now())),
+        })
+    }
+
+    /// The offline part.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The keys held now.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|_| Arc::new(KeySet::default()))
+    }
+
+    /// Checks `token` as [`Verifier::verify`] does; a token naming a key not held yet causes
+    /// one fetch of the issuer's keys, unless one happened within [`MIN_REFETCH`].
+    pub async fn verify(
+        &self,
+        token: &str,
+        presenter: &Presenter<'_>,
+        now: UnixTime,
+    ) -> Result<AccessClaims, VerifyError> {
+        match self.verifier.verify(&self.keys(), token, presenter, now) {
+            Err(e) if e.is_unknown_key() => {
+                self.refetch().await?;
+                self.verifier.verify(&self.keys(), token, presenter, now)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks a request's token and DPoP proof as [`Verifier::verify_presented`] does, with
+    /// the same refetch on an unknown key as [`RemoteVerifier::verify`].
+    pub async fn verify_presented(
+        &self,
+        presented: &Presented<'_>,
+        now: UnixTime,
+    ) -> Result<AccessClaims, VerifyError> {
+        let check = |keys: &KeySet| {
+            self.verifier
+                .verify_presented(keys, presented, &self.replay, now)
+        };
+        match check(&self.keys()) {
+            Err(e) if e.is_unknown_key() => {
+                self.refetch().await?;
+                check(&self.keys())
+            }
+            other => other,
+        }
+    }
+
+    async fn refetch(&self) -> Result<(), VerifyError> {
+        let before = self.keys();
+        let mut last = self.fetching.lock().await;
+        if !Arc::ptr_eq(&self.keys(), &before) {
+            // Another request fetched while this one waited: use its result.
+            return Ok(());
+        }
+        if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let document: serde_json::Value = get_json(&self.http, &self.jwks_uri)
+            .await
+            .map_err(|e| VerifyError::KeysUnavailable(e.to_string()))?;
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = Arc::new(KeySet::from_jwks(&document));
+        }
+        Ok(())
+    }
+
+    /// Follows the revocation feed until the task is aborted: a snapshot first, then events;
+    /// on any failure it reconnects with backoff and resumes from the last event applied.
+    /// Does nothing when the issuer advertises no feed.
+    pub fn follow_feed(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(url) = this.feed_uri.clone() else {
+                return;
+            };
+            let mut backoff = Duration::from_millis(250);
+            let mut fresh = true;
+            loop {
+                match this.read_feed(&url, fresh).await {
+                    Ok(()) => backoff = Duration::from_millis(250),
+                    Err(message) => {
+                        tracing::warn!(url = %url, error = %message, "revocation feed interrupted");
+                    }
+                }
+                fresh = false;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+
+    /// One connection to the feed; returns when it ends. `Ok` when at least one event came.
+    async fn read_feed(&self, url: &str, fresh: bool) -> Result<(), String> {
+        let list = self.verifier.revocations();
+        let mut request = self.http.get(url).header("accept", "text/event-stream");
+        if !fresh && list.seq() > 0 {
+            request = request.header("last-event-id", list.seq().to_string());
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let mut parser = SseParser::default();
+        let mut stream = response.bytes_stream();
+        let mut got_any = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            for event in parser.push(&chunk)? {
+                match event.name.as_str() {
+                    "snapshot" => {
+                        let snapshot: Snapshot =
+                            serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+                        list.apply_snapshot(&snapshot);
+                    }
+                    "revocation" => {
+                        let event: FeedEvent =
+                            serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+                        list.apply(&event);
+                    }
+                    _ => continue,
+                }
+                got_any = true;
+            }
+        }
+        if got_any {
+            Ok(())
+        } else {
+            Err("the feed closed".into())
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field (`message` when absent).
+    pub name: String,
+    /// The `data:` lines joined with newlines.
+    pub data: String,
+}
+
+/// An incremental `text/event-stream` parser (HTML Living Standard §9.2.6), bounded.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    name: String,
+    data: String,
+}
+
+impl SseParser {
+    /// Feeds bytes; the events they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let name = std::mem::take(&mut self.name);
+                    events.push(SseEvent {
+                        name: if name.is_empty() {
+                            "message".into()
+                        } else {
+                            name
+                        },
+                        data: std::mem::take(&mut self.data),
+                    });
+                }
+                self.name.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.name = value.to_owned(),
+                "data" => {
+                    if !self.data.is_empty() {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        if self.buffer.len() + self.data.len() > MAX_EVENT {
+            return Err("feed event too large".into());
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_chunks_are_reassembled() {
+        let mut parser = SseParser::default();
+        assert!(
+            parser
+                .push(b": keep-alive\n\nevent: snap")
+                .unwrap()
+                .is_empty()
+        );
+        let events = parser
+            .push(b"shot\nid: 4\ndata: {\"seq\":4,\ndata: \"events\":[]}\r\n\r\ndata: x\n\n")
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    name: "snapshot".into(),
+                    data: "{\"seq\":4,\n\"events\":[]}".into()
+                },
+                SseEvent {
+                    name: "message".into(),
+                    data: "x".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(&vec![b'a'; MAX_EVENT + 1]).is_err());
+    }
+}
