@@ -5,10 +5,16 @@
 #   bench/run.sh agent [--seconds N] [--concurrency N]       the agent grant over HTTP
 #   bench/run.sh agent-inproc [--seconds N]                  the agent grant in-process, beside
 #                                                            raw ring ES256 signing, one core
+#   bench/run.sh gateway [--seconds N] [--requests N]        verification vs raw ring verify,
+#                                                            latency added, revoke-to-refusal
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-code-flow}; shift || true
 
+if [ "$scenario" = gateway ]; then
+  cargo build --release --bench gateway >&2
+  exec "$(ls -t target/release/deps/gateway-* | grep -v '\.d$' | head -n1)" "$@"
+fi
 if [ "$scenario" = agent-inproc ]; then
   cargo build --release --bench agent >&2
   exec taskset -c 0 "$(ls -t target/release/deps/agent-* | grep -v '\.d$' | head -n1)" "$@"
