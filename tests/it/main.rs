@@ -13,6 +13,7 @@
 mod agents;
 mod authorize;
 mod binary;
+mod deploy;
 mod discovery;
 mod dpop;
 mod gateway;
