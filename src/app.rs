@@ -76,6 +76,8 @@ pub struct Shared {
     pub rate: Arc<crate::ratelimit::RateLimiter>,
     /// Revocation feed subscriber slots.
     pub feed_slots: Arc<tokio::sync::Semaphore>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The background tasks behind a state: await them after the last state handle is dropped, so
@@ -153,7 +155,9 @@ impl AppState {
         let keys = Arc::new(keys);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
         let revocations = Arc::new(Revocations::load(store.as_ref()).await?);
-        let (audit, audit_task) = AuditLog::start(store.clone(), settings.audit_file.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (audit, audit_task) =
+            AuditLog::start(store.clone(), settings.audit_file.clone(), metrics.clone());
         let (backchannel, backchannel_task) =
             Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone());
         let clients = Clients::new(settings.static_clients.clone(), store.clone());
@@ -185,6 +189,7 @@ impl AppState {
                 )),
                 rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
                 feed_slots: crate::oauth::revocation_feed::slots(),
+                metrics,
             })),
             Tasks(vec![audit_task, backchannel_task]),
         ))
@@ -200,7 +205,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let routes = crate::oauth::routes()
         .merge(crate::admin::routes())
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics));
     crate::http::layers(routes, state)
 }
 
@@ -217,4 +223,32 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 /// Applies the body limit used by every router.
 pub fn body_limit() -> DefaultBodyLimit {
     DefaultBodyLimit::max(BODY_LIMIT)
+}
+
+/// `GET /metrics`: for tailnet peers (a Prometheus on the tailnet), in Prometheus text format.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    crate::http::peer::Caller(_): crate::http::peer::Caller,
+) -> impl axum::response::IntoResponse {
+    let mut keys: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for info in state.keys.list().unwrap_or_default() {
+        let name = serde_json::to_value(info.entry.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *keys.entry(name).or_insert(0) += 1;
+    }
+    let gauges = crate::metrics::Gauges {
+        keys: keys.into_iter().collect(),
+        revocations: state.revocations.len() as u64,
+        feed_subscribers: (crate::oauth::revocation_feed::MAX_SUBSCRIBERS
+            - state.feed_slots.available_permits()) as u64,
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&gauges),
+    )
 }

@@ -213,9 +213,10 @@ impl AuditLog {
     pub fn start(
         store: Arc<dyn Store>,
         mirror: Option<PathBuf>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(writer(store, mirror, rx));
+        let task = tokio::spawn(writer(store, mirror, metrics, rx));
         (AuditLog { tx }, task)
     }
 
@@ -230,7 +231,19 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Arc<dyn Store>, mirror: Option<PathBuf>, mut rx: mpsc::Receiver<Pending>) {
+fn label<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    mirror: Option<PathBuf>,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut mirror_file = match &mirror {
         Some(path) => open_mirror(path).await,
@@ -242,6 +255,15 @@ async fn writer(store: Arc<dyn Store>, mirror: Option<PathBuf>, mut rx: mpsc::Re
             .append_audit(&events)
             .await
             .map_err(|e: StoreError| AuditError::Store(e.to_string()));
+        if result.is_ok() {
+            for event in &events {
+                metrics.event(
+                    &label(&event.event),
+                    &label(&event.outcome),
+                    event.reason.as_deref(),
+                );
+            }
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, events = events.len(), "audit batch not committed");
         } else if let Some(file) = mirror_file.as_mut() {

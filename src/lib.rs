@@ -23,6 +23,7 @@ pub mod identity;
 pub mod issuer;
 pub mod keys;
 pub mod killswitch;
+pub mod metrics;
 pub mod oauth;
 pub mod pages;
 pub mod pkce;

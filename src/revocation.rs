@@ -86,6 +86,16 @@ pub struct Revocations {
 }
 
 impl Revocations {
+    /// Revocations in the index.
+    pub fn len(&self) -> usize {
+        self.index.read().map(|i| i.entries.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Loads every stored revocation.
     pub async fn load(store: &dyn Store) -> Result<Revocations, StoreError> {
         let (changes, _) = broadcast::channel(FEED_BUFFER);

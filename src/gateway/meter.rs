@@ -11,6 +11,7 @@ use serde::Serialize;
 use tailpass_verify::UnixTime;
 
 use super::quota::Quotas;
+use crate::metrics::GatewayMetrics;
 
 /// The most of a JSON answer kept to read its `usage`; past it the tokens go uncounted.
 const MAX_JSON: usize = 4 * 1024 * 1024;
@@ -43,10 +44,12 @@ pub struct CallRecord {
     pub refused: Option<String>,
 }
 
-/// Where call records go: the log, and a JSONL file (0600) when configured.
+/// Where call records go: the log, the gateway's metrics, and a JSONL file (0600) when
+/// configured.
 #[derive(Debug, Clone, Default)]
 pub struct CallLog {
     file: Option<Arc<Mutex<std::fs::File>>>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl CallLog {
@@ -64,11 +67,27 @@ impl CallLog {
             }
             None => None,
         };
-        Ok(CallLog { file })
+        Ok(CallLog {
+            file,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// The counters behind the gateway's `/metrics`.
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
     }
 
     /// Records one call.
     pub fn record(&self, call: &CallRecord) {
+        let refused = match (&call.refused, call.status) {
+            (None, _) => "",
+            (Some(_), 401) => "token",
+            (Some(_), 403) => "model",
+            (Some(_), 429) => "quota",
+            (Some(_), _) => "other",
+        };
+        self.metrics.call(call.status, refused);
         tracing::info!(
             target: "tailpass::gateway::audit",
             run_id = call.run_id.as_deref().unwrap_or(""),

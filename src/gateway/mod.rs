@@ -247,8 +247,16 @@ pub async fn start(
         public_url: settings.public_url.clone(),
         clock,
     }));
+    let metrics = state.log.metrics().clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
         .fallback(any(proxy::proxy))
         .with_state(state);
     let listener = TcpListener::bind(settings.listen).await?;

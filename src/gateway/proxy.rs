@@ -179,6 +179,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         }
     }
     headers.insert(header::AUTHORIZATION, state.upstream_authorization.clone());
+    let asked = Instant::now();
     let sent = state
         .http
         .request(parts.method.clone(), &upstream_url)
@@ -186,6 +187,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         .body(body)
         .send()
         .await;
+    state.log.metrics().upstream(asked.elapsed());
     let upstream = match sent {
         Ok(response) => response,
         Err(e) => {
@@ -212,7 +214,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
             }
         }
     }
-    let mut meter = Meter {
+    let meter = Meter {
         record,
         scanner: UsageScanner::new(event_stream),
         started,
@@ -220,13 +222,25 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         log: state.log.clone(),
     };
     // Each chunk goes to the caller as it comes; the meter watches it go by and closes the
-    // call's record when the stream ends or the caller leaves.
-    let stream = upstream.bytes_stream().map(move |chunk| {
-        if let Ok(bytes) = &chunk {
-            meter.scanner.push(bytes);
-        }
-        chunk
-    });
+    // call's record before the end of the stream is passed on (so a caller that has read the
+    // whole answer finds it charged), or when the caller leaves.
+    let stream = futures_util::stream::unfold(
+        (upstream.bytes_stream(), Some(meter)),
+        |(mut body, mut meter)| async move {
+            match body.next().await {
+                Some(chunk) => {
+                    if let (Ok(bytes), Some(m)) = (&chunk, meter.as_mut()) {
+                        m.scanner.push(bytes);
+                    }
+                    Some((chunk, (body, meter)))
+                }
+                None => {
+                    drop(meter.take());
+                    None
+                }
+            }
+        },
+    );
     response
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| {

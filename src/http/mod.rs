@@ -28,6 +28,7 @@ pub fn layers(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), timed))
         .layer(body_limit())
         .layer(middleware::from_fn(time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard::check_host))
@@ -39,6 +40,24 @@ pub fn layers(routes: Router<AppState>, state: AppState) -> Router {
         )
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// Observes each request's latency by route template (bounded labels; unmatched paths share
+/// one).
+async fn timed(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let start = std::time::Instant::now();
+    let response = next.run(req).await;
+    state.metrics.request(&endpoint, start.elapsed());
+    response
 }
 
 async fn not_found() -> Error {

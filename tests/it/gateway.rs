@@ -124,9 +124,10 @@ impl Setup {
         format!("http://{}{path}", self.gateway.addr())
     }
 
-    /// A chat completion through the gateway from peer `from`.
-    async fn call(&self, from: u8, token: &str, model: &str) -> reqwest::Response {
-        reqwest::Client::builder()
+    /// A chat completion through the gateway from peer `from`, read to its end: status, the
+    /// `WWW-Authenticate` header, and the body.
+    async fn call(&self, from: u8, token: &str, model: &str) -> (u16, bool, Value) {
+        let response = reqwest::Client::builder()
             .local_address(ip(from))
             .build()
             .unwrap()
@@ -135,7 +136,15 @@ impl Setup {
             .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
-            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().contains_key("www-authenticate");
+        let text = response.text().await.unwrap();
+        (
+            status,
+            challenge,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
     }
 
     async fn agent_token(&self) -> String {
@@ -203,37 +212,51 @@ async fn an_agent_reaches_the_upstream_through_the_gateway_which_alone_holds_the
 async fn models_and_quotas_from_the_token_are_enforced_and_children_share_the_root_budget() {
     let setup = Setup::new().await;
     let token = setup.agent_token().await;
-    let response = setup.call(CI, &token, "gpt-4-huge").await;
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.unwrap();
+    let (status, _, body) = setup.call(CI, &token, "gpt-4-huge").await;
+    assert_eq!(status, 403);
     assert_eq!(body["error"], "model_not_allowed");
     assert!(setup.upstream.seen.lock().unwrap().is_empty());
 
     // The policy's quota is 3 requests per run.
     for _ in 0..3 {
-        assert_eq!(setup.call(CI, &token, "gpt-small").await.status(), 200);
+        assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
     }
-    let response = setup.call(CI, &token, "gpt-small").await;
-    assert_eq!(response.status(), 429);
-    let body: Value = response.json().await.unwrap();
+    let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(status, 429);
     assert_eq!(body["error"], "quota_exceeded");
 
     let (status, child) = exchange(&setup.server, CI, &token, &[("audience", GATEWAY)]).await;
     assert_eq!(status, 200, "{child}");
     let child = child["access_token"].as_str().unwrap();
     assert_eq!(
-        setup.call(CI, child, "gpt-small").await.status(),
+        setup.call(CI, child, "gpt-small").await.0,
         429,
         "a child spends its root run's budget"
     );
     assert_eq!(setup.upstream.seen.lock().unwrap().len(), 3);
+
+    // The gateway's own metrics count what happened.
+    let metrics = reqwest::get(setup.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tailpass_gateway_calls_total{status=\"200\",refused=\"\"} 3",
+        "tailpass_gateway_calls_total{status=\"403\",refused=\"model\"} 1",
+        "tailpass_gateway_calls_total{status=\"429\",refused=\"quota\"} 2",
+        "tailpass_gateway_upstream_seconds_count{target=\"upstream\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
 async fn a_revoked_run_is_refused_once_the_feed_event_arrives() {
     let setup = Setup::new().await;
     let token = setup.agent_token().await;
-    assert_eq!(setup.call(CI, &token, "gpt-small").await.status(), 200);
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
     let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
     let (status, report) = admin(
         &setup.server,
@@ -250,9 +273,8 @@ async fn a_revoked_run_is_refused_once_the_feed_event_arrives() {
             .await
             .unwrap();
     assert!(arrived, "the gateway received the feed event");
-    let response = setup.call(CI, &token, "gpt-small").await;
-    assert_eq!(response.status(), 401);
-    let body: Value = response.json().await.unwrap();
+    let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(status, 401);
     assert!(
         body["error_description"]
             .as_str()
@@ -366,10 +388,9 @@ async fn tokens_the_gateway_refuses_are_refused_with_the_reason() {
     cases.push((strange, CI, "does not understand"));
 
     for (token, from, reason) in &cases {
-        let response = setup.call(*from, token, "gpt-small").await;
-        assert_eq!(response.status(), 401, "{reason}");
-        assert!(response.headers().contains_key("www-authenticate"));
-        let body: Value = response.json().await.unwrap();
+        let (status, challenge, body) = setup.call(*from, token, "gpt-small").await;
+        assert_eq!(status, 401, "{reason}");
+        assert!(challenge);
         assert_eq!(body["error"], "invalid_token", "{reason}: {body}");
         assert!(
             body["error_description"].as_str().unwrap().contains(reason),
@@ -379,9 +400,8 @@ async fn tokens_the_gateway_refuses_are_refused_with_the_reason() {
 
     // And once time has passed its expiry (the gateway shares the test's clock).
     setup.server.clock.advance(600 + 60);
-    let response = setup.call(CI, &token, "gpt-small").await;
-    assert_eq!(response.status(), 401);
-    let body: Value = response.json().await.unwrap();
+    let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(status, 401);
     assert!(
         body["error_description"]
             .as_str()

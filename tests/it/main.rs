@@ -21,6 +21,7 @@ mod keys;
 mod killswitch;
 mod localapi;
 mod login;
+mod metrics;
 mod peers;
 mod register;
 mod sessions;

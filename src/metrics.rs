@@ -1,0 +1,304 @@
+//! `/metrics` in the Prometheus text format: audit events by kind and outcome (tokens issued
+//! by grant among them), denials by reason, request latency by endpoint, and gauges read at
+//! scrape time (keys, revocations, feed subscribers).
+//!
+//! Label values are bounded: endpoints are route templates, and denial reasons are reduced to
+//! their leading words (identifiers dropped) with at most [`MAX_SERIES`] distinct values, past
+//! which they count as `other`. Hand-written: a dozen lines of exposition format do not need a
+//! metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Distinct label sets per metric, at most.
+pub const MAX_SERIES: usize = 64;
+
+/// Latency buckets, seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Counters by label values, bounded.
+#[derive(Debug, Default)]
+struct Counters(Mutex<BTreeMap<Vec<String>, u64>>);
+
+impl Counters {
+    fn add(&self, labels: Vec<String>, n: u64) {
+        let Ok(mut map) = self.0.lock() else { return };
+        let key = if map.contains_key(&labels) || map.len() < MAX_SERIES {
+            labels
+        } else {
+            labels.iter().map(|_| "other".to_owned()).collect()
+        };
+        *map.entry(key).or_insert(0) += n;
+    }
+
+    fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Latency histograms by label, bounded.
+#[derive(Debug, Default)]
+struct Histograms(Mutex<BTreeMap<String, Histogram>>);
+
+impl Histograms {
+    fn observe(&self, label: &str, elapsed: Duration) {
+        let Ok(mut map) = self.0.lock() else { return };
+        let key = if map.contains_key(label) || map.len() < MAX_SERIES {
+            label.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let h = map.entry(key).or_default();
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound
+                && let Some(b) = h.buckets.get_mut(i)
+            {
+                *b += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let Ok(map) = self.0.lock() else { return };
+        for (value, h) in map.iter() {
+            let value = escape(value);
+            for (bound, n) in BUCKETS.iter().zip(h.buckets.iter()) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}\n{name}_sum{{{label}=\"{value}\"}} {}\n{name}_count{{{label}=\"{value}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A denial reason reduced to a bounded label: its leading plain words, no identifiers.
+pub fn reason_class(reason: &str) -> String {
+    let words: Vec<&str> = reason
+        .split_whitespace()
+        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .take(5)
+        .collect();
+    if words.is_empty() {
+        "other".into()
+    } else {
+        words.join(" ").to_ascii_lowercase()
+    }
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Signing keys by state (`active`, `next`, `retired`).
+    pub keys: Vec<(String, u64)>,
+    /// Revocations in the index.
+    pub revocations: u64,
+    /// Open revocation feed streams.
+    pub feed_subscribers: u64,
+}
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events: Counters,
+    denials: Counters,
+    requests: Histograms,
+}
+
+impl Metrics {
+    /// Counts one committed audit event.
+    pub fn event(&self, event: &str, outcome: &str, reason: Option<&str>) {
+        self.events
+            .add(vec![event.to_owned(), outcome.to_owned()], 1);
+        if outcome == "denied" {
+            self.denials.add(
+                vec![
+                    event.to_owned(),
+                    reason.map(reason_class).unwrap_or_else(|| "other".into()),
+                ],
+                1,
+            );
+        }
+    }
+
+    /// Observes one request's latency at `endpoint` (a route template).
+    pub fn request(&self, endpoint: &str, elapsed: Duration) {
+        self.requests.observe(endpoint, elapsed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        counters(
+            &mut out,
+            "tailpass_events_total",
+            "Audit events committed, by event and outcome (tokens issued: outcome success).",
+            &["event", "outcome"],
+            &self.events.snapshot(),
+        );
+        counters(
+            &mut out,
+            "tailpass_denials_total",
+            "Denied requests, by event and reason.",
+            &["event", "reason"],
+            &self.denials.snapshot(),
+        );
+        self.requests.render(
+            &mut out,
+            "tailpass_http_request_duration_seconds",
+            "endpoint",
+            "Request latency by endpoint.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailpass_signing_keys Published signing keys by state.\n# TYPE tailpass_signing_keys gauge"
+        );
+        for (state, n) in &gauges.keys {
+            let _ = writeln!(
+                out,
+                "tailpass_signing_keys{{state=\"{}\"}} {n}",
+                escape(state)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tailpass_revocations Revocations in force.\n# TYPE tailpass_revocations gauge\ntailpass_revocations {}",
+            gauges.revocations
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailpass_feed_subscribers Open revocation feed streams.\n# TYPE tailpass_feed_subscribers gauge\ntailpass_feed_subscribers {}",
+            gauges.feed_subscribers
+        );
+        out
+    }
+}
+
+/// The gateway's counters.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    calls: Counters,
+    upstream: Histograms,
+}
+
+impl GatewayMetrics {
+    /// Counts one call by its status and refusal (`quota`, `model`, `token`, or none).
+    pub fn call(&self, status: u16, refused: &str) {
+        self.calls
+            .add(vec![status.to_string(), refused.to_owned()], 1);
+    }
+
+    /// Observes the upstream's time to answer headers.
+    pub fn upstream(&self, elapsed: Duration) {
+        self.upstream.observe("upstream", elapsed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        counters(
+            &mut out,
+            "tailpass_gateway_calls_total",
+            "Gateway calls by status and refusal.",
+            &["status", "refused"],
+            &self.calls.snapshot(),
+        );
+        self.upstream.render(
+            &mut out,
+            "tailpass_gateway_upstream_seconds",
+            "target",
+            "Time to the upstream's response headers.",
+        );
+        out
+    }
+}
+
+fn counters(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    values: &[(Vec<String>, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (values, n) in values {
+        let pairs: Vec<String> = labels
+            .iter()
+            .zip(values)
+            .map(|(l, v)| format!("{l}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {n}", pairs.join(","));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_lose_their_identifiers() {
+        assert_eq!(
+            reason_class("no rule allows node nBuildBot42CNTRL (tag:ci)"),
+            "no rule allows node"
+        );
+        assert_eq!(reason_class("42 is not a reason"), "other");
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..(MAX_SERIES * 2) {
+            m.event(&format!("e{i}"), "success", None);
+        }
+        let text = m.render(&Gauges::default());
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tailpass_events_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES + 1, "the extra ones fold into `other`");
+        assert!(text.contains("tailpass_events_total{event=\"other\",outcome=\"other\"} 64"));
+    }
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let m = Metrics::default();
+        m.request("/token", Duration::from_micros(800));
+        m.request("/token", Duration::from_millis(30));
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("endpoint=\"/token\",le=\"0.001\"} 1"));
+        assert!(text.contains("endpoint=\"/token\",le=\"0.05\"} 2"));
+        assert!(
+            text.contains("tailpass_http_request_duration_seconds_count{endpoint=\"/token\"} 2")
+        );
+    }
+}
