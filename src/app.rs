@@ -205,6 +205,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let routes = crate::oauth::routes()
         .merge(crate::admin::routes())
+        .merge(crate::admin::ui::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     crate::http::layers(routes, state)

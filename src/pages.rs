@@ -40,7 +40,9 @@ struct MessagePage<'a> {
     code: Option<&'a str>,
 }
 
-fn html(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
+/// A rendered page with the headers every page gets (CSP without scripts, no framing,
+/// no caching), or `server_error` when rendering failed.
+pub fn html(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
     match rendered {
         Ok(body) => {
             let mut response = (status, body).into_response();

@@ -1,4 +1,5 @@
-//! Clients through the admin API: list, read, create (the secret shown once), delete.
+//! Clients for administrators: list, read, create and regenerate a secret (shown once), edit,
+//! delete. The functions serve both the admin API (the handlers here) and the admin UI.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,6 +12,7 @@ use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, GrantType, MetadataError,
+    ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
 use crate::oauth::input::Json;
@@ -116,43 +118,44 @@ fn clients_error(e: ClientsError) -> Error {
     }
 }
 
-pub(super) async fn list_clients(
-    State(state): State<AppState>,
-    _: Admin,
-) -> Result<Response, Error> {
+/// Every client, as shown to administrators.
+pub async fn list(state: &AppState) -> Result<Vec<ClientView>, Error> {
     let alg = state.settings.default_id_token_alg();
-    let views: Vec<ClientView> = state
+    Ok(state
         .clients
         .list()
         .await?
         .iter()
         .map(|c| ClientView::of(c, alg))
-        .collect();
-    Ok(axum::Json(views).into_response())
+        .collect())
 }
 
-pub(super) async fn get_client(
-    State(state): State<AppState>,
-    _: Admin,
-    Path(client_id): Path<String>,
-) -> Result<Response, Error> {
-    let client = state
-        .clients
-        .get(&client_id)
-        .await?
-        .ok_or_else(|| Error::new(Code::NotFound, "no such client"))?;
-    Ok(axum::Json(ClientView::of(
-        &client,
-        state.settings.default_id_token_alg(),
-    ))
-    .into_response())
+fn validate(state: &AppState, metadata: ClientMetadata) -> Result<ValidMetadata, Error> {
+    metadata
+        .validate(&state.settings.metadata_rules(true))
+        .map_err(|e| match e {
+            MetadataError::RedirectUri(m) => Error::new(Code::InvalidRedirectUri, m),
+            MetadataError::Metadata(m) => Error::new(Code::InvalidClientMetadata, m),
+        })
 }
 
-pub(super) async fn create_client(
-    State(state): State<AppState>,
-    admin: Admin,
-    Json(new): Json<NewClient>,
-) -> Result<Response, Error> {
+async fn audited(
+    state: &AppState,
+    kind: EventKind,
+    actor: &str,
+    client_id: &str,
+) -> Result<(), Error> {
+    let mut event = AuditEvent::new(state.now(), kind, Outcome::Success)
+        .client(client_id.to_owned())
+        .detail(format!("by {actor}"));
+    event.user = Some(actor.to_owned());
+    state.audit.record(event).await?;
+    Ok(())
+}
+
+/// Registers a client for `actor`; its secret, for a confidential client, is in the answer
+/// and nowhere else.
+pub async fn create(state: &AppState, actor: &str, new: NewClient) -> Result<CreatedClient, Error> {
     let metadata = ClientMetadata {
         redirect_uris: Some(new.redirect_uris),
         token_endpoint_auth_method: Some(
@@ -172,16 +175,15 @@ pub(super) async fn create_client(
         resources: Some(new.resources),
         ..ClientMetadata::default()
     };
-    let valid = metadata
-        .validate(&state.settings.metadata_rules(true))
-        .map_err(|e| match e {
-            MetadataError::RedirectUri(m) => Error::new(Code::InvalidRedirectUri, m),
-            MetadataError::Metadata(m) => Error::new(Code::InvalidClientMetadata, m),
-        })?;
-    let now = state.now();
+    let valid = validate(state, metadata)?;
     let mut issued = state
         .clients
-        .create(valid, ClientOrigin::Admin, now, Some(admin.actor.clone()))
+        .create(
+            valid,
+            ClientOrigin::Admin,
+            state.now(),
+            Some(actor.to_owned()),
+        )
         .await
         .map_err(clients_error)?;
     if !new.users.is_empty() {
@@ -192,16 +194,123 @@ pub(super) async fn create_client(
             .await
             .map_err(clients_error)?;
     }
-    let mut event = AuditEvent::new(now, EventKind::ClientRegistered, Outcome::Success)
-        .client(issued.client.client_id.0.clone())
-        .detail(format!("by {}", admin.actor));
-    event.user = Some(admin.actor);
-    state.audit.record(event).await?;
-    let body = CreatedClient {
+    audited(
+        state,
+        EventKind::ClientRegistered,
+        actor,
+        &issued.client.client_id.0,
+    )
+    .await?;
+    Ok(CreatedClient {
         client_id: issued.client.client_id.0.clone(),
         client_secret: issued.secret.as_ref().map(|s| s.expose().to_owned()),
         client: ClientView::of(&issued.client, state.settings.default_id_token_alg()),
-    };
+    })
+}
+
+/// What an administrator may change on a client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientEdit {
+    /// Its name.
+    pub name: String,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Who may log in (empty: any tailnet user).
+    pub users: Vec<String>,
+    /// Allowed resources.
+    pub resources: Vec<String>,
+}
+
+async fn stored(state: &AppState, client_id: &str) -> Result<Client, Error> {
+    let client = state
+        .clients
+        .get(client_id)
+        .await?
+        .ok_or_else(|| Error::new(Code::NotFound, "no such client"))?;
+    Ok(Client::clone(&client))
+}
+
+/// Changes a client's name, redirect URIs, access rule and resources.
+pub async fn edit(
+    state: &AppState,
+    actor: &str,
+    client_id: &str,
+    change: ClientEdit,
+) -> Result<ClientView, Error> {
+    let mut client = stored(state, client_id).await?;
+    let alg = state.settings.default_id_token_alg();
+    let mut metadata = client.metadata(alg);
+    metadata.client_name = Some(change.name);
+    metadata.redirect_uris = Some(change.redirect_uris);
+    metadata.resources = Some(change.resources);
+    client.apply_metadata(validate(state, metadata)?);
+    client.users = change.users;
+    state.clients.update(&client).await.map_err(clients_error)?;
+    audited(state, EventKind::ClientUpdated, actor, client_id).await?;
+    Ok(ClientView::of(&client, alg))
+}
+
+/// Gives a confidential client a new secret, returned once; the old one stops working.
+pub async fn regenerate_secret(
+    state: &AppState,
+    actor: &str,
+    client_id: &str,
+) -> Result<CreatedClient, Error> {
+    let mut client = stored(state, client_id).await?;
+    if client.is_public() {
+        return Err(Error::invalid_request("a public client has no secret"));
+    }
+    let secret = crate::secret::Secret::generate();
+    client.secret_sha256 = Some(secret.hash());
+    state.clients.update(&client).await.map_err(clients_error)?;
+    let mut event = AuditEvent::new(state.now(), EventKind::ClientUpdated, Outcome::Success)
+        .client(client_id.to_owned())
+        .detail(format!("secret regenerated by {actor}"));
+    event.user = Some(actor.to_owned());
+    state.audit.record(event).await?;
+    Ok(CreatedClient {
+        client_id: client_id.to_owned(),
+        client_secret: Some(secret.expose().to_owned()),
+        client: ClientView::of(&client, state.settings.default_id_token_alg()),
+    })
+}
+
+/// Removes a client.
+pub async fn delete(state: &AppState, actor: &str, client_id: &str) -> Result<(), Error> {
+    state
+        .clients
+        .delete(client_id)
+        .await
+        .map_err(clients_error)?;
+    audited(state, EventKind::ClientDeleted, actor, client_id).await
+}
+
+pub(super) async fn list_clients(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Response, Error> {
+    Ok(axum::Json(list(&state).await?).into_response())
+}
+
+pub(super) async fn get_client(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(client_id): Path<String>,
+) -> Result<Response, Error> {
+    let client = stored(&state, &client_id).await?;
+    Ok(axum::Json(ClientView::of(
+        &client,
+        state.settings.default_id_token_alg(),
+    ))
+    .into_response())
+}
+
+pub(super) async fn create_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(new): Json<NewClient>,
+) -> Result<Response, Error> {
+    let body = create(&state, &admin.actor, new).await?;
     Ok(crate::oauth::no_store(StatusCode::CREATED, &body))
 }
 
@@ -210,15 +319,26 @@ pub(super) async fn delete_client(
     admin: Admin,
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    state
-        .clients
-        .delete(&client_id)
-        .await
-        .map_err(clients_error)?;
-    let mut event = AuditEvent::new(state.now(), EventKind::ClientDeleted, Outcome::Success)
-        .client(client_id)
-        .detail(format!("by {}", admin.actor));
-    event.user = Some(admin.actor);
-    state.audit.record(event).await?;
+    delete(&state, &admin.actor, &client_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn edit_client(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(client_id): Path<String>,
+    Json(change): Json<ClientEdit>,
+) -> Result<axum::Json<ClientView>, Error> {
+    Ok(axum::Json(
+        edit(&state, &admin.actor, &client_id, change).await?,
+    ))
+}
+
+pub(super) async fn new_secret(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(client_id): Path<String>,
+) -> Result<Response, Error> {
+    let body = regenerate_secret(&state, &admin.actor, &client_id).await?;
+    Ok(crate::oauth::no_store(StatusCode::OK, &body))
 }

@@ -26,14 +26,15 @@ pub struct RotateRequest {
     pub alg: Option<Alg>,
 }
 
-pub(super) async fn rotate_keys(
-    State(state): State<AppState>,
-    admin: Admin,
-    Json(request): Json<RotateRequest>,
-) -> Result<axum::Json<Vec<KeyInfo>>, Error> {
+/// Rotates the signing keys (all enabled algorithms, or one) for `actor`.
+pub async fn rotate(
+    state: &AppState,
+    actor: &str,
+    alg: Option<Alg>,
+) -> Result<Vec<KeyInfo>, Error> {
     let keys = state.keys.clone();
     // RSA generation takes a while; keep it off the async workers.
-    let rotated = tokio::task::spawn_blocking(move || keys.rotate(request.alg))
+    let rotated = tokio::task::spawn_blocking(move || keys.rotate(alg))
         .await
         .map_err(|e| Error::server_error(&e))?
         .map_err(|e| match e {
@@ -49,7 +50,15 @@ pub(super) async fn rotate_keys(
         .collect();
     let mut event = AuditEvent::new(state.now(), EventKind::KeysRotated, Outcome::Success)
         .detail(format!("active now {}", active.join(", ")));
-    event.user = Some(admin.actor);
+    event.user = Some(actor.to_owned());
     state.audit.record(event).await?;
-    Ok(axum::Json(rotated))
+    Ok(rotated)
+}
+
+pub(super) async fn rotate_keys(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(request): Json<RotateRequest>,
+) -> Result<axum::Json<Vec<KeyInfo>>, Error> {
+    Ok(axum::Json(rotate(&state, &admin.actor, request.alg).await?))
 }

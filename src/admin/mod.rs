@@ -1,4 +1,5 @@
-//! The admin API: clients, keys, the kill switch and the audit log.
+//! The admin API (clients, keys, the kill switch and the audit log) and the admin UI over it
+//! ([`ui`]).
 //!
 //! Served twice from one router: under `/admin/api/` on the HTTP listener, to callers whose
 //! live WhoIs carries the `allow_admin_ui` grant (refused cross-site), and on the admin unix
@@ -19,9 +20,11 @@ use crate::policy::tsidp;
 
 mod audit;
 pub mod client;
-mod clients;
-mod keys;
+pub mod clients;
+mod csrf;
+pub mod keys;
 mod revocations;
+pub mod ui;
 
 pub use audit::AuditQuery;
 pub use clients::{ClientView, CreatedClient, NewClient};
@@ -81,8 +84,11 @@ pub fn routes() -> Router<AppState> {
             )
             .route(
                 "/clients/{client_id}",
-                get(clients::get_client).delete(clients::delete_client),
+                get(clients::get_client)
+                    .patch(clients::edit_client)
+                    .delete(clients::delete_client),
             )
+            .route("/clients/{client_id}/secret", post(clients::new_secret))
             .route("/keys", get(keys::list_keys))
             .route("/keys/rotate", post(keys::rotate_keys))
             .route(

@@ -51,9 +51,12 @@ pub async fn response_headers(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: nothing leaks to other sites, and browsers keep
+    // sending `Origin` on this site's own form posts (with `no-referrer` they send
+    // `Origin: null`, which the same-origin check must refuse).
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }

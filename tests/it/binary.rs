@@ -425,3 +425,40 @@ async fn the_cli_mints_revokes_and_audits_a_run() {
     );
     served.terminate().await;
 }
+
+/// The admin UI in headless Chromium (tests/browser/admin.mjs, playwright-core). `.ci/run`
+/// installs Chromium and playwright-core and sets TAILPASS_REQUIRE_BROWSER, so CI never skips
+/// it; elsewhere it is skipped, saying so, when they are missing.
+#[tokio::test]
+async fn the_admin_ui_works_in_a_real_browser() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let ready = Path::new("/usr/bin/chromium").exists()
+        && browser_dir.join("node_modules/playwright-core").exists();
+    if !ready {
+        assert!(
+            std::env::var_os("TAILPASS_REQUIRE_BROWSER").is_none(),
+            "chromium or playwright-core missing, and the browser test is required"
+        );
+        eprintln!("skipped: needs /usr/bin/chromium and `npm install` in tests/browser");
+        return;
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve_dev(cwd.path(), "server.log").await;
+    let run = Command::new("node")
+        .arg(browser_dir.join("admin.mjs"))
+        .arg(&served.issuer)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(180), run)
+        .await
+        .expect("the browser test finished within 3 minutes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+    served.terminate().await;
+}

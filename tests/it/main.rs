@@ -10,6 +10,7 @@
     missing_docs
 )]
 
+mod admin_ui;
 mod agents;
 mod authorize;
 mod binary;
