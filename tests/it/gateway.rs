@@ -411,3 +411,63 @@ async fn tokens_the_gateway_refuses_are_refused_with_the_reason() {
     );
     assert!(setup.upstream.seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_dpop_bound_token_needs_its_key_at_the_gateway() {
+    let setup = Setup::new().await;
+    let key = tailpass::dpop::ProofKey::generate().unwrap();
+    let token_url = setup.server.url("/token");
+    let proof = key.proof("POST", &token_url, None, None).unwrap();
+    let minted: Value = setup
+        .server
+        .peer(CI)
+        .post(&token_url)
+        .header("dpop", proof)
+        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["token_type"], "DPoP", "{minted}");
+    let token = minted["access_token"].as_str().unwrap();
+    // The URL callers use, as the gateway was told (`public_url`).
+    let htu = "http://gateway.invalid/v1/chat/completions";
+    let send = |scheme: &'static str, proof: Option<String>| {
+        let mut request = reqwest::Client::builder()
+            .local_address(ip(CI))
+            .build()
+            .unwrap()
+            .post(setup.url("/v1/chat/completions"))
+            .header("authorization", format!("{scheme} {token}"))
+            .json(&json!({"model": "gpt-small", "messages": []}));
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let good = key.proof("POST", htu, Some(token), None).unwrap();
+    assert_eq!(send("DPoP", Some(good.clone())).await.0, 200);
+    let (status, body) = send("DPoP", Some(good)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_dpop_proof")),
+        "replayed: {body}"
+    );
+    let (status, body) = send("Bearer", None).await;
+    assert_eq!(status, 401, "without its key: {body}");
+    let thief = tailpass::dpop::ProofKey::generate().unwrap();
+    let stolen = thief.proof("POST", htu, Some(token), None).unwrap();
+    let (status, body) = send("DPoP", Some(stolen)).await;
+    assert_eq!(status, 401, "another key: {body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("key"),
+        "{body}"
+    );
+    assert_eq!(setup.upstream.seen.lock().unwrap().len(), 1);
+}
