@@ -90,27 +90,27 @@ pub struct VerifyArgs {
     pub node: Option<String>,
 }
 
-/// `tailpass gateway`.
+/// `tailpass gateway`. Flags marked required may come from the `--config` file instead.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// Address to listen on.
+    /// Address to listen on (required).
     #[arg(long, env = "TAILPASS_LISTEN", value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
     /// The URL callers use to reach the gateway (DPoP proofs name it) [default: http://LISTEN].
     #[arg(long, env = "TAILPASS_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<Url>,
-    /// The tailpass issuer whose tokens are accepted.
+    /// The tailpass issuer whose tokens are accepted (required).
     #[arg(long, env = "TAILPASS_ISSUER", value_name = "URL")]
-    pub issuer: Url,
-    /// The audience tokens must carry (the gateway's own URL, usually).
+    pub issuer: Option<Url>,
+    /// The audience tokens must carry, the gateway's own URL usually (required).
     #[arg(long, env = "TAILPASS_AUDIENCE", value_name = "A")]
-    pub audience: String,
-    /// The upstream OpenAI-compatible API's base URL.
+    pub audience: Option<String>,
+    /// The upstream OpenAI-compatible API's base URL (required).
     #[arg(long, env = "TAILPASS_UPSTREAM", value_name = "URL")]
-    pub upstream: Url,
-    /// The file holding the upstream API key (the only copy callers depend on).
+    pub upstream: Option<Url>,
+    /// The file holding the upstream API key, which only the gateway reads (required).
     #[arg(long, env = "TAILPASS_UPSTREAM_KEY_FILE", value_name = "FILE")]
-    pub upstream_key_file: PathBuf,
+    pub upstream_key_file: Option<PathBuf>,
     /// The local address to reach the issuer from (a tailnet address, on a multi-homed host).
     #[arg(long, env = "TAILPASS_SOURCE_ADDRESS", value_name = "IP")]
     pub source_address: Option<std::net::IpAddr>,

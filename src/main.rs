@@ -62,7 +62,7 @@ async fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from),
         Command::Gateway(args) => {
             init_logging(LogFormat::Text);
-            tailpass::gateway::run(&args, cli.global.dev).await
+            tailpass::gateway::run(&cli.global, &args).await
         }
         Command::Audit(args) => {
             init_logging(LogFormat::Text);

@@ -151,54 +151,138 @@ fn read_key(path: &std::path::Path) -> Result<HeaderValue, GatewayError> {
     Ok(value)
 }
 
+/// The gateway's TOML file (`--config`): its flags' names in snake_case, plus the global
+/// flags, which it accepts and does not use.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    listen: Option<SocketAddr>,
+    public_url: Option<url::Url>,
+    issuer: Option<url::Url>,
+    audience: Option<String>,
+    upstream: Option<url::Url>,
+    upstream_key_file: Option<PathBuf>,
+    source_address: Option<IpAddr>,
+    identity: Option<crate::cli::IdentityKind>,
+    identity_file: Option<PathBuf>,
+    tailscaled_socket: Option<PathBuf>,
+    audit_file: Option<PathBuf>,
+    dev: Option<bool>,
+    state_dir: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
+}
+
+/// Where presenting nodes' identities come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayIdentity {
+    /// tailscaled's LocalAPI socket.
+    Tailscaled(PathBuf),
+    /// A WhoIs table file.
+    Local(PathBuf),
+    /// `--dev`: every loopback caller is the OS user's node.
+    Dev,
+}
+
 impl GatewaySettings {
-    /// Resolves the command line.
-    pub fn from_args(args: &crate::cli::GatewayArgs) -> GatewaySettings {
-        GatewaySettings {
-            listen: args.listen,
+    /// Resolves flags (environment included) over the `--config` file; the settings and the
+    /// identity source to use.
+    pub fn resolve(
+        global: &crate::cli::GlobalArgs,
+        args: &crate::cli::GatewayArgs,
+    ) -> anyhow::Result<(GatewaySettings, GatewayIdentity)> {
+        use crate::cli::IdentityKind;
+        let file: GatewayFile = match &global.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => GatewayFile::default(),
+        };
+        let _ = (&file.state_dir, &file.keys_dir);
+        let required = |name: &str| {
+            anyhow::anyhow!("--{name} is required (flag, TAILPASS_ variable or config file)")
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .ok_or_else(|| required("listen"))?;
+        let trimmed = |u: &url::Url| u.as_str().trim_end_matches('/').to_owned();
+        let settings = GatewaySettings {
+            listen,
             public_url: args
                 .public_url
                 .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_owned())
-                .unwrap_or_else(|| format!("http://{}", args.listen)),
-            issuer: args.issuer.as_str().trim_end_matches('/').to_owned(),
-            audience: args.audience.clone(),
-            upstream: args.upstream.as_str().trim_end_matches('/').to_owned(),
-            upstream_key_file: args.upstream_key_file.clone(),
-            source_address: args.source_address,
-            audit_file: args.audit_file.clone(),
-        }
+                .or(file.public_url.as_ref())
+                .map(trimmed)
+                .unwrap_or_else(|| format!("http://{listen}")),
+            issuer: args
+                .issuer
+                .as_ref()
+                .or(file.issuer.as_ref())
+                .map(trimmed)
+                .ok_or_else(|| required("issuer"))?,
+            audience: args
+                .audience
+                .clone()
+                .or(file.audience)
+                .ok_or_else(|| required("audience"))?,
+            upstream: args
+                .upstream
+                .as_ref()
+                .or(file.upstream.as_ref())
+                .map(trimmed)
+                .ok_or_else(|| required("upstream"))?,
+            upstream_key_file: args
+                .upstream_key_file
+                .clone()
+                .or(file.upstream_key_file)
+                .ok_or_else(|| required("upstream-key-file"))?,
+            source_address: args.source_address.or(file.source_address),
+            audit_file: args.audit_file.clone().or(file.audit_file),
+        };
+        let dev = global.dev || file.dev.unwrap_or(false);
+        let identity_file = args.identity_file.clone().or(file.identity_file);
+        let identity = match (args.identity.or(file.identity), identity_file) {
+            (Some(IdentityKind::Local) | None, Some(path)) => GatewayIdentity::Local(path),
+            (Some(IdentityKind::Local) | None, None) if dev => GatewayIdentity::Dev,
+            (Some(IdentityKind::Local), None) => {
+                anyhow::bail!("--identity local needs --identity-file")
+            }
+            (None | Some(IdentityKind::Tailscaled), None) => GatewayIdentity::Tailscaled(
+                args.tailscaled_socket
+                    .clone()
+                    .or(file.tailscaled_socket)
+                    .unwrap_or_else(|| PathBuf::from(crate::identity::tailscaled::DEFAULT_SOCKET)),
+            ),
+            (Some(IdentityKind::Tsnet), _) => {
+                anyhow::bail!(
+                    "the gateway asks tailscaled or a local table; tsnet is not supported"
+                )
+            }
+            (Some(IdentityKind::Tailscaled), Some(_)) => {
+                anyhow::bail!("--identity-file only applies to --identity local")
+            }
+        };
+        Ok((settings, identity))
     }
 }
 
 /// `tailpass gateway`: starts, serves until SIGINT or SIGTERM, stops.
-pub async fn run(args: &crate::cli::GatewayArgs, dev: bool) -> anyhow::Result<()> {
-    use crate::cli::IdentityKind;
-    let identity: Arc<dyn IdentitySource> = match (args.identity, &args.identity_file) {
-        (Some(IdentityKind::Local) | None, Some(file)) => {
-            Arc::new(crate::identity::local::LocalTable::from_file(file)?)
+pub async fn run(
+    global: &crate::cli::GlobalArgs,
+    args: &crate::cli::GatewayArgs,
+) -> anyhow::Result<()> {
+    let (settings, identity) = GatewaySettings::resolve(global, args)?;
+    let identity: Arc<dyn IdentitySource> = match identity {
+        GatewayIdentity::Local(file) => {
+            Arc::new(crate::identity::local::LocalTable::from_file(&file)?)
         }
-        (Some(IdentityKind::Local) | None, None) if dev => {
-            Arc::new(crate::identity::local::LocalTable::dev())
-        }
-        (Some(IdentityKind::Local), None) => {
-            anyhow::bail!("--identity local needs --identity-file")
-        }
-        (None | Some(IdentityKind::Tailscaled), None) => {
-            Arc::new(crate::identity::tailscaled::Tailscaled::new(
-                args.tailscaled_socket
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(crate::identity::tailscaled::DEFAULT_SOCKET)),
-            ))
-        }
-        (Some(IdentityKind::Tsnet), _) => {
-            anyhow::bail!("the gateway asks tailscaled or a local table; tsnet is not supported")
-        }
-        (Some(IdentityKind::Tailscaled), Some(_)) => {
-            anyhow::bail!("--identity-file only applies to --identity local")
+        GatewayIdentity::Dev => Arc::new(crate::identity::local::LocalTable::dev()),
+        GatewayIdentity::Tailscaled(socket) => {
+            Arc::new(crate::identity::tailscaled::Tailscaled::new(socket))
         }
     };
-    let settings = GatewaySettings::from_args(args);
     let running = start(settings, identity, Arc::new(crate::clock::SystemClock)).await?;
     tracing::info!(addr = %running.addr(), "gateway listening");
     crate::server::wait_for_signal().await;
@@ -276,4 +360,71 @@ pub async fn start(
         shutdown,
         tasks: vec![feed, serve],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn resolve(argv: &[&str]) -> anyhow::Result<(GatewaySettings, GatewayIdentity)> {
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Gateway(args) = cli.command else {
+            anyhow::bail!("not the gateway command")
+        };
+        GatewaySettings::resolve(&cli.global, &args)
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let file: GatewayFile =
+            toml::from_str(include_str!("../../deploy/gateway.example.toml")).unwrap();
+        assert_eq!(file.upstream.unwrap().as_str(), "https://api.openai.com/");
+        assert_eq!(file.identity, Some(crate::cli::IdentityKind::Tailscaled));
+    }
+
+    #[test]
+    fn the_config_file_supplies_settings_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net/"
+            audience = "https://gw.example.ts.net"
+            upstream = "https://api.example.com"
+            upstream_key_file = "/etc/tailpass/upstream.key"
+            identity = "local"
+            identity_file = "/etc/tailpass/peers.json"
+            "#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let (settings, identity) = resolve(&["tailpass", "--config", path, "gateway"]).unwrap();
+        assert_eq!(settings.issuer, "https://idp.example.ts.net");
+        assert_eq!(settings.public_url, "http://127.0.0.1:8080");
+        assert_eq!(
+            identity,
+            GatewayIdentity::Local("/etc/tailpass/peers.json".into())
+        );
+        let (settings, _) = resolve(&[
+            "tailpass",
+            "--config",
+            path,
+            "gateway",
+            "--audience",
+            "https://other.example",
+        ])
+        .unwrap();
+        assert_eq!(settings.audience, "https://other.example");
+
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nupstream_url = \"x\"\n").unwrap();
+        let err = resolve(&["tailpass", "--config", path, "gateway"]).unwrap_err();
+        assert!(err.to_string().contains("upstream_url"), "{err}");
+        let err = resolve(&["tailpass", "gateway", "--listen", "127.0.0.1:1"]).unwrap_err();
+        assert!(err.to_string().contains("--issuer is required"), "{err}");
+    }
 }
