@@ -17,6 +17,7 @@ mod binary;
 mod deploy;
 mod discovery;
 mod dpop;
+mod feed_client;
 mod gateway;
 mod keys;
 mod killswitch;

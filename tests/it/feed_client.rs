@@ -1,0 +1,116 @@
+//! The verifier's feed follower against a feed that drops its connection: it resumes with
+//! `Last-Event-ID` from the last event it applied and keeps what the snapshot gave it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tailpass_verify::claims::RunClaims;
+use tailpass_verify::remote::RemoteVerifier;
+use tailpass_verify::{AccessClaims, UnixTime, Verifier};
+
+#[derive(Default)]
+struct Feed {
+    connections: Mutex<Vec<Option<String>>>,
+}
+
+fn event(name: &str, seq: u64, data: serde_json::Value) -> String {
+    format!("event: {name}\nid: {seq}\ndata: {data}\n\n")
+}
+
+async fn revocations(
+    axum::extract::State(feed): axum::extract::State<Arc<Feed>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let first = {
+        let mut connections = feed.connections.lock().unwrap();
+        connections.push(resume);
+        connections.len() == 1
+    };
+    let body = if first {
+        // A snapshot, then the connection ends (a restart, a proxy timeout...).
+        let snapshot = json!({"seq": 5, "events": [
+            {"seq": 5, "kind": "run", "value": "r1", "revoked_at": 100}
+        ]});
+        Body::from(event("snapshot", 5, snapshot))
+    } else {
+        let next = json!({"seq": 6, "kind": "run", "value": "r2", "revoked_at": 100});
+        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(event(
+            "revocation",
+            6,
+            next,
+        )))])
+        .chain(futures_util::stream::pending());
+        Body::from_stream(chunks)
+    };
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+fn run(id: &str) -> AccessClaims {
+    AccessClaims {
+        iat: UnixTime(50),
+        run: RunClaims {
+            run_id: Some(id.into()),
+            ..RunClaims::default()
+        },
+        ..AccessClaims::default()
+    }
+}
+
+#[tokio::test]
+async fn the_follower_resumes_after_a_dropped_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let feed = Arc::new(Feed::default());
+    let discovery = json!({
+        "issuer": base,
+        "jwks_uri": format!("{base}/jwks"),
+        "revocation_feed_endpoint": format!("{base}/revocations"),
+    });
+    let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || {
+                let d = discovery.clone();
+                async move { axum::Json(d) }
+            }),
+        )
+        .route("/jwks", get(|| async { axum::Json(json!({"keys": []})) }))
+        .route("/revocations", get(revocations))
+        .with_state(feed.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let remote = Arc::new(
+        RemoteVerifier::discover(reqwest::Client::new(), Verifier::new(&base, "aud"))
+            .await
+            .unwrap(),
+    );
+    let follower = remote.follow_feed();
+    let list = remote.verifier().revocations().clone();
+    let waiting = list.clone();
+    let arrived =
+        tokio::task::spawn_blocking(move || waiting.wait_for_seq(6, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(arrived, "the event after the reconnection was applied");
+    assert_eq!(
+        *feed.connections.lock().unwrap(),
+        vec![None, Some("5".to_owned())],
+        "the second connection resumed after the snapshot's sequence"
+    );
+    assert!(list.check(&run("r1")).is_err(), "kept from the snapshot");
+    assert!(list.check(&run("r2")).is_err(), "from the resumed stream");
+    assert!(list.check(&run("r3")).is_ok());
+    follower.abort();
+}
