@@ -350,6 +350,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         println!("  discovery  {issuer}{}", paths::OPENID_CONFIGURATION);
         println!("  jwks       {issuer}{}", paths::JWKS);
         println!("  register   {issuer}{}", paths::REGISTER);
+        println!("  admin UI   {issuer}/admin");
         println!("  admin API  {issuer}{}/clients", crate::admin::PREFIX);
         println!(
             "  state      {}   keys {}",
