@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use tailpass::cli::{Cli, Command};
 use tailpass::clock::{Clock, SystemClock};
 use tailpass::grant::agent::{AgentRequest, agent};
 use tailpass::identity::whois::WhoIsResponse;
+
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -77,33 +78,7 @@ fn main() {
     std::fs::write(&peers, format!(r#"{{"127.0.0.3": {tagged}}}"#)).unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let cli = Cli::try_parse_from([
-        "tailpass".to_owned(),
-        "--state-dir".into(),
-        path(&dir.path().join("state")),
-        "--keys-dir".into(),
-        path(&dir.path().join("keys")),
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--issuer".into(),
-        "http://127.0.0.1".into(),
-        "--identity".into(),
-        "local".into(),
-        "--identity-file".into(),
-        path(&peers),
-        "--policy".into(),
-        path(&policy),
-        "--no-rs256".into(),
-        "--rate-limit".into(),
-        "1000000000".into(),
-    ])
-    .unwrap();
-    let Command::Serve(serve) = cli.command else {
-        unreachable!()
-    };
-    let settings = tailpass::config::resolve(&cli.global, &serve).unwrap();
+    let settings = support::settings(dir.path(), &peers, &policy, 0);
     let identity = Arc::new(
         serde_json::from_str::<WhoIsResponse>(tagged)
             .unwrap()

@@ -28,7 +28,6 @@ use ring::signature::{
     UnparsedPublicKey,
 };
 use serde_json::json;
-use tailpass::cli::{Cli, Command};
 use tailpass::clock::{Clock, SystemClock};
 use tailpass::keys::SigningKey;
 use tailpass::store::RevocationKind;
@@ -36,6 +35,8 @@ use tailpass_verify::binding::Presenter;
 use tailpass_verify::claims::{Confirmation, RunClaims};
 use tailpass_verify::feed::{FeedEvent, RevocationList};
 use tailpass_verify::{AccessClaims, Alg, Audience, KeySet, UnixTime, Verifier};
+
+mod support;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -216,39 +217,13 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
 "#,
     )
     .unwrap();
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     // The issuer names its port, so pick a free one first.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let cli = Cli::try_parse_from([
-        "tailpass".to_owned(),
-        "--state-dir".into(),
-        path(&dir.path().join("state")),
-        "--keys-dir".into(),
-        path(&dir.path().join("keys")),
-        "serve".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--issuer".into(),
-        format!("http://127.0.0.1:{port}"),
-        "--identity".into(),
-        "local".into(),
-        "--identity-file".into(),
-        path(&peers),
-        "--policy".into(),
-        path(&policy),
-        "--no-rs256".into(),
-        "--rate-limit".into(),
-        "1000000000".into(),
-    ])
-    .unwrap();
-    let Command::Serve(serve) = cli.command else {
-        unreachable!()
-    };
-    let settings = tailpass::config::resolve(&cli.global, &serve).unwrap();
+    let settings = support::settings(dir.path(), &peers, &policy, port);
     let clock = Arc::new(SystemClock) as Arc<dyn Clock>;
     let running = tailpass::server::start(settings, clock.clone())
         .await

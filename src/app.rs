@@ -231,13 +231,9 @@ async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
     crate::http::peer::Caller(_): crate::http::peer::Caller,
 ) -> impl axum::response::IntoResponse {
-    let mut keys: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut keys: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
     for info in state.keys.list().unwrap_or_default() {
-        let name = serde_json::to_value(info.entry.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        *keys.entry(name).or_insert(0) += 1;
+        *keys.entry(info.entry.state.as_str()).or_insert(0) += 1;
     }
     let gauges = crate::metrics::Gauges {
         keys: keys.into_iter().collect(),

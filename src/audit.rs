@@ -61,6 +61,28 @@ pub enum EventKind {
     GatewayCall,
 }
 
+impl EventKind {
+    /// The name in the log and in metrics (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ClientRegistered => "client_registered",
+            EventKind::ClientUpdated => "client_updated",
+            EventKind::ClientDeleted => "client_deleted",
+            EventKind::KeysRotated => "keys_rotated",
+            EventKind::Authorize => "authorize",
+            EventKind::Consent => "consent",
+            EventKind::CodeExchanged => "code_exchanged",
+            EventKind::Refresh => "refresh",
+            EventKind::AgentToken => "agent_token",
+            EventKind::TokenExchange => "token_exchange",
+            EventKind::Revocation => "revocation",
+            EventKind::RevocationLifted => "revocation_lifted",
+            EventKind::Logout => "logout",
+            EventKind::GatewayCall => "gateway_call",
+        }
+    }
+}
+
 /// How it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +93,17 @@ pub enum Outcome {
     Denied,
     /// Failed on the server's side.
     Error,
+}
+
+impl Outcome {
+    /// The name in the log and in metrics (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
 }
 
 /// One audit event. Never holds a secret or a token: only their identifiers (`jti`).
@@ -231,13 +264,6 @@ impl AuditLog {
     }
 }
 
-fn label<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 async fn writer(
     store: Arc<dyn Store>,
     mirror: Option<PathBuf>,
@@ -257,11 +283,7 @@ async fn writer(
             .map_err(|e: StoreError| AuditError::Store(e.to_string()));
         if result.is_ok() {
             for event in &events {
-                metrics.event(
-                    &label(&event.event),
-                    &label(&event.outcome),
-                    event.reason.as_deref(),
-                );
+                metrics.event(event.event, event.outcome, event.reason.as_deref());
             }
         }
         if let Err(e) = &result {
@@ -296,6 +318,37 @@ async fn open_mirror(path: &std::path::Path) -> Option<tokio::fs::File> {
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot open audit mirror; continuing without it");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serialized_forms() {
+        use EventKind::*;
+        for kind in [
+            ClientRegistered,
+            ClientUpdated,
+            ClientDeleted,
+            KeysRotated,
+            Authorize,
+            Consent,
+            CodeExchanged,
+            Refresh,
+            AgentToken,
+            TokenExchange,
+            Revocation,
+            RevocationLifted,
+            Logout,
+            GatewayCall,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for outcome in [Outcome::Success, Outcome::Denied, Outcome::Error] {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.as_str());
         }
     }
 }

@@ -7,10 +7,12 @@
 //! which they count as `other`. Hand-written: a dozen lines of exposition format do not need a
 //! metrics framework.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::audit::{EventKind, Outcome};
 
 /// Distinct label sets per metric, at most.
 pub const MAX_SERIES: usize = 64;
@@ -120,7 +122,7 @@ pub fn reason_class(reason: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Signing keys by state (`active`, `next`, `retired`).
-    pub keys: Vec<(String, u64)>,
+    pub keys: Vec<(&'static str, u64)>,
     /// Revocations in the index.
     pub revocations: u64,
     /// Open revocation feed streams.
@@ -130,20 +132,23 @@ pub struct Gauges {
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    events: Counters,
+    /// By event and outcome: both enums, so the label sets are bounded by construction and
+    /// counting allocates nothing (it runs for every committed event).
+    events: Mutex<HashMap<(EventKind, Outcome), u64>>,
     denials: Counters,
     requests: Histograms,
 }
 
 impl Metrics {
     /// Counts one committed audit event.
-    pub fn event(&self, event: &str, outcome: &str, reason: Option<&str>) {
-        self.events
-            .add(vec![event.to_owned(), outcome.to_owned()], 1);
-        if outcome == "denied" {
+    pub fn event(&self, event: EventKind, outcome: Outcome, reason: Option<&str>) {
+        if let Ok(mut events) = self.events.lock() {
+            *events.entry((event, outcome)).or_insert(0) += 1;
+        }
+        if outcome == Outcome::Denied {
             self.denials.add(
                 vec![
-                    event.to_owned(),
+                    event.as_str().to_owned(),
                     reason.map(reason_class).unwrap_or_else(|| "other".into()),
                 ],
                 1,
@@ -159,12 +164,22 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
+        let mut events: Vec<(Vec<String>, u64)> = self
+            .events
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|((e, o), n)| (vec![e.as_str().to_owned(), o.as_str().to_owned()], *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        events.sort();
         counters(
             &mut out,
             "tailpass_events_total",
             "Audit events committed, by event and outcome (tokens issued: outcome success).",
             &["event", "outcome"],
-            &self.events.snapshot(),
+            &events,
         );
         counters(
             &mut out,
@@ -276,17 +291,47 @@ mod tests {
 
     #[test]
     fn label_sets_are_bounded() {
-        let m = Metrics::default();
+        let counters = Counters::default();
         for i in 0..(MAX_SERIES * 2) {
-            m.event(&format!("e{i}"), "success", None);
+            counters.add(vec![format!("e{i}"), "success".into()], 1);
         }
-        let text = m.render(&Gauges::default());
+        let mut text = String::new();
+        counters_text(&mut text, &counters);
         let series = text
             .lines()
             .filter(|l| l.starts_with("tailpass_events_total{"))
             .count();
         assert_eq!(series, MAX_SERIES + 1, "the extra ones fold into `other`");
         assert!(text.contains("tailpass_events_total{event=\"other\",outcome=\"other\"} 64"));
+    }
+
+    fn counters_text(out: &mut String, c: &Counters) {
+        counters(
+            out,
+            "tailpass_events_total",
+            "",
+            &["event", "outcome"],
+            &c.snapshot(),
+        );
+    }
+
+    #[test]
+    fn events_are_counted_by_kind_and_outcome() {
+        let m = Metrics::default();
+        m.event(EventKind::AgentToken, Outcome::Success, None);
+        m.event(EventKind::AgentToken, Outcome::Success, None);
+        m.event(
+            EventKind::AgentToken,
+            Outcome::Denied,
+            Some("no rule allows node n1"),
+        );
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("tailpass_events_total{event=\"agent_token\",outcome=\"success\"} 2")
+        );
+        assert!(text.contains(
+            "tailpass_denials_total{event=\"agent_token\",reason=\"no rule allows node\"} 1"
+        ));
     }
 
     #[test]

@@ -347,7 +347,7 @@ async fn regenerate_secret(
 struct KeyRow {
     alg: String,
     kid: String,
-    state: String,
+    state: &'static str,
     created: String,
 }
 
@@ -369,10 +369,7 @@ async fn keys_page(State(state): State<AppState>, admin: UiAdmin) -> Response {
         .map(|k| KeyRow {
             alg: k.entry.alg.as_str().to_owned(),
             kid: k.entry.kid.clone(),
-            state: serde_json::to_value(k.entry.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            state: k.entry.state.as_str(),
             created: utc(k.entry.created_at),
         })
         .collect();
@@ -398,7 +395,7 @@ async fn rotate_keys(
 
 struct RunRow {
     time: String,
-    event: String,
+    event: &'static str,
     user: String,
     node: String,
     run: String,
@@ -413,13 +410,6 @@ struct RunsPage<'a> {
     csrf: &'a str,
     notice: Option<&'a str>,
     rows: Vec<RunRow>,
-}
-
-fn label<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 async fn recent(state: &AppState, filter: AuditFilter) -> Result<Vec<AuditRecord>, Error> {
@@ -467,7 +457,7 @@ async fn runs_page(State(state): State<AppState>, admin: UiAdmin) -> Response {
             }
             RunRow {
                 time: utc(e.time),
-                event: label(&e.event),
+                event: e.event.as_str(),
                 user: e.user.clone().unwrap_or_default(),
                 node: e.node_id.clone().unwrap_or_default(),
                 run: e.run_id.clone().unwrap_or_default(),
@@ -541,8 +531,8 @@ struct AuditParams {
 struct AuditRow {
     seq: u64,
     time: String,
-    event: String,
-    outcome: String,
+    event: &'static str,
+    outcome: &'static str,
     user: String,
     node: String,
     client: String,
@@ -585,8 +575,8 @@ async fn audit_page(
             AuditRow {
                 seq: r.seq,
                 time: utc(e.time),
-                event: label(&e.event),
-                outcome: label(&e.outcome),
+                event: e.event.as_str(),
+                outcome: e.outcome.as_str(),
                 user: e.user.unwrap_or_default(),
                 node: e.node_id.unwrap_or_default(),
                 client: e.client_id.unwrap_or_default(),

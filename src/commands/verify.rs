@@ -3,9 +3,7 @@
 //! fails.
 
 use std::io::Read as _;
-use std::sync::Arc;
 
-use tailpass_verify::feed::Snapshot;
 use tailpass_verify::remote::RemoteVerifier;
 use tailpass_verify::{AccessClaims, Jws, UnixTime, Verifier};
 
@@ -43,22 +41,12 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CommandError> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(fail)?;
-    let remote = Arc::new(
-        RemoteVerifier::discover(http.clone(), Verifier::new(issuer.clone(), audience))
-            .await
-            .map_err(|e| CommandError(format!("cannot reach the issuer: {e}")))?,
-    );
-    // The feed's current state, once (JSON form), so revoked tokens are reported as such.
-    let feed = format!("{issuer}/revocations");
-    if let Ok(response) = http
-        .get(&feed)
-        .header("accept", "application/json")
-        .send()
+    let remote = RemoteVerifier::discover(http, Verifier::new(issuer, audience))
         .await
-        && response.status().is_success()
-        && let Ok(snapshot) = response.json::<Snapshot>().await
-    {
-        remote.verifier().revocations().apply_snapshot(&snapshot);
+        .map_err(|e| CommandError(format!("cannot reach the issuer: {e}")))?;
+    // The feed's current state, once, so revoked tokens are reported as such.
+    if let Err(e) = remote.load_revocations().await {
+        eprintln!("note: revocations not checked: {e}");
     }
     // Without --node the binding to a node cannot be checked here: say so rather than pass.
     let bound_node = unverified

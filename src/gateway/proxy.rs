@@ -14,7 +14,7 @@ use tailpass_verify::axum::{ExternalUrl, PresenterNode, verify_parts};
 
 use super::GatewayState;
 use super::meter::{CallRecord, Meter, UsageScanner};
-use crate::http::peer::Conn;
+use crate::http::peer::{Conn, identify};
 
 /// The largest request body forwarded (prompts can be long, not unbounded).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
@@ -69,16 +69,15 @@ fn refusal(status: StatusCode, code: &str, description: &str) -> Response {
 pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let conn = parts.extensions.get::<Conn>().copied();
-    let node = match conn.and_then(|c| c.remote) {
-        Some(peer) => state
-            .identity
-            .whois(peer)
-            .await
-            .ok()
-            .map(|id| id.node.stable_id.0.clone()),
-        None => None,
-    };
+    // The presenter's node, as this gateway's identity source says (none over Funnel).
+    let node = identify(
+        state.identity.as_ref(),
+        parts.extensions.get::<Conn>(),
+        &parts.headers,
+    )
+    .await
+    .ok()
+    .map(|id| id.node.stable_id.0.clone());
     if let Some(node) = &node {
         parts.extensions.insert(PresenterNode(node.clone()));
     }

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use crate::app::AppState;
-use crate::identity::{Identity, WhoisError};
+use crate::identity::{Identity, IdentitySource, WhoisError};
 use crate::oauth::error::Error;
 
 /// The header tailscaled adds to requests that arrived through Funnel.
@@ -100,15 +100,16 @@ fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, 
 #[derive(Clone)]
 struct Resolved(Result<Arc<Identity>, CallerError>);
 
-/// The identity behind a request, from its connection facts and headers. Handlers that need
-/// it only for some requests call this instead of taking [`Caller`].
+/// The identity behind a request, from its connection facts and headers, asked of `source`.
+/// Handlers that need it only for some requests call this instead of taking [`Caller`]; the
+/// gateway, which has no [`AppState`], calls it with its own source.
 pub async fn identify(
-    state: &AppState,
+    source: &dyn IdentitySource,
     conn: Option<&Conn>,
     headers: &HeaderMap,
 ) -> Result<Arc<Identity>, CallerError> {
     let addr = peer_address(conn, headers)?;
-    state.identity.whois(addr).await.map_err(|e| match e {
+    source.whois(addr).await.map_err(|e| match e {
         WhoisError::NotOnTailnet => CallerError::NotOnTailnet,
         WhoisError::Unavailable(_) => CallerError::Unavailable,
     })
@@ -118,7 +119,12 @@ async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Arc<Identity>, C
     if let Some(Resolved(done)) = parts.extensions.get::<Resolved>() {
         return done.clone();
     }
-    let result = identify(state, parts.extensions.get::<Conn>(), &parts.headers).await;
+    let result = identify(
+        state.identity.as_ref(),
+        parts.extensions.get::<Conn>(),
+        &parts.headers,
+    )
+    .await;
     parts.extensions.insert(Resolved(result.clone()));
     result
 }

@@ -34,6 +34,17 @@ pub enum KeyState {
     Retired,
 }
 
+impl KeyState {
+    /// The name in the manifest and in metrics (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
 /// One key's line in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEntry {
@@ -216,5 +227,17 @@ impl KeyDir {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod state_names {
+    use super::KeyState;
+
+    #[test]
+    fn names_are_the_serialized_forms() {
+        for state in [KeyState::Next, KeyState::Active, KeyState::Retired] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
     }
 }

@@ -80,15 +80,19 @@ pub async fn introspect(
             Some(client_auth::authenticate(&state.clients, &presented).await?)
         }
         Presented::Nothing if is_same_origin(&headers, state.issuer.origin()) => {
-            let allowed = peer::identify(&state, conn.as_ref().map(|c| &c.0), &headers)
-                .await
-                .is_ok_and(|identity| {
-                    agent::may_introspect(
-                        &identity,
-                        &state.settings.policy,
-                        &state.settings.agent_capability,
-                    )
-                });
+            let allowed = peer::identify(
+                state.identity.as_ref(),
+                conn.as_ref().map(|c| &c.0),
+                &headers,
+            )
+            .await
+            .is_ok_and(|identity| {
+                agent::may_introspect(
+                    &identity,
+                    &state.settings.policy,
+                    &state.settings.agent_capability,
+                )
+            });
             if !allowed {
                 return Err(Error::invalid_client(
                     "introspection requires client authentication or an allow_introspect rule",

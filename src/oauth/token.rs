@@ -198,7 +198,7 @@ async fn exchange_for(
             };
             if presented == Presented::Nothing {
                 same_origin()?;
-                let caller = peer::identify(state, conn.as_ref(), headers).await;
+                let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
                 agent::agent(state, caller, request).await
             } else {
                 let client = client_auth::authenticate(&state.clients, &presented).await?;
@@ -219,7 +219,7 @@ async fn exchange_for(
                 run_label: form.run_label.as_deref(),
                 proof: proof(state, headers)?,
             };
-            let caller = peer::identify(state, conn.as_ref(), headers).await;
+            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
             exchange::exchange(state, caller, request).await
         }
     }

@@ -64,10 +64,14 @@ pub async fn userinfo(
     .map_err(|e| refuse(e.to_string()))?;
     if let Some(cnf) = &claims.cnf {
         let node = match cnf.tailnet_node {
-            Some(_) => peer::identify(&state, conn.as_ref().map(|c| &c.0), &headers)
-                .await
-                .ok()
-                .map(|identity| identity.node.stable_id.0.clone()),
+            Some(_) => peer::identify(
+                state.identity.as_ref(),
+                conn.as_ref().map(|c| &c.0),
+                &headers,
+            )
+            .await
+            .ok()
+            .map(|identity| identity.node.stable_id.0.clone()),
             None => None,
         };
         let proof = match (token.dpop, dpop::proof_header(&headers)?) {

@@ -81,7 +81,29 @@ pub struct Revoked {
 #[derive(Debug, Default)]
 struct Entries {
     seq: u64,
-    revoked_at: HashMap<(String, String), UnixTime>,
+    /// Kind → value → when. Two levels so that checking a token looks up borrowed strings and
+    /// allocates nothing.
+    revoked_at: HashMap<String, HashMap<String, UnixTime>>,
+}
+
+impl Entries {
+    fn insert(&mut self, event: &FeedEvent) {
+        let at = self
+            .revoked_at
+            .entry(event.kind.clone())
+            .or_default()
+            .entry(event.value.clone())
+            .or_insert(event.revoked_at);
+        *at = (*at).max(event.revoked_at);
+    }
+
+    fn get(&self, kind: &str, value: &str) -> Option<UnixTime> {
+        self.revoked_at.get(kind)?.get(value).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.revoked_at.values().map(HashMap::len).sum()
+    }
 }
 
 /// A verifier's copy of the feed: applied snapshots and events, queried per token.
@@ -147,11 +169,10 @@ impl RevocationList {
             let Ok(mut entries) = self.entries.write() else {
                 return;
             };
-            entries.revoked_at = snapshot
-                .events
-                .iter()
-                .map(|e| ((e.kind.clone(), e.value.clone()), e.revoked_at))
-                .collect();
+            entries.revoked_at.clear();
+            for event in &snapshot.events {
+                entries.insert(event);
+            }
             entries.seq = snapshot.seq;
             entries.seq
         };
@@ -164,11 +185,7 @@ impl RevocationList {
             let Ok(mut entries) = self.entries.write() else {
                 return;
             };
-            let at = entries
-                .revoked_at
-                .entry((event.kind.clone(), event.value.clone()))
-                .or_insert(event.revoked_at);
-            *at = (*at).max(event.revoked_at);
+            entries.insert(event);
             entries.seq = entries.seq.max(event.seq);
             entries.seq
         };
@@ -182,7 +199,7 @@ impl RevocationList {
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|e| e.revoked_at.len()).unwrap_or(0)
+        self.entries.read().map(|e| e.len()).unwrap_or(0)
     }
 
     /// Whether nothing is revoked.
@@ -202,15 +219,10 @@ impl RevocationList {
             return Ok(());
         }
         for (kind, value) in candidates(claims) {
-            let key = (kind.to_owned(), value.to_owned());
-            if entries
-                .revoked_at
-                .get(&key)
-                .is_some_and(|at| claims.iat <= *at)
-            {
+            if entries.get(kind, value).is_some_and(|at| claims.iat <= at) {
                 return Err(Revoked {
-                    kind: key.0,
-                    value: key.1,
+                    kind: kind.to_owned(),
+                    value: value.to_owned(),
                 });
             }
         }

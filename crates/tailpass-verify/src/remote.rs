@@ -198,6 +198,16 @@ impl RemoteVerifier {
         Ok(())
     }
 
+    /// Reads the revocation feed's current state once (its JSON form), for one-shot checks
+    /// that do not follow it. Does nothing when the issuer advertises no feed.
+    pub async fn load_revocations(&self) -> Result<(), RemoteError> {
+        if let Some(url) = &self.feed_uri {
+            let snapshot: Snapshot = get_json(&self.http, url).await?;
+            self.verifier.revocations().apply_snapshot(&snapshot);
+        }
+        Ok(())
+    }
+
     /// Follows the revocation feed until the task is aborted: a snapshot first, then events;
     /// on any failure it reconnects with backoff and resumes from the last event applied.
     /// Does nothing when the issuer advertises no feed.
