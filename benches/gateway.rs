@@ -92,7 +92,7 @@ fn verification(seconds: u64) {
         client_id: format!("node:{NODE}"),
         scope: Some("llm:chat".into()),
         run: RunClaims {
-            run_id: Some(tailpass::tokens::new_run_id()),
+            run_id: Some(tailpass::tokens::new_run_token_ids().1),
             run_label: Some("bench".into()),
             ..RunClaims::default()
         },

@@ -275,14 +275,21 @@ async fn writer(
         Some(path) => open_mirror(path).await,
         None => None,
     };
+    let mut replies = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let events: Vec<AuditEvent> = batch.iter().map(|p| p.event.clone()).collect();
+        let events: Arc<[AuditEvent]> = batch
+            .drain(..)
+            .map(|pending| {
+                replies.push(pending.done);
+                pending.event
+            })
+            .collect();
         let result = store
-            .append_audit(&events)
+            .append_audit(events.clone())
             .await
             .map_err(|e: StoreError| AuditError::Store(e.to_string()));
         if result.is_ok() {
-            for event in &events {
+            for event in events.iter() {
                 metrics.event(event.event, event.outcome, event.reason.as_deref());
             }
         }
@@ -291,7 +298,7 @@ async fn writer(
         } else if let Some(file) = mirror_file.as_mut() {
             // The mirror is a convenience copy for log shippers; the store is the record.
             let mut lines = Vec::new();
-            for event in &events {
+            for event in events.iter() {
                 if serde_json::to_writer(&mut lines, event).is_ok() {
                     lines.push(b'\n');
                 }
@@ -300,8 +307,8 @@ async fn writer(
                 tracing::warn!(error = %e, "audit mirror write failed");
             }
         }
-        for pending in batch.drain(..) {
-            let _ = pending.done.send(result.clone());
+        for done in replies.drain(..) {
+            let _ = done.send(result.clone());
         }
     }
 }

@@ -165,14 +165,15 @@ pub async fn agent(
         None => tokens::node_subject(&identity.node.stable_id),
     };
     let jkt = request.proof.as_ref().map(|p| p.jkt.0.clone());
+    let (jti, run_id) = tokens::new_run_token_ids();
     let claims = AccessClaims {
         iss: state.issuer.url().to_owned(),
         sub: subject.clone(),
-        aud: Audience(granted.audiences.clone()),
+        aud: Audience(granted.audiences),
         exp: now.plus(lifetime),
         iat: now,
         nbf: Some(now),
-        jti: random_token(16),
+        jti,
         client_id: subject,
         scope: (!granted.scopes.is_empty()).then(|| granted.scopes.join(" ")),
         auth_time: None,
@@ -184,12 +185,12 @@ pub async fn agent(
         },
         tailnet: mint::tailnet(&identity),
         run: RunClaims {
-            run_id: Some(tokens::new_run_id()),
+            run_id: Some(run_id),
             run_label: label,
             ..RunClaims::default()
         },
         cnf: Some(Confirmation::node(&identity.node.stable_id.0, jkt)),
-        extra: granted.claims.clone(),
+        extra: granted.claims,
     };
     let event = AuditEvent::new(now, EventKind::AgentToken, Outcome::Success)
         .by(&identity)

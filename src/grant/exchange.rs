@@ -23,7 +23,6 @@ use crate::http::peer::CallerError;
 use crate::identity::Identity;
 use crate::oauth::error::{Code, Error};
 use crate::policy::agent::{self, Ask, Denied};
-use crate::secret::random_token;
 use crate::tokens::{self, mint};
 
 /// RFC 8693 §3: an access token.
@@ -222,6 +221,7 @@ pub async fn exchange(
         .root_run_id
         .clone()
         .or_else(|| parent_run.clone());
+    let (jti, run_id) = tokens::new_run_token_ids();
     let claims = AccessClaims {
         iss: state.issuer.url().to_owned(),
         sub: parent.sub.clone(),
@@ -229,7 +229,7 @@ pub async fn exchange(
         exp: now.plus(lifetime),
         iat: now,
         nbf: Some(now),
-        jti: random_token(16),
+        jti,
         client_id: parent.client_id.clone(),
         scope: (!scopes.0.is_empty()).then(|| scopes.joined()),
         auth_time: None,
@@ -237,7 +237,7 @@ pub async fn exchange(
         profile: parent.profile.clone(),
         tailnet: mint::tailnet(&identity),
         run: RunClaims {
-            run_id: Some(tokens::new_run_id()),
+            run_id: Some(run_id),
             run_label: label.clone(),
             parent_run_id: parent_run.clone(),
             root_run_id: root_run.clone(),

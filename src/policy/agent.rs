@@ -7,6 +7,7 @@
 //! allows every requested audience and scope decides the lifetime, extra claims and rate.
 //! Selectors name tags, node stable ids, logins or groups — never node names.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -64,18 +65,19 @@ pub fn selects(selector: &str, identity: &Identity, policy: &PolicyFile) -> bool
     }
 }
 
-/// The rules that apply to the caller, in precedence order.
-pub fn rules_for(
+/// The rules that apply to the caller, in precedence order: the policy file's borrowed, the
+/// ones carried by the caller's identity (capability grants, tsidp grants) owned.
+fn rules_for<'p>(
     identity: &Identity,
-    policy: &PolicyFile,
+    policy: &'p PolicyFile,
     capability: &str,
-) -> Vec<(Origin, Rule)> {
-    let mut rules: Vec<(Origin, Rule)> = policy
+) -> Vec<(Origin, Cow<'p, Rule>)> {
+    let mut rules: Vec<(Origin, Cow<'p, Rule>)> = policy
         .rules
         .iter()
         .enumerate()
         .filter(|(_, r)| r.src.iter().any(|s| selects(s, identity, policy)))
-        .map(|(i, r)| (Origin::File(i + 1), r.clone()))
+        .map(|(i, r)| (Origin::File(i + 1), Cow::Borrowed(r)))
         .collect();
     for value in identity.caps.get(capability) {
         match serde_json::from_value::<Rule>(value.clone()) {
@@ -91,7 +93,7 @@ pub fn rules_for(
                     tracing::warn!(claim = %bad, "ignoring a {capability} grant that overrides a standard claim");
                     continue;
                 }
-                rules.push((Origin::Tailnet, rule));
+                rules.push((Origin::Tailnet, Cow::Owned(rule)));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring a malformed {capability} grant"),
@@ -104,12 +106,12 @@ pub fn rules_for(
             {
                 rules.push((
                     Origin::Tsidp,
-                    Rule {
+                    Cow::Owned(Rule {
                         src: vec![user.login.clone()],
                         audiences: grant.resources,
                         scopes: vec!["*".into()],
                         ..Rule::default()
-                    },
+                    }),
                 ));
             }
         }
@@ -194,10 +196,11 @@ pub fn decide(
     capability: &str,
     ask: Ask<'_>,
 ) -> Result<Granted, Denied> {
-    let caller = describe(identity);
+    // Who asked is spelled out only when refusing.
+    let caller = || describe(identity);
     let rules = rules_for(identity, policy, capability);
     if rules.is_empty() {
-        return Err(Denied::NoRule(caller));
+        return Err(Denied::NoRule(caller()));
     }
     let audiences: Vec<String> = if ask.audiences.is_empty() {
         let mut named: Vec<String> = rules
@@ -207,12 +210,12 @@ pub fn decide(
         named.dedup();
         match named.as_slice() {
             [one] => vec![one.clone()],
-            _ => return Err(Denied::NoAudience(caller)),
+            _ => return Err(Denied::NoAudience(caller())),
         }
     } else {
         ask.audiences.to_vec()
     };
-    let covering: Vec<&(Origin, Rule)> = rules
+    let covering: Vec<&(Origin, Cow<'_, Rule>)> = rules
         .iter()
         .filter(|(_, r)| audiences.iter().all(|a| allows(&r.audiences, a)))
         .collect();
@@ -225,7 +228,7 @@ pub fn decide(
             .unwrap_or_default();
         return Err(Denied::Audience {
             audience: outside,
-            caller,
+            caller: caller(),
         });
     }
     for (origin, rule) in &covering {
@@ -250,7 +253,10 @@ pub fn decide(
         .find(|s| !covering.iter().any(|(_, r)| allows(&r.scopes, s)))
         .cloned()
         .unwrap_or_default();
-    Err(Denied::Scope { scope, caller })
+    Err(Denied::Scope {
+        scope,
+        caller: caller(),
+    })
 }
 
 /// Whether a rule for the caller lets it use the introspection endpoint.

@@ -9,6 +9,8 @@
 //! operations of the store, so that a second implementation (PostgreSQL, for replicas) gives
 //! the same guarantees. Secrets appear only as [`SecretHash`]es.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 
@@ -287,7 +289,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Appends audit events in one transaction.
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    async fn append_audit(&self, events: Arc<[AuditEvent]>) -> Result<(), StoreError>;
     /// Lists audit events, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
 

@@ -2,6 +2,8 @@
 //! back its own access tokens ([`read_access`]) for `/userinfo`, introspection, revocation and
 //! token exchange.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tailpass_verify::validate::{self, Expect, Registered, ValidationError};
 use tailpass_verify::{AccessClaims, Jws, UnixTime};
 
@@ -35,17 +37,27 @@ pub fn client_subject(client_id: &str) -> String {
     format!("client:{client_id}")
 }
 
-/// A new run id: 128 random bits (unguessable, never reused) after a millisecond timestamp,
-/// all in lowercase Crockford base32 (36 characters). The timestamp makes ids sort by creation,
-/// so the audit log's run index grows at its end rather than touching random pages on every
+/// The `jti` and the run id of a new run token, from one read of the operating system's
+/// CSPRNG (every agent token and exchange needs both, and the read is a system call).
+///
+/// A run id is 128 random bits (unguessable, never reused) after a millisecond timestamp, all
+/// in lowercase Crockford base32 (36 characters). The timestamp makes ids sort by creation, so
+/// the audit log's run index grows at its end rather than touching random pages on every
 /// commit; it says nothing a token's `iat` does not already say.
-pub fn new_run_id() -> String {
+pub fn new_run_token_ids() -> (String, String) {
+    let mut random = [0u8; 32];
+    crate::secret::fill_random(&mut random);
+    let (jti, run) = random.split_at(16);
+    let mut run_random = [0u8; 16];
+    run_random.copy_from_slice(run);
+    (URL_SAFE_NO_PAD.encode(jti), run_id_from(run_random))
+}
+
+fn run_id_from(random: [u8; 16]) -> String {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    let mut random = [0u8; 16];
-    crate::secret::fill_random(&mut random);
     let mut id = String::with_capacity(36);
     // 48 bits of time in 10 digits (50 bits), then 128 random bits in 26 digits (130 bits).
     push_base32(&mut id, millis & ((1 << 48) - 1), 10);
@@ -164,8 +176,20 @@ pub fn read_id_token_hint(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn run_token_ids_are_distinct_128_bit_values() {
+        let pairs: Vec<(String, String)> = (0..500).map(|_| super::new_run_token_ids()).collect();
+        let jtis: std::collections::BTreeSet<&String> = pairs.iter().map(|p| &p.0).collect();
+        assert_eq!(jtis.len(), pairs.len());
+        assert!(
+            pairs
+                .iter()
+                .all(|(jti, run)| jti.len() == 22 && !run.contains(jti.as_str()))
+        );
+    }
+
+    #[test]
     fn run_ids_are_unique_time_ordered_and_long() {
-        let ids: Vec<String> = (0..2000).map(|_| super::new_run_id()).collect();
+        let ids: Vec<String> = (0..2000).map(|_| super::new_run_token_ids().1).collect();
         let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
         for pair in ids.windows(2) {

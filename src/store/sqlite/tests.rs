@@ -360,7 +360,7 @@ async fn audit_is_queryable_by_run_and_append_only() {
         }
         events.push(e);
     }
-    store.append_audit(&events).await.unwrap();
+    store.append_audit(events.into()).await.unwrap();
     let filter = AuditFilter {
         run: Some("run0".into()),
         limit: 1_000,
@@ -416,4 +416,73 @@ async fn database_file_is_private_and_reopens() {
     );
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.clients().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn audit_rows_survive_the_lean_index_migration() {
+    // A database left at schema version 1 by an older tailpass, holding audit events.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
+            MIGRATIONS[0]
+        ))
+        .unwrap();
+        for i in 0..3 {
+            let mut e = AuditEvent::new(UnixTime(10 + i), EventKind::AgentToken, Outcome::Success);
+            e.run_id = Some(format!("old{i}"));
+            conn.execute(
+                "INSERT INTO audit (time, event, outcome, run_id, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![time(e.time), "agent_token", "success", e.run_id, encode(&e).unwrap()],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut child = AuditEvent::new(UnixTime(20), EventKind::TokenExchange, Outcome::Success);
+    child.run_id = Some("new".into());
+    child.parent_run_id = Some("old1".into());
+    child.root_run_id = Some("old1".into());
+    store.append_audit(vec![child].into()).await.unwrap();
+    let all = store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "old rows kept, numbering continues");
+    let run = store
+        .audit(&AuditFilter {
+            run: Some("old1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        run.len(),
+        2,
+        "the run and its child, through the partial indexes"
+    );
+    let tamper = store
+        .worker
+        .write(|c| Ok(c.execute("DELETE FROM audit WHERE seq = 1", [])?))
+        .await;
+    assert!(tamper.unwrap_err().to_string().contains("append-only"));
+    let plan: String = store
+        .worker
+        .read(|c| {
+            Ok(c.query_row(
+                "EXPLAIN QUERY PLAN SELECT seq FROM audit WHERE parent_run_id = 'x'",
+                [],
+                |r| r.get(3),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert!(plan.contains("audit_parent_run"), "{plan}");
 }
