@@ -45,12 +45,10 @@ pub fn client_subject(client_id: &str) -> String {
 /// the audit log's run index grows at its end rather than touching random pages on every
 /// commit; it says nothing a token's `iat` does not already say.
 pub fn new_run_token_ids() -> (String, String) {
-    let mut random = [0u8; 32];
-    crate::secret::fill_random(&mut random);
-    let (jti, run) = random.split_at(16);
-    let mut run_random = [0u8; 16];
-    run_random.copy_from_slice(run);
-    (URL_SAFE_NO_PAD.encode(jti), run_id_from(run_random))
+    let mut random = [[0u8; 16]; 2];
+    crate::secret::fill_random(random.as_flattened_mut());
+    let [jti, run] = random;
+    (URL_SAFE_NO_PAD.encode(jti), run_id_from(run))
 }
 
 fn run_id_from(random: [u8; 16]) -> String {

@@ -1,8 +1,8 @@
 -- The audit table without AUTOINCREMENT and with partial indexes.
 --
 -- Rows are never deleted (the triggers refuse it), so the plain rowid already grows without
--- reuse and the sqlite_sequence bookkeeping on every insert bought nothing. The run columns
--- are indexed only where they hold a value: most events have no parent or root run, and an
+-- reuse and the sqlite_sequence bookkeeping on every insert bought nothing. The run and node
+-- columns are indexed only where they hold a value: most events have no parent or root run, and an
 -- index entry per NULL cost every insert without ever serving a query (`x = ?` implies
 -- `x IS NOT NULL`, so the planner still uses these indexes).
 CREATE TABLE audit_lean (
