@@ -125,9 +125,53 @@ pub fn fill_random(buf: &mut [u8]) {
     }
 }
 
+/// Bytes kept in each thread's reserve for [`fill_identifier`].
+const RESERVE: usize = 4096;
+
+thread_local! {
+    static IDENTIFIER_RESERVE: std::cell::RefCell<([u8; RESERVE], usize)> =
+        const { std::cell::RefCell::new(([0; RESERVE], RESERVE)) };
+}
+
+/// Fills `buf` with operating-system randomness for public identifiers (`jti`, run ids): as
+/// unguessable as [`fill_random`], but drawn from a per-thread reserve refilled 4 KiB at a
+/// time, so that minting a token does not cost a system call for its ids. Each reserve byte is
+/// handed out once. Not for secrets: unused reserve bytes wait in memory.
+pub fn fill_identifier(buf: &mut [u8]) {
+    if buf.len() > RESERVE / 4 {
+        return fill_random(buf);
+    }
+    IDENTIFIER_RESERVE.with_borrow_mut(|(reserve, used)| {
+        if RESERVE - *used < buf.len() {
+            fill_random(reserve);
+            *used = 0;
+        }
+        let end = *used + buf.len();
+        if let Some(bytes) = reserve.get(*used..end) {
+            buf.copy_from_slice(bytes);
+        }
+        *used = end;
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifier_bytes_are_never_handed_out_twice() {
+        // Draws past several refills of the reserve, in sizes that do not divide it, and one
+        // larger than the reserve takes: every draw differs from every other.
+        let mut draws: Vec<Vec<u8>> = Vec::new();
+        for size in [16usize, 32, 1000, 24, 5000, 16].iter().cycle().take(60) {
+            let mut buf = vec![0u8; *size];
+            fill_identifier(&mut buf);
+            draws.push(buf);
+        }
+        let distinct: std::collections::HashSet<&Vec<u8>> = draws.iter().collect();
+        assert_eq!(distinct.len(), draws.len());
+        assert!(draws.iter().all(|d| d.iter().any(|b| *b != 0)));
+    }
 
     #[test]
     fn generated_secrets_are_distinct_and_256_bit() {

@@ -37,8 +37,9 @@ pub fn client_subject(client_id: &str) -> String {
     format!("client:{client_id}")
 }
 
-/// The `jti` and the run id of a new run token, from one read of the operating system's
-/// CSPRNG (every agent token and exchange needs both, and the read is a system call).
+/// The `jti` and the run id of a new run token, from the operating system's CSPRNG through the
+/// identifier reserve (every agent token and exchange needs both; see
+/// [`crate::secret::fill_identifier`]).
 ///
 /// A run id is 128 random bits (unguessable, never reused) after a millisecond timestamp, all
 /// in lowercase Crockford base32 (36 characters). The timestamp makes ids sort by creation, so
@@ -46,7 +47,7 @@ pub fn client_subject(client_id: &str) -> String {
 /// commit; it says nothing a token's `iat` does not already say.
 pub fn new_run_token_ids() -> (String, String) {
     let mut random = [[0u8; 16]; 2];
-    crate::secret::fill_random(random.as_flattened_mut());
+    crate::secret::fill_identifier(random.as_flattened_mut());
     let [jti, run] = random;
     (URL_SAFE_NO_PAD.encode(jti), run_id_from(run))
 }

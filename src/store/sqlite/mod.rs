@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
@@ -23,14 +23,16 @@ use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
 use crate::secret::SecretHash;
 
+mod audit;
 mod worker;
 
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
+    include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -72,30 +74,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         return Err(StoreError::Backend(format!(
             "the database is at schema version {after}, newer than this tailpass knows"
         )));
-    }
-    Ok(())
-}
-
-/// Appends `events` inside the current write job.
-fn insert_audit(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreError> {
-    let mut insert = c.prepare_cached(
-        "INSERT INTO audit (time, event, outcome, user_login, node_id, client_id, run_id, \
-         parent_run_id, root_run_id, jti, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    for e in events {
-        insert.execute(params![
-            time(e.time),
-            e.event.as_str(),
-            e.outcome.as_str(),
-            e.user,
-            e.node_id,
-            e.client_id,
-            e.run_id,
-            e.parent_run_id,
-            e.root_run_id,
-            e.jti,
-            encode(e)?,
-        ])?;
     }
     Ok(())
 }
@@ -532,71 +510,12 @@ impl Store for SqliteStore {
         }
         // The rows are bound from the shared events on the writer thread: no copy of each
         // field on the way, and the JSON encoding is off the request path.
-        self.worker.write(move |c| insert_audit(c, &events)).await
+        self.worker.write(move |c| audit::append(c, &events)).await
     }
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        // Each value is bound as a numbered parameter; the SQL text holds only placeholders.
-        let mut bind = |value: rusqlite::types::Value| {
-            args.push(value);
-            format!("?{}", args.len())
-        };
-        let mut sql = String::from("SELECT seq, data FROM audit WHERE 1 = 1");
-        if let Some(run) = &filter.run {
-            let p = bind(run.clone().into());
-            sql.push_str(&format!(
-                " AND (run_id = {p} OR parent_run_id = {p} OR root_run_id = {p})"
-            ));
-        }
-        if let Some(node) = &filter.node {
-            sql.push_str(&format!(" AND node_id = {}", bind(node.clone().into())));
-        }
-        if let Some(user) = &filter.user {
-            sql.push_str(&format!(" AND user_login = {}", bind(user.clone().into())));
-        }
-        if let Some(event) = &filter.event {
-            sql.push_str(&format!(
-                " AND event = {}",
-                bind(event.as_str().to_owned().into())
-            ));
-        }
-        if let Some(since) = filter.since {
-            sql.push_str(&format!(" AND time >= {}", bind(time(since).into())));
-        }
-        let limit = i64::from(filter.limit.clamp(1, 10_000));
-        let newest_first = filter.after_seq.is_none();
-        match filter.after_seq {
-            Some(after) => {
-                let after = bind(i64::try_from(after).unwrap_or(i64::MAX).into());
-                sql.push_str(&format!(
-                    " AND seq > {after} ORDER BY seq ASC LIMIT {}",
-                    bind(limit.into())
-                ));
-            }
-            None => sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", bind(limit.into()))),
-        }
-        self.worker
-            .read(move |c| {
-                let mut query = c.prepare(&sql)?;
-                let rows = query.query_map(params_from_iter(args), |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })?;
-                let mut records = rows
-                    .map(|row| {
-                        let (seq, data) = row?;
-                        Ok(AuditRecord {
-                            seq: u64::try_from(seq).unwrap_or(0),
-                            event: decode(&data)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                if newest_first {
-                    records.reverse();
-                }
-                Ok(records)
-            })
-            .await
+        let filter = filter.clone();
+        self.worker.read(move |c| audit::query(c, &filter)).await
     }
 
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError> {

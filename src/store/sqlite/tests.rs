@@ -8,6 +8,7 @@ use crate::clients::{AuthMethod, ClientOrigin, GrantType};
 use crate::identity::Identity;
 use crate::identity::whois::WhoIsResponse;
 use crate::secret::Secret;
+use rusqlite::params_from_iter;
 
 fn alice() -> Identity {
     let json = include_str!("../../../tests/fixtures/whois-user.json");
@@ -418,11 +419,60 @@ async fn database_file_is_private_and_reopens() {
     assert_eq!(store.clients().await.unwrap().len(), 1);
 }
 
+/// Appends one logout event at `t`, alone in its batch.
+async fn append_logout(store: &SqliteStore, t: u64) {
+    let event = AuditEvent::new(UnixTime(t), EventKind::Logout, Outcome::Success);
+    store.append_audit(vec![event].into()).await.unwrap();
+}
+
+/// The times of the events at or after `t`, in log order.
+async fn times_since(store: &SqliteStore, t: u64) -> Vec<u64> {
+    let filter = AuditFilter {
+        since: Some(UnixTime(t)),
+        ..Default::default()
+    };
+    let listed = listed(store, filter).await;
+    listed.iter().map(|r| r.event.time.0).collect()
+}
+
+/// Lists the audit events `filter` selects, at most ten.
+async fn listed(store: &SqliteStore, filter: AuditFilter) -> Vec<AuditRecord> {
+    store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..filter
+        })
+        .await
+        .unwrap()
+}
+
+/// An audit event with everything an event can carry, for round trips.
+fn full_event(time: u64, run: &str) -> AuditEvent {
+    let mut e = AuditEvent::new(UnixTime(time), EventKind::AgentToken, Outcome::Success)
+        .by(&alice())
+        .detail("by rule 1");
+    e.run_id = Some(run.into());
+    e.run_label = Some(format!("label of {run}"));
+    e.jti = Some(format!("jti-{run}"));
+    e.audience = vec!["https://gateway.tail1234.ts.net".into()];
+    e.scopes = vec!["llm:chat".into(), "files:read".into()];
+    e
+}
+
 #[tokio::test]
-async fn audit_rows_survive_the_lean_index_migration() {
-    // A database left at schema version 1 by an older tailpass, holding audit events.
+async fn audit_rows_survive_the_migrations() {
+    // A database left at schema version 1 by an older tailpass, holding audit events whose
+    // times are not in seq order (the clock stepped back), and a run id with multi-byte
+    // characters inside its zone prefix.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
+    let mut old = vec![
+        full_event(10, "old0"),
+        full_event(12, "old1"),
+        full_event(11, "ünïcödé-run-2"),
+    ];
+    old[2].outcome = Outcome::Denied;
+    old[2].reason = Some("no rule allows node n1".into());
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
@@ -430,12 +480,20 @@ async fn audit_rows_survive_the_lean_index_migration() {
             MIGRATIONS[0]
         ))
         .unwrap();
-        for i in 0..3 {
-            let mut e = AuditEvent::new(UnixTime(10 + i), EventKind::AgentToken, Outcome::Success);
-            e.run_id = Some(format!("old{i}"));
+        for e in &old {
             conn.execute(
-                "INSERT INTO audit (time, event, outcome, run_id, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![time(e.time), "agent_token", "success", e.run_id, encode(&e).unwrap()],
+                "INSERT INTO audit (time, event, outcome, user_login, node_id, run_id, jti, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    time(e.time),
+                    e.event.as_str(),
+                    e.outcome.as_str(),
+                    e.user,
+                    e.node_id,
+                    e.run_id,
+                    e.jti,
+                    encode(e).unwrap()
+                ],
             )
             .unwrap();
         }
@@ -445,34 +503,69 @@ async fn audit_rows_survive_the_lean_index_migration() {
     child.run_id = Some("new".into());
     child.parent_run_id = Some("old1".into());
     child.root_run_id = Some("old1".into());
-    store.append_audit(vec![child].into()).await.unwrap();
-    let all = store
-        .audit(&AuditFilter {
-            limit: 10,
-            ..Default::default()
-        })
+    store
+        .append_audit(vec![child.clone()].into())
         .await
         .unwrap();
+    let all = listed(
+        &store,
+        AuditFilter {
+            ..Default::default()
+        },
+    )
+    .await;
+    let events: Vec<AuditEvent> = all.iter().map(|r| r.event.clone()).collect();
+    let mut expected = old.clone();
+    expected.push(child);
+    assert_eq!(events, expected, "every field kept, in the original order");
     let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, [1, 2, 3, 4], "old rows kept, numbering continues");
-    let run = store
-        .audit(&AuditFilter {
-            run: Some("old1".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     assert_eq!(
-        run.len(),
-        2,
-        "the run and its child, through the partial indexes"
+        seqs,
+        [10_000_000, 12_000_000, 12_000_001, 20_000_000],
+        "renumbered: increasing, and never below the event's time in microseconds"
     );
-    let tamper = store
-        .worker
-        .write(|c| Ok(c.execute("DELETE FROM audit WHERE seq = 1", [])?))
+    let run = listed(
+        &store,
+        AuditFilter {
+            run: Some("old1".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(run.len(), 2, "the run (through its zone) and its child");
+    for id in ["ünïcödé-run-2", "old0"] {
+        let found = listed(
+            &store,
+            AuditFilter {
+                run: Some(id.into()),
+                ..Default::default()
+            },
+        )
         .await;
-    assert!(tamper.unwrap_err().to_string().contains("append-only"));
+        assert_eq!(found.len(), 1, "{id}");
+        assert_eq!(found[0].event.run_id.as_deref(), Some(id));
+    }
+    let by_node = listed(
+        &store,
+        AuditFilter {
+            node: old[0].node_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_node.len(), 3, "the migrated contexts keep their node");
+    let times = times_since(&store, 11).await;
+    assert_eq!(times, [12, 11, 20]);
+    for table in ["audit", "audit_context", "audit_run_zone"] {
+        let tamper = store
+            .worker
+            .write(move |c| Ok(c.execute(&format!("DELETE FROM {table}"), [])?))
+            .await;
+        assert!(
+            tamper.unwrap_err().to_string().contains("append-only"),
+            "{table}"
+        );
+    }
     let plan: String = store
         .worker
         .read(|c| {
@@ -485,4 +578,149 @@ async fn audit_rows_survive_the_lean_index_migration() {
         .await
         .unwrap();
     assert!(plan.contains("audit_parent_run"), "{plan}");
+}
+
+#[tokio::test]
+async fn audit_seq_follows_time_even_when_the_clock_steps_back() {
+    let (_dir, store) = store().await;
+    let times = [100u64, 50, 100, 200];
+    let batch: Vec<AuditEvent> = times
+        .iter()
+        .map(|t| AuditEvent::new(UnixTime(*t), EventKind::Authorize, Outcome::Success))
+        .collect();
+    store.append_audit(batch.into()).await.unwrap();
+    // A later batch whose time is behind the log's end still comes after it.
+    append_logout(&store, 150).await;
+    let all = listed(&store, AuditFilter::default()).await;
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        [
+            100_000_000,
+            100_000_001,
+            100_000_002,
+            200_000_000,
+            200_000_001
+        ]
+    );
+    for r in &all {
+        assert!(r.seq >= r.event.time.0 * 1_000_000);
+    }
+    let kept = times_since(&store, 60).await;
+    assert_eq!(kept, [100, 100, 200, 150], "time >= 60, in log order");
+    // A clock far in the future cannot overflow the sequence.
+    append_logout(&store, u64::MAX).await;
+    let future = listed(
+        &store,
+        AuditFilter {
+            since: Some(UnixTime(u64::MAX)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(future.len(), 1);
+}
+
+#[tokio::test]
+async fn runs_are_found_through_their_zones_and_nothing_else_is() {
+    let (_dir, store) = store().await;
+    // Real run ids, minted together so that most share their zone prefix; each job writes its
+    // zones, and a later job names one of the runs again (its revocation).
+    let runs: Vec<String> = (0..300)
+        .map(|_| crate::tokens::new_run_token_ids().1)
+        .collect();
+    for chunk in runs.chunks(100) {
+        let batch: Vec<AuditEvent> = chunk.iter().map(|r| full_event(1_000, r)).collect();
+        store.append_audit(batch.into()).await.unwrap();
+    }
+    let mut revoked = AuditEvent::new(UnixTime(2_000), EventKind::Revocation, Outcome::Success);
+    revoked.run_id = Some(runs[150].clone());
+    store.append_audit(vec![revoked].into()).await.unwrap();
+    for (i, run) in runs.iter().enumerate() {
+        let found = listed(
+            &store,
+            AuditFilter {
+                run: Some(run.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let kinds: Vec<EventKind> = found.iter().map(|r| r.event.event).collect();
+        let expected: &[EventKind] = if i == 150 {
+            &[EventKind::AgentToken, EventKind::Revocation]
+        } else {
+            &[EventKind::AgentToken]
+        };
+        assert_eq!(kinds, expected, "run {i}");
+        assert!(found.iter().all(|r| r.event.run_id.as_ref() == Some(run)));
+    }
+    let stranger = format!("{}zzzz", &runs[0][..30]);
+    let none = listed(
+        &store,
+        AuditFilter {
+            run: Some(stranger),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(none.is_empty(), "same zone, another run: nothing");
+    let zones: i64 = store
+        .worker
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM audit_run_zone", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert!(
+        zones < 300,
+        "a zone per prefix and job, not per event: {zones}"
+    );
+}
+
+#[tokio::test]
+async fn audit_queries_never_scan_the_whole_log() {
+    let (_dir, store) = store().await;
+    let filters = [
+        AuditFilter {
+            run: Some("01jx".into()),
+            limit: 10,
+            ..Default::default()
+        },
+        AuditFilter {
+            node: Some("nX".into()),
+            limit: 10,
+            ..Default::default()
+        },
+        AuditFilter {
+            user: Some("alice@example.com".into()),
+            event: Some(EventKind::AgentToken),
+            limit: 10,
+            ..Default::default()
+        },
+        AuditFilter {
+            since: Some(UnixTime(1_000)),
+            limit: 10,
+            ..Default::default()
+        },
+    ];
+    for filter in filters {
+        let (sql, args) = audit::select(&filter);
+        let plan: Vec<String> = store
+            .worker
+            .read(move |c| {
+                let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = explain.query_map(params_from_iter(args), |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        // A full pass over the events reads "SCAN a" or "SCAN e", with or without an index.
+        let scans: Vec<&String> = plan
+            .iter()
+            .filter(|step| {
+                ["SCAN a", "SCAN e"]
+                    .iter()
+                    .any(|s| *step == s || step.starts_with(&format!("{s} ")))
+            })
+            .collect();
+        assert!(scans.is_empty(), "{filter:?}: {plan:#?}");
+    }
 }

@@ -163,15 +163,21 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Runs one of the transaction statements every batch and job uses, prepared once.
+fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// Runs `f` inside a savepoint, undoing its writes if it fails.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    run(conn, "SAVEPOINT job")?;
     match f(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE job")?;
+            run(conn, "RELEASE job")?;
             Ok(value)
         }
         Err(e) => {
@@ -194,9 +200,7 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let begun = conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from);
+        let begun = run(&conn, "BEGIN IMMEDIATE");
         let replies: Vec<Reply> = match &begun {
             Ok(()) => batch.drain(..).map(|job| job(&conn)).collect(),
             Err(_) => {
@@ -205,7 +209,7 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Vec::new()
             }
         };
-        let committed = begun.and_then(|()| conn.execute_batch("COMMIT").map_err(StoreError::from));
+        let committed = begun.and_then(|()| run(&conn, "COMMIT"));
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
             let _ = conn.execute_batch("ROLLBACK");
