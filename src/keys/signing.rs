@@ -216,15 +216,31 @@ impl SigningKey {
         .map_err(|e| SigningError::Claims(e.to_string()))?;
         let payload =
             serde_json::to_vec(claims).map_err(|e| SigningError::Claims(e.to_string()))?;
-        let mut jws = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 400);
-        URL_SAFE_NO_PAD.encode_string(&header, &mut jws);
-        jws.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut jws);
-        let signature = self.sign(jws.as_bytes())?;
-        jws.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut jws);
-        Ok(jws)
+        // The whole JWS is assembled in one buffer, each part encoded in place; the signature
+        // (RSA 4096 at most: 512 bytes, 683 encoded) fits the reserve.
+        let mut jws = Vec::with_capacity((header.len() + payload.len()) * 4 / 3 + 700);
+        push_base64url(&mut jws, &header)?;
+        jws.push(b'.');
+        push_base64url(&mut jws, &payload)?;
+        let signature = self.sign(&jws)?;
+        jws.push(b'.');
+        push_base64url(&mut jws, &signature)?;
+        String::from_utf8(jws).map_err(|e| SigningError::Claims(e.to_string()))
     }
+}
+
+/// Appends `bytes` to `out` in unpadded base64url.
+fn push_base64url(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), SigningError> {
+    let too_large = || SigningError::Claims("the token is too large to encode".into());
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), false).ok_or_else(too_large)?;
+    out.resize(start + len, 0);
+    let tail = out.get_mut(start..).ok_or_else(too_large)?;
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(bytes, tail)
+        .map_err(|_| too_large())?;
+    out.truncate(start + written);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ pub(super) fn append(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreE
     // The seq range of each run-id prefix in this job: its zones.
     let mut zones: Vec<(&str, i64, i64)> = Vec::new();
     let mut insert = c.prepare_cached(
-        "INSERT OR FAIL INTO audit (seq, time, context, run_id, run_label, parent_run_id, root_run_id, jti) \
+        "INSERT INTO audit (seq, time, context, run_id, run_label, parent_run_id, root_run_id, jti) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for e in events {

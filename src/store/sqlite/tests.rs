@@ -724,3 +724,48 @@ async fn audit_queries_never_scan_the_whole_log() {
         assert!(scans.is_empty(), "{filter:?}: {plan:#?}");
     }
 }
+
+/// A write job that stores a consent for `user` and then fails.
+fn consent_then_fail(c: &Connection, user: &str) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO consents (client_id, user_key, granted_at) VALUES ('c1', ?1, 1)",
+        [user],
+    )?;
+    Err(StoreError::Backend("refused after writing".into()))
+}
+
+async fn consents(store: &SqliteStore) -> i64 {
+    store
+        .worker
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM consents", [], |r| r.get(0))?))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
+    let (_dir, store) = store().await;
+    // Alone in its batch: the transaction is rolled back.
+    let failed = store.worker.write(|c| consent_then_fail(c, "u1")).await;
+    assert_eq!(
+        failed.unwrap_err().to_string(),
+        StoreError::Backend("refused after writing".into()).to_string()
+    );
+    assert_eq!(consents(&store).await, 0);
+    // Beside other jobs (queued together, so usually one batch with savepoints; either way
+    // only the failed job's write must go).
+    let c = ClientId("c1".into());
+    let (failed, kept, other) = tokio::join!(
+        store.worker.write(|c| consent_then_fail(c, "u2")),
+        store.insert_consent(&c, "u3", UnixTime(1)),
+        store.insert_consent(&c, "u4", UnixTime(1)),
+    );
+    assert!(failed.is_err());
+    kept.unwrap();
+    other.unwrap();
+    assert_eq!(consents(&store).await, 2);
+    // The writer goes on.
+    store.insert_client(&client("c1")).await.unwrap();
+    assert!(store.has_consent(&c, "u3").await.unwrap());
+    assert!(!store.has_consent(&c, "u2").await.unwrap());
+}

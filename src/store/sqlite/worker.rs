@@ -2,8 +2,8 @@
 //!
 //! Every write is a job sent to the writer thread. The thread takes all jobs queued (up to
 //! [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction — each inside its own
-//! savepoint, so one job's failure (a duplicate client id, say) does not undo the others — and
-//! commits once. A job's caller gets its result only after that commit: nothing is answered
+//! savepoint, so one job's failure (a duplicate client id, say) does not undo the others; a job
+//! alone in its batch needs none, its failure rolls the transaction back — and commits once. A job's caller gets its result only after that commit: nothing is answered
 //! before it is durable, and a burst of token requests costs one transaction, not hundreds.
 //! This is group commit for every write, not only the audit log.
 //!
@@ -27,8 +27,20 @@ const READERS: usize = 4;
 
 /// What a job hands back once it ran: how to answer its caller given the commit's outcome.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write: runs on the writer thread inside the batch transaction.
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+/// A write: runs on the writer thread inside the batch transaction; says whether it failed.
+type Job = Box<dyn FnOnce(&Connection, Isolation) -> (Failed, Reply) + Send>;
+/// Whether a job failed (its caller gets its error whatever the commit does).
+type Failed = bool;
+
+/// How a job's writes are kept apart from the rest of its transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Other jobs share the transaction: the job runs in a savepoint, undone alone if it fails.
+    Savepoint,
+    /// The job is the whole transaction: if it fails, the transaction is rolled back, which
+    /// spares the savepoint's journal on the common path of one job per batch.
+    Alone,
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -102,11 +114,16 @@ impl Worker {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let outcome = in_savepoint(conn, f);
-            Box::new(move |commit: Result<(), StoreError>| {
+        let job: Job = Box::new(move |conn, isolation| {
+            let outcome = match isolation {
+                Isolation::Savepoint => in_savepoint(conn, f),
+                Isolation::Alone => f(conn),
+            };
+            let failed = outcome.is_err();
+            let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
                 let _ = tx.send(commit.and(outcome));
-            })
+            });
+            (failed, reply)
         });
         self.jobs
             .send(job)
@@ -200,16 +217,38 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let isolation = if batch.len() == 1 {
+            Isolation::Alone
+        } else {
+            Isolation::Savepoint
+        };
         let begun = run(&conn, "BEGIN IMMEDIATE");
+        let mut any_failed = false;
         let replies: Vec<Reply> = match &begun {
-            Ok(()) => batch.drain(..).map(|job| job(&conn)).collect(),
+            Ok(()) => batch
+                .drain(..)
+                .map(|job| {
+                    let (failed, reply) = job(&conn, isolation);
+                    any_failed |= failed;
+                    reply
+                })
+                .collect(),
             Err(_) => {
                 // No transaction: run nothing, fail everything.
                 batch.clear();
                 Vec::new()
             }
         };
-        let committed = begun.and_then(|()| run(&conn, "COMMIT"));
+        let committed = if any_failed && isolation == Isolation::Alone {
+            // The lone job failed part-way: none of its writes may stay. Its caller gets the
+            // job's own error.
+            if let Err(e) = run(&conn, "ROLLBACK") {
+                tracing::error!(error = %e, "rolling back a failed write failed");
+            }
+            Ok(())
+        } else {
+            begun.and_then(|()| run(&conn, "COMMIT"))
+        };
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
             let _ = conn.execute_batch("ROLLBACK");
