@@ -36,7 +36,7 @@ struct UserInfo {
     #[serde(flatten)]
     run: RunClaims,
     #[serde(flatten)]
-    extra: BTreeMap<String, Value>,
+    extra: std::sync::Arc<BTreeMap<String, Value>>,
 }
 
 /// `GET`/`POST /userinfo`.

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tailpass_verify::claims::STANDARD_CLAIMS;
@@ -140,8 +141,8 @@ pub struct Granted {
     pub scopes: Vec<String>,
     /// The rule's lifetime cap.
     pub max_lifetime: Option<u64>,
-    /// Extra claims.
-    pub claims: BTreeMap<String, Value>,
+    /// Extra claims, the rule's own.
+    pub claims: Arc<BTreeMap<String, Value>>,
     /// The rule's rate, tokens per minute.
     pub tokens_per_minute: Option<u32>,
 }

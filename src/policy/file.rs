@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -39,9 +40,10 @@ pub struct Rule {
     /// The longest lifetime granted, seconds.
     #[serde(default)]
     pub max_lifetime: Option<u64>,
-    /// Claims added to the token (the gateway's `models` and `quota`, for instance).
+    /// Claims added to the token (the gateway's `models` and `quota`, for instance); shared
+    /// with every token the rule grants.
     #[serde(default)]
-    pub claims: BTreeMap<String, Value>,
+    pub claims: Arc<BTreeMap<String, Value>>,
     /// Token requests per minute per node.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,

@@ -120,7 +120,7 @@ impl Login<'_> {
             tailnet: tailnet(self.identity),
             run: Default::default(),
             cnf: None,
-            extra: self.userinfo_extra.clone(),
+            extra: std::sync::Arc::new(self.userinfo_extra.clone()),
         }
     }
 

@@ -7,6 +7,7 @@
 //! have no field here land in `extra`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
 use serde::ser::Serializer;
@@ -155,9 +156,10 @@ pub struct AccessClaims {
     /// Binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
-    /// Policy claims without a field of their own.
+    /// Policy claims without a field of their own; shared, since one policy rule's claims go
+    /// into every token it grants.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    pub extra: Arc<BTreeMap<String, Value>>,
 }
 
 /// A person's profile claims (OIDC Core §5.1, and tsidp's `username`/`uid`).
