@@ -45,6 +45,37 @@ fn form_decode(value: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The encoded part of an `Authorization: Basic` header, or `None` without the header.
+///
+/// A header that is present is a claim to authenticate: one that is not Basic with
+/// credentials (`Basic` alone, another scheme, bytes that are not text) is `invalid_client`,
+/// never read as "no authentication" — that would turn a failed client login into the agent
+/// grant, whose credential is the connection.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+    let malformed = || Error::invalid_client("malformed Basic credentials");
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::invalid_client("more than one Authorization header"));
+    }
+    let (scheme, encoded) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(Error::invalid_client(
+            "client authentication here is HTTP Basic or the form's client_secret",
+        ));
+    }
+    match encoded.trim() {
+        "" => Err(malformed()),
+        encoded => Ok(Some(encoded)),
+    }
+}
+
 /// Reads the client's credentials from the `Authorization` header and the form's
 /// `client_id`/`client_secret`.
 pub fn presented(
@@ -52,16 +83,12 @@ pub fn presented(
     form_id: Option<&str>,
     form_secret: Option<&str>,
 ) -> Result<Presented, Error> {
-    let basic = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"));
+    let basic = basic_credentials(headers)?;
     match (basic, form_secret) {
         (Some(_), Some(_)) => Err(Error::invalid_request(
             "the client authenticated twice (Basic and client_secret): use one method",
         )),
-        (Some((_, encoded)), None) => {
+        (Some(encoded), None) => {
             let decoded = STANDARD
                 .decode(encoded.trim())
                 .ok()
@@ -77,6 +104,9 @@ pub fn presented(
                 form_decode(secret)
                     .ok_or_else(|| Error::invalid_client("malformed Basic credentials"))?,
             );
+            if id.is_empty() {
+                return Err(Error::invalid_client("malformed Basic credentials"));
+            }
             if form_id.is_some_and(|f| f != id) {
                 return Err(Error::invalid_request(
                     "client_id differs from the Basic credentials",
@@ -144,6 +174,25 @@ mod tests {
         assert!(presented(&basic("a:b"), Some("other"), None).is_err());
         assert!(presented(&basic("no-colon"), None, None).is_err());
         assert!(presented(&HeaderMap::new(), None, Some("secret")).is_err());
+    }
+
+    #[test]
+    fn basic_with_no_credentials_is_invalid_client_not_no_authentication() {
+        for raw in ["Basic", "Basic ", "basic   ", "Bearer abc", "Basic Og=="] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(raw).unwrap());
+            let refused = presented(&headers, None, None);
+            assert!(
+                matches!(&refused, Err(e) if e.code() == crate::oauth::error::Code::InvalidClient),
+                "{raw:?} gave {refused:?}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Basic \xff").unwrap(),
+        );
+        assert!(presented(&headers, None, None).is_err());
     }
 
     #[test]

@@ -173,7 +173,8 @@ impl Target<'_> {
     }
 
     fn error(&self, code: &str, description: &str) -> Outcome {
-        self.with(&[("error", code), ("error_description", description)])
+        let description = crate::oauth::error::description_chars(description.into());
+        self.with(&[("error", code), ("error_description", &description)])
     }
 }
 

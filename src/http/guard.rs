@@ -24,6 +24,11 @@ const HOST_EXEMPT: [&str; 1] = ["/healthz"];
 
 /// Refuses requests whose `Host` is not the issuer's.
 pub async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // RFC 9112 §3.2: a request with more than one Host is refused, whatever the path. Two
+    // parts of a stack that each read a different one disagree on which site was asked for.
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Error::invalid_request("more than one Host header").into_response();
+    }
     let on_socket = req
         .extensions()
         .get::<Conn>()

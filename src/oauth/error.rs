@@ -131,7 +131,7 @@ impl Error {
     pub fn new(code: Code, description: impl Into<Cow<'static, str>>) -> Error {
         Error {
             code,
-            description: Some(description.into()),
+            description: Some(description_chars(description.into())),
             status: None,
             retry_after: None,
             challenge: None,
@@ -226,6 +226,27 @@ impl std::fmt::Display for Error {
             None => f.write_str(self.code.as_str()),
         }
     }
+}
+
+/// Keeps a description within the characters RFC 6749 §4.1.2.1 and §5.2 allow
+/// (`%x20-21 / %x23-5B / %x5D-7E`): `"` becomes `'`, `\` becomes `/`, anything else outside
+/// printable ASCII becomes `?`. Descriptions quote client input (a scope, a URI), so they are
+/// cleaned where every error is made, for `/authorize` redirects and JSON bodies alike.
+pub fn description_chars<'a>(text: Cow<'a, str>) -> Cow<'a, str> {
+    let allowed = |c: char| matches!(c, ' '..='~') && c != '"' && c != '\\';
+    if text.chars().all(allowed) {
+        return text;
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                '"' => '\'',
+                '\\' => '/',
+                c if allowed(c) => c,
+                _ => '?',
+            })
+            .collect(),
+    )
 }
 
 /// Quotes a value for an auth-param (RFC 9110 §11.2): backslash-escapes `"` and `\`, drops
@@ -333,8 +354,22 @@ mod tests {
             .unwrap();
         assert_eq!(
             challenge,
-            "Bearer realm=\"tailpass\", error=\"invalid_token\", error_description=\"token \\\"expired\\\"\""
+            "Bearer realm=\"tailpass\", error=\"invalid_token\", error_description=\"token 'expired'\""
         );
+    }
+
+    #[test]
+    fn error_descriptions_with_quotes_backslashes_or_non_ascii_are_cleaned() {
+        let e = Error::invalid_request(format!("scope {:?} \\ é\t\u{7f}", "a\"b"));
+        let d = e.description().unwrap();
+        assert!(
+            d.chars()
+                .all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\'),
+            "{d}"
+        );
+        assert_eq!(d, "scope 'a/'b' / ???");
+        let kept = Error::invalid_request("plain words: fine");
+        assert!(matches!(kept.description, Some(Cow::Borrowed(_))));
     }
 
     #[test]

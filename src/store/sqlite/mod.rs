@@ -1,9 +1,10 @@
 //! The embedded SQLite store: one file in the state directory, WAL mode.
 //!
 //! Writes go to one writer thread that commits them in groups ([`worker`]); reads use a few
-//! read-only connections. `synchronous = NORMAL` in WAL mode survives a crash of the process
-//! (every committed transaction is in the WAL); a power loss can lose the last transactions
-//! before a checkpoint, the usual trade of WAL deployments. Records are stored as JSON beside
+//! read-only connections. `synchronous = FULL` in WAL mode syncs the WAL at every commit, so an
+//! answered write survives power loss, not only a crash of the process (`NORMAL` would sync
+//! only at checkpoints, losing the last answered commits on an OS crash). Group commit keeps
+//! that to one sync per batch of writes. Records are stored as JSON beside
 //! the few columns that are queried, so the schema stays small and readable. Migrations are
 //! embedded in the binary and applied at open, tracked by `PRAGMA user_version`.
 

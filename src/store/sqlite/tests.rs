@@ -769,3 +769,22 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     assert!(store.has_consent(&c, "u3").await.unwrap());
     assert!(!store.has_consent(&c, "u2").await.unwrap());
 }
+
+#[test]
+fn answered_writes_are_synced_to_disk_not_only_to_the_os() {
+    // `synchronous = NORMAL` in WAL mode leaves committed transactions in the OS page cache
+    // until a checkpoint: a power loss loses writes that were already answered.
+    let dir = tempfile::tempdir().unwrap();
+    let conn = super::worker::open_writer(&dir.path().join("t.db")).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (mode.as_str(), sync),
+        ("wal", 2),
+        "WAL with synchronous = FULL (2)"
+    );
+}

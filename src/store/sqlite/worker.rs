@@ -64,13 +64,13 @@ fn clone_error(e: &StoreError) -> StoreError {
     }
 }
 
-/// Applies the per-connection settings: WAL, `synchronous = NORMAL` (see the module docs of
+/// Applies the per-connection settings: WAL, `synchronous = FULL` (see the module docs of
 /// `sqlite`), foreign keys, savepoint journals in memory (not temporary files), and a busy
 /// timeout for the rare writer from another process.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);

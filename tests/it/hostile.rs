@@ -1,0 +1,115 @@
+//! Regressions from the hostile-request battery: requests no well-behaved client sends, each
+//! answered with the RFC error in JSON rather than read the friendly way.
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::agents::{self, mint, post_token};
+use crate::support::{CI, ip};
+
+/// Sends `request` as raw bytes from peer `from` and returns the status line and body.
+async fn raw(server: &crate::support::TestServer, from: u8, request: &str) -> (String, String) {
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((ip(from), 0).into()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused() {
+    let (server, _dir) = agents::server(&[]).await;
+    let host = server
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    for path in ["/.well-known/openid-configuration", "/healthz"] {
+        let (status, body) = raw(
+            &server,
+            CI,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(status.contains(" 400 "), "{path}: {status}");
+        assert!(body.contains("invalid_request"), "{path}: {body}");
+    }
+    let (status, _) = raw(
+        &server,
+        CI,
+        &format!(
+            "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(status.contains(" 200 "), "one Host is served: {status}");
+}
+
+#[tokio::test]
+async fn basic_with_no_credentials_is_invalid_client_not_an_agent_token() {
+    let (server, _dir) = agents::server(&[]).await;
+    // Without any Authorization header the CI node gets its agent token: the control case.
+    let (status, body) = mint(&server, CI, &[("audience", crate::support::GATEWAY)]).await;
+    assert_eq!(status, 200, "{body}");
+    for header in ["Basic", "Basic ", "basic  ", "Bearer x", "Basic Og=="] {
+        let answer = server
+            .peer(CI)
+            .post(server.url("/token"))
+            .header("authorization", header)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", crate::support::GATEWAY),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = crate::support::json(answer).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{header:?}: {body}"
+        );
+        assert!(body.get("access_token").is_none());
+    }
+}
+
+#[tokio::test]
+async fn error_descriptions_never_carry_quotes_or_backslashes() {
+    let (server, _dir) = agents::server(&[]).await;
+    let (status, body) = mint(
+        &server,
+        CI,
+        &[
+            ("scope", "llm:chat \"x\\y\" é"),
+            ("audience", "https://gateway.tail1234.ts.net"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description
+            .chars()
+            .all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\'),
+        "{description}"
+    );
+    let (_, body) = post_token(&server, CI, &[("grant_type", "x\"\\\u{1}")]).await;
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(
+        !description.contains('"') && !description.contains('\\'),
+        "{description}"
+    );
+}
