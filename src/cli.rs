@@ -70,6 +70,47 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run the reference AI gateway: the only holder of the upstream API key.
     Gateway(Box<GatewayArgs>),
+    /// Explain the agent policy's decision for a caller, or check a policy file.
+    Policy {
+        /// The policy action.
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+/// `tailpass policy …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyAction {
+    /// Which rule decides for a caller, the claims its token would carry, or why it is
+    /// refused. Exit status: 0 allowed, 1 refused, 2 bad input.
+    Explain(PolicyExplainArgs),
+    /// Validate a policy file: unknown keys, bad selectors, dangling groups, and rules of
+    /// equal rank that tie. Exit status: 0 valid, 1 findings, 2 unreadable.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+/// `tailpass policy explain`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyExplainArgs {
+    /// The caller: a peer address (resolved by the running server's live WhoIs) or a
+    /// selector (`tag:ci`, `node:<StableID>`, a login).
+    #[arg(long = "as", value_name = "ADDRESS|SELECTOR")]
+    pub caller: String,
+    /// A requested audience (repeatable).
+    #[arg(long, value_name = "A")]
+    pub audience: Vec<String>,
+    /// A requested scope (repeatable) [default: the deciding rule's].
+    #[arg(long, value_name = "S")]
+    pub scope: Vec<String>,
+    /// Decide from this policy file, offline, instead of asking the running server.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Print `{decision, rule, audiences, scopes, lifetime, claims, reason}` as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tailpass verify`.

@@ -64,6 +64,17 @@ async fn main() -> std::process::ExitCode {
             init_logging(LogFormat::Text);
             tailpass::gateway::run(&cli.global, &args).await
         }
+        Command::Policy { action } => {
+            init_logging(LogFormat::Text);
+            return match tailpass::commands::policy::policy(&cli.global, action).await {
+                Ok(tailpass::commands::policy::Verdict::Yes) => std::process::ExitCode::SUCCESS,
+                Ok(tailpass::commands::policy::Verdict::No) => std::process::ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("tailpass: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
         Command::Audit(args) => {
             init_logging(LogFormat::Text);
             tailpass::commands::audit(&cli.global, args)

@@ -23,6 +23,7 @@ pub mod client;
 pub mod clients;
 mod csrf;
 pub mod keys;
+pub mod policy;
 mod revocations;
 pub mod ui;
 
@@ -96,6 +97,7 @@ pub fn routes() -> Router<AppState> {
                 get(revocations::list).post(revocations::revoke),
             )
             .route("/revocations/lift", post(revocations::lift))
-            .route("/audit", get(audit::query)),
+            .route("/audit", get(audit::query))
+            .route("/policy/explain", post(policy::explain_policy)),
     )
 }

@@ -13,7 +13,8 @@ use crate::keys::KeyInfo;
 use crate::killswitch::{Report, Target};
 use crate::store::{AuditRecord, Revocation, RevocationKind};
 
-fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, CommandError> {
+/// The answer's JSON, or the admin API's refusal as the error to print.
+pub(super) fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, CommandError> {
     if !(200..300).contains(&answer.status) {
         // Admin errors are OAuth-style JSON: show the description.
         let text = serde_json::from_slice::<serde_json::Value>(&answer.body)

@@ -3,6 +3,7 @@
 //! ([`verify`]).
 
 pub mod admin;
+pub mod policy;
 pub mod token;
 pub mod verify;
 

@@ -89,10 +89,14 @@ fn denial(now: UnixTime, reason: &str) -> AuditEvent {
     AuditEvent::new(now, EventKind::AgentToken, Outcome::Denied).because(reason)
 }
 
-fn denied_error(e: &Denied) -> Error {
+/// The OAuth error for a policy refusal, shared by the agent grant and token exchange.
+pub(super) fn denied_error(e: &Denied) -> Error {
     let code = match e {
         Denied::NoRule(_) => Code::UnauthorizedClient,
-        Denied::Audience { .. } | Denied::NoAudience(_) => Code::InvalidTarget,
+        Denied::Audience { .. }
+        | Denied::NoAudience(_)
+        | Denied::Split { .. }
+        | Denied::Unruled { .. } => Code::InvalidTarget,
         Denied::Scope { .. } => Code::InvalidScope,
     };
     Error::new(code, e.to_string())

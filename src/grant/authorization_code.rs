@@ -359,9 +359,8 @@ async fn check_request(
     if let Some(hit) = state.revocations.blocks_issuance(&identity, state.now()) {
         return Err(denied("access_denied", hit.to_string(), who));
     }
-    let scopes = Scopes::parse(params.scope.as_deref());
-    scopes
-        .check_login()
+    let scopes = Scopes::parse(params.scope.as_deref())
+        .for_login()
         .map_err(|e| denied("invalid_scope", e, who))?;
     let pkce = pkce::challenge(
         params.code_challenge.as_deref(),
@@ -697,9 +696,9 @@ pub async fn redeem(
     event.scopes = code.scope.clone();
     state.audit.record(event).await?;
     Ok(TokenResponse {
+        expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,
         token_type: "Bearer",
-        expires_in: state.settings.token_lifetime,
         scope: Some(scopes.joined()),
         refresh_token: refresh_token.map(|t| t.expose().to_owned()),
         id_token: issued.id_token,

@@ -22,7 +22,7 @@ use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::http::peer::CallerError;
 use crate::identity::Identity;
 use crate::oauth::error::{Code, Error};
-use crate::policy::agent::{self, Ask, Denied};
+use crate::policy::agent::{self, Ask};
 use crate::tokens::{self, mint};
 
 /// RFC 8693 §3: an access token.
@@ -196,11 +196,7 @@ pub async fn exchange(
     ) {
         Ok(granted) => granted,
         Err(e) => {
-            let code = match &e {
-                Denied::NoRule(_) => Code::UnauthorizedClient,
-                Denied::Audience { .. } | Denied::NoAudience(_) => Code::InvalidTarget,
-                Denied::Scope { .. } => Code::InvalidScope,
-            };
+            let code = super::agent::denied_error(&e).code();
             return Err(Error::new(code, deny(e.to_string()).await?));
         }
     };

@@ -8,8 +8,9 @@ use crate::app::AppState;
 use crate::clients::Client;
 use crate::identity::Identity;
 use crate::oauth::error::{Code, Error};
+use crate::policy::agent as agent_policy;
 use crate::policy::{login, tsidp};
-use crate::tokens::mint::Login;
+use crate::tokens::mint::{self, Login};
 use crate::tokens::{ACCESS_TYP, ID_TYP};
 
 pub mod agent;
@@ -19,6 +20,13 @@ pub mod refresh;
 
 /// Scopes a person may request at `/authorize`: OIDC's, `groups`, and `offline_access`.
 const LOGIN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
+
+/// OIDC's standard scopes for claims this server has no source for: ignored, not refused.
+const UNSERVED_STANDARD_SCOPES: [&str; 2] = ["address", "phone"];
+
+/// No restrictions: the claims of a login whose resources no agent rule decides.
+static NO_CLAIMS: std::collections::BTreeMap<String, serde_json::Value> =
+    std::collections::BTreeMap::new();
 
 /// A set of scopes, in request order, without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,14 +49,21 @@ impl Scopes {
         Scopes(scopes)
     }
 
-    /// Checks that every scope is one a person may request.
-    pub fn check_login(&self) -> Result<(), String> {
-        match self.0.iter().find(|s| !LOGIN_SCOPES.contains(&s.as_str())) {
+    /// The scopes a person's login is granted: the standard scopes this server does not serve
+    /// (`address`, `phone`) are dropped, as OIDC Core §3.1.2.1 and §5.4 ask, and any other
+    /// scope outside [`LOGIN_SCOPES`] is refused.
+    pub fn for_login(self) -> Result<Scopes, String> {
+        let kept: Vec<String> = self
+            .0
+            .into_iter()
+            .filter(|s| !UNSERVED_STANDARD_SCOPES.contains(&s.as_str()))
+            .collect();
+        match kept.iter().find(|s| !LOGIN_SCOPES.contains(&s.as_str())) {
             Some(unknown) => Err(format!(
                 "scope {unknown:?} is not supported (supported: {})",
                 LOGIN_SCOPES.join(" ")
             )),
-            None => Ok(()),
+            None => Ok(Scopes(kept)),
         }
     }
 
@@ -140,6 +155,13 @@ pub fn issue_login(
     .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
     login::check_resources(grant.resources, client, grant.identity, &grants)
         .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
+    let restricted = agent_policy::decide_resources(
+        grant.identity,
+        &state.settings.policy,
+        &state.settings.agent_capability,
+        grant.resources,
+    )
+    .map_err(|e| agent::denied_error(&e))?;
     let now = state.now();
     let random_jti;
     let access_jti = match grant.access_jti {
@@ -157,20 +179,30 @@ pub fn issue_login(
         groups: &extra.groups,
         extra: &extra.claims,
         userinfo_extra: &extra.userinfo,
+        restrictions: restricted.as_ref().map_or(&NO_CLAIMS, |g| &*g.claims),
         auth_time: grant.auth_time,
         sid: grant.sid,
         nonce: grant.nonce,
         issuer_host: state.issuer.host(),
         access_jti,
     };
-    let lifetime = state.settings.token_lifetime;
+    let lifetime = match restricted.as_ref().and_then(|g| g.max_lifetime) {
+        Some(cap) => state.settings.token_lifetime.min(cap),
+        None => state.settings.token_lifetime,
+    };
     let claims = login.access_claims(state.issuer.url(), now, lifetime);
     let access_token = state
         .keys
         .sign_jwt(state.settings.signing_alg, ACCESS_TYP, &claims)?;
     let id_token = if grant.scopes.has("openid") {
         let alg = client.id_token_alg(state.settings.default_id_token_alg());
-        let id_claims = login.id_claims(state.issuer.url(), now, lifetime);
+        let at_hash = mint::at_hash(alg, &access_token);
+        let id_claims = login.id_claims(
+            state.issuer.url(),
+            now,
+            state.settings.token_lifetime,
+            Some(at_hash),
+        );
         Some(state.keys.sign_jwt(alg, ID_TYP, &id_claims)?)
     } else {
         None
@@ -187,6 +219,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn standard_scopes_without_claims_are_ignored_not_refused() {
+        assert_eq!(
+            Scopes::parse(Some("openid address email phone"))
+                .for_login()
+                .unwrap()
+                .0,
+            ["openid", "email"]
+        );
+        assert!(Scopes::parse(Some("openid addresses")).for_login().is_err());
+    }
+
+    #[test]
     fn scopes_split_on_spaces_and_commas() {
         assert_eq!(
             Scopes::parse(Some("openid,profile,email")).0,
@@ -200,9 +244,9 @@ mod tests {
         assert!(Scopes::parse(None).0.is_empty());
         assert!(
             Scopes::parse(Some("openid offline_access"))
-                .check_login()
+                .for_login()
                 .is_ok()
         );
-        assert!(Scopes::parse(Some("openid admin")).check_login().is_err());
+        assert!(Scopes::parse(Some("openid admin")).for_login().is_err());
     }
 }

@@ -156,9 +156,9 @@ pub async fn refresh(
     event.scopes = scopes.0.clone();
     state.audit.record(event).await?;
     Ok(TokenResponse {
+        expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,
         token_type: "Bearer",
-        expires_in: state.settings.token_lifetime,
         scope: Some(scopes.joined()),
         refresh_token: Some(replacement.expose().to_owned()),
         id_token: issued.id_token,

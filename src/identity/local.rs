@@ -16,6 +16,8 @@ use super::{Identity, IdentitySource, WhoisError};
 
 /// The tsidp capability name, as tailscaled delivers it in the CapMap.
 pub const TSIDP_CAP: &str = "tailscale.com/cap/tsidp";
+/// The default name of tailpass's own capability (agent rules) in the CapMap.
+pub const AGENT_CAP: &str = "tailpass/cap/agent";
 
 /// Peer IP → identity, fixed at start-up.
 #[derive(Debug, Default)]
@@ -170,6 +172,8 @@ fn dev_identity() -> Identity {
                 "allow_admin_ui": true,
                 "allow_dcr": true,
             }],
+            // tsidp grants never grant agent tokens; on a developer's machine anything goes.
+            AGENT_CAP: [{"audiences": ["*"], "scopes": ["*"]}],
         },
     });
     // The JSON above is fixed and well-formed; should parsing ever fail the fallback is a

@@ -1,11 +1,17 @@
-//! Which token an agent may get: deny by default.
+//! Which token an agent may get: deny by default, one deciding rule, no fall-through.
 //!
-//! Candidate rules, in order: the policy file's `[[rule]]`s whose `src` selects the caller;
-//! the tailnet's own grants of our capability (default `tailpass/cap/agent`, same schema), which
-//! the tailnet policy already scoped to this caller; and, for a person's node, tsidp grants
-//! whose `users` name the person (their `resources` become audiences). The first rule that
-//! allows every requested audience and scope decides the lifetime, extra claims and rate.
-//! Selectors name tags, node stable ids, logins or groups — never node names.
+//! Candidate rules are the policy file's `[[rule]]`s and the tailnet's own grants of our
+//! capability (default `tailpass/cap/agent`, same schema), whose `src` selects the caller.
+//! tsidp grants are never candidates: they gate login resources and extra claims, and a
+//! person's tsidp grant must not turn into an unrestricted agent token.
+//!
+//! Precedence is deterministic, most specific first: a rule's rank is that of its best
+//! selector for the caller ([`Selector::rank`]); ties go to file order, tailnet grants after
+//! file rules of the same rank, and a tailnet grant without `src` ranks last. For each
+//! requested audience, the best-ranked rule covering it decides; audiences decided by different
+//! rules are refused together, so a broader rule never supplies an audience a narrower one
+//! restricts. The deciding rule's scopes are final: a scope it does not allow is refused,
+//! never looked up in a broader rule.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,108 +22,104 @@ use serde_json::Value;
 use tailpass_verify::claims::STANDARD_CLAIMS;
 
 use super::file::{PolicyFile, Rule};
-use super::tsidp;
+use super::selector::{Selector, UNSCOPED_GRANT_RANK};
 use crate::identity::Identity;
 
 /// The default name of tailpass's capability in the tailnet policy.
-pub const DEFAULT_CAPABILITY: &str = "tailpass/cap/agent";
+pub const DEFAULT_CAPABILITY: &str = crate::identity::local::AGENT_CAP;
 
 /// Where a rule came from, for error messages and the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// The policy file's rule number (from 1).
     File(usize),
-    /// A grant of tailpass's capability in the tailnet policy.
-    Tailnet,
-    /// A tsidp grant.
-    Tsidp,
+    /// A grant of tailpass's capability in the tailnet policy, numbered from 1 in the order
+    /// the caller's WhoIs lists them.
+    Tailnet(usize),
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File(n) => write!(f, "policy rule {n}"),
-            Origin::Tailnet => f.write_str("tailnet grant"),
-            Origin::Tsidp => f.write_str("tsidp grant"),
+            Origin::Tailnet(n) => write!(f, "tailnet grant {n}"),
         }
     }
 }
 
 /// Whether `selector` names the caller.
-pub fn selects(selector: &str, identity: &Identity, policy: &PolicyFile) -> bool {
-    if selector == "*" {
-        return true;
-    }
-    if selector.starts_with("tag:") {
-        return identity.node.tags.iter().any(|t| t == selector);
-    }
-    if let Some(node) = selector.strip_prefix("node:") {
-        return identity.node.stable_id.0 == node;
-    }
-    let Some(user) = &identity.user else {
-        return false;
-    };
-    match selector.strip_prefix("group:") {
-        Some(group) => policy
-            .groups
-            .get(group)
-            .is_some_and(|m| m.contains(&user.login)),
-        None => user.login == selector,
-    }
+pub fn selects(selector: &Selector, identity: &Identity, policy: &PolicyFile) -> bool {
+    selector.selects(identity, policy)
 }
 
-/// The rules that apply to the caller, in precedence order: the policy file's borrowed, the
-/// ones carried by the caller's identity (capability grants, tsidp grants) owned.
-fn rules_for<'p>(
+/// A candidate rule for a caller, with the rank it has for that caller.
+struct Candidate<'p> {
+    rank: u8,
+    origin: Origin,
+    rule: Cow<'p, Rule>,
+}
+
+/// The best rank among `rule`'s selectors that select the caller, if any does.
+fn rank_of(rule: &Rule, identity: &Identity, policy: &PolicyFile) -> Option<u8> {
+    rule.src
+        .iter()
+        .filter(|s| s.selects(identity, policy))
+        .map(Selector::rank)
+        .min()
+}
+
+/// The rules that apply to the caller, best first: the policy file's borrowed, the tailnet
+/// grants carried by the caller's identity owned.
+fn candidates<'p>(
     identity: &Identity,
     policy: &'p PolicyFile,
     capability: &str,
-) -> Vec<(Origin, Cow<'p, Rule>)> {
-    let mut rules: Vec<(Origin, Cow<'p, Rule>)> = policy
+) -> Vec<Candidate<'p>> {
+    let mut found: Vec<Candidate<'p>> = policy
         .rules
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.src.iter().any(|s| selects(s, identity, policy)))
-        .map(|(i, r)| (Origin::File(i + 1), Cow::Borrowed(r)))
+        .filter_map(|(i, rule)| {
+            rank_of(rule, identity, policy).map(|rank| Candidate {
+                rank,
+                origin: Origin::File(i + 1),
+                rule: Cow::Borrowed(rule),
+            })
+        })
         .collect();
-    for value in identity.caps.get(capability) {
-        match serde_json::from_value::<Rule>(value.clone()) {
-            // A grant in the caller's CapMap already applies to it; a `src` narrows further.
-            Ok(rule)
-                if rule.src.is_empty() || rule.src.iter().any(|s| selects(s, identity, policy)) =>
-            {
-                if let Some(bad) = rule
-                    .claims
-                    .keys()
-                    .find(|k| STANDARD_CLAIMS.contains(&k.as_str()))
-                {
-                    tracing::warn!(claim = %bad, "ignoring a {capability} grant that overrides a standard claim");
-                    continue;
-                }
-                rules.push((Origin::Tailnet, Cow::Owned(rule)));
+    for (i, value) in identity.caps.get(capability).iter().enumerate() {
+        let rule = match serde_json::from_value::<Rule>(value.clone()) {
+            Ok(rule) => rule,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed {capability} grant");
+                continue;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed {capability} grant"),
+        };
+        if let Some(bad) = rule
+            .claims
+            .keys()
+            .find(|k| STANDARD_CLAIMS.contains(&k.as_str()))
+        {
+            tracing::warn!(claim = %bad, "ignoring a {capability} grant that overrides a standard claim");
+            continue;
+        }
+        // A grant in the caller's CapMap already applies to it; a `src` narrows further.
+        let rank = if rule.src.is_empty() {
+            Some(UNSCOPED_GRANT_RANK)
+        } else {
+            rank_of(&rule, identity, policy)
+        };
+        if let Some(rank) = rank {
+            found.push(Candidate {
+                rank,
+                origin: Origin::Tailnet(i + 1),
+                rule: Cow::Owned(rule),
+            });
         }
     }
-    if let Some(user) = &identity.user {
-        for grant in tsidp::grants(identity) {
-            if grant.users.iter().any(|u| u == "*" || *u == user.login)
-                && !grant.resources.is_empty()
-            {
-                rules.push((
-                    Origin::Tsidp,
-                    Cow::Owned(Rule {
-                        src: vec![user.login.clone()],
-                        audiences: grant.resources,
-                        scopes: vec!["*".into()],
-                        ..Rule::default()
-                    }),
-                ));
-            }
-        }
-    }
-    rules
+    // Stable: file order, then tailnet grants, within a rank.
+    found.sort_by_key(|c| c.rank);
+    found
 }
 
 /// What an agent asks for.
@@ -161,14 +163,45 @@ pub enum Denied {
         /// Who asked.
         caller: String,
     },
-    /// Occurs when no audience was asked and the rules allow several (`invalid_target`).
+    /// Occurs when no audience was asked and the deciding rule allows several
+    /// (`invalid_target`).
     #[error("name an audience: the rules for {0} allow several")]
     NoAudience(String),
-    /// Occurs when the rules that allow the audiences do not allow a scope (`invalid_scope`).
-    #[error("scope {scope} is outside the rules for {caller}")]
+    /// Occurs when two requested audiences are decided by different rules (`invalid_target`):
+    /// one token carries one rule's restrictions, so they must be asked for separately.
+    #[error(
+        "audiences {first} and {second} are decided by different rules ({first_rule}, {second_rule}): ask for them separately"
+    )]
+    Split {
+        /// An audience.
+        first: String,
+        /// The rule deciding it.
+        first_rule: Origin,
+        /// An audience another rule decides.
+        second: String,
+        /// That other rule.
+        second_rule: Origin,
+    },
+    /// Occurs when a person asks for resources together of which one has a deciding rule and
+    /// another none (`invalid_target`): the token would carry the restrictions for one only.
+    #[error(
+        "resource {ruled} is decided by {rule} and {unruled} by no rule: ask for them separately"
+    )]
+    Unruled {
+        /// The resource with a rule.
+        ruled: String,
+        /// Its rule.
+        rule: Origin,
+        /// The resource without one.
+        unruled: String,
+    },
+    /// Occurs when the deciding rule does not allow a scope (`invalid_scope`).
+    #[error("scope {scope} is outside {rule}, which decides for {caller}")]
     Scope {
         /// The scope.
         scope: String,
+        /// The deciding rule.
+        rule: Origin,
         /// Who asked.
         caller: String,
     },
@@ -190,7 +223,39 @@ fn allows(list: &[String], item: &str) -> bool {
     list.iter().any(|a| a == "*" || a == item)
 }
 
-/// Decides an agent's request.
+/// The rule deciding some audiences, with the first audience it decides.
+type Decider<'r, 'a> = Option<(&'a str, &'r Candidate<'r>)>;
+
+/// The one rule deciding `audiences`, and the first audience no rule covers; two audiences
+/// decided by different rules are refused.
+fn deciding<'r, 'a>(
+    rules: &'r [Candidate<'r>],
+    audiences: &'a [String],
+) -> Result<(Decider<'r, 'a>, Option<&'a str>), Denied> {
+    let mut decider: Decider<'r, 'a> = None;
+    let mut unruled = None;
+    for audience in audiences {
+        let Some(rule) = rules.iter().find(|c| allows(&c.rule.audiences, audience)) else {
+            unruled = unruled.or(Some(audience.as_str()));
+            continue;
+        };
+        match decider {
+            None => decider = Some((audience, rule)),
+            Some((first, other)) if other.origin != rule.origin => {
+                return Err(Denied::Split {
+                    first: first.to_owned(),
+                    first_rule: other.origin,
+                    second: audience.clone(),
+                    second_rule: rule.origin,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((decider, unruled))
+}
+
+/// Decides an agent's request: the one rule that decides, and what it grants.
 pub fn decide(
     identity: &Identity,
     policy: &PolicyFile,
@@ -199,72 +264,92 @@ pub fn decide(
 ) -> Result<Granted, Denied> {
     // Who asked is spelled out only when refusing.
     let caller = || describe(identity);
-    let rules = rules_for(identity, policy, capability);
-    if rules.is_empty() {
+    let rules = candidates(identity, policy, capability);
+    let Some(best) = rules.first() else {
         return Err(Denied::NoRule(caller()));
-    }
+    };
     let audiences: Vec<String> = if ask.audiences.is_empty() {
-        let mut named: Vec<String> = rules
+        // "The one my rule allows": the best rule's single named audience.
+        match best
+            .rule
+            .audiences
             .iter()
-            .flat_map(|(_, r)| r.audiences.iter().filter(|a| *a != "*").cloned())
-            .collect();
-        named.dedup();
-        match named.as_slice() {
+            .filter(|a| *a != "*")
+            .collect::<Vec<_>>()[..]
+        {
             [one] => vec![one.clone()],
             _ => return Err(Denied::NoAudience(caller())),
         }
     } else {
         ask.audiences.to_vec()
     };
-    let covering: Vec<&(Origin, Cow<'_, Rule>)> = rules
-        .iter()
-        .filter(|(_, r)| audiences.iter().all(|a| allows(&r.audiences, a)))
-        .collect();
-    if covering.is_empty() {
-        let outside = audiences
-            .iter()
-            .find(|a| !rules.iter().any(|(_, r)| allows(&r.audiences, a)))
-            .or_else(|| audiences.first())
-            .cloned()
-            .unwrap_or_default();
+    let (decider, unruled) = deciding(&rules, &audiences)?;
+    if let Some(audience) = unruled {
         return Err(Denied::Audience {
-            audience: outside,
+            audience: audience.to_owned(),
             caller: caller(),
         });
     }
-    for (origin, rule) in &covering {
-        let scopes: Vec<String> = match ask.scopes {
-            Some(asked) => asked.to_vec(),
-            None => rule.scopes.iter().filter(|s| *s != "*").cloned().collect(),
-        };
-        if scopes.iter().all(|s| allows(&rule.scopes, s)) {
-            return Ok(Granted {
-                origin: *origin,
-                audiences,
-                scopes,
-                max_lifetime: rule.max_lifetime,
-                claims: rule.claims.clone(),
-                tokens_per_minute: rule.tokens_per_minute,
-            });
-        }
+    let Some((_, decider)) = decider else {
+        return Err(Denied::NoAudience(caller()));
+    };
+    let rule = &decider.rule;
+    let scopes: Vec<String> = match ask.scopes {
+        Some(asked) => asked.to_vec(),
+        None => rule.scopes.iter().filter(|s| *s != "*").cloned().collect(),
+    };
+    if let Some(scope) = scopes.iter().find(|s| !allows(&rule.scopes, s)) {
+        return Err(Denied::Scope {
+            scope: scope.clone(),
+            rule: decider.origin,
+            caller: caller(),
+        });
     }
-    let asked = ask.scopes.unwrap_or_default();
-    let scope = asked
-        .iter()
-        .find(|s| !covering.iter().any(|(_, r)| allows(&r.scopes, s)))
-        .cloned()
-        .unwrap_or_default();
-    Err(Denied::Scope {
-        scope,
-        caller: caller(),
+    Ok(Granted {
+        origin: decider.origin,
+        audiences,
+        scopes,
+        max_lifetime: rule.max_lifetime,
+        claims: rule.claims.clone(),
+        tokens_per_minute: rule.tokens_per_minute,
     })
+}
+
+/// The rule deciding the resources of a person's login, if any decides them: a person's
+/// token for a gateway carries the same restrictions (claims, lifetime) an agent token for
+/// that audience would. Resources no rule covers are governed by the login policy alone; a
+/// mix of the two, or of two rules, is refused.
+pub fn decide_resources(
+    identity: &Identity,
+    policy: &PolicyFile,
+    capability: &str,
+    resources: &[String],
+) -> Result<Option<Granted>, Denied> {
+    let rules = candidates(identity, policy, capability);
+    let (ruled, unruled) = deciding(&rules, resources)?;
+    match (ruled, unruled) {
+        (None, _) => Ok(None),
+        (Some((resource, rule)), Some(other)) => Err(Denied::Unruled {
+            ruled: resource.to_owned(),
+            rule: rule.origin,
+            unruled: other.to_owned(),
+        }),
+        (Some((_, rule)), None) => Ok(Some(Granted {
+            origin: rule.origin,
+            audiences: resources.to_vec(),
+            scopes: Vec::new(),
+            max_lifetime: rule.rule.max_lifetime,
+            claims: rule.rule.claims.clone(),
+            tokens_per_minute: rule.rule.tokens_per_minute,
+        })),
+    }
 }
 
 /// Whether a rule for the caller lets it use the introspection endpoint.
 pub fn may_introspect(identity: &Identity, policy: &PolicyFile, capability: &str) -> bool {
-    rules_for(identity, policy, capability)
+    candidates(identity, policy, capability)
         .iter()
-        .any(|(_, r)| r.allow_introspect)
+        .any(|c| c.rule.allow_introspect)
 }
 
 #[cfg(test)]
@@ -299,27 +384,42 @@ mod tests {
         PolicyFile::parse(text).unwrap()
     }
 
+    fn sel(s: &str) -> Selector {
+        Selector::parse(s).unwrap()
+    }
+
+    fn ask<'a>(audiences: &'a [String], scopes: Option<&'a [String]>) -> Ask<'a> {
+        Ask { audiences, scopes }
+    }
+
     #[test]
     fn selectors() {
         let p = policy("[groups]\nsre = [\"alice@example.com\"]\n");
         let node = ci(serde_json::json!({}));
-        assert!(selects("tag:ci", &node, &p));
-        assert!(selects("node:nBuildBot42CNTRL", &node, &p));
+        assert!(selects(&sel("tag:ci"), &node, &p));
+        assert!(selects(&sel("node:nBuildBot42CNTRL"), &node, &p));
         assert!(
-            !selects("buildbot-42.tail1234.ts.net", &node, &p),
+            !selects(&sel("buildbot-42.tail1234.ts.net"), &node, &p),
             "never by name"
         );
-        assert!(!selects("tag:prod", &node, &p));
-        assert!(selects("group:sre", &alice(), &p));
-        assert!(selects("alice@example.com", &alice(), &p));
-        assert!(!selects("group:sre", &node, &p));
+        assert!(!selects(&sel("tag:prod"), &node, &p));
+        assert!(selects(&sel("group:sre"), &alice(), &p));
+        assert!(selects(&sel("alice@example.com"), &alice(), &p));
+        assert!(!selects(&sel("group:sre"), &node, &p));
+        assert!(
+            !selects(&sel("tag:ci+fed:github"), &node, &p),
+            "a + join needs both halves"
+        );
     }
 
     #[test]
-    fn first_rule_covering_audience_and_scope_decides() {
+    fn a_scope_the_deciding_rule_refuses_never_falls_through_to_a_broader_rule() {
+        // The restricted rule decides for tag:ci; the catch-all would allow anything, with no
+        // models, no quota and no lifetime cap.
         let p = policy(
-            "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"read\"]\nmax_lifetime = 300\n\
-             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"read\", \"write\"]\nmax_lifetime = 60\n",
+            "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"read\"]\nmax_lifetime = 600\n\
+             claims = { models = [\"small\"] }\n\
+             [[rule]]\nsrc = [\"*\"]\naudiences = [\"*\"]\nscopes = [\"*\"]\n",
         );
         let node = ci(serde_json::json!({}));
         let gw = ["https://gw".to_owned()];
@@ -327,72 +427,162 @@ mod tests {
             &node,
             &p,
             DEFAULT_CAPABILITY,
-            Ask {
-                audiences: &gw,
-                scopes: Some(&["read".into()]),
-            },
+            ask(&gw, Some(&["read".into()])),
         )
         .unwrap();
-        assert_eq!((g.origin, g.max_lifetime), (Origin::File(1), Some(300)));
-        let g = decide(
+        assert_eq!(
+            (g.origin, g.max_lifetime, g.claims["models"].clone()),
+            (Origin::File(1), Some(600), serde_json::json!(["small"]))
+        );
+        let refused = decide(
             &node,
             &p,
             DEFAULT_CAPABILITY,
-            Ask {
-                audiences: &gw,
-                scopes: Some(&["write".into()]),
-            },
-        )
-        .unwrap();
-        assert_eq!(g.origin, Origin::File(2));
-        let g = decide(&node, &p, DEFAULT_CAPABILITY, ANYTHING).unwrap();
-        assert_eq!(
-            (g.audiences, g.scopes),
-            (gw.to_vec(), vec!["read".to_owned()]),
-            "defaults from the rule"
+            ask(&gw, Some(&["write".into()])),
+        );
+        assert!(
+            matches!(&refused, Err(Denied::Scope { scope, rule: Origin::File(1), .. }) if scope == "write"),
+            "{refused:?}"
+        );
+        // The same holds for rules of equal rank: the first in the file decides.
+        let p = policy(
+            "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"read\"]\nmax_lifetime = 300\n\
+             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"read\", \"write\"]\nmax_lifetime = 60\n",
         );
         assert!(matches!(
             decide(
                 &node,
                 &p,
                 DEFAULT_CAPABILITY,
-                Ask {
-                    audiences: &["https://other".into()],
-                    scopes: None
-                }
+                ask(&gw, Some(&["write".into()]))
             ),
-            Err(Denied::Audience { .. })
+            Err(Denied::Scope {
+                rule: Origin::File(1),
+                ..
+            })
+        ));
+        let g = decide(&node, &p, DEFAULT_CAPABILITY, ANYTHING).unwrap();
+        assert_eq!(
+            (g.audiences, g.scopes),
+            (gw.to_vec(), vec!["read".to_owned()]),
+            "defaults from the rule"
+        );
+    }
+
+    #[test]
+    fn a_broader_rule_never_supplies_an_audience_a_narrower_one_restricts() {
+        let p = policy(
+            "[[rule]]\nsrc = [\"*\"]\naudiences = [\"https://docs\", \"https://gw\"]\nscopes = [\"*\"]\n\
+             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nclaims = { models = [\"small\"] }\n",
+        );
+        let node = ci(serde_json::json!({}));
+        // The gateway is decided by the tag rule although the catch-all comes first in the file.
+        let g = decide(
+            &node,
+            &p,
+            DEFAULT_CAPABILITY,
+            ask(&["https://gw".into()], None),
+        )
+        .unwrap();
+        assert_eq!(g.origin, Origin::File(2));
+        assert_eq!(g.claims["models"], serde_json::json!(["small"]));
+        // Docs alone comes from the catch-all.
+        let g = decide(
+            &node,
+            &p,
+            DEFAULT_CAPABILITY,
+            ask(&["https://docs".into()], None),
+        )
+        .unwrap();
+        assert_eq!(g.origin, Origin::File(1));
+        // Both in one token would let the catch-all's (absent) restrictions cover the gateway.
+        let both = ["https://docs".to_owned(), "https://gw".to_owned()];
+        assert!(matches!(
+            decide(&node, &p, DEFAULT_CAPABILITY, ask(&both, None)),
+            Err(Denied::Split {
+                first_rule: Origin::File(1),
+                second_rule: Origin::File(2),
+                ..
+            })
         ));
         assert!(matches!(
             decide(
                 &node,
                 &p,
                 DEFAULT_CAPABILITY,
-                Ask {
-                    audiences: &gw,
-                    scopes: Some(&["admin".into()])
-                }
+                ask(&["https://other".into()], None)
             ),
-            Err(Denied::Scope { .. })
-        ));
-        let mut plain_alice = alice();
-        plain_alice.caps = Default::default();
-        assert!(matches!(
-            decide(
-                &plain_alice,
-                &p,
-                DEFAULT_CAPABILITY,
-                Ask {
-                    audiences: &gw,
-                    scopes: None
-                }
-            ),
-            Err(Denied::NoRule(_))
+            Err(Denied::Audience { .. })
         ));
     }
 
     #[test]
-    fn tailnet_grants_and_tsidp_grants_count_too() {
+    fn the_most_specific_selector_decides_whatever_the_file_order() {
+        let p = policy(
+            "[groups]\nsre = [\"alice@example.com\"]\n\
+             [[rule]]\nsrc = [\"group:sre\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 1\n\
+             [[rule]]\nsrc = [\"alice@example.com\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 2\n\
+             [[rule]]\nsrc = [\"*\", \"node:nT2k5GQ8Zb11CNTRL\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 3\n",
+        );
+        let mut alice = alice();
+        alice.caps = Default::default();
+        let gw = ["https://gw".to_owned()];
+        let g = decide(&alice, &p, DEFAULT_CAPABILITY, ask(&gw, None)).unwrap();
+        assert_eq!(g.origin, Origin::File(3), "node: beats a login and a group");
+        let p = policy(
+            "[groups]\nsre = [\"alice@example.com\"]\n\
+             [[rule]]\nsrc = [\"group:sre\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 1\n\
+             [[rule]]\nsrc = [\"alice@example.com\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 2\n",
+        );
+        let g = decide(&alice, &p, DEFAULT_CAPABILITY, ask(&gw, None)).unwrap();
+        assert_eq!((g.origin, g.max_lifetime), (Origin::File(2), Some(2)));
+    }
+
+    #[test]
+    fn a_persons_gateway_resource_carries_the_deciding_rules_restrictions() {
+        let p = policy(
+            "[[rule]]\nsrc = [\"*\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 600\nclaims = { models = [\"small\"] }\n",
+        );
+        let me = alice();
+        let g = decide_resources(&me, &p, DEFAULT_CAPABILITY, &["https://gw".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (g.max_lifetime, g.claims["models"].clone()),
+            (Some(600), serde_json::json!(["small"]))
+        );
+        assert_eq!(
+            decide_resources(&me, &p, DEFAULT_CAPABILITY, &["https://wiki".into()]).unwrap(),
+            None,
+            "a resource no rule covers has no restrictions to carry"
+        );
+        assert!(matches!(
+            decide_resources(
+                &me,
+                &p,
+                DEFAULT_CAPABILITY,
+                &["https://wiki".into(), "https://gw".into()]
+            ),
+            Err(Denied::Unruled { .. })
+        ));
+    }
+
+    #[test]
+    fn tsidp_grants_never_grant_agent_tokens() {
+        // Alice's fixture carries a tsidp grant with users * and resources *: it gates what she
+        // may log in to, and gives her no agent token.
+        let p = PolicyFile::default();
+        let refused = decide(
+            &alice(),
+            &p,
+            DEFAULT_CAPABILITY,
+            ask(&["https://anything".into()], None),
+        );
+        assert!(matches!(refused, Err(Denied::NoRule(_))), "{refused:?}");
+    }
+
+    #[test]
+    fn tailnet_grants_count_and_an_unscoped_one_ranks_last() {
         let p = PolicyFile::default();
         let node = ci(
             serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["https://gw"], "claims": {"models": ["m1"]}}]}),
@@ -400,37 +590,42 @@ mod tests {
         let g = decide(&node, &p, DEFAULT_CAPABILITY, ANYTHING).unwrap();
         assert_eq!(
             (g.origin, g.claims["models"].clone()),
-            (Origin::Tailnet, serde_json::json!(["m1"]))
+            (Origin::Tailnet(1), serde_json::json!(["m1"]))
         );
         let sneaky = ci(
             serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["*"], "claims": {"sub": "root"}}]}),
         );
         assert!(matches!(
-            decide(
-                &sneaky,
-                &p,
-                DEFAULT_CAPABILITY,
-                Ask {
-                    audiences: &["x".into()],
-                    scopes: None
-                }
-            ),
+            decide(&sneaky, &p, DEFAULT_CAPABILITY, ask(&["x".into()], None)),
             Err(Denied::NoRule(_))
         ));
+        // A file rule for the tag outranks an unscoped grant; a grant naming the tag comes
+        // after the file's rule of the same rank.
+        let p = policy("[[rule]]\nsrc = [\"*\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 5\n");
+        let node = ci(serde_json::json!({DEFAULT_CAPABILITY: [
+            {"audiences": ["https://gw"], "max_lifetime": 7},
+            {"src": ["tag:ci"], "audiences": ["https://gw"], "max_lifetime": 9}
+        ]}));
         let g = decide(
-            &alice(),
+            &node,
             &p,
             DEFAULT_CAPABILITY,
-            Ask {
-                audiences: &["https://anything".into()],
-                scopes: None,
-            },
+            ask(&["https://gw".into()], None),
         )
         .unwrap();
-        assert_eq!(
-            g.origin,
-            Origin::Tsidp,
-            "alice's fixture grant: users * resources *"
+        assert_eq!((g.origin, g.max_lifetime), (Origin::Tailnet(2), Some(9)));
+        let mut plain = ci(
+            serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["https://gw"], "max_lifetime": 7}]}),
         );
+        let g = decide(
+            &plain,
+            &p,
+            DEFAULT_CAPABILITY,
+            ask(&["https://gw".into()], None),
+        )
+        .unwrap();
+        assert_eq!(g.origin, Origin::File(1), "a grant without src ranks last");
+        plain.caps = Default::default();
+        assert!(decide(&plain, &PolicyFile::default(), DEFAULT_CAPABILITY, ANYTHING).is_err());
     }
 }

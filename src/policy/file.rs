@@ -23,14 +23,17 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::selector::Selector;
+
 /// One rule: who (`src`) may get what. Shared by the policy file's `[[rule]]` tables and the
 /// tailnet capability `tailpass/cap/agent` (DESIGN "Contracts": policy capability).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Selectors: `tag:x`, `node:<StableID>`, a login, `group:x`, or `*`.
+    /// Selectors: `tag:x`, `node:<StableID>`, a login, `group:x`, `fed:x` (joined to a
+    /// node or tag with `+`), or `*`.
     #[serde(default)]
-    pub src: Vec<String>,
+    pub src: Vec<Selector>,
     /// Audiences (resources) tokens may be for; `*` for any.
     #[serde(default)]
     pub audiences: Vec<String>,
@@ -110,7 +113,7 @@ impl PolicyFile {
                 ));
             }
             for selector in &rule.src {
-                if let Some(group) = selector.strip_prefix("group:")
+                if let Selector::Group(group) = selector
                     && !file.groups.contains_key(group)
                 {
                     return Err(format!("rule {}: unknown group {group:?}", i + 1));
@@ -118,6 +121,56 @@ impl PolicyFile {
             }
         }
         Ok(file)
+    }
+
+    /// Rules that tie: two rules with selectors of equal rank that can select the same
+    /// caller (the same selector, or groups sharing a member) and a shared audience. File
+    /// order decides such a tie, which is rarely what the author meant; `tailpass policy
+    /// check` reports each pair.
+    pub fn overlaps(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (i, a) in self.rules.iter().enumerate() {
+            for (j, b) in self.rules.iter().enumerate().skip(i + 1) {
+                let shared_audience = a
+                    .audiences
+                    .iter()
+                    .find(|x| b.audiences.iter().any(|y| x == &y || *x == "*" || y == "*"));
+                let Some(audience) = shared_audience else {
+                    continue;
+                };
+                let tie = a.src.iter().find_map(|x| {
+                    b.src
+                        .iter()
+                        .find(|y| x.rank() == y.rank() && self.may_select_alike(x, y))
+                        .map(|y| (x, y))
+                });
+                if let Some((x, y)) = tie {
+                    found.push(format!(
+                        "rules {} and {} tie: {x} and {y} have the same rank and both cover \
+                         audience {audience}; rule {} decides by file order",
+                        i + 1,
+                        j + 1,
+                        i + 1
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether two selectors of equal rank can select one caller.
+    fn may_select_alike(&self, a: &Selector, b: &Selector) -> bool {
+        match (a, b) {
+            (Selector::Group(x), Selector::Group(y)) => {
+                x == y
+                    || self
+                        .groups
+                        .get(x)
+                        .zip(self.groups.get(y))
+                        .is_some_and(|(m, n)| !m.is_disjoint(n))
+            }
+            _ => a == b,
+        }
     }
 
     /// The groups (without `group:`) a login belongs to.
@@ -160,6 +213,25 @@ mod tests {
         assert_eq!(file.rules.len(), 3);
         assert_eq!(file.groups_of("bob@example.com"), ["sre"]);
         assert!(file.rules[2].allow_introspect);
+    }
+
+    #[test]
+    fn rules_of_equal_rank_for_one_caller_and_audience_are_reported() {
+        let file = PolicyFile::parse(
+            "[groups]\na = [\"x@example.com\"]\nb = [\"x@example.com\"]\n\
+             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\n\
+             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"*\"]\n\
+             [[rule]]\nsrc = [\"node:n1\"]\naudiences = [\"https://gw\"]\n\
+             [[rule]]\nsrc = [\"group:a\"]\naudiences = [\"https://docs\"]\n\
+             [[rule]]\nsrc = [\"group:b\"]\naudiences = [\"https://docs\"]\n\
+             [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://other\"]\n",
+        )
+        .unwrap();
+        let found = file.overlaps();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found[0].starts_with("rules 1 and 2 tie"));
+        assert!(found[1].starts_with("rules 2 and 6 tie"), "{found:#?}");
+        assert!(found[2].starts_with("rules 4 and 5 tie"));
     }
 
     #[test]

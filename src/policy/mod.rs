@@ -6,6 +6,8 @@
 //! decides; it never mints, stores or answers HTTP.
 
 pub mod agent;
+pub mod explain;
 pub mod file;
 pub mod login;
+pub mod selector;
 pub mod tsidp;

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use tailpass_verify::claims::{Audience, Profile, TailnetClaims};
-use tailpass_verify::{AccessClaims, IdClaims, UnixTime};
+use tailpass_verify::{AccessClaims, Alg, IdClaims, UnixTime};
 
 use super::user_subject;
 use crate::identity::Identity;
@@ -21,6 +23,19 @@ pub fn email_for(login: &str, issuer_host: &str) -> String {
     } else {
         login.to_owned()
     }
+}
+
+/// An ID token's `at_hash` for `access_token` (OIDC Core §3.1.3.6): the left half of the
+/// digest of the hash the ID token's algorithm uses — SHA-256 for ES256 and RS256, SHA-512 for
+/// Ed25519 — base64url without padding.
+pub fn at_hash(alg: Alg, access_token: &str) -> String {
+    let hash = match alg {
+        Alg::ES256 | Alg::RS256 => &ring::digest::SHA256,
+        Alg::EdDSA => &ring::digest::SHA512,
+    };
+    let digest = ring::digest::digest(hash, access_token.as_bytes());
+    let bytes = digest.as_ref();
+    URL_SAFE_NO_PAD.encode(bytes.get(..bytes.len() / 2).unwrap_or(bytes))
 }
 
 /// The login's local part (`alice` for `alice@example.com`).
@@ -75,6 +90,10 @@ pub struct Login<'a> {
     /// The policy claims also shown at `/userinfo` (`includeInUserInfo`), which is what the
     /// access token carries: `/userinfo` answers from it.
     pub userinfo_extra: &'a BTreeMap<String, Value>,
+    /// The claims of the agent rule deciding the resources (a gateway's `models`, `quota`):
+    /// a person's token for a resource carries the restrictions an agent's would. They win
+    /// over `userinfo_extra` on a shared name.
+    pub restrictions: &'a BTreeMap<String, Value>,
     /// When the user authenticated.
     pub auth_time: UnixTime,
     /// The session, which is also the refresh family.
@@ -96,18 +115,26 @@ impl Login<'_> {
             .unwrap_or_default()
     }
 
-    /// An RFC 9068 access token's claims: for the requested resources, or for the client
-    /// itself when none was requested.
+    /// An RFC 9068 access token's claims, addressed to the requested resources plus the
+    /// issuer (the userinfo resource) when `openid` was granted or no resource was asked for.
+    /// Never to the `client_id`: a relying party whose ID-token check ignores `typ` must not
+    /// take an access token for an ID token.
     pub fn access_claims(&self, issuer: &str, now: UnixTime, lifetime: u64) -> AccessClaims {
-        let aud = if self.resources.is_empty() {
-            Audience::one(self.client_id)
-        } else {
-            Audience(self.resources.to_vec())
-        };
+        let mut aud: Vec<String> = self.resources.to_vec();
+        let openid = self.scope.iter().any(|s| s == "openid");
+        if (openid || aud.is_empty()) && !aud.iter().any(|a| a == issuer) {
+            aud.push(issuer.to_owned());
+        }
+        let mut extra = self.userinfo_extra.clone();
+        extra.extend(
+            self.restrictions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         AccessClaims {
             iss: issuer.to_owned(),
             sub: self.subject(),
-            aud,
+            aud: Audience(aud),
             exp: now.plus(lifetime),
             iat: now,
             nbf: Some(now),
@@ -120,25 +147,23 @@ impl Login<'_> {
             tailnet: tailnet(self.identity),
             run: Default::default(),
             cnf: None,
-            extra: std::sync::Arc::new(self.userinfo_extra.clone()),
+            extra: std::sync::Arc::new(extra),
         }
     }
 
-    /// An ID token's claims: the client is an audience, and so is each resource; `azp` names
-    /// the client when there are several (OIDC Core §2).
-    pub fn id_claims(&self, issuer: &str, now: UnixTime, lifetime: u64) -> IdClaims {
-        let mut aud = vec![self.client_id.to_owned()];
-        aud.extend(
-            self.resources
-                .iter()
-                .filter(|r| *r != self.client_id)
-                .cloned(),
-        );
-        let azp = (aud.len() > 1).then(|| self.client_id.to_owned());
+    /// An ID token's claims, addressed to the client alone (OIDC Core §2), with the access
+    /// token's `at_hash` when one is issued beside it.
+    pub fn id_claims(
+        &self,
+        issuer: &str,
+        now: UnixTime,
+        lifetime: u64,
+        at_hash: Option<String>,
+    ) -> IdClaims {
         IdClaims {
             iss: issuer.to_owned(),
             sub: self.subject(),
-            aud: Audience(aud),
+            aud: Audience::one(self.client_id),
             exp: now.plus(lifetime),
             iat: now,
             nbf: Some(now),
@@ -146,7 +171,8 @@ impl Login<'_> {
             nonce: self.nonce.map(str::to_owned),
             auth_time: self.auth_time,
             sid: Some(self.sid.to_owned()),
-            azp,
+            azp: None,
+            at_hash,
             profile: profile(self.identity, self.groups, self.issuer_host),
             tailnet: tailnet(self.identity),
             key: self.identity.node.key.clone(),
@@ -173,6 +199,20 @@ mod tests {
             "bob@passkey.idp.tail1234.ts.net"
         );
         assert_eq!(email_for("carol@github.io", host), "carol@github.io");
+    }
+
+    #[test]
+    fn at_hash_is_the_left_half_of_the_digest() {
+        // OIDC Core §3.1.3.6's construction, checked against a digest computed here.
+        let token = "eyJhbGciOiJFUzI1NiJ9.e30.sig";
+        let full = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        assert_eq!(
+            at_hash(Alg::ES256, token),
+            URL_SAFE_NO_PAD.encode(&full.as_ref()[..16])
+        );
+        assert_eq!(at_hash(Alg::RS256, token).len(), 22);
+        assert_eq!(at_hash(Alg::EdDSA, token).len(), 43, "32 bytes of SHA-512");
+        assert_ne!(at_hash(Alg::ES256, token), at_hash(Alg::ES256, "other"));
     }
 
     #[test]

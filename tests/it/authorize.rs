@@ -583,7 +583,49 @@ async fn scopes_prompt_and_max_age() {
 }
 
 #[tokio::test]
-async fn resources_become_audiences_and_azp_names_the_client() {
+async fn a_persons_gateway_token_carries_the_restrictions_an_agent_token_would() {
+    // Without the rule's claims, a person's code-flow token for the gateway had no `models`,
+    // no `quota` and the default lifetime: an unrestricted pass to the upstream key.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nsrc = [\"*\"]\naudiences = [\"{GATEWAY}\"]\nmax_lifetime = 120\n\
+             claims = {{ models = [\"small\"], quota = {{ requests = 5 }} }}\n"
+        ),
+    )
+    .unwrap();
+    let server = TestServer::with_args(&["--policy", policy.to_str().unwrap()]).await;
+    let (id, secret) = register(
+        &server,
+        json!({"name": "gw-app", "redirect_uris": [REDIRECT], "resources": [GATEWAY]}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let c = code(&server, CAROL, &id, &[("resource", GATEWAY)]).await;
+    let (status, body) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
+    assert_eq!(status, 200, "{body}");
+    let access = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(access["models"], json!(["small"]));
+    assert_eq!(access["quota"], json!({"requests": 5}));
+    assert!(
+        access["exp"].as_u64().unwrap() - access["iat"].as_u64().unwrap() <= 120,
+        "the rule's lifetime cap: {access}"
+    );
+    assert!(body["expires_in"].as_u64().unwrap() <= 120);
+    // A token without a resource is not for the gateway and carries none of it.
+    let c = code(&server, CAROL, &id, &[]).await;
+    let (_, body) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
+    assert!(
+        claims(body["access_token"].as_str().unwrap())
+            .get("models")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn resources_address_the_access_token_and_never_the_id_token() {
     let server = TestServer::start().await;
     let (id, secret) = register(
         &server,
@@ -594,13 +636,15 @@ async fn resources_become_audiences_and_azp_names_the_client() {
     let c = code(&server, CAROL, &id, &[("resource", GATEWAY)]).await;
     let (status, body) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
     assert_eq!(status, 200, "{body}");
+    let access = claims(body["access_token"].as_str().unwrap());
     assert_eq!(
-        claims(body["access_token"].as_str().unwrap())["aud"],
-        GATEWAY
+        access["aud"],
+        json!([GATEWAY, server.base]),
+        "the resource and the issuer (userinfo), never the client"
     );
     let id_token = claims(body["id_token"].as_str().unwrap());
-    assert_eq!(id_token["aud"], json!([id, GATEWAY]));
-    assert_eq!(id_token["azp"], id.as_str(), "azp with several audiences");
+    assert_eq!(id_token["aud"], id.as_str(), "the client alone");
+    assert!(id_token.get("azp").is_none(), "one audience needs no azp");
 
     // Narrowing keeps the resource; widening is refused.
     let refresh = body["refresh_token"].as_str().unwrap();
@@ -724,7 +768,7 @@ async fn extra_claims_merge_groups_unite_and_standard_claims_are_protected() {
     assert!(
         param(&back, "error_description")
             .unwrap()
-            .contains("\"email\""),
+            .contains("'email'"),
         "an override is an error, not a silent overwrite"
     );
 }

@@ -23,9 +23,15 @@ struct Served {
 
 /// Starts `tailpass serve --dev` in `cwd` on an ephemeral port and waits for its banner.
 async fn serve_dev(cwd: &Path, log_name: &str) -> Served {
+    serve_dev_with(cwd, log_name, &[]).await
+}
+
+/// [`serve_dev`] with extra `serve` flags.
+async fn serve_dev_with(cwd: &Path, log_name: &str, extra: &[&str]) -> Served {
     let log = cwd.join(log_name);
     let mut child = Command::new(BIN)
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .current_dir(cwd)
         .env("TAILPASS_LOG", "trace")
         .stdout(Stdio::piped())
@@ -94,6 +100,141 @@ async fn cli(cwd: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// Runs `tailpass policy explain --json` with `args` and returns its exit code and answer.
+async fn explain(cwd: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["policy", "explain", "--json"];
+    all.extend_from_slice(args);
+    let (code, out) = cli_status(cwd, &all).await;
+    (code, serde_json::from_str(&out).unwrap_or_default())
+}
+
+/// Runs the CLI in `cwd` (with `--dev`) and returns its exit code and standard output.
+async fn cli_status(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("--dev")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .await
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn policy_explain_names_the_deciding_rule_live_and_offline() {
+    let cwd = tempfile::tempdir().unwrap();
+    let policy = cwd.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nscopes = [\"llm\"]\n\
+         max_lifetime = 600\nclaims = { models = [\"small\"] }\n\
+         [[rule]]\nsrc = [\"*\"]\naudiences = [\"*\"]\nscopes = [\"*\"]\n",
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let served = serve_dev_with(cwd.path(), "server.log", &["--policy", policy]).await;
+    // Live: the server resolves 127.0.0.1 through its own identity source (the dev user).
+    let (code, live) = explain(
+        cwd.path(),
+        &["--as", "127.0.0.1", "--audience", "https://gw"],
+    )
+    .await;
+    assert_eq!(
+        (code, live["decision"].as_str()),
+        (Some(0), Some("allowed")),
+        "{live}"
+    );
+    assert_eq!(
+        live["rule"], "policy rule 2",
+        "the dev user is no tag:ci node: {live}"
+    );
+    let (code, refused) = explain(
+        cwd.path(),
+        &[
+            "--as",
+            "tag:ci",
+            "--audience",
+            "https://gw",
+            "--scope",
+            "admin",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (code, refused["decision"].as_str()),
+        (Some(1), Some("refused"))
+    );
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("policy rule 1"),
+        "no fall-through to the catch-all: {refused}"
+    );
+    drop(served);
+    // Offline, from the file alone.
+    let (code, offline) = explain(
+        cwd.path(),
+        &[
+            "--policy",
+            policy,
+            "--as",
+            "tag:ci",
+            "--audience",
+            "https://gw",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{offline}");
+    assert_eq!(
+        (
+            &offline["rule"],
+            &offline["lifetime"],
+            &offline["claims"]["models"]
+        ),
+        (
+            &serde_json::json!("policy rule 1"),
+            &serde_json::json!(600),
+            &serde_json::json!(["small"])
+        )
+    );
+    let (code, _) = cli_status(
+        cwd.path(),
+        &[
+            "policy",
+            "explain",
+            "--policy",
+            policy,
+            "--as",
+            "10.1.2.3",
+            "--audience",
+            "https://gw",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "an address needs the running server");
+
+    let (code, out) = cli_status(cwd.path(), &["policy", "check", policy]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let tie = cwd.path().join("tie.toml");
+    std::fs::write(
+        &tie,
+        "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\n\
+         [[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 5\n",
+    )
+    .unwrap();
+    let (code, out) = cli_status(cwd.path(), &["policy", "check", tie.to_str().unwrap()]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains("rules 1 and 2 tie"), "{out}");
+    std::fs::write(
+        &tie,
+        "[[rule]]\nsrc = [\"tag:ci\"]\naudience = [\"https://gw\"]\n",
+    )
+    .unwrap();
+    let (code, _) = cli_status(cwd.path(), &["policy", "check", tie.to_str().unwrap()]).await;
+    assert_eq!(code, Some(2), "unknown key");
 }
 
 #[tokio::test]

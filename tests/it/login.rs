@@ -5,13 +5,13 @@
 
 use axum::http::Method;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreJwsSigningAlgorithm, CoreProviderMetadata,
     CoreRevocableToken as StandardRevocableToken, CoreUserInfoClaims,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IntrospectionUrl, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, RevocationUrl, Scope,
-    TokenIntrospectionResponse, TokenResponse,
+    AccessTokenHash, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    IntrospectionUrl, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl,
+    RevocationUrl, Scope, TokenIntrospectionResponse, TokenResponse,
 };
 use url::Url;
 
@@ -120,6 +120,28 @@ async fn full_flow(server: &TestServer, alg: Option<&str>, public: bool) {
         Some("alice@example.com")
     );
     assert!(claims.auth_time().is_some());
+    let signing_alg = id_token.signing_alg().unwrap();
+    let verifier = client.id_token_verifier();
+    let signing_key = id_token.signing_key(&verifier).unwrap();
+    assert_eq!(
+        claims.access_token_hash(),
+        Some(
+            &AccessTokenHash::from_token(tokens.access_token(), signing_alg, signing_key).unwrap()
+        ),
+        "at_hash matches the access token"
+    );
+    // An ID-token verifier that ignores `typ` and accepts ES256 (as go-oidc's does) must still
+    // refuse the access token: it is not addressed to the client.
+    let lax = client
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256])
+        .allow_all_jose_types();
+    let posing: CoreIdToken = tokens.access_token().secret().parse().unwrap();
+    let refused = posing.claims(&lax, |_: Option<&Nonce>| Ok(()));
+    assert!(
+        matches!(refused, Err(ClaimsVerificationError::InvalidAudience(_))),
+        "{refused:?}"
+    );
 
     let at_header: serde_json::Value = serde_json::from_slice(&base64_url(
         tokens.access_token().secret().split('.').next().unwrap(),

@@ -232,7 +232,8 @@ pub struct IdClaims {
     pub iss: String,
     /// Subject.
     pub sub: String,
-    /// Audiences: the client, and any resources.
+    /// Audiences: the client alone. Resources never go into an ID token, so an ID token and
+    /// an access token are never addressed to the same party.
     pub aud: Audience,
     /// Expiry.
     pub exp: UnixTime,
@@ -254,6 +255,10 @@ pub struct IdClaims {
     /// The authorized party, present when there are several audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azp: Option<String>,
+    /// The access token's hash (OIDC Core §3.1.3.6): the left half of its digest under the ID
+    /// token's algorithm's hash, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_hash: Option<String>,
     /// Profile.
     #[serde(flatten)]
     pub profile: Profile,
@@ -310,6 +315,7 @@ pub const STANDARD_CLAIMS: &[&str] = &[
     "auth_time",
     "sid",
     "azp",
+    "at_hash",
     "client_id",
     "scope",
     "email",
