@@ -395,11 +395,8 @@ fn resolve_for(
                 .unwrap_or_else(|| "tailpass".to_owned()),
         },
     };
-    if matches!(identity, IdentitySettings::Tsnet { .. }) && !cfg!(feature = "tsnet") {
-        return Err(invalid(
-            "--identity tsnet needs a build with the `tsnet` cargo feature",
-        ));
-    }
+    // A build without the `tsnet` feature refuses `--identity tsnet` when it starts; the
+    // settings themselves are checked the same way in every build.
 
     let tls_cert = args.tls_cert.clone().or(file.tls_cert.clone());
     let tls_key = args.tls_key.clone().or(file.tls_key.clone());

@@ -124,6 +124,7 @@ impl AdminClient {
             .map_err(|e| offline(&e))?;
         request.extensions_mut().insert(Conn {
             remote: None,
+            local: None,
             listener: Listener::AdminSocket,
         });
         let response = router.oneshot(request).await.map_err(|e| offline(&e))?;

@@ -92,6 +92,7 @@ pub async fn serve_tcp(
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             remote: Some(remote),
+            local: stream.local_addr().ok(),
             listener: kind,
         };
         match &tls {
@@ -136,6 +137,7 @@ pub async fn serve_unix(listener: UnixListener, app: Router, shutdown: Cancellat
             Ok((stream, _)) => {
                 let conn = Conn {
                     remote: None,
+                    local: None,
                     listener: Listener::AdminSocket,
                 };
                 tokio::spawn(serve_connection(
@@ -186,7 +188,8 @@ pub async fn serve_tsnet(
             Ok(stream) => {
                 let conn = Conn {
                     remote: Some(stream.remote_addr()),
-                    listener: Listener::Main,
+                    local: None,
+                    listener: Listener::Tailnet,
                 };
                 let served = serve_connection(stream, conn, app.clone(), graceful.watcher());
                 tokio::spawn(async move {

@@ -132,6 +132,12 @@ impl LocalTable {
 
 #[async_trait::async_trait]
 impl IdentitySource for LocalTable {
+    /// A table (and `--dev`) stands for tailscaled on test and developer machines: OS sockets
+    /// and the serve proxy, never an embedded node.
+    fn vouches_for(&self, arrival: super::Arrival) -> bool {
+        !matches!(arrival, super::Arrival::EmbeddedNode)
+    }
+
     async fn whois(&self, peer: SocketAddr) -> Result<Arc<Identity>, WhoisError> {
         self.lookup(peer.ip()).ok_or(WhoisError::NotOnTailnet)
     }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -111,9 +111,42 @@ pub enum WhoisError {
     Unavailable(String),
 }
 
+/// How a connection reached tailpass: what an identity source needs to know before it may
+/// vouch for the peer address. A source only knows who holds an address on the tailnet; it
+/// must not be asked about a connection that could have come from somewhere else with the
+/// same source address (a pod network or a LAN using 100.64.0.0/10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Through an OS socket, addressed to `local` (this end's address).
+    OsSocket {
+        /// The address the connection was made to, when known.
+        local: Option<IpAddr>,
+    },
+    /// Through the loopback listener for `tailscale serve`, which names the peer in
+    /// `X-Forwarded-For`.
+    ServeProxy,
+    /// Through the embedded tailnet node's own network stack.
+    EmbeddedNode,
+}
+
+/// Whether `ip` is in the tailnet's address ranges (100.64.0.0/10, fd7a:115c:a1e0::/48).
+pub fn is_tailnet_address(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            a == 100 && (64..128).contains(&b)
+        }
+        IpAddr::V6(v6) => v6.segments().starts_with(&[0xfd7a, 0x115c, 0xa1e0]),
+    }
+}
+
 /// Resolves a peer address to the identity behind it.
 #[async_trait::async_trait]
 pub trait IdentitySource: Send + Sync + 'static {
+    /// Whether this source can vouch for a connection that arrived this way. Asked before
+    /// every lookup; a connection it cannot vouch for has no identity.
+    fn vouches_for(&self, arrival: Arrival) -> bool;
+
     /// The identity of the peer at `peer`. The port matters to tailscaled (userspace
     /// networking maps connections by it); backends that do not need it ignore it.
     async fn whois(&self, peer: SocketAddr) -> Result<Arc<Identity>, WhoisError>;

@@ -135,6 +135,19 @@ impl Tailscaled {
 
 #[async_trait::async_trait]
 impl IdentitySource for Tailscaled {
+    /// tailscaled knows the peers of its tailnet interface: connections made to a tailnet
+    /// address (or to loopback, whose peers are local and never tailnet addresses), and those
+    /// `tailscale serve` forwards. A connection to another address came from another network.
+    fn vouches_for(&self, arrival: super::Arrival) -> bool {
+        match arrival {
+            super::Arrival::OsSocket { local: Some(ip) } => {
+                ip.is_loopback() || super::is_tailnet_address(ip)
+            }
+            super::Arrival::OsSocket { local: None } | super::Arrival::EmbeddedNode => false,
+            super::Arrival::ServeProxy => true,
+        }
+    }
+
     async fn whois(&self, peer: SocketAddr) -> Result<Arc<Identity>, WhoisError> {
         match self.api.whois(peer).await {
             Ok(Some(answer)) => answer.into_identity().map(Arc::new).map_err(|e| {

@@ -97,6 +97,12 @@ impl Tsnet {
 
 #[async_trait::async_trait]
 impl IdentitySource for Tsnet {
+    /// Only connections through the embedded node itself: the OS listener beside it may be
+    /// reached from any network with any source address.
+    fn vouches_for(&self, arrival: super::Arrival) -> bool {
+        arrival == super::Arrival::EmbeddedNode
+    }
+
     async fn whois(&self, peer: SocketAddr) -> Result<Arc<Identity>, WhoisError> {
         let node = self
             .device

@@ -131,3 +131,85 @@ fn images_run_as_non_root_and_never_carry_keys_or_state() {
         assert!(kube.contains(hardening), "{hardening}");
     }
 }
+
+/// The `TAILPASS_*` settings a deploy file gives, in order, as (variable, value).
+fn environment_of(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let line = line
+            .trim()
+            .trim_start_matches("ENV ")
+            .trim_end_matches('\\')
+            .trim();
+        // compose `KEY: value`, Dockerfile `KEY=value`, Kubernetes `- {name: KEY, value: V}`.
+        let pair = if let Some(rest) = line.strip_prefix("- {name: ") {
+            rest.split_once(", value: ").map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.trim_end_matches('}').trim_matches('"').to_owned(),
+                )
+            })
+        } else {
+            line.split_once(": ")
+                .or_else(|| line.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        };
+        if let Some((key, value)) = pair
+            && key.starts_with("TAILPASS_")
+            && key.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            found.push((key, value));
+        }
+    }
+    found
+}
+
+/// Paths inside the images and hosts, mapped to the files they are made from here.
+fn local_path(value: &str) -> String {
+    match value {
+        "/etc/tailpass/policy.toml" => repo("deploy/policy.example.toml").display().to_string(),
+        "/etc/tailpass/tailpass.toml" => repo("deploy/tailpass.example.toml").display().to_string(),
+        other => other.to_owned(),
+    }
+}
+
+/// Runs `argv` through `tailpass serve`'s own parsing and validation.
+fn validate(what: &str, argv: &[String]) {
+    let cli = <tailpass::cli::Cli as clap::Parser>::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let tailpass::cli::Command::Serve(args) = cli.command else {
+        panic!("{what}: not a serve command");
+    };
+    if let Err(e) = tailpass::config::resolve(&cli.global, &args) {
+        panic!("{what}: `tailpass serve` refuses these settings: {e}");
+    }
+}
+
+#[test]
+fn every_deploy_configuration_passes_serve_validation_as_shipped() {
+    // The image's own environment comes first; compose and Kubernetes add theirs.
+    let image = environment_of(&read("deploy/Dockerfile"));
+    assert!(!image.is_empty());
+    for file in ["deploy/compose.yaml", "deploy/kubernetes/tailpass.yaml"] {
+        // Like environment variables, a later value replaces an earlier one.
+        let mut env: std::collections::BTreeMap<String, String> = image.iter().cloned().collect();
+        let own = environment_of(&read(file));
+        assert!(!own.is_empty(), "{file} configures tailpass");
+        env.extend(own);
+        // Each TAILPASS_<FLAG> is the flag --<flag> (the CLI contract), so the settings go
+        // through the same parser as the variables would.
+        let mut argv = vec!["tailpass".to_owned(), "serve".to_owned()];
+        for (key, value) in env {
+            let flag = key["TAILPASS_".len()..]
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            argv.push(format!("--{flag}={}", local_path(&value)));
+        }
+        validate(file, &argv);
+    }
+    let unit = "deploy/systemd/tailpass.service";
+    let mut argv = exec_start(&read(unit));
+    argv[0] = "tailpass".into();
+    let argv: Vec<String> = argv.iter().map(|w| local_path(w)).collect();
+    validate(unit, &argv);
+}
