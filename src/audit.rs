@@ -10,6 +10,16 @@
 //!
 //! This module records and queries; it does not decide what is worth recording — callers do,
 //! and every decision that denies says why in [`AuditEvent::reason`].
+//!
+//! Two rules keep the log from being a lever for strangers. A denial of a caller with no
+//! tailnet identity (no node, no user) is never written as itself: it is counted in
+//! `/metrics` and folded into one `denied_aggregate` event per event kind and reason per
+//! minute, with its count, so no amount of unidentified traffic writes more than a bounded
+//! number of rows or delays an issuance's commit. And every stored field is capped in length
+//! ([`MAX_FIELD`], [`MAX_ITEMS`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +36,14 @@ use crate::store::{Store, StoreError};
 pub const MAX_BATCH: usize = 512;
 /// The most events waiting for the writer.
 const QUEUE: usize = 8_192;
+/// The longest stored text field, in bytes; longer values are cut at a character boundary.
+pub const MAX_FIELD: usize = 256;
+/// The most entries of a stored list (tags, audiences, scopes).
+pub const MAX_ITEMS: usize = 32;
+/// The most distinct (event, reason) counts in one minute's aggregate; the rest share one.
+const MAX_AGGREGATES: usize = 64;
+/// The reason of aggregated denials beyond [`MAX_AGGREGATES`].
+const OTHER_REASONS: &str = "other reasons";
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -59,6 +77,8 @@ pub enum EventKind {
     Logout,
     /// A call passed through the gateway.
     GatewayCall,
+    /// Denials of callers with no tailnet identity in one minute, counted (`detail`).
+    DeniedAggregate,
 }
 
 impl EventKind {
@@ -79,6 +99,7 @@ impl EventKind {
             EventKind::RevocationLifted => "revocation_lifted",
             EventKind::Logout => "logout",
             EventKind::GatewayCall => "gateway_call",
+            EventKind::DeniedAggregate => "denied_aggregate",
         }
     }
 }
@@ -209,6 +230,104 @@ impl AuditEvent {
         self.detail = Some(detail.into());
         self
     }
+
+    /// Whether the event is a denial of a caller with no tailnet identity: one a stranger can
+    /// cause at will, recorded only in aggregate.
+    fn is_unidentified_denial(&self) -> bool {
+        self.outcome == Outcome::Denied && self.node_id.is_none() && self.user.is_none()
+    }
+
+    /// Caps every text field at [`MAX_FIELD`] bytes and every list at [`MAX_ITEMS`] entries.
+    fn bounded(mut self) -> AuditEvent {
+        for field in [
+            &mut self.reason,
+            &mut self.user,
+            &mut self.node_id,
+            &mut self.node_name,
+            &mut self.client_id,
+            &mut self.run_id,
+            &mut self.run_label,
+            &mut self.parent_run_id,
+            &mut self.root_run_id,
+            &mut self.jti,
+            &mut self.detail,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cap(field);
+        }
+        for list in [&mut self.tags, &mut self.audience, &mut self.scopes] {
+            list.truncate(MAX_ITEMS);
+            list.iter_mut().for_each(cap);
+        }
+        self
+    }
+}
+
+/// Cuts `text` to at most [`MAX_FIELD`] bytes, at a character boundary, marking the cut.
+fn cap(text: &mut String) {
+    if text.len() <= MAX_FIELD {
+        return;
+    }
+    let mut end = MAX_FIELD - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+}
+
+/// One minute's denials of unidentified callers, counted by event kind and reason.
+#[derive(Debug, Default)]
+struct Aggregate {
+    /// The minute (Unix time / 60) being counted.
+    minute: u64,
+    counts: HashMap<(EventKind, String), u64>,
+}
+
+impl Aggregate {
+    /// Counts one denial at `minute`; returns the previous minute's events when the minute
+    /// has moved on.
+    fn count(&mut self, minute: u64, event: EventKind, reason: &str) -> Vec<AuditEvent> {
+        let done = if minute > self.minute {
+            self.take_before(minute)
+        } else {
+            Vec::new()
+        };
+        let key = if self.counts.len() < MAX_AGGREGATES
+            || self.counts.contains_key(&(event, reason.to_owned()))
+        {
+            (event, reason.to_owned())
+        } else {
+            (event, OTHER_REASONS.to_owned())
+        };
+        *self.counts.entry(key).or_insert(0) += 1;
+        done
+    }
+
+    /// The aggregate events of minutes before `minute`, leaving the counts empty.
+    fn take_before(&mut self, minute: u64) -> Vec<AuditEvent> {
+        if minute <= self.minute {
+            return Vec::new();
+        }
+        let counted = std::mem::take(&mut self.counts);
+        let at = UnixTime(self.minute.saturating_mul(60).saturating_add(59));
+        self.minute = minute;
+        let mut events: Vec<AuditEvent> = counted
+            .into_iter()
+            .map(|((event, reason), count)| {
+                AuditEvent::new(at, EventKind::DeniedAggregate, Outcome::Denied)
+                    .because(reason)
+                    .detail(format!(
+                        "{{\"event\":\"{}\",\"count\":{count}}}",
+                        event.as_str()
+                    ))
+            })
+            .collect();
+        events.sort_by(|a, b| a.detail.cmp(&b.detail).then(a.reason.cmp(&b.reason)));
+        events
+    }
 }
 
 /// Why an event could not be recorded.
@@ -232,6 +351,8 @@ struct Pending {
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
+    aggregate: Arc<Mutex<Aggregate>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -249,18 +370,59 @@ impl AuditLog {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(writer(store, mirror, metrics, rx));
-        (AuditLog { tx }, task)
+        let task = tokio::spawn(writer(store, mirror, metrics.clone(), rx));
+        let log = AuditLog {
+            tx,
+            aggregate: Arc::default(),
+            metrics,
+        };
+        (log, task)
     }
 
-    /// Records `event`, returning once it is committed.
+    /// Records `event`, returning once it is committed. A denial of a caller with no tailnet
+    /// identity returns at once: it is counted, and written only in its minute's aggregate.
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let event = event.bounded();
+        if event.is_unidentified_denial() {
+            self.metrics
+                .event(event.event, event.outcome, event.reason.as_deref());
+            let minute = event.time.0 / 60;
+            let reason = event.reason.as_deref().unwrap_or("denied");
+            let finished = match self.aggregate.lock() {
+                Ok(mut aggregate) => aggregate.count(minute, event.event, reason),
+                Err(_) => Vec::new(),
+            };
+            return self.enqueue(finished).await;
+        }
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending { event, done })
             .await
             .map_err(|_| AuditError::Closed)?;
         wait.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Writes the aggregates of minutes before `now`'s (all of them with `None`, at
+    /// shutdown). Called each minute by the server's upkeep, so a quiet minute still ends.
+    pub async fn flush_aggregates(&self, now: Option<UnixTime>) -> Result<(), AuditError> {
+        let minute = now.map_or(u64::MAX, |t| t.0 / 60);
+        let finished = match self.aggregate.lock() {
+            Ok(mut aggregate) => aggregate.take_before(minute),
+            Err(_) => Vec::new(),
+        };
+        self.enqueue(finished).await
+    }
+
+    /// Queues events without waiting for their commit: nobody's answer depends on them.
+    async fn enqueue(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        for event in events {
+            let (done, _) = oneshot::channel();
+            self.tx
+                .send(Pending { event, done })
+                .await
+                .map_err(|_| AuditError::Closed)?;
+        }
+        Ok(())
     }
 }
 
@@ -289,7 +451,11 @@ async fn writer(
             .await
             .map_err(|e: StoreError| AuditError::Store(e.to_string()));
         if result.is_ok() {
-            for event in events.iter() {
+            // Aggregated denials were counted one by one as they happened.
+            for event in events
+                .iter()
+                .filter(|e| e.event != EventKind::DeniedAggregate)
+            {
                 metrics.event(event.event, event.outcome, event.reason.as_deref());
             }
         }
@@ -334,6 +500,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stored_fields_are_capped_at_a_character_boundary() {
+        let mut event = AuditEvent::new(UnixTime(1), EventKind::Authorize, Outcome::Denied)
+            .client("é".repeat(30_000))
+            .because("x".repeat(10));
+        event.scopes = vec!["s".repeat(1000); 100];
+        let event = event.bounded();
+        let client = event.client_id.unwrap();
+        assert!(
+            client.len() <= MAX_FIELD && client.ends_with('…'),
+            "{}",
+            client.len()
+        );
+        assert_eq!(event.reason.as_deref(), Some("xxxxxxxxxx"));
+        assert_eq!(event.scopes.len(), MAX_ITEMS);
+        assert!(event.scopes.iter().all(|s| s.len() <= MAX_FIELD));
+    }
+
+    #[test]
+    fn unidentified_denials_fold_into_one_event_per_reason_and_minute() {
+        let mut aggregate = Aggregate::default();
+        let minute = 29_000_000;
+        for _ in 0..1000 {
+            assert!(
+                aggregate
+                    .count(minute, EventKind::Authorize, "unknown client_id")
+                    .is_empty()
+            );
+        }
+        for i in 0..200 {
+            aggregate.count(minute, EventKind::Authorize, &format!("reason {i}"));
+        }
+        let done = aggregate.count(minute + 1, EventKind::AgentToken, "not on the tailnet");
+        assert_eq!(
+            done.len(),
+            MAX_AGGREGATES + 1,
+            "bounded, the rest under one reason"
+        );
+        let unknown = done
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("unknown client_id"))
+            .unwrap();
+        assert_eq!(unknown.event, EventKind::DeniedAggregate);
+        assert_eq!(
+            unknown.detail.as_deref(),
+            Some("{\"event\":\"authorize\",\"count\":1000}")
+        );
+        assert_eq!(unknown.time, UnixTime(minute * 60 + 59));
+        let other = done
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(OTHER_REASONS))
+            .unwrap();
+        assert!(
+            other
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains(&format!("\"count\":{}", 200 - (MAX_AGGREGATES - 1)))
+        );
+        assert!(
+            aggregate.take_before(minute + 1).is_empty(),
+            "the new minute is still open"
+        );
+        assert_eq!(aggregate.take_before(u64::MAX).len(), 1);
+    }
+
+    #[test]
     fn names_are_the_serialized_forms() {
         use EventKind::*;
         for kind in [
@@ -351,6 +583,7 @@ mod tests {
             RevocationLifted,
             Logout,
             GatewayCall,
+            DeniedAggregate,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -330,6 +330,10 @@ pub struct ServeArgs {
     /// Absolute lifetime of a refresh-token family [default: 30d].
     #[arg(long, env = "TAILPASS_REFRESH_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
     pub refresh_lifetime: Option<u64>,
+    /// Keep audit events this long, e.g. 400d; older ones are dropped in whole ranges, never
+    /// one by one. `0` keeps them forever [default: 0].
+    #[arg(long, env = "TAILPASS_AUDIT_RETENTION", value_name = "DURATION", value_parser = parse_duration)]
+    pub audit_retention: Option<u64>,
     /// Rotate signing keys this often, e.g. 30d; `0` rotates only on demand [default: 90d].
     #[arg(long, env = "TAILPASS_KEY_ROTATION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub key_rotation_interval: Option<u64>,

@@ -125,6 +125,7 @@ struct FileConfig {
     max_token_lifetime: Option<FileDuration>,
     refresh_lifetime: Option<FileDuration>,
     key_rotation_interval: Option<FileDuration>,
+    audit_retention: Option<FileDuration>,
     allow_http_redirect_uris: Option<bool>,
     policy: Option<PathBuf>,
     agent_capability: Option<String>,
@@ -233,6 +234,8 @@ pub struct Settings {
     pub refresh_lifetime: u64,
     /// Key rotation interval, seconds.
     pub key_rotation_interval: Option<u64>,
+    /// How long audit events are kept, seconds; `None` keeps them forever.
+    pub audit_retention: Option<u64>,
     /// Redirect URI rules.
     pub redirect_rules: RedirectRules,
     /// Log format.
@@ -459,6 +462,12 @@ fn resolve_for(
         "key_rotation_interval",
         90 * 86_400,
     )?;
+    let audit_retention = seconds(
+        args.audit_retention,
+        &file.audit_retention,
+        "audit_retention",
+        0,
+    )?;
     if token_lifetime == 0 || token_lifetime > max_token_lifetime {
         return Err(invalid(format!(
             "token_lifetime ({token_lifetime}s) must be positive and at most max_token_lifetime ({max_token_lifetime}s)"
@@ -484,6 +493,7 @@ fn resolve_for(
         max_token_lifetime,
         refresh_lifetime,
         key_rotation_interval: (rotation > 0).then_some(rotation),
+        audit_retention: (audit_retention > 0).then_some(audit_retention),
         redirect_rules,
         log_format: args
             .log_format

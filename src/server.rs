@@ -30,6 +30,8 @@ use crate::oauth::paths;
 const KEY_UPKEEP: Duration = Duration::from_secs(60);
 /// How often expired codes, families and revocations are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often the minute's aggregate of unidentified denials is written.
+const AGGREGATE_EVERY: Duration = Duration::from_secs(60);
 /// How long a redeemed code is kept past its expiry, to recognise a replay.
 const CODE_GRACE: u64 = 600;
 
@@ -112,8 +114,12 @@ impl Running {
             let _ = task.await;
         }
         // The last handles to the audit log and the logout sender go with the state; they
-        // then drain their queues and stop.
-        drop(self.state.take());
+        // then drain their queues and stop, the open minute's denial aggregate included.
+        if let Some(state) = self.state.take()
+            && let Err(e) = state.audit.flush_aggregates(None).await
+        {
+            tracing::error!(error = %e, "could not write the last denial aggregate");
+        }
         if let Some(background) = self.background.take() {
             background.finish().await;
         }
@@ -311,9 +317,15 @@ async fn serve_embedded(
 async fn upkeep(state: AppState, shutdown: CancellationToken) {
     let mut keys_tick = tokio::time::interval(KEY_UPKEEP);
     let mut purge_tick = tokio::time::interval(PURGE_EVERY);
+    let mut aggregate_tick = tokio::time::interval(AGGREGATE_EVERY);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = aggregate_tick.tick() => {
+                if let Err(e) = state.audit.flush_aggregates(Some(state.now())).await {
+                    tracing::error!(error = %e, "could not write the denial aggregate");
+                }
+            }
             _ = keys_tick.tick() => {
                 let keys = state.keys.clone();
                 match tokio::task::spawn_blocking(move || keys.maintain()).await {
@@ -329,6 +341,13 @@ async fn upkeep(state: AppState, shutdown: CancellationToken) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(purged = n, "purged expired state"),
                     Err(e) => tracing::error!(error = %e, "purge failed"),
+                }
+                if let Some(retention) = state.settings.audit_retention {
+                    match state.store.purge_audit_before(now.minus(retention)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(events = n, "audit events past retention dropped"),
+                        Err(e) => tracing::error!(error = %e, "audit retention purge failed"),
+                    }
                 }
             }
         }

@@ -296,4 +296,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes what can no longer matter at `now`: codes past expiry (kept `grace` seconds
     /// more to detect replays), families and revocations past `horizon`.
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError>;
+    /// Drops the audit events older than `before`, as one range from the log's start (and the
+    /// contexts and run zones only they used); the log refuses any other deletion. Returns
+    /// how many events went.
+    async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError>;
 }

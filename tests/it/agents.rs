@@ -210,7 +210,10 @@ async fn refusals_say_why_to_identified_callers_only() {
         (403, Some("access_denied")),
         "ambient identity, refused cross-site"
     );
-    // Every denial is in the audit log with its reason.
+    // Every denial is in the audit log with its reason: the stranger's in its minute's
+    // aggregate, written once the minute is over.
+    server.end_the_minute().await;
+    assert_eq!(mint(&server, CI, &[("audience", GATEWAY)]).await.0, 200);
     let denials = server
         .state()
         .store
@@ -226,11 +229,10 @@ async fn refusals_say_why_to_identified_callers_only() {
             .as_deref()
             .is_some_and(|x| x.contains("no rule allows"))
     }));
-    assert!(
-        denials
-            .iter()
-            .any(|r| r.event.reason.as_deref() == Some("the caller is not on the tailnet"))
-    );
+    assert!(denials.iter().any(|r| {
+        r.event.event == tailpass::audit::EventKind::DeniedAggregate
+            && r.event.reason.as_deref() == Some("the caller is not on the tailnet")
+    }));
 }
 
 #[tokio::test]

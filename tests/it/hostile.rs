@@ -113,3 +113,89 @@ async fn error_descriptions_never_carry_quotes_or_backslashes() {
         "{description}"
     );
 }
+
+/// Every audit event the server has stored, oldest first.
+async fn stored_events(server: &crate::support::TestServer) -> Vec<tailpass::audit::AuditEvent> {
+    let all = tailpass::store::AuditFilter {
+        limit: 10_000,
+        ..Default::default()
+    };
+    let records = server.state().store.audit(&all).await.unwrap();
+    records.into_iter().map(|r| r.event).collect()
+}
+
+#[tokio::test]
+async fn strangers_with_unknown_client_ids_write_no_audit_row_each_and_fields_are_capped() {
+    use crate::support::{ALICE, STRANGER};
+    let (server, _dir) = agents::server(&[]).await;
+    let before = stored_events(&server).await.len();
+    let huge = "x".repeat(4_000);
+    for _ in 0..50 {
+        let url = crate::authorize::authorize_url(&server, &huge, &[]);
+        let answer = server.peer(STRANGER).get(&url).send().await.unwrap();
+        assert_eq!(answer.status(), 400);
+    }
+    for _ in 0..5 {
+        assert_eq!(mint(&server, STRANGER, &[]).await.0, 401);
+    }
+    assert_eq!(
+        stored_events(&server).await.len(),
+        before,
+        "no durable write for callers off the tailnet"
+    );
+    // They are counted in /metrics as they happen…
+    let metrics = server
+        .peer(ALICE)
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tailpass_events_total{event=\"authorize\",outcome=\"denied\"} 50"),
+        "{metrics}"
+    );
+    // …and land in the log as one aggregate per reason once their minute is over.
+    server.end_the_minute().await;
+    // The aggregate is queued without waiting; a recorded event behind it commits after it.
+    let (status, _) = mint(
+        &server,
+        crate::support::CI,
+        &[("audience", crate::support::GATEWAY)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = stored_events(&server).await;
+    let aggregates: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == tailpass::audit::EventKind::DeniedAggregate)
+        .collect();
+    assert_eq!(aggregates.len(), 2, "{aggregates:#?}");
+    let unknown = aggregates
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("unknown client_id"))
+        .unwrap();
+    assert_eq!(
+        unknown.detail.as_deref(),
+        Some("{\"event\":\"authorize\",\"count\":50}")
+    );
+
+    // A tailnet caller's denial is itemized, with its fields capped.
+    let url = crate::authorize::authorize_url(&server, &huge, &[]);
+    let answer = server.peer(ALICE).get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let events = stored_events(&server).await;
+    let alices = events
+        .iter()
+        .rev()
+        .find(|e| e.event == tailpass::audit::EventKind::Authorize)
+        .unwrap();
+    let client = alices.client_id.as_deref().unwrap();
+    assert!(
+        client.len() <= tailpass::audit::MAX_FIELD,
+        "{}",
+        client.len()
+    );
+}

@@ -250,6 +250,18 @@ impl TestServer {
         }
     }
 
+    /// Moves the clock past the current minute and has the server write that minute's
+    /// aggregate of unidentified denials, as its upkeep does each minute.
+    pub async fn end_the_minute(&self) {
+        self.clock.advance(60);
+        let state = self.state();
+        state
+            .audit
+            .flush_aggregates(Some(state.now()))
+            .await
+            .unwrap();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -203,6 +203,33 @@ fn context_id(c: &Connection, context: &Context<'_>) -> Result<i64, StoreError> 
         .ok_or_else(|| StoreError::Corrupt("an audit context vanished while it was written".into()))
 }
 
+/// Drops the events before `before` as one range from the log's start: the horizon moves up
+/// to `before`'s seq floor (never down), then the events, run zones and contexts below it go.
+/// The triggers of migration 0004 refuse any deletion above the horizon.
+pub(super) fn purge_before(c: &Connection, before: UnixTime) -> Result<u64, StoreError> {
+    let floor = seq_floor(before);
+    c.execute(
+        "UPDATE audit_horizon SET seq = max(seq, ?1) WHERE id = 1",
+        params![floor],
+    )?;
+    let events = c.execute(
+        "DELETE FROM audit WHERE seq < (SELECT seq FROM audit_horizon WHERE id = 1)",
+        [],
+    )?;
+    c.execute(
+        "DELETE FROM audit_run_zone WHERE last_seq < (SELECT seq FROM audit_horizon WHERE id = 1)",
+        [],
+    )?;
+    if events > 0 {
+        c.execute(
+            "DELETE FROM audit_context WHERE NOT EXISTS \
+             (SELECT 1 FROM audit WHERE audit.context = audit_context.id)",
+            [],
+        )?;
+    }
+    Ok(u64::try_from(events).unwrap_or(u64::MAX))
+}
+
 /// Lists the events `filter` selects, oldest first.
 pub(super) fn query(c: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
     let (sql, args) = select(filter);

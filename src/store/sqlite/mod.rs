@@ -30,10 +30,11 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
+    include_str!("../migrations/sqlite/0004_audit_retention.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -517,6 +518,12 @@ impl Store for SqliteStore {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let filter = filter.clone();
         self.worker.read(move |c| audit::query(c, &filter)).await
+    }
+
+    async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
+        self.worker
+            .write(move |c| audit::purge_before(c, before))
+            .await
     }
 
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError> {

@@ -788,3 +788,67 @@ fn answered_writes_are_synced_to_disk_not_only_to_the_os() {
         "WAL with synchronous = FULL (2)"
     );
 }
+
+#[tokio::test]
+async fn audit_retention_drops_whole_old_ranges_and_nothing_else() {
+    let (_dir, store) = store().await;
+    let mut events = Vec::new();
+    for (i, t) in [100u64, 200, 300, 400].into_iter().enumerate() {
+        let mut e = AuditEvent::new(UnixTime(t), EventKind::AgentToken, Outcome::Success)
+            .detail(format!("context {i}"));
+        e.run_id = Some(format!("{t:010}run"));
+        events.push(e);
+    }
+    store.append_audit(events.into()).await.unwrap();
+    let count = |table: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .worker
+                .read(move |c| {
+                    Ok(
+                        c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                            r.get::<_, i64>(0)
+                        })?,
+                    )
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(store.purge_audit_before(UnixTime(250)).await.unwrap(), 2);
+    let all = AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let left: Vec<u64> = store
+        .audit(&all)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.time.0)
+        .collect();
+    assert_eq!(left, [300, 400], "oldest first");
+    assert_eq!(
+        count("audit_context").await,
+        2,
+        "contexts only the old events used"
+    );
+    assert_eq!(count("audit_run_zone").await, 2);
+    // Above the horizon the log stays append-only, and the horizon never moves back.
+    for tamper in [
+        "DELETE FROM audit",
+        "DELETE FROM audit_context",
+        "DELETE FROM audit_run_zone",
+        "UPDATE audit_horizon SET seq = 0",
+        "DELETE FROM audit_horizon",
+    ] {
+        let refused = store
+            .worker
+            .write(move |c| Ok(c.execute(tamper, [])?))
+            .await;
+        assert!(refused.is_err(), "{tamper}");
+    }
+    assert_eq!(store.purge_audit_before(UnixTime(150)).await.unwrap(), 0);
+    assert_eq!(count("audit").await, 2);
+}
