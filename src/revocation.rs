@@ -161,6 +161,22 @@ impl Revocations {
         Ok(lifted)
     }
 
+    /// Forgets the revocations no token can still match, as the store's purge does: those made
+    /// before `horizon` (every token they could match has expired by then) that no longer
+    /// refuse new tokens at `now`. Returns how many went; the index stays bounded by what can
+    /// still matter.
+    pub fn forget(&self, horizon: UnixTime, now: UnixTime) -> usize {
+        let Ok(mut index) = self.index.write() else {
+            return 0;
+        };
+        let before = index.entries.len();
+        index.entries.retain(|_, e| {
+            let blocking = e.blocks.is_some_and(|until| until.is_none_or(|t| now < t));
+            e.revoked_at >= horizon || blocking
+        });
+        before - index.entries.len()
+    }
+
     /// Subscribes to revocations made from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
         self.changes.subscribe()
@@ -258,6 +274,49 @@ mod tests {
                 "a token issued after is not matched"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_index_forgets_revocations_no_valid_token_can_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        let list = Revocations::load(&store).await.unwrap();
+        for i in 0..100 {
+            list.revoke(
+                &store,
+                RevocationKind::Jti,
+                &format!("j{i}"),
+                UnixTime(1_000),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        list.revoke(
+            &store,
+            RevocationKind::Node,
+            "n-blocked",
+            UnixTime(1_000),
+            None,
+        )
+        .await
+        .unwrap();
+        list.revoke(
+            &store,
+            RevocationKind::Run,
+            "r-recent",
+            UnixTime(5_000),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(list.len(), 102);
+        // Every token issued by 1 000 has expired by 4 000 (the horizon).
+        assert_eq!(list.forget(UnixTime(4_000), UnixTime(10_000)), 100);
+        assert_eq!(list.len(), 2, "a standing node block and a recent run stay");
+        let mut recent = claims(5_000);
+        recent.run.run_id = Some("r-recent".into());
+        assert!(list.check(&recent).is_some());
     }
 
     #[tokio::test]

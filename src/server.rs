@@ -337,6 +337,10 @@ async fn upkeep(state: AppState, shutdown: CancellationToken) {
             _ = purge_tick.tick() => {
                 let now = state.now();
                 let horizon = now.minus(state.settings.max_token_lifetime + 60);
+                let forgotten = state.revocations.forget(horizon, now);
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "revocations no valid token can match forgotten");
+                }
                 match state.store.purge(now, CODE_GRACE, horizon).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(purged = n, "purged expired state"),

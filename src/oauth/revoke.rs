@@ -39,6 +39,15 @@ pub async fn revoke(
         form.client_secret.as_deref(),
     )?;
     let client = client_auth::authenticate(&state.clients, &presented).await?;
+    // Each revocation is a durable write and a feed event: bounded per client.
+    state
+        .rate
+        .check(
+            &format!("revoke:{}", client.client_id.0),
+            state.settings.rate_limit,
+            std::time::Instant::now(),
+        )
+        .map_err(Error::rate_limited)?;
     let token = form
         .token
         .as_deref()

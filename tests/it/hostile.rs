@@ -199,3 +199,28 @@ async fn strangers_with_unknown_client_ids_write_no_audit_row_each_and_fields_ar
         client.len()
     );
 }
+
+#[tokio::test]
+async fn revoke_is_rate_limited_per_client() {
+    let server = crate::support::TestServer::with_args(&["--rate-limit", "3"]).await;
+    let (id, secret) = crate::login::register(
+        &server,
+        serde_json::json!({"name": "rp", "redirect_uris": [crate::login::REDIRECT]}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let revoke = || {
+        server
+            .peer(crate::support::ALICE)
+            .post(server.url("/revoke"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", "not-a-token")])
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(revoke().await.unwrap().status(), 200);
+    }
+    let limited = revoke().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+}
