@@ -27,6 +27,13 @@ pub fn check(uri: &str, rules: RedirectRules) -> Result<(), String> {
     if uri.len() > MAX_LEN {
         return Err(format!("longer than {MAX_LEN} characters"));
     }
+    // The URL parser silently drops tabs and newlines and trims spaces, so a URI carrying
+    // them would pass the checks below as another string than the one stored and matched.
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{uri:?} contains a space, tab or control character"
+        ));
+    }
     let parsed = Url::parse(uri).map_err(|e| format!("{uri:?} is not an absolute URI: {e}"))?;
     if parsed.fragment().is_some() {
         return Err(format!("{uri:?} has a fragment"));
@@ -102,6 +109,26 @@ mod tests {
         }
         let long = format!("https://a.example/{}", "x".repeat(MAX_LEN));
         assert!(check(&long, rules).is_err());
+    }
+
+    #[test]
+    fn a_redirect_uri_with_whitespace_or_control_characters_is_refused() {
+        let rules = RedirectRules::default();
+        for bad in [
+            "https://app.example/c b",
+            "https://app.example/cb ",
+            " https://app.example/cb",
+            "https://app.exa\tmple/cb",
+            "https://app.example/cb\n",
+            "https://app.example/\rcb",
+            "https://app.example/cb\u{0}",
+            "https://app.example/cb\u{7f}",
+            "https://app.example/cb\u{85}",
+            "https://app.example/cb\u{a0}",
+        ] {
+            let reason = check(bad, rules).expect_err(bad);
+            assert!(reason.contains("control character"), "{bad:?}: {reason}");
+        }
     }
 
     #[test]
