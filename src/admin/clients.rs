@@ -1,7 +1,7 @@
 //! Clients for administrators: list, read, create and regenerate a secret (shown once), edit,
 //! delete. The functions serve both the admin API (the handlers here) and the admin UI.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use crate::clients::{
     ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
-use crate::oauth::input::Json;
+use crate::oauth::input::{Json, Path};
 
 /// A client as the admin API shows it: everything but the secret's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //! The same rules apply whatever the door: dynamic registration at `/register`, `tailpass
 //! clients add`, the admin API, and static clients in the configuration file. Unknown
 //! metadata is ignored as RFC 7591 §2 allows; metadata tailpass does not implement (implicit
-//! grant, private-key JWT authentication) is refused rather than silently accepted.
+//! grant, private-key JWT authentication, `jwks_uri`) is refused rather than silently
+//! accepted. A `jwks` key set is the exception: accepted and not kept, since nothing uses it.
 
 use std::collections::BTreeSet;
 
@@ -55,7 +56,7 @@ pub struct ClientMetadata {
     /// Present only to be refused: tailpass does not implement `private_key_jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
-    /// Present only to be refused, like `jwks_uri`.
+    /// The client's key set by value: accepted and ignored, since no client key is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
 }
@@ -114,9 +115,19 @@ fn metadata(msg: impl Into<String>) -> MetadataError {
 impl ClientMetadata {
     /// Applies defaults and checks every field.
     pub fn validate(self, rules: &MetadataRules) -> Result<ValidMetadata, MetadataError> {
-        if self.jwks_uri.is_some() || self.jwks.is_some() {
+        if self.jwks_uri.is_some() {
             return Err(metadata(
-                "jwks and jwks_uri are not supported: tailpass clients authenticate with a secret or, when public, with PKCE",
+                "jwks_uri is not supported: tailpass clients authenticate with a secret or, when public, with PKCE",
+            ));
+        }
+        // A key set by value is accepted and ignored: nothing here uses a client's keys
+        // (private_key_jwt and request objects stay refused), and registrants such as the
+        // OpenID conformance suite always send one. It must at least be a JWK Set's shape.
+        if let Some(jwks) = &self.jwks
+            && !jwks.get("keys").is_some_and(serde_json::Value::is_array)
+        {
+            return Err(metadata(
+                "jwks must be a JWK Set: an object with a \"keys\" array",
             ));
         }
         let method = match self.token_endpoint_auth_method.as_deref() {
@@ -339,6 +350,32 @@ mod tests {
             .validate(&rules())
             .unwrap_err();
         assert!(matches!(err, MetadataError::Metadata(_)));
+    }
+
+    #[test]
+    fn a_registration_carrying_jwks_is_accepted_and_the_key_set_ignored() {
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", "use": "sig"}]});
+        let valid =
+            meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": jwks}))
+                .validate(&rules())
+                .unwrap();
+        assert_eq!(
+            valid,
+            meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"]}))
+                .validate(&rules())
+                .unwrap(),
+            "the key set changes nothing"
+        );
+        let err = meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": jwks, "token_endpoint_auth_method": "private_key_jwt"}))
+            .validate(&rules())
+            .unwrap_err();
+        assert!(err.to_string().contains("private_key_jwt"), "{err}");
+        let err = meta(
+            serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": "not a key set"}),
+        )
+        .validate(&rules())
+        .unwrap_err();
+        assert!(err.to_string().contains("JWK Set"), "{err}");
     }
 
     #[test]

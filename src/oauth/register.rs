@@ -6,13 +6,13 @@
 //! the registration access token issued with the client, compared in constant time; an
 //! unknown client and a wrong token are answered alike.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Code, Error};
-use super::input::{Bearer, Body};
+use super::input::{Bearer, Body, Path};
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
