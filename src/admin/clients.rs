@@ -176,24 +176,17 @@ pub async fn create(state: &AppState, actor: &str, new: NewClient) -> Result<Cre
         ..ClientMetadata::default()
     };
     let valid = validate(state, metadata)?;
-    let mut issued = state
+    let issued = state
         .clients
         .create(
             valid,
+            new.users,
             ClientOrigin::Admin,
             state.now(),
             Some(actor.to_owned()),
         )
         .await
         .map_err(clients_error)?;
-    if !new.users.is_empty() {
-        issued.client.users = new.users;
-        state
-            .clients
-            .update(&issued.client)
-            .await
-            .map_err(clients_error)?;
-    }
     audited(
         state,
         EventKind::ClientRegistered,

@@ -350,16 +350,20 @@ impl Clients {
         Ok(all)
     }
 
-    /// Registers a new client from validated metadata, generating its id, its secret (unless
-    /// public) and, for dynamic registration, its registration access token.
+    /// Registers a new client from validated metadata and its access rule `users` (empty:
+    /// any tailnet user), generating its id, its secret (unless public) and, for dynamic
+    /// registration, its registration access token. One write: a client never exists, even
+    /// for a moment or after a failure, without the access rule it was created with.
     pub async fn create(
         &self,
         meta: ValidMetadata,
+        users: Vec<String>,
         origin: ClientOrigin,
         now: UnixTime,
         created_by: Option<String>,
     ) -> Result<Issued, ClientsError> {
         let mut client = Client::from_metadata(ClientId::generate(), meta, origin, now, created_by);
+        client.users = users;
         let secret = (!client.is_public()).then(Secret::generate);
         client.secret_sha256 = secret.as_ref().map(Secret::hash);
         let registration_token = (origin == ClientOrigin::Dynamic).then(Secret::generate);

@@ -121,7 +121,13 @@ pub async fn register(
     };
     let issued = state
         .clients
-        .create(valid, ClientOrigin::Dynamic, now, Some(registrant))
+        .create(
+            valid,
+            Vec::new(),
+            ClientOrigin::Dynamic,
+            now,
+            Some(registrant),
+        )
         .await
         .map_err(|e| Error::server_error(&e))?;
     state

@@ -493,3 +493,44 @@ async fn an_undecodable_path_parameter_is_an_oauth_json_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_failed_allowed_users_write_leaves_no_client_behind() {
+    let server = TestServer::start().await;
+    // From now on every change to a stored client fails, in the real database: a creation
+    // that wrote the client first and its access rule second would leave it open to all.
+    let db = rusqlite::Connection::open(server.state_dir().join("tailpass.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER test_client_updates_fail BEFORE UPDATE ON clients \
+         BEGIN SELECT RAISE(ABORT, 'client updates fail in this test'); END;",
+    )
+    .unwrap();
+    let (status, created) = crate::support::admin(
+        &server,
+        axum::http::Method::POST,
+        "/admin/api/clients",
+        Some(json!({"name": "ledger", "redirect_uris": [crate::login::REDIRECT], "users": ["bob@example.com"]})),
+    )
+    .await;
+    let stored = server.state().clients.list().await.unwrap();
+    assert!(
+        stored.iter().all(|c| c.users == ["bob@example.com"]),
+        "no client without its access rule: {stored:?}"
+    );
+    assert_eq!(status, 201, "one write, which succeeds: {created}");
+    assert_eq!(created["client"]["users"], json!(["bob@example.com"]));
+    let id = created["client_id"].as_str().unwrap();
+    let back = crate::authorize::open(
+        &server,
+        ALICE,
+        &crate::authorize::authorize_url(&server, id, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        crate::login::param(&back, "error").as_deref(),
+        Some("access_denied"),
+        "Alice is not in the access rule"
+    );
+}
