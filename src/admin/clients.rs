@@ -12,7 +12,7 @@ use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, GrantType, MetadataError,
-    ValidMetadata,
+    Registrant, ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
 use crate::oauth::input::{Json, Path};
@@ -132,7 +132,7 @@ pub async fn list(state: &AppState) -> Result<Vec<ClientView>, Error> {
 
 fn validate(state: &AppState, metadata: ClientMetadata) -> Result<ValidMetadata, Error> {
     metadata
-        .validate(&state.settings.metadata_rules(true))
+        .validate(&state.settings.metadata_rules(Registrant::Operator))
         .map_err(|e| match e {
             MetadataError::RedirectUri(m) => Error::new(Code::InvalidRedirectUri, m),
             MetadataError::Metadata(m) => Error::new(Code::InvalidClientMetadata, m),

@@ -104,8 +104,18 @@ pub struct MetadataRules {
     pub redirect: RedirectRules,
     /// Algorithms the server can sign ID tokens with.
     pub algs: BTreeSet<Alg>,
-    /// Whether the wildcard resource `*` may be registered (operators yes, registrants no).
-    pub allow_any_resource: bool,
+    /// Who registers: operators may register the wildcard resource `*` and any back-channel
+    /// logout URI; self-registered clients may not.
+    pub registrant: Registrant,
+}
+
+/// Who is registering a client, which decides what it may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registrant {
+    /// The CLI, the admin API or the configuration file: trusted with internal endpoints.
+    Operator,
+    /// Dynamic registration (RFC 7591) by a tailnet user with the `allow_dcr` grant.
+    SelfRegistered,
 }
 
 fn metadata(msg: impl Into<String>) -> MetadataError {
@@ -195,6 +205,10 @@ impl ClientMetadata {
             if !(uri.starts_with("https:") || uri.starts_with("http:")) {
                 return Err(metadata("backchannel_logout_uri must be an http(s) URI"));
             }
+            if rules.registrant == Registrant::SelfRegistered {
+                redirect::check_dynamic_backchannel(uri, &redirect_uris)
+                    .map_err(|reason| metadata(format!("backchannel_logout_uri: {reason}")))?;
+            }
         }
         let resources = self.resources.unwrap_or_default();
         if resources.len() > MAX_URIS {
@@ -202,7 +216,7 @@ impl ClientMetadata {
         }
         for resource in &resources {
             if resource == "*" {
-                if !rules.allow_any_resource {
+                if rules.registrant != Registrant::Operator {
                     return Err(metadata(
                         "the wildcard resource \"*\" cannot be self-registered",
                     ));
@@ -260,7 +274,7 @@ mod tests {
         MetadataRules {
             redirect: RedirectRules::default(),
             algs: [Alg::ES256, Alg::RS256].into_iter().collect(),
-            allow_any_resource: false,
+            registrant: Registrant::SelfRegistered,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError};
 pub mod metadata;
 pub mod redirect;
 
-pub use metadata::{ClientMetadata, MetadataError, MetadataRules, ValidMetadata};
+pub use metadata::{ClientMetadata, MetadataError, MetadataRules, Registrant, ValidMetadata};
 
 /// A client identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -62,6 +62,75 @@ pub fn check(uri: &str, rules: RedirectRules) -> Result<(), String> {
     }
 }
 
+/// Whether `ip` is an address a self-registered client must never make this server call:
+/// loopback, unspecified, broadcast, link-local (which holds the cloud metadata services at
+/// 169.254.169.254), AWS's IPv6 metadata address `fd00:ec2::254`, Alibaba's
+/// `100.100.100.200`, and the IPv4-mapped forms of all of them.
+pub fn is_internal_ip(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_link_local()
+                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// Whether `host` names this machine or a cloud metadata service, by address or by a name
+/// that always means one (`localhost`, `*.localhost`, the metadata services' names).
+pub fn is_internal_host(host: &Host<&str>) -> bool {
+    match host {
+        Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name == "metadata.google.internal"
+                || name == "instance-data"
+                || name == "instance-data.ec2.internal"
+        }
+        Host::Ipv4(ip) => is_internal_ip(IpAddr::V4(*ip)),
+        Host::Ipv6(ip) => is_internal_ip(IpAddr::V6(*ip)),
+    }
+}
+
+/// Checks a back-channel logout URI of a self-registered client: `https`, on the host of one
+/// of its `redirect_uris`, and never an internal host ([`is_internal_host`]). The server
+/// POSTs to this URI on its own initiative, so an open choice would let any registrant make
+/// it call internal services. Operators (the CLI, the admin API, the configuration file)
+/// may register others.
+pub fn check_dynamic_backchannel(uri: &str, redirect_uris: &[String]) -> Result<(), String> {
+    let parsed = Url::parse(uri).map_err(|e| format!("{uri:?} is not an absolute URI: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("{uri:?} must use https"));
+    }
+    let Some(host) = parsed.host() else {
+        return Err(format!("{uri:?} has no host"));
+    };
+    if is_internal_host(&host) {
+        return Err(format!(
+            "{uri:?} points at a loopback, link-local or metadata address"
+        ));
+    }
+    let on_a_redirect_host = redirect_uris
+        .iter()
+        .filter_map(|r| Url::parse(r).ok())
+        .any(|r| r.host() == Some(host.clone()));
+    if !on_a_redirect_host {
+        return Err(format!(
+            "{uri:?} must be on the host of one of the client's redirect_uris"
+        ));
+    }
+    Ok(())
+}
+
 fn is_loopback(host: &Host<&str>) -> bool {
     match host {
         Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
@@ -129,6 +198,49 @@ mod tests {
             let reason = check(bad, rules).expect_err(bad);
             assert!(reason.contains("control character"), "{bad:?}: {reason}");
         }
+    }
+
+    #[test]
+    fn a_self_registered_backchannel_uri_is_https_on_a_redirect_host_and_never_internal() {
+        let redirects = vec![
+            "https://app.example/cb".to_owned(),
+            "http://127.0.0.1:9/cb".to_owned(),
+            "https://[::ffff:169.254.169.254]/cb".to_owned(),
+        ];
+        assert_eq!(
+            check_dynamic_backchannel("https://app.example/logout", &redirects),
+            Ok(())
+        );
+        assert_eq!(
+            check_dynamic_backchannel("https://APP.example:8443/logout", &redirects),
+            Ok(()),
+            "hosts compare as parsed; the port may differ"
+        );
+        for (bad, needle) in [
+            ("http://app.example/logout", "https"),
+            ("https://other.example/logout", "redirect_uris"),
+            ("https://127.0.0.1:9/logout", "loopback"),
+            ("https://127.1.2.3/logout", "loopback"),
+            ("https://localhost/logout", "loopback"),
+            ("https://a.localhost./logout", "loopback"),
+            ("https://169.254.169.254/latest/meta-data/", "metadata"),
+            ("https://[::ffff:169.254.169.254]/cb", "metadata"),
+            ("https://[fd00:ec2::254]/", "metadata"),
+            ("https://[fe80::1]/", "link-local"),
+            ("https://[::1]/", "loopback"),
+            ("https://0.0.0.0/", "loopback"),
+            ("https://100.100.100.200/", "metadata"),
+            ("https://metadata.google.internal/", "metadata"),
+            ("not a uri", "absolute"),
+        ] {
+            let reason = check_dynamic_backchannel(bad, &redirects).expect_err(bad);
+            assert!(reason.contains(needle), "{bad}: {reason}");
+        }
+        assert!(
+            !is_internal_ip("100.64.0.1".parse().unwrap()),
+            "tailnet peers are fine"
+        );
+        assert!(!is_internal_ip("fd7a:115c:a1e0::1".parse().unwrap()));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::input::{Bearer, Body, Path};
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError,
+    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
 };
 use crate::http::guard::SameOrigin;
 use crate::http::peer::Caller;
@@ -105,7 +105,8 @@ pub async fn register(
         return Err(Error::access_denied(reason));
     }
     let metadata: ClientMetadata = parse_metadata(&body)?;
-    let valid = match metadata.validate(&state.settings.metadata_rules(false)) {
+    let valid = match metadata.validate(&state.settings.metadata_rules(Registrant::SelfRegistered))
+    {
         Ok(valid) => valid,
         Err(e) => {
             state
@@ -224,7 +225,7 @@ pub async fn update(
     }
     let valid = request
         .metadata
-        .validate(&state.settings.metadata_rules(false))
+        .validate(&state.settings.metadata_rules(Registrant::SelfRegistered))
         .map_err(metadata_error)?;
     if (valid.token_endpoint_auth_method == AuthMethod::None) != client.is_public() {
         return Err(Error::new(

@@ -534,3 +534,46 @@ async fn a_failed_allowed_users_write_leaves_no_client_behind() {
         "Alice is not in the access rule"
     );
 }
+
+#[tokio::test]
+async fn a_self_registered_backchannel_logout_uri_is_https_on_a_redirect_host_and_never_internal() {
+    let server = TestServer::start().await;
+    let redirect = "https://wiki.example/cb";
+    for uri in [
+        "http://wiki.example/logout",
+        "https://elsewhere.example/logout",
+        "https://127.0.0.1/logout",
+        "https://localhost/logout",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://[::ffff:127.0.0.1]/logout",
+    ] {
+        let (status, body) = register(
+            &server,
+            ALICE,
+            &json!({"redirect_uris": [redirect, "https://169.254.169.254/cb", "https://[fd00:ec2::254]/cb", "https://127.0.0.1/cb"],
+                    "backchannel_logout_uri": uri}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_client_metadata")),
+            "{uri}: {body}"
+        );
+    }
+    let (status, body) = register(
+        &server,
+        ALICE,
+        &json!({"redirect_uris": [redirect], "backchannel_logout_uri": "https://wiki.example/logout"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // An operator may point a client at an internal endpoint.
+    let (id, _) = crate::login::register(
+        &server,
+        json!({"name": "internal", "redirect_uris": [crate::login::REDIRECT],
+               "backchannel_logout_uri": "http://127.0.0.1:9/logout"}),
+    )
+    .await;
+    assert!(!id.is_empty());
+}

@@ -404,3 +404,77 @@ async fn logout_ends_the_session_and_tells_the_relying_party() {
         .unwrap();
     assert_eq!(userinfo.status(), 401, "and its access token");
 }
+
+/// A relying party whose back-channel endpoint takes every request and never answers; each
+/// request that arrives is reported on the channel.
+async fn black_holed_rp() -> (String, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/backchannel",
+            post(
+                |State(arrived): State<mpsc::UnboundedSender<()>>| async move {
+                    let _ = arrived.send(());
+                    std::future::pending::<()>().await;
+                    "never"
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/backchannel"), rx)
+}
+
+/// Logs Alice in to `id` and ends that session by RP-initiated logout.
+async fn login_and_log_out(server: &TestServer, id: &str, secret: &str, after: &str) {
+    let tokens = login(server, id, secret).await;
+    let mut url = Url::parse(&server.url("/logout")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", tokens["id_token"].as_str().unwrap())
+        .append_pair("post_logout_redirect_uri", after);
+    let response = server
+        .peer(ALICE)
+        .get(url.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+}
+
+#[tokio::test]
+async fn a_black_holed_relying_party_does_not_delay_other_logouts() {
+    let server = TestServer::start().await;
+    let after = "http://127.0.0.1:9/signed-out";
+    let (hole, mut arrived) = black_holed_rp().await;
+    let (healthy, mut received) = test_rp().await;
+    let mut clients = Vec::new();
+    for uri in [&hole, &healthy] {
+        let (id, secret) = register(
+            &server,
+            json!({"name": "app", "redirect_uris": [REDIRECT], "backchannel_logout_uri": uri,
+                   "post_logout_redirect_uris": [after]}),
+        )
+        .await;
+        clients.push((id, secret.unwrap()));
+    }
+    // The black-holed relying party's delivery is under way, and will not end by itself.
+    login_and_log_out(&server, &clients[0].0, &clients[0].1, after).await;
+    tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .expect("the first delivery reaches the black hole")
+        .unwrap();
+    // The other relying party is told while that attempt still hangs: had it waited behind
+    // it, the black hole would have seen its retry first.
+    login_and_log_out(&server, &clients[1].0, &clients[1].1, after).await;
+    let body = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the healthy relying party is told")
+        .unwrap();
+    assert!(body.starts_with("logout_token="));
+    assert!(
+        arrived.try_recv().is_err(),
+        "delivered while the black hole's first attempt was still pending"
+    );
+}
