@@ -666,28 +666,40 @@ pub async fn redeem(
             access_jti: Some(&jti_for_code(&hash)),
         },
     )?;
-    let refresh_token = if client.grant_types.contains(&GrantType::RefreshToken) {
-        let token = Secret::generate();
-        let family = RefreshFamily {
-            id: code.sid.clone(),
-            client_id: client.client_id.clone(),
-            identity: code.identity.clone(),
-            scope: code.scope.clone(),
-            resources: code.resources.clone(),
-            auth_time: code.auth_time,
-            sid: code.sid.clone(),
-            created_at: now,
-            expires_at: now.plus(state.settings.refresh_lifetime),
-            revoked_at: None,
-        };
-        state
-            .store
-            .insert_family(&family, &token.hash(), now)
-            .await?;
-        Some(token)
-    } else {
-        None
-    };
+    let refresh = client
+        .grant_types
+        .contains(&GrantType::RefreshToken)
+        .then(|| {
+            let family = RefreshFamily {
+                id: code.sid.clone(),
+                client_id: client.client_id.clone(),
+                identity: code.identity.clone(),
+                scope: code.scope.clone(),
+                resources: code.resources.clone(),
+                auth_time: code.auth_time,
+                sid: code.sid.clone(),
+                created_at: now,
+                expires_at: now.plus(state.settings.refresh_lifetime),
+                revoked_at: None,
+            };
+            (family, Secret::generate())
+        });
+    // The tokens are minted; they go out only if no replay was detected meanwhile. A replay
+    // detected from here on revokes them (the access token by its jti, the family in the
+    // store), one detected before makes this refuse: no order leaves a live family.
+    let first_token = refresh
+        .as_ref()
+        .map(|(family, token)| (family, token.hash()));
+    let completed = state
+        .store
+        .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now)
+        .await?;
+    if !completed {
+        return Err(invalid_grant(
+            deny("code already used; the tokens issued from it are revoked".into()).await?,
+        ));
+    }
+    let refresh_token = refresh.map(|(_, token)| token);
     let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
         .by(&code.identity)
         .client(client.client_id.0.clone());
@@ -725,8 +737,8 @@ async fn revoke_issued(
     hash: &SecretHash,
     now: UnixTime,
 ) -> Result<(), Error> {
+    // The store revoked the family already, with the replay's detection.
     let store = state.store.as_ref();
-    store.revoke_family(&code.sid, now).await?;
     state
         .revocations
         .revoke(store, RevocationKind::Family, &code.sid, now, None)

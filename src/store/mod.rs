@@ -56,7 +56,7 @@ pub struct AuthCode {
     pub identity: Identity,
     /// When they authenticated.
     pub auth_time: UnixTime,
-    /// The session id (`sid`).
+    /// The session id (`sid`), which also names the refresh family its redemption creates.
     pub sid: String,
     /// When the code expires.
     pub expires_at: UnixTime,
@@ -225,9 +225,22 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new authorization code under the hash of its value.
     async fn insert_code(&self, hash: &SecretHash, code: &AuthCode) -> Result<(), StoreError>;
     /// Redeems a code: the first call at or before its expiry gets it, every later call learns
-    /// it was replayed.
+    /// it was replayed. A replay, in the same atomic step, marks the code (so that
+    /// [`Store::complete_redemption`] refuses from then on) and revokes the refresh family
+    /// named by the code's `sid`, if the first redemption already created it.
     async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
     -> Result<Redemption, StoreError>;
+    /// Finishes a redemption: atomically, unless the code has been replayed meanwhile, creates
+    /// `family` with its first token (when the client gets refresh tokens) and answers true;
+    /// after a replay it creates nothing and answers false, and the tokens minted from the
+    /// code must not be handed out. With [`Store::redeem_code`], a replay racing the first
+    /// redemption leaves no live family in either order.
+    async fn complete_redemption(
+        &self,
+        code: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
     /// Creates a refresh family whose first token has hash `token`.
     async fn insert_family(
         &self,

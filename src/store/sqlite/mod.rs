@@ -29,10 +29,11 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
+    include_str!("../migrations/sqlite/0004_code_replay.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -113,6 +114,46 @@ impl SqliteStore {
     /// Opens `tailpass.db` in `dir`; for tests.
     pub async fn open_in(dir: &Path) -> Result<SqliteStore, StoreError> {
         SqliteStore::open(&dir.join("tailpass.db")).await
+    }
+}
+
+/// A refresh family and its first token, as their rows store them.
+struct FamilyRow {
+    id: String,
+    client: String,
+    user: Option<String>,
+    node: String,
+    created: i64,
+    expires: i64,
+    data: String,
+    token: String,
+}
+
+impl FamilyRow {
+    fn of(family: &RefreshFamily, token: &SecretHash) -> Result<FamilyRow, StoreError> {
+        Ok(FamilyRow {
+            id: family.id.clone(),
+            client: family.client_id.0.clone(),
+            user: family.identity.user.as_ref().map(|u| u.login.clone()),
+            node: family.identity.node.stable_id.0.clone(),
+            created: time(family.created_at),
+            expires: time(family.expires_at),
+            data: encode(family)?,
+            token: token.to_hex(),
+        })
+    }
+
+    fn insert(self, c: &Connection, now: UnixTime) -> Result<(), StoreError> {
+        c.prepare_cached(
+            "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![self.id, self.client, self.user, self.node, self.created, self.expires, self.data])?;
+        c.prepare_cached(
+            "INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![self.token, self.id, time(now)])?;
+        Ok(())
     }
 }
 
@@ -256,6 +297,16 @@ impl Store for SqliteStore {
                 };
                 let code: AuthCode = decode(&data)?;
                 if redeemed_at.is_some() {
+                    // Marked, and the first redemption's family revoked, in this transaction:
+                    // a family created later is refused by `complete_redemption`.
+                    c.prepare_cached(
+                        "UPDATE codes SET replayed_at = COALESCE(replayed_at, ?1) WHERE code_hash = ?2",
+                    )?
+                    .execute(params![time(now), hash])?;
+                    c.prepare_cached(
+                        "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2 AND revoked_at IS NULL",
+                    )?
+                    .execute(params![time(now), code.sid])?;
                     return Ok(Redemption::Replayed(code));
                 }
                 if time(now) > expires_at {
@@ -274,26 +325,32 @@ impl Store for SqliteStore {
         token: &SecretHash,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let id = family.id.clone();
-        let client = family.client_id.0.clone();
-        let user = family.identity.user.as_ref().map(|u| u.login.clone());
-        let node = family.identity.node.stable_id.0.clone();
-        let (created, expires, data) = (
-            time(family.created_at),
-            time(family.expires_at),
-            encode(family)?,
-        );
-        let token = token.to_hex();
+        let row = FamilyRow::of(family, token)?;
+        self.worker.write(move |c| row.insert(c, now)).await
+    }
+
+    async fn complete_redemption(
+        &self,
+        code: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let code = code.to_hex();
+        let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
         self.worker
             .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![id, client, user, node, created, expires, data])?;
-                c.prepare_cached("INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![token, id, time(now)])?;
-                Ok(())
+                let unreplayed = c
+                    .prepare_cached(
+                        "SELECT 1 FROM codes WHERE code_hash = ?1 AND redeemed_at IS NOT NULL AND replayed_at IS NULL",
+                    )?
+                    .exists(params![code])?;
+                if !unreplayed {
+                    return Ok(false);
+                }
+                if let Some(row) = row {
+                    row.insert(c, now)?;
+                }
+                Ok(true)
             })
             .await
     }

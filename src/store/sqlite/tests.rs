@@ -154,6 +154,78 @@ async fn replay_is_reported_and_expiry_is_enforced() {
 }
 
 #[tokio::test]
+async fn a_code_replayed_while_its_first_redemption_is_in_flight_leaves_no_live_family() {
+    let (_dir, store) = store().await;
+    // The replay is detected before the first redemption creates its family: the creation is
+    // refused, and nothing is left behind.
+    let hash = Secret::generate().hash();
+    store.insert_code(&hash, &code(160)).await.unwrap();
+    assert!(matches!(
+        store.redeem_code(&hash, UnixTime(120)).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    assert!(matches!(
+        store.redeem_code(&hash, UnixTime(121)).await.unwrap(),
+        Redemption::Replayed(_)
+    ));
+    let token = Secret::generate().hash();
+    let first = family("s1", 10_000);
+    assert!(
+        !store
+            .complete_redemption(&hash, Some((&first, &token)), UnixTime(122))
+            .await
+            .unwrap(),
+        "the in-flight redemption is refused"
+    );
+    assert_eq!(store.family_of(&token).await.unwrap(), None);
+    assert!(
+        !store
+            .complete_redemption(&hash, None, UnixTime(122))
+            .await
+            .unwrap(),
+        "also without a refresh family"
+    );
+
+    // The first redemption creates its family before the replay: the replay's own atomic
+    // step revokes it, with nothing else having to run afterwards.
+    let hash = Secret::generate().hash();
+    let mut second_code = code(160);
+    second_code.sid = "s2".into();
+    store.insert_code(&hash, &second_code).await.unwrap();
+    store.redeem_code(&hash, UnixTime(120)).await.unwrap();
+    let token = Secret::generate().hash();
+    let second = family("s2", 10_000);
+    assert!(
+        store
+            .complete_redemption(&hash, Some((&second, &token)), UnixTime(121))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .family_of(&token)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .is_live(UnixTime(121))
+    );
+    store.redeem_code(&hash, UnixTime(122)).await.unwrap();
+    let (revoked, _) = store.family_of(&token).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(UnixTime(122)));
+
+    // An unknown or unredeemed code completes nothing.
+    let unredeemed = Secret::generate().hash();
+    store.insert_code(&unredeemed, &code(160)).await.unwrap();
+    assert!(
+        !store
+            .complete_redemption(&unredeemed, None, UnixTime(121))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
 async fn refresh_rotation_and_reuse_revokes_the_family() {
     let (_dir, store) = store().await;
     let (t1, t2, t3) = (
