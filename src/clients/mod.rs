@@ -216,6 +216,14 @@ impl Client {
         self.backchannel_logout_session_required = meta.backchannel_logout_session_required;
     }
 
+    /// Whether `uri` is one of this client's redirect URIs: exactly, or for a public client
+    /// a loopback `http` URI that differs only by its port ([`redirect::matches`]).
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|registered| redirect::matches(registered, uri, self.is_public()))
+    }
+
     /// Whether this is a public client (no secret, PKCE mandatory).
     pub fn is_public(&self) -> bool {
         self.token_endpoint_auth_method == AuthMethod::None

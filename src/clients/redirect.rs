@@ -5,8 +5,10 @@
 //! loopback host (native apps, RFC 8252 §7.3) unless the operator allows plain `http`;
 //! private-use schemes in reverse-domain form such as `com.example.app:/cb` (RFC 8252 §7.1).
 //! Everything else — `javascript:`, `data:`, `file:`, bare words — is refused, as are
-//! fragments (RFC 6749 §3.1.2) and embedded credentials. At use, matching is exact and
-//! case-sensitive against the string registered, never against a normalized form.
+//! fragments (RFC 6749 §3.1.2), embedded credentials, whitespace and control characters. At
+//! use, matching is exact and case-sensitive against the string registered, never against a
+//! normalized form ([`matches`]); the one exception is the port of a public client's
+//! loopback `http` URI, which a native app chooses at run time (RFC 8252 §7.3).
 
 use std::net::IpAddr;
 
@@ -60,6 +62,46 @@ pub fn check(uri: &str, rules: RedirectRules) -> Result<(), String> {
             "scheme {scheme:?} is not allowed (https, http to loopback, or a reverse-domain app scheme such as com.example.app)"
         )),
     }
+}
+
+/// The loopback hosts whose port a native app picks at run time (RFC 8252 §7.3).
+const LOOPBACK_HOSTS: [&str; 3] = ["127.0.0.1", "[::1]", "localhost"];
+
+/// Whether `requested` may be used as the registered redirect URI `registered`: the same
+/// string, exactly and case-sensitively; or, when `any_loopback_port` (public clients, which
+/// are native apps listening on an ephemeral port, RFC 8252 §7.3), an `http` URI to
+/// `127.0.0.1`, `[::1]` or `localhost` that is the same string but for the port. Never a
+/// normalized comparison: a URI that differs anywhere else does not match.
+pub fn matches(registered: &str, requested: &str, any_loopback_port: bool) -> bool {
+    if registered == requested {
+        return true;
+    }
+    any_loopback_port
+        && match (
+            without_loopback_port(registered),
+            without_loopback_port(requested),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+}
+
+/// `uri` without its port, when it is `http://` to a loopback host with at most a numeric
+/// port; `None` for every other URI.
+fn without_loopback_port(uri: &str) -> Option<(&'static str, &str)> {
+    let rest = uri.strip_prefix("http://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    LOOPBACK_HOSTS.into_iter().find_map(|host| {
+        let port = authority.strip_prefix(host)?;
+        let numeric = match port.strip_prefix(':') {
+            Some(digits) => {
+                (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+            }
+            None => port.is_empty(),
+        };
+        numeric.then_some((host, tail))
+    })
 }
 
 /// Whether `ip` is an address a self-registered client must never make this server call:
@@ -241,6 +283,48 @@ mod tests {
             "tailnet peers are fine"
         );
         assert!(!is_internal_ip("fd7a:115c:a1e0::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn loopback_redirect_uris_of_public_clients_match_any_port() {
+        for (registered, requested) in [
+            ("http://127.0.0.1/cb", "http://127.0.0.1:51234/cb"),
+            ("http://127.0.0.1:9/cb", "http://127.0.0.1:51234/cb"),
+            ("http://127.0.0.1:9/cb?x=1", "http://127.0.0.1/cb?x=1"),
+            ("http://[::1]/cb", "http://[::1]:8080/cb"),
+            ("http://localhost/", "http://localhost:3000/"),
+            ("http://localhost", "http://localhost:3000"),
+        ] {
+            assert!(matches(registered, requested, true), "{requested}");
+            assert!(
+                !matches(registered, requested, false),
+                "confidential: {requested}"
+            );
+        }
+        for (registered, requested) in [
+            ("http://127.0.0.1/cb", "http://127.0.0.1:5/cb/"),
+            ("http://127.0.0.1/cb", "http://127.0.0.1:5/CB"),
+            ("http://127.0.0.1/cb", "http://127.0.0.2:5/cb"),
+            ("http://127.0.0.1/cb", "http://127.0.0.1.evil.example:5/cb"),
+            ("http://127.0.0.1/cb", "http://127.0.0.1:5@evil.example/cb"),
+            ("http://127.0.0.1/cb", "http://127.0.0.1:/cb"),
+            ("http://127.0.0.1/cb", "http://127.0.0.1:123456/cb"),
+            ("http://127.0.0.1/cb", "https://127.0.0.1:5/cb"),
+            ("http://localhost/cb", "http://LOCALHOST:5/cb"),
+            ("http://localhost/cb", "http://127.0.0.1:5/cb"),
+            ("https://app.example/cb", "https://app.example:444/cb"),
+            (
+                "http://grafana.internal/cb",
+                "http://grafana.internal:81/cb",
+            ),
+        ] {
+            assert!(!matches(registered, requested, true), "{requested}");
+        }
+        assert!(matches(
+            "https://app.example/cb",
+            "https://app.example/cb",
+            false
+        ));
     }
 
     #[test]

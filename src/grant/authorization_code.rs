@@ -16,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
+use tailpass_verify::dpop::Proof;
 use url::Url;
 
 use super::{Scopes, TokenResponse};
@@ -228,8 +229,9 @@ pub async fn authorize(
     let Some(redirect_uri) = params.redirect_uri.as_deref() else {
         return show("redirect_uri is required");
     };
-    // Exact, case-sensitive string comparison (RFC 9700 §4.1.3).
-    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+    // Exact, case-sensitive string comparison (RFC 9700 §4.1.3), but for a public client's
+    // loopback port (RFC 8252 §7.3).
+    if !client.allows_redirect(redirect_uri) {
         audit_denial(
             state,
             caller.as_deref().ok(),
@@ -562,7 +564,7 @@ pub async fn consent(
         let Some(redirect_uri) = params
             .redirect_uri
             .as_deref()
-            .filter(|r| client.redirect_uris.iter().any(|u| u == r))
+            .filter(|r| client.allows_redirect(r))
         else {
             return Outcome::Show(bad_consent());
         };
@@ -584,7 +586,7 @@ pub async fn consent(
 }
 
 /// A token request of the authorization code grant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CodeRequest<'a> {
     /// The code.
     pub code: Option<&'a str>,
@@ -592,6 +594,8 @@ pub struct CodeRequest<'a> {
     pub redirect_uri: Option<&'a str>,
     /// The PKCE verifier.
     pub code_verifier: Option<&'a str>,
+    /// The request's checked DPoP proof: it binds a public client's refresh tokens.
+    pub proof: Option<Proof>,
 }
 
 fn invalid_grant(description: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -681,6 +685,13 @@ pub async fn redeem(
                 created_at: now,
                 expires_at: now.plus(state.settings.refresh_lifetime),
                 revoked_at: None,
+                // RFC 9449 §5: a public client's refresh tokens are bound to the key of the
+                // proof it redeemed the code with; a confidential client's, to its secret.
+                jkt: request
+                    .proof
+                    .as_ref()
+                    .filter(|_| client.is_public())
+                    .map(|p| p.jkt.clone()),
             };
             (family, Secret::generate())
         });

@@ -4,7 +4,11 @@
 //! it leaked, so its whole family is revoked, access tokens included. Scopes and resources may
 //! narrow, never widen. Policy is re-checked at each refresh: a user since revoked, or no
 //! longer allowed by the client's access rule, gets nothing. A family also has an absolute
-//! lifetime, whatever the refreshes.
+//! lifetime, whatever the refreshes. A public client's family redeemed with a DPoP proof is
+//! bound to that key (RFC 9449 §5): each refresh needs a proof by it.
+
+use axum::http::StatusCode;
+use tailpass_verify::dpop::Proof;
 
 use super::{LoginGrant, Scopes, TokenResponse, issue_login};
 use crate::app::AppState;
@@ -15,7 +19,7 @@ use crate::secret::Secret;
 use crate::store::{RevocationKind, Rotation};
 
 /// A token request of the refresh grant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RefreshRequest<'a> {
     /// The refresh token.
     pub refresh_token: Option<&'a str>,
@@ -23,6 +27,8 @@ pub struct RefreshRequest<'a> {
     pub scope: Option<&'a str>,
     /// Narrower resources, if asked.
     pub resources: &'a [String],
+    /// The request's checked DPoP proof, required by the key of a bound family.
+    pub proof: Option<Proof>,
 }
 
 fn invalid_grant(description: &'static str) -> Error {
@@ -67,6 +73,18 @@ pub async fn refresh(
             .await?;
         return Err(invalid_grant("invalid refresh token"));
     };
+    // RFC 9449 §5: a bound refresh token is refused without a proof by its key, before it is
+    // spent, so a thief without the key cannot even cost the client its session.
+    if let Some(bound) = &family.jkt
+        && request.proof.as_ref().map(|p| &p.jkt) != Some(bound)
+    {
+        let reason = "the refresh token is bound to a DPoP key; a proof by that key is required";
+        state
+            .audit
+            .record(audit(Outcome::Denied, Some(reason)).by(&family.identity))
+            .await?;
+        return Err(Error::new(Code::InvalidDpopProof, reason).with_status(StatusCode::BAD_REQUEST));
+    }
     let scopes = match request.scope {
         Some(_) => Scopes::parse(request.scope),
         None => Scopes(family.scope.clone()),

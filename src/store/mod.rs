@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tailpass_verify::UnixTime;
+use tailpass_verify::{Thumbprint, UnixTime};
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::clients::{Client, ClientId};
@@ -97,6 +97,10 @@ pub struct RefreshFamily {
     /// When it was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<UnixTime>,
+    /// The DPoP key a public client's refresh tokens are bound to (RFC 9449 §5): set when the
+    /// code was redeemed with a proof; each refresh then needs a proof by the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<Thumbprint>,
 }
 
 impl RefreshFamily {

@@ -76,6 +76,7 @@ fn family(id: &str, expires_at: u64) -> RefreshFamily {
         created_at: UnixTime(100),
         expires_at: UnixTime(expires_at),
         revoked_at: None,
+        jkt: None,
     }
 }
 
