@@ -172,6 +172,10 @@ pub struct Client {
     /// Who registered it: a login or node name, or `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The version of its registered metadata, raised by every change to it (an RFC 7592
+    /// update, an administrator's edit): a consent given to an older version is asked again.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Client {
@@ -200,11 +204,14 @@ impl Client {
             registration_token_sha256: None,
             created_at: now,
             created_by,
+            version: 0,
         }
     }
 
-    /// Replaces the registered metadata, keeping identity, secret and provenance.
+    /// Replaces the registered metadata, keeping identity, secret and provenance, and raises
+    /// the version, so that people who consented to what it was are asked again.
     pub fn apply_metadata(&mut self, meta: ValidMetadata) {
+        self.version = self.version.saturating_add(1);
         self.client_name = meta.client_name;
         self.token_endpoint_auth_method = meta.token_endpoint_auth_method;
         self.redirect_uris = meta.redirect_uris;

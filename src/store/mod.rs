@@ -73,6 +73,54 @@ pub enum Redemption {
     Invalid,
 }
 
+/// What a person approved on a dynamically registered client's consent page: a later request
+/// within it needs no new approval, anything more — another scope, resource or redirect URI,
+/// or the client's metadata changed since ([`crate::clients::Client::version`]) — asks again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Approved scopes.
+    pub scopes: Vec<String>,
+    /// Approved RFC 8707 resources.
+    pub resources: Vec<String>,
+    /// Redirect URIs codes were approved for.
+    pub redirect_uris: Vec<String>,
+    /// The version of the client's metadata the person saw.
+    pub client_version: u64,
+}
+
+impl Consent {
+    /// Whether this approval covers `request`: the same client version, and every scope,
+    /// resource and redirect URI of the request approved.
+    pub fn covers(&self, request: &Consent) -> bool {
+        let within =
+            |asked: &[String], approved: &[String]| asked.iter().all(|a| approved.contains(a));
+        self.client_version == request.client_version
+            && within(&request.scopes, &self.scopes)
+            && within(&request.resources, &self.resources)
+            && within(&request.redirect_uris, &self.redirect_uris)
+    }
+
+    /// This approval joined with an `earlier` one of the same client version; an approval of
+    /// another version replaces it.
+    pub fn joined(mut self, earlier: Option<Consent>) -> Consent {
+        let Some(earlier) = earlier.filter(|e| e.client_version == self.client_version) else {
+            return self;
+        };
+        for (into, from) in [
+            (&mut self.scopes, earlier.scopes),
+            (&mut self.resources, earlier.resources),
+            (&mut self.redirect_uris, earlier.redirect_uris),
+        ] {
+            for item in from {
+                if !into.contains(&item) {
+                    into.push(item);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// A refresh-token family: every refresh token descending from one authorization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshFamily {
@@ -295,13 +343,15 @@ pub trait Store: Send + Sync + 'static {
     /// Revocations with a sequence number above `seq`, in order.
     async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
 
-    /// Whether the user (by login) approved the client.
-    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError>;
-    /// Records the user's approval of the client.
+    /// What the user (by subject) approved for the client, if anything.
+    async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError>;
+    /// Records the user's approval of the client, joined atomically with what they approved
+    /// before for the same client version ([`Consent::joined`]).
     async fn insert_consent(
         &self,
         client: &ClientId,
         user: &str,
+        approved: &Consent,
         now: UnixTime,
     ) -> Result<(), StoreError>;
 

@@ -478,3 +478,161 @@ async fn a_black_holed_relying_party_does_not_delay_other_logouts() {
         "delivered while the black hole's first attempt was still pending"
     );
 }
+
+/// Registers a client as Alice through `/register`; its id, registration URI and token.
+async fn self_register(server: &TestServer, metadata: Value) -> (String, String, String) {
+    let (status, registered) = read(
+        peer(ALICE)
+            .post(server.url("/register"))
+            .json(&metadata)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    let field = |name: &str| registered[name].as_str().unwrap().to_owned();
+    (
+        field("client_id"),
+        field("registration_client_uri"),
+        field("registration_access_token"),
+    )
+}
+
+/// Whether opening the authorization URL shows the consent page (else it must redirect with a
+/// code); the page's form when it does.
+async fn asks(server: &TestServer, from: u8, url: &str) -> Option<Vec<(String, String)>> {
+    match open(server, from, url).await {
+        Ok(back) => {
+            assert!(param(&back, "code").is_some(), "{back}");
+            None
+        }
+        Err((200, page)) => Some(hidden_fields(&page)),
+        Err(other) => panic!("neither a code nor a consent page: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn consent_records_what_was_approved_and_more_asks_again() {
+    let server = TestServer::start().await;
+    let other = "http://127.0.0.1:9/other";
+    let (id, uri, token) = self_register(
+        &server,
+        json!({"redirect_uris": [REDIRECT, other], "client_name": "Wiki"}),
+    )
+    .await;
+    let fields = asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+        .await
+        .expect("asked the first time");
+    let approved = submit_consent(&server, ALICE, &fields, "approve", &server.base).await;
+    assert_eq!(approved.status(), 303);
+
+    // Within what was approved: no question.
+    assert!(
+        asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+            .await
+            .is_none()
+    );
+    assert!(
+        asks(
+            &server,
+            ALICE,
+            &authorize_url(&server, &id, &[("scope", "openid")])
+        )
+        .await
+        .is_none()
+    );
+    // More scopes, or another redirect URI: asked again.
+    let more = authorize_url(&server, &id, &[("scope", "openid profile email groups")]);
+    assert!(asks(&server, ALICE, &more).await.is_some(), "another scope");
+    let elsewhere = authorize_url(&server, &id, &[("redirect_uri", other)]);
+    let form = asks(&server, ALICE, &elsewhere).await;
+    assert!(form.is_some(), "another redirect URI");
+    let back = open(
+        &server,
+        ALICE,
+        &authorize_url(&server, &id, &[("redirect_uri", other), ("prompt", "none")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("consent_required"));
+
+    // An RFC 7592 update of the client asks again, and a form shown before it is void.
+    let (status, _) = read(
+        peer(ALICE)
+            .put(&uri)
+            .bearer_auth(&token)
+            .json(&json!({"client_id": id, "redirect_uris": [REDIRECT, other], "client_name": "Wiki, now with more"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+            .await
+            .is_some(),
+        "asked again after the update"
+    );
+    let stale = submit_consent(&server, ALICE, &form.unwrap(), "approve", &server.base).await;
+    assert_eq!(stale.status(), 403, "approved before the update");
+}
+
+#[tokio::test]
+async fn a_redirected_error_before_consent_never_names_the_user() {
+    let server = TestServer::start().await;
+    let (id, _, _) = self_register(
+        &server,
+        json!({"redirect_uris": [REDIRECT], "client_name": "Wiki", "resources": [crate::support::GATEWAY]}),
+    )
+    .await;
+    // Bob has no grant for the resource: he is asked first, and only then told.
+    let with_resource = authorize_url(&server, &id, &[("resource", crate::support::GATEWAY)]);
+    let fields = asks(&server, BOB, &with_resource)
+        .await
+        .expect("consent comes before the resource check");
+    let answered = submit_consent(&server, BOB, &fields, "approve", &server.base).await;
+    let back = Url::parse(answered.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("invalid_target"));
+
+    // Carol, revoked, has approved nothing: the client learns she was refused, not who she is.
+    let (status, _) = crate::support::admin(
+        &server,
+        axum::http::Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "user", "value": "carol@example.com"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let back = open(
+        &server,
+        crate::support::CAROL,
+        &authorize_url(&server, &id, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"));
+    let description = param(&back, "error_description").unwrap();
+    assert!(!description.contains("carol"), "{description}");
+    assert!(!back.as_str().contains("carol"), "{back}");
+    // The audit log keeps the reason.
+    let audit = server
+        .state()
+        .store
+        .audit(&tailpass::store::AuditFilter {
+            user: Some("carol@example.com".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|r| r
+            .event
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("carol@example.com"))),
+        "{audit:?}"
+    );
+}

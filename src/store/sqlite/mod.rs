@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
 
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Redemption, RefreshFamily, Revocation, RevocationKind,
-    Rotation, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation,
+    RevocationKind, Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -29,11 +29,12 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
     include_str!("../migrations/sqlite/0004_code_replay.sql"),
+    include_str!("../migrations/sqlite/0005_consent_record.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -114,6 +115,19 @@ impl SqliteStore {
     /// Opens `tailpass.db` in `dir`; for tests.
     pub async fn open_in(dir: &Path) -> Result<SqliteStore, StoreError> {
         SqliteStore::open(&dir.join("tailpass.db")).await
+    }
+}
+
+/// The consent a user gave a client; a row from before consents recorded what they approved
+/// (its `data` is NULL) approves nothing.
+fn consent_of(c: &Connection, client: &str, user: &str) -> Result<Option<Consent>, StoreError> {
+    let data: Option<Option<String>> = c
+        .prepare_cached("SELECT data FROM consents WHERE client_id = ?1 AND user_key = ?2")?
+        .query_row(params![client, user], |r| r.get(0))
+        .optional()?;
+    match data.flatten() {
+        Some(data) => decode(&data).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -530,15 +544,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError> {
+    async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError> {
         let (client, user) = (client.0.clone(), user.to_owned());
         self.worker
-            .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT 1 FROM consents WHERE client_id = ?1 AND user_key = ?2",
-                )?
-                .exists(params![client, user])?)
-            })
+            .read(move |c| consent_of(c, &client, &user))
             .await
     }
 
@@ -546,16 +555,18 @@ impl Store for SqliteStore {
         &self,
         client: &ClientId,
         user: &str,
+        approved: &Consent,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let (client, user) = (client.0.clone(), user.to_owned());
+        let (client, user, approved) = (client.0.clone(), user.to_owned(), approved.clone());
         self.worker
             .write(move |c| {
+                let data = encode(&approved.joined(consent_of(c, &client, &user)?))?;
                 c.prepare_cached(
-                    "INSERT INTO consents (client_id, user_key, granted_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (client_id, user_key) DO NOTHING",
+                    "INSERT INTO consents (client_id, user_key, granted_at, data) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (client_id, user_key) DO UPDATE SET granted_at = ?3, data = ?4",
                 )?
-                .execute(params![client, user, time(now)])?;
+                .execute(params![client, user, time(now), data])?;
                 Ok(())
             })
             .await

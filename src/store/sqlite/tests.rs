@@ -42,6 +42,7 @@ fn client(id: &str) -> Client {
         registration_token_sha256: None,
         created_at: UnixTime(1),
         created_by: None,
+        version: 0,
     }
 }
 
@@ -405,20 +406,84 @@ async fn an_unlifted_node_revocation_outlives_the_token_horizon() {
 }
 
 #[tokio::test]
-async fn consent_is_per_client_and_user() {
+async fn consent_records_what_was_approved() {
     let (_dir, store) = store().await;
     let c = ClientId("c1".into());
-    assert!(!store.has_consent(&c, "userid:1").await.unwrap());
+    let approval = |scopes: &[&str], resources: &[&str], redirect: &str, version: u64| Consent {
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        resources: resources.iter().map(|s| s.to_string()).collect(),
+        redirect_uris: vec![redirect.to_owned()],
+        client_version: version,
+    };
+    assert_eq!(store.consent(&c, "userid:1").await.unwrap(), None);
+    let first = approval(
+        &["openid", "email"],
+        &["https://gw.example"],
+        "https://a.example/cb",
+        1,
+    );
     store
-        .insert_consent(&c, "userid:1", UnixTime(1))
+        .insert_consent(&c, "userid:1", &first, UnixTime(1))
         .await
         .unwrap();
+    let stored = store.consent(&c, "userid:1").await.unwrap().unwrap();
+    assert!(stored.covers(&first));
+    assert!(stored.covers(&approval(&["openid"], &[], "https://a.example/cb", 1)));
+    for more in [
+        approval(&["openid", "groups"], &[], "https://a.example/cb", 1),
+        approval(
+            &["openid"],
+            &["https://other.example"],
+            "https://a.example/cb",
+            1,
+        ),
+        approval(&["openid"], &[], "https://a.example/other", 1),
+        approval(&["openid"], &[], "https://a.example/cb", 2),
+    ] {
+        assert!(!stored.covers(&more), "{more:?} asks again");
+    }
+    assert_eq!(
+        store.consent(&c, "userid:2").await.unwrap(),
+        None,
+        "per user"
+    );
+    assert_eq!(
+        store
+            .consent(&ClientId("c2".into()), "userid:1")
+            .await
+            .unwrap(),
+        None,
+        "per client"
+    );
+
+    // A second approval adds to the first; one for a newer client version replaces it.
+    let second = approval(&["groups"], &[], "https://a.example/other", 1);
     store
-        .insert_consent(&c, "userid:1", UnixTime(2))
+        .insert_consent(&c, "userid:1", &second, UnixTime(2))
         .await
         .unwrap();
-    assert!(store.has_consent(&c, "userid:1").await.unwrap());
-    assert!(!store.has_consent(&c, "userid:2").await.unwrap());
+    let joined = store.consent(&c, "userid:1").await.unwrap().unwrap();
+    assert!(joined.covers(&first) && joined.covers(&second));
+    let updated = approval(&["openid"], &[], "https://a.example/cb", 2);
+    store
+        .insert_consent(&c, "userid:1", &updated, UnixTime(3))
+        .await
+        .unwrap();
+    assert_eq!(store.consent(&c, "userid:1").await.unwrap(), Some(updated));
+
+    // A consent from before consents recorded anything approves nothing.
+    store
+        .worker
+        .write(|c| {
+            c.execute(
+                "INSERT INTO consents (client_id, user_key, granted_at) VALUES ('c1', 'userid:3', 1)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.consent(&c, "userid:3").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -828,10 +893,11 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     // Beside other jobs (queued together, so usually one batch with savepoints; either way
     // only the failed job's write must go).
     let c = ClientId("c1".into());
+    let approved = Consent::default();
     let (failed, kept, other) = tokio::join!(
         store.worker.write(|c| consent_then_fail(c, "u2")),
-        store.insert_consent(&c, "u3", UnixTime(1)),
-        store.insert_consent(&c, "u4", UnixTime(1)),
+        store.insert_consent(&c, "u3", &approved, UnixTime(1)),
+        store.insert_consent(&c, "u4", &approved, UnixTime(1)),
     );
     assert!(failed.is_err());
     kept.unwrap();
@@ -839,6 +905,6 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     assert_eq!(consents(&store).await, 2);
     // The writer goes on.
     store.insert_client(&client("c1")).await.unwrap();
-    assert!(store.has_consent(&c, "u3").await.unwrap());
-    assert!(!store.has_consent(&c, "u2").await.unwrap());
+    assert!(store.consent(&c, "u3").await.unwrap().is_some());
+    assert!(store.consent(&c, "u2").await.unwrap().is_none());
 }
