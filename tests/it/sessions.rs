@@ -636,3 +636,81 @@ async fn a_redirected_error_before_consent_never_names_the_user() {
         "{audit:?}"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_re_resolves_the_person_and_a_gone_node_or_lost_grant_ends_the_family() {
+    use crate::support::{CAROL, GATEWAY, loopback_peers, with_tailnet_addresses};
+    let server = TestServer::start().await;
+    let (id, secret) = register(
+        &server,
+        json!({"name": "app", "redirect_uris": [REDIRECT], "resources": [GATEWAY]}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let client = (id.as_str(), Some(secret.as_str()));
+    let alice = login(&server, &id, &secret).await;
+    let c = code(&server, CAROL, &id, &[("resource", GATEWAY)]).await;
+    let (status, carol) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(status, 200, "{carol}");
+    let c = code(&server, BOB, &id, &[]).await;
+    let (status, bob) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(status, 200, "{bob}");
+
+    // The tailnet changes while the server is down: Alice's node leaves, Carol's grant no
+    // longer gives her the gateway, Bob is as he was.
+    let dir = server.stop().await;
+    let mut peers = loopback_peers();
+    let carol_ip = crate::support::ip(CAROL).to_string();
+    peers[&carol_ip]["CapMap"]["tailscale.com/cap/tsidp"][0]["resources"] = json!([]);
+    peers
+        .as_object_mut()
+        .unwrap()
+        .remove(&crate::support::ip(ALICE).to_string());
+    let table = dir.path().join("peers.json");
+    std::fs::write(&table, with_tailnet_addresses(peers).to_string()).unwrap();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", table.to_str().unwrap()]).await;
+    let refresh = |tokens: &Value| {
+        let token = tokens["refresh_token"].as_str().unwrap().to_owned();
+        let server = &server;
+        async move {
+            crate::authorize::token(
+                server,
+                client,
+                &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+            )
+            .await
+        }
+    };
+
+    let (status, body) = refresh(&bob).await;
+    assert_eq!(status, 200, "Bob's node is still his: {body}");
+    for (who, tokens, code) in [
+        ("alice", &alice, "invalid_grant"),
+        ("carol", &carol, "invalid_target"),
+    ] {
+        let (status, body) = refresh(tokens).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(code)),
+            "{who}: {body}"
+        );
+        // The family is over, not just this refresh: the same token again finds it revoked,
+        // and its access token is refused.
+        let (status, body) = refresh(tokens).await;
+        assert_eq!(status, 400, "{who}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("revoked"),
+            "{who}: {body}"
+        );
+        let userinfo = peer(1)
+            .get(server.url("/userinfo"))
+            .bearer_auth(tokens["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(userinfo.status(), 401, "{who}");
+    }
+}
