@@ -60,8 +60,7 @@ struct Sender {
     trusted: reqwest::Client,
     /// For self-registered clients: internal addresses are never connected to.
     external: reqwest::Client,
-    /// The queue of each client that has deliveries waiting.
-    queues: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
+    queues: Queues,
     tasks: TaskTracker,
 }
 
@@ -124,7 +123,7 @@ impl Backchannel {
             clock,
             trusted: http_client(false)?,
             external: http_client(true)?,
-            queues: Mutex::new(HashMap::new()),
+            queues: Queues::default(),
             tasks: TaskTracker::new(),
         });
         let (alive, mut ended) = mpsc::channel::<()>(1);
@@ -167,17 +166,23 @@ impl Backchannel {
     }
 }
 
-impl Sender {
-    /// Puts a delivery on its client's queue, creating the queue and its task if there is
-    /// none. Queues are created and removed under the same lock, so no delivery is left on a
-    /// queue whose task has ended.
-    fn enqueue(self: &Arc<Self>, delivery: Delivery) -> Result<(), &'static str> {
-        let Ok(mut queues) = self.queues.lock() else {
+/// The queue of each client that has deliveries waiting. A queue is created with its first
+/// delivery and removed, under the same lock, once found empty, so no delivery is ever left on
+/// a queue nobody drains.
+#[derive(Default)]
+struct Queues(Mutex<HashMap<String, mpsc::Sender<Delivery>>>);
+
+impl Queues {
+    /// Puts a delivery on its client's queue. A receiver comes back when the queue is new:
+    /// the caller must start draining it.
+    fn put(&self, delivery: Delivery) -> Result<Option<mpsc::Receiver<Delivery>>, &'static str> {
+        let Ok(mut queues) = self.0.lock() else {
             return Err("the queue table is poisoned");
         };
         if let Some(queue) = queues.get(&delivery.client_id) {
             return queue
                 .try_send(delivery)
+                .map(|()| None)
                 .map_err(|_| "this client's queue is full");
         }
         if queues.len() >= MAX_QUEUES {
@@ -188,30 +193,38 @@ impl Sender {
         if tx.try_send(delivery).is_err() {
             return Err("a new queue refused its first delivery");
         }
-        queues.insert(client_id.clone(), tx);
-        self.tasks.spawn(self.clone().drain(client_id, rx));
+        queues.insert(client_id, tx);
+        Ok(Some(rx))
+    }
+
+    /// The next delivery of `client_id`'s queue, or `None` once it is empty, the queue then
+    /// removed.
+    fn next(&self, client_id: &str, rx: &mut mpsc::Receiver<Delivery>) -> Option<Delivery> {
+        let mut queues = self.0.lock().ok()?;
+        match rx.try_recv() {
+            Ok(delivery) => Some(delivery),
+            Err(_) => {
+                queues.remove(client_id);
+                None
+            }
+        }
+    }
+}
+
+impl Sender {
+    /// Queues a delivery, starting a task for its client's queue if it is new.
+    fn enqueue(self: &Arc<Self>, delivery: Delivery) -> Result<(), &'static str> {
+        let client_id = delivery.client_id.clone();
+        if let Some(rx) = self.queues.put(delivery)? {
+            self.tasks.spawn(self.clone().drain(client_id, rx));
+        }
         Ok(())
     }
 
-    /// Sends one client's deliveries in order until its queue is empty, then removes it.
+    /// Sends one client's deliveries in order until its queue is empty.
     async fn drain(self: Arc<Self>, client_id: String, mut rx: mpsc::Receiver<Delivery>) {
-        loop {
-            let next = {
-                let Ok(mut queues) = self.queues.lock() else {
-                    return;
-                };
-                match rx.try_recv() {
-                    Ok(delivery) => Some(delivery),
-                    Err(_) => {
-                        queues.remove(&client_id);
-                        None
-                    }
-                }
-            };
-            match next {
-                Some(delivery) => self.deliver(&delivery).await,
-                None => return,
-            }
+        while let Some(delivery) = self.queues.next(&client_id, &mut rx) {
+            self.deliver(&delivery).await;
         }
     }
 
@@ -274,6 +287,46 @@ mod tests {
     use reqwest::dns::Resolve as _;
 
     use super::*;
+
+    fn delivery(client: &str) -> Delivery {
+        Delivery {
+            uri: "https://rp.example/logout".into(),
+            client_id: client.into(),
+            alg: Alg::ES256,
+            sub: None,
+            sid: None,
+            dynamic: false,
+        }
+    }
+
+    #[test]
+    fn queues_are_bounded_per_client_and_in_number() {
+        let queues = Queues::default();
+        let mut first = queues.put(delivery("a")).unwrap().expect("a new queue");
+        for _ in 1..QUEUE_PER_CLIENT {
+            assert!(
+                queues.put(delivery("a")).unwrap().is_none(),
+                "the same queue"
+            );
+        }
+        assert!(queues.put(delivery("a")).is_err(), "a full queue refuses");
+        let mut others = Vec::new();
+        for i in 1..MAX_QUEUES {
+            others.push(queues.put(delivery(&format!("c{i}"))).unwrap().unwrap());
+        }
+        assert!(queues.put(delivery("one too many")).is_err());
+        // Drained, a queue goes away and makes room; its client starts afresh.
+        for _ in 0..QUEUE_PER_CLIENT {
+            assert!(queues.next("a", &mut first).is_some());
+        }
+        assert!(queues.next("a", &mut first).is_none());
+        assert!(queues.put(delivery("one too many")).unwrap().is_some());
+        assert!(
+            queues.put(delivery("a")).is_err(),
+            "the table is full again"
+        );
+        drop(others);
+    }
 
     #[tokio::test]
     async fn a_name_that_resolves_only_inside_is_not_connected_to() {
