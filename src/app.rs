@@ -119,6 +119,9 @@ pub enum OpenError {
     /// Occurs when the database cannot be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    /// Occurs when the back-channel logout HTTP clients cannot be built (no TLS roots).
+    #[error("back-channel logout client: {0}")]
+    Backchannel(#[from] reqwest::Error),
 }
 
 impl AppState {
@@ -159,7 +162,7 @@ impl AppState {
         let (audit, audit_task) =
             AuditLog::start(store.clone(), settings.audit_file.clone(), metrics.clone());
         let (backchannel, backchannel_task) =
-            Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone());
+            Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone())?;
         let clients = Clients::new(settings.static_clients.clone(), store.clone());
         let random_failed = |_| OpenError::StateDir {
             path: "random source".into(),

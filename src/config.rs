@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::cli::{GlobalArgs, IdentityKind, LogFormat, ServeArgs, parse_duration};
 use crate::clients::redirect::RedirectRules;
-use crate::clients::{Client, ClientId, ClientMetadata, ClientOrigin, MetadataRules};
+use crate::clients::{Client, ClientId, ClientMetadata, ClientOrigin, MetadataRules, Registrant};
 use crate::policy::file::PolicyFile;
 use crate::secret::SecretHash;
 
@@ -267,12 +267,12 @@ impl Settings {
         }
     }
 
-    /// The rules client metadata is validated against.
-    pub fn metadata_rules(&self, allow_any_resource: bool) -> MetadataRules {
+    /// The rules client metadata from `registrant` is validated against.
+    pub fn metadata_rules(&self, registrant: Registrant) -> MetadataRules {
         MetadataRules {
             redirect: self.redirect_rules,
             algs: self.algs.clone(),
-            allow_any_resource,
+            registrant,
         }
     }
 }
@@ -555,7 +555,7 @@ fn check_issuer(url: &Url) -> Result<(), ConfigError> {
 }
 
 fn static_clients(entries: &[FileClient], settings: &Settings) -> Result<Vec<Client>, ConfigError> {
-    let rules = settings.metadata_rules(true);
+    let rules = settings.metadata_rules(Registrant::Operator);
     let mut seen = BTreeSet::new();
     let mut clients = Vec::with_capacity(entries.len());
     for entry in entries {

@@ -1,7 +1,7 @@
 //! Clients for administrators: list, read, create and regenerate a secret (shown once), edit,
 //! delete. The functions serve both the admin API (the handlers here) and the admin UI.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,10 +12,10 @@ use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, GrantType, MetadataError,
-    ValidMetadata,
+    Registrant, ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
-use crate::oauth::input::Json;
+use crate::oauth::input::{Json, Path};
 
 /// A client as the admin API shows it: everything but the secret's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +132,7 @@ pub async fn list(state: &AppState) -> Result<Vec<ClientView>, Error> {
 
 fn validate(state: &AppState, metadata: ClientMetadata) -> Result<ValidMetadata, Error> {
     metadata
-        .validate(&state.settings.metadata_rules(true))
+        .validate(&state.settings.metadata_rules(Registrant::Operator))
         .map_err(|e| match e {
             MetadataError::RedirectUri(m) => Error::new(Code::InvalidRedirectUri, m),
             MetadataError::Metadata(m) => Error::new(Code::InvalidClientMetadata, m),
@@ -176,24 +176,17 @@ pub async fn create(state: &AppState, actor: &str, new: NewClient) -> Result<Cre
         ..ClientMetadata::default()
     };
     let valid = validate(state, metadata)?;
-    let mut issued = state
+    let issued = state
         .clients
         .create(
             valid,
+            new.users,
             ClientOrigin::Admin,
             state.now(),
             Some(actor.to_owned()),
         )
         .await
         .map_err(clients_error)?;
-    if !new.users.is_empty() {
-        issued.client.users = new.users;
-        state
-            .clients
-            .update(&issued.client)
-            .await
-            .map_err(clients_error)?;
-    }
     audited(
         state,
         EventKind::ClientRegistered,

@@ -8,7 +8,7 @@
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, Path, State};
+use axum::extract::{Form, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -24,6 +24,7 @@ use crate::http::guard::is_same_origin;
 use crate::http::peer::Caller;
 use crate::killswitch::{self, Target};
 use crate::oauth::error::Error;
+use crate::oauth::input::Path;
 use crate::pages;
 use crate::policy::tsidp;
 use crate::store::{AuditFilter, AuditRecord, RevocationKind};

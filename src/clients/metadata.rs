@@ -3,7 +3,8 @@
 //! The same rules apply whatever the door: dynamic registration at `/register`, `tailpass
 //! clients add`, the admin API, and static clients in the configuration file. Unknown
 //! metadata is ignored as RFC 7591 §2 allows; metadata tailpass does not implement (implicit
-//! grant, private-key JWT authentication) is refused rather than silently accepted.
+//! grant, private-key JWT authentication, `jwks_uri`) is refused rather than silently
+//! accepted. A `jwks` key set is the exception: accepted and not kept, since nothing uses it.
 
 use std::collections::BTreeSet;
 
@@ -55,7 +56,7 @@ pub struct ClientMetadata {
     /// Present only to be refused: tailpass does not implement `private_key_jwt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
-    /// Present only to be refused, like `jwks_uri`.
+    /// The client's key set by value: accepted and ignored, since no client key is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
 }
@@ -103,8 +104,18 @@ pub struct MetadataRules {
     pub redirect: RedirectRules,
     /// Algorithms the server can sign ID tokens with.
     pub algs: BTreeSet<Alg>,
-    /// Whether the wildcard resource `*` may be registered (operators yes, registrants no).
-    pub allow_any_resource: bool,
+    /// Who registers: operators may register the wildcard resource `*` and any back-channel
+    /// logout URI; self-registered clients may not.
+    pub registrant: Registrant,
+}
+
+/// Who is registering a client, which decides what it may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registrant {
+    /// The CLI, the admin API or the configuration file: trusted with internal endpoints.
+    Operator,
+    /// Dynamic registration (RFC 7591) by a tailnet user with the `allow_dcr` grant.
+    SelfRegistered,
 }
 
 fn metadata(msg: impl Into<String>) -> MetadataError {
@@ -114,9 +125,19 @@ fn metadata(msg: impl Into<String>) -> MetadataError {
 impl ClientMetadata {
     /// Applies defaults and checks every field.
     pub fn validate(self, rules: &MetadataRules) -> Result<ValidMetadata, MetadataError> {
-        if self.jwks_uri.is_some() || self.jwks.is_some() {
+        if self.jwks_uri.is_some() {
             return Err(metadata(
-                "jwks and jwks_uri are not supported: tailpass clients authenticate with a secret or, when public, with PKCE",
+                "jwks_uri is not supported: tailpass clients authenticate with a secret or, when public, with PKCE",
+            ));
+        }
+        // A key set by value is accepted and ignored: nothing here uses a client's keys
+        // (private_key_jwt and request objects stay refused), and registrants such as the
+        // OpenID conformance suite always send one. It must at least be a JWK Set's shape.
+        if let Some(jwks) = &self.jwks
+            && !jwks.get("keys").is_some_and(serde_json::Value::is_array)
+        {
+            return Err(metadata(
+                "jwks must be a JWK Set: an object with a \"keys\" array",
             ));
         }
         let method = match self.token_endpoint_auth_method.as_deref() {
@@ -184,6 +205,10 @@ impl ClientMetadata {
             if !(uri.starts_with("https:") || uri.starts_with("http:")) {
                 return Err(metadata("backchannel_logout_uri must be an http(s) URI"));
             }
+            if rules.registrant == Registrant::SelfRegistered {
+                redirect::check_dynamic_backchannel(uri, &redirect_uris)
+                    .map_err(|reason| metadata(format!("backchannel_logout_uri: {reason}")))?;
+            }
         }
         let resources = self.resources.unwrap_or_default();
         if resources.len() > MAX_URIS {
@@ -191,7 +216,7 @@ impl ClientMetadata {
         }
         for resource in &resources {
             if resource == "*" {
-                if !rules.allow_any_resource {
+                if rules.registrant != Registrant::Operator {
                     return Err(metadata(
                         "the wildcard resource \"*\" cannot be self-registered",
                     ));
@@ -249,7 +274,7 @@ mod tests {
         MetadataRules {
             redirect: RedirectRules::default(),
             algs: [Alg::ES256, Alg::RS256].into_iter().collect(),
-            allow_any_resource: false,
+            registrant: Registrant::SelfRegistered,
         }
     }
 
@@ -339,6 +364,32 @@ mod tests {
             .validate(&rules())
             .unwrap_err();
         assert!(matches!(err, MetadataError::Metadata(_)));
+    }
+
+    #[test]
+    fn a_registration_carrying_jwks_is_accepted_and_the_key_set_ignored() {
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", "use": "sig"}]});
+        let valid =
+            meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": jwks}))
+                .validate(&rules())
+                .unwrap();
+        assert_eq!(
+            valid,
+            meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"]}))
+                .validate(&rules())
+                .unwrap(),
+            "the key set changes nothing"
+        );
+        let err = meta(serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": jwks, "token_endpoint_auth_method": "private_key_jwt"}))
+            .validate(&rules())
+            .unwrap_err();
+        assert!(err.to_string().contains("private_key_jwt"), "{err}");
+        let err = meta(
+            serde_json::json!({"redirect_uris": ["https://a.example/cb"], "jwks": "not a key set"}),
+        )
+        .validate(&rules())
+        .unwrap_err();
+        assert!(err.to_string().contains("JWK Set"), "{err}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError};
 pub mod metadata;
 pub mod redirect;
 
-pub use metadata::{ClientMetadata, MetadataError, MetadataRules, ValidMetadata};
+pub use metadata::{ClientMetadata, MetadataError, MetadataRules, Registrant, ValidMetadata};
 
 /// A client identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -172,6 +172,10 @@ pub struct Client {
     /// Who registered it: a login or node name, or `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The version of its registered metadata, raised by every change to it (an RFC 7592
+    /// update, an administrator's edit): a consent given to an older version is asked again.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Client {
@@ -200,11 +204,14 @@ impl Client {
             registration_token_sha256: None,
             created_at: now,
             created_by,
+            version: 0,
         }
     }
 
-    /// Replaces the registered metadata, keeping identity, secret and provenance.
+    /// Replaces the registered metadata, keeping identity, secret and provenance, and raises
+    /// the version, so that people who consented to what it was are asked again.
     pub fn apply_metadata(&mut self, meta: ValidMetadata) {
+        self.version = self.version.saturating_add(1);
         self.client_name = meta.client_name;
         self.token_endpoint_auth_method = meta.token_endpoint_auth_method;
         self.redirect_uris = meta.redirect_uris;
@@ -214,6 +221,14 @@ impl Client {
         self.resources = meta.resources;
         self.backchannel_logout_uri = meta.backchannel_logout_uri;
         self.backchannel_logout_session_required = meta.backchannel_logout_session_required;
+    }
+
+    /// Whether `uri` is one of this client's redirect URIs: exactly, or for a public client
+    /// a loopback `http` URI that differs only by its port ([`redirect::matches`]).
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|registered| redirect::matches(registered, uri, self.is_public()))
     }
 
     /// Whether this is a public client (no secret, PKCE mandatory).
@@ -350,16 +365,20 @@ impl Clients {
         Ok(all)
     }
 
-    /// Registers a new client from validated metadata, generating its id, its secret (unless
-    /// public) and, for dynamic registration, its registration access token.
+    /// Registers a new client from validated metadata and its access rule `users` (empty:
+    /// any tailnet user), generating its id, its secret (unless public) and, for dynamic
+    /// registration, its registration access token. One write: a client never exists, even
+    /// for a moment or after a failure, without the access rule it was created with.
     pub async fn create(
         &self,
         meta: ValidMetadata,
+        users: Vec<String>,
         origin: ClientOrigin,
         now: UnixTime,
         created_by: Option<String>,
     ) -> Result<Issued, ClientsError> {
         let mut client = Client::from_metadata(ClientId::generate(), meta, origin, now, created_by);
+        client.users = users;
         let secret = (!client.is_public()).then(Secret::generate);
         client.secret_sha256 = secret.as_ref().map(Secret::hash);
         let registration_token = (origin == ClientOrigin::Dynamic).then(Secret::generate);

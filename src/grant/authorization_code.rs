@@ -5,7 +5,9 @@
 //! with a single-use code valid for 60 seconds. Until the client and redirect URI are
 //! validated, errors are shown to the user and never redirected (RFC 6749 §4.1.2.1); after,
 //! they go back to the client with `state` and `iss` (RFC 9207). A dynamically registered
-//! client first gets the user's consent, once.
+//! client first gets the user's consent, which records what was approved (scopes, resources,
+//! redirect URI, client version): a request for more, or a changed client, asks again. Until
+//! then its errors never name the person, and its resources are checked only after consent.
 //!
 //! The token endpoint redeems the code: same client, same redirect URI, the PKCE verifier; a
 //! replayed code revokes everything it issued.
@@ -16,6 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
+use tailpass_verify::dpop::Proof;
 use url::Url;
 
 use super::{Scopes, TokenResponse};
@@ -29,7 +32,7 @@ use crate::pkce::{self, Challenge};
 use crate::policy::{login, tsidp};
 use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
-use crate::store::{AuthCode, Redemption, RefreshFamily, RevocationKind};
+use crate::store::{AuthCode, Consent, Redemption, RefreshFamily, RevocationKind};
 
 /// How long a code may wait to be redeemed.
 pub const CODE_LIFETIME: u64 = 60;
@@ -229,8 +232,9 @@ pub async fn authorize(
     let Some(redirect_uri) = params.redirect_uri.as_deref() else {
         return show("redirect_uri is required");
     };
-    // Exact, case-sensitive string comparison (RFC 9700 §4.1.3).
-    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+    // Exact, case-sensitive string comparison (RFC 9700 §4.1.3), but for a public client's
+    // loopback port (RFC 8252 §7.3).
+    if !client.allows_redirect(redirect_uri) {
         audit_denial(
             state,
             caller.as_deref().ok(),
@@ -256,14 +260,19 @@ pub async fn authorize(
                 &denied.description,
             )
             .await;
-            target.error(denied.code, &denied.description)
+            target.error(denied.code, denied.shown.unwrap_or(&denied.description))
         }
     }
 }
 
 struct Denied {
     code: &'static str,
+    /// Why, for the audit log, and for the client unless `shown` replaces it.
     description: String,
+    /// What the client is told instead, when `description` names the person and the client
+    /// has no approval of theirs: a dynamic client's registrant must not learn who followed
+    /// their link.
+    shown: Option<&'static str>,
     identity: Option<Arc<Identity>>,
 }
 
@@ -275,7 +284,19 @@ fn denied(
     Denied {
         code,
         description: description.into(),
+        shown: None,
         identity: identity.cloned(),
+    }
+}
+
+impl Denied {
+    /// Marks a description that names the person: a dynamically registered client, which
+    /// has not been approved yet wherever this is used, is told `anonymous` instead.
+    fn naming_the_user(mut self, client: &Client, anonymous: &'static str) -> Denied {
+        if client.origin == ClientOrigin::Dynamic {
+            self.shown = Some(anonymous);
+        }
+        self
     }
 }
 
@@ -357,7 +378,8 @@ async fn check_request(
     let login =
         login::login_of(&identity).map_err(|e| denied("access_denied", e.to_string(), who))?;
     if let Some(hit) = state.revocations.blocks_issuance(&identity, state.now()) {
-        return Err(denied("access_denied", hit.to_string(), who));
+        return Err(denied("access_denied", hit.to_string(), who)
+            .naming_the_user(client, "this account may not sign in right now"));
     }
     let scopes = Scopes::parse(params.scope.as_deref())
         .for_login()
@@ -398,17 +420,21 @@ async fn check_request(
     let grants = tsidp::grants(&identity);
     let extra = login::claims(&identity, &state.settings.policy, &grants)
         .map_err(|e| denied("server_error", e.to_string(), who))?;
-    login::may_log_in(client, &identity, &state.settings.policy, &extra.groups)
-        .map_err(|e| denied("access_denied", e.to_string(), who))?;
-    login::check_resources(&params.resource, client, &identity, &grants)
-        .map_err(|e| denied("invalid_target", e.to_string(), who))?;
+    login::may_log_in(client, &identity, &state.settings.policy, &extra.groups).map_err(|e| {
+        denied("access_denied", e.to_string(), who)
+            .naming_the_user(client, "this user may not log in to this client")
+    })?;
 
+    // A dynamic client's consent comes before the resource check, whose answer says what the
+    // person is granted; what was approved covers this request or the person is asked again.
     if client.origin == ClientOrigin::Dynamic && !approved {
+        let asked = asked_consent(client, &scopes, params);
         let consented = state
             .store
-            .has_consent(&client.client_id, &consent_key(&identity))
+            .consent(&client.client_id, &consent_key(&identity))
             .await
-            .map_err(|e| denied("server_error", Error::from(e).to_string(), who))?;
+            .map_err(|e| denied("server_error", Error::from(e).to_string(), who))?
+            .is_some_and(|given| given.covers(&asked));
         if !consented || prompts.contains(&"consent") {
             if prompts.contains(&"none") {
                 return Err(denied(
@@ -426,10 +452,12 @@ async fn check_request(
                 resources: params.resource.clone(),
                 login: login.to_owned(),
                 params: params.pairs(),
-                token: consent_token(state, &identity, params, state.now()),
+                token: consent_token(state, &identity, params, client.version, state.now()),
             })));
         }
     }
+    login::check_resources(&params.resource, client, &identity, &grants)
+        .map_err(|e| denied("invalid_target", e.to_string(), who))?;
     Ok(Checked::Issue(Grant {
         identity,
         scopes,
@@ -475,6 +503,16 @@ async fn issue_code(
     target.with(&[("code", code.expose())])
 }
 
+/// What approving `params` for `client` consents to.
+fn asked_consent(client: &Client, scopes: &Scopes, params: &AuthorizeParams) -> Consent {
+    Consent {
+        scopes: scopes.0.clone(),
+        resources: params.resource.clone(),
+        redirect_uris: params.redirect_uri.iter().cloned().collect(),
+        client_version: client.version,
+    }
+}
+
 /// The consent record's user key: the person, not the node.
 fn consent_key(identity: &Identity) -> String {
     identity
@@ -484,26 +522,33 @@ fn consent_key(identity: &Identity) -> String {
         .unwrap_or_default()
 }
 
-fn consent_mac(
-    state: &AppState,
+/// What a consent form's token covers: the person, the request, the version of the client
+/// they were shown, and the form's expiry.
+fn consent_message(
     identity: &Identity,
     params: &AuthorizeParams,
+    client_version: u64,
     expires: u64,
-) -> ring::hmac::Tag {
-    let mut message =
-        format!("tailpass-consent-v1|{}|{expires}|", consent_key(identity)).into_bytes();
+) -> Vec<u8> {
+    let mut message = format!(
+        "tailpass-consent-v2|{}|{client_version}|{expires}|",
+        consent_key(identity)
+    )
+    .into_bytes();
     message.extend(params.digest());
-    ring::hmac::sign(&state.consent_key, &message)
+    message
 }
 
 fn consent_token(
     state: &AppState,
     identity: &Identity,
     params: &AuthorizeParams,
+    client_version: u64,
     now: UnixTime,
 ) -> String {
     let expires = now.plus(CONSENT_FORM_LIFETIME).0;
-    let tag = consent_mac(state, identity, params, expires);
+    let message = consent_message(identity, params, client_version, expires);
+    let tag = ring::hmac::sign(&state.consent_key, &message);
     format!("{expires}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
 }
 
@@ -522,6 +567,11 @@ pub async fn consent(
     approve: bool,
 ) -> Outcome {
     let now = state.now();
+    let client_id = params.client_id.clone().unwrap_or_default();
+    let Ok(Some(client)) = state.clients.get(&client_id).await else {
+        return Outcome::Show(bad_consent());
+    };
+    // A client changed since the form was shown fails here: the person approved what it was.
     let valid = token.split_once('.').is_some_and(|(expires, mac)| {
         let Ok(expires) = expires.parse::<u64>() else {
             return false;
@@ -529,18 +579,12 @@ pub async fn consent(
         let Ok(mac) = URL_SAFE_NO_PAD.decode(mac) else {
             return false;
         };
-        let mut message =
-            format!("tailpass-consent-v1|{}|{expires}|", consent_key(&identity)).into_bytes();
-        message.extend(params.digest());
+        let message = consent_message(&identity, &params, client.version, expires);
         now.0 < expires && ring::hmac::verify(&state.consent_key, &message, &mac).is_ok()
     });
     if !valid {
         return Outcome::Show(bad_consent());
     }
-    let client_id = params.client_id.clone().unwrap_or_default();
-    let Ok(Some(client)) = state.clients.get(&client_id).await else {
-        return Outcome::Show(bad_consent());
-    };
     let mut event = AuditEvent::new(
         now,
         EventKind::Consent,
@@ -558,14 +602,14 @@ pub async fn consent(
     if let Err(e) = state.audit.record(event).await {
         return Outcome::Show(Error::from(e));
     }
+    let Some(redirect_uri) = params
+        .redirect_uri
+        .as_deref()
+        .filter(|r| client.allows_redirect(r))
+    else {
+        return Outcome::Show(bad_consent());
+    };
     if !approve {
-        let Some(redirect_uri) = params
-            .redirect_uri
-            .as_deref()
-            .filter(|r| client.redirect_uris.iter().any(|u| u == r))
-        else {
-            return Outcome::Show(bad_consent());
-        };
         let target = Target {
             uri: redirect_uri,
             state: params.state.as_deref(),
@@ -573,9 +617,10 @@ pub async fn consent(
         };
         return target.error("access_denied", "the user declined");
     }
+    let approved = asked_consent(&client, &Scopes::parse(params.scope.as_deref()), &params);
     if let Err(e) = state
         .store
-        .insert_consent(&client.client_id, &consent_key(&identity), now)
+        .insert_consent(&client.client_id, &consent_key(&identity), &approved, now)
         .await
     {
         return Outcome::Show(Error::from(e));
@@ -584,7 +629,7 @@ pub async fn consent(
 }
 
 /// A token request of the authorization code grant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CodeRequest<'a> {
     /// The code.
     pub code: Option<&'a str>,
@@ -592,6 +637,8 @@ pub struct CodeRequest<'a> {
     pub redirect_uri: Option<&'a str>,
     /// The PKCE verifier.
     pub code_verifier: Option<&'a str>,
+    /// The request's checked DPoP proof: it binds a public client's refresh tokens.
+    pub proof: Option<Proof>,
 }
 
 fn invalid_grant(description: impl Into<std::borrow::Cow<'static, str>>) -> Error {
@@ -666,28 +713,47 @@ pub async fn redeem(
             access_jti: Some(&jti_for_code(&hash)),
         },
     )?;
-    let refresh_token = if client.grant_types.contains(&GrantType::RefreshToken) {
-        let token = Secret::generate();
-        let family = RefreshFamily {
-            id: code.sid.clone(),
-            client_id: client.client_id.clone(),
-            identity: code.identity.clone(),
-            scope: code.scope.clone(),
-            resources: code.resources.clone(),
-            auth_time: code.auth_time,
-            sid: code.sid.clone(),
-            created_at: now,
-            expires_at: now.plus(state.settings.refresh_lifetime),
-            revoked_at: None,
-        };
-        state
-            .store
-            .insert_family(&family, &token.hash(), now)
-            .await?;
-        Some(token)
-    } else {
-        None
-    };
+    let refresh = client
+        .grant_types
+        .contains(&GrantType::RefreshToken)
+        .then(|| {
+            let family = RefreshFamily {
+                id: code.sid.clone(),
+                client_id: client.client_id.clone(),
+                identity: code.identity.clone(),
+                scope: code.scope.clone(),
+                resources: code.resources.clone(),
+                auth_time: code.auth_time,
+                sid: code.sid.clone(),
+                created_at: now,
+                expires_at: now.plus(state.settings.refresh_lifetime),
+                revoked_at: None,
+                // RFC 9449 §5: a public client's refresh tokens are bound to the key of the
+                // proof it redeemed the code with; a confidential client's, to its secret.
+                jkt: request
+                    .proof
+                    .as_ref()
+                    .filter(|_| client.is_public())
+                    .map(|p| p.jkt.clone()),
+            };
+            (family, Secret::generate())
+        });
+    // The tokens are minted; they go out only if no replay was detected meanwhile. A replay
+    // detected from here on revokes them (the access token by its jti, the family in the
+    // store), one detected before makes this refuse: no order leaves a live family.
+    let first_token = refresh
+        .as_ref()
+        .map(|(family, token)| (family, token.hash()));
+    let completed = state
+        .store
+        .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now)
+        .await?;
+    if !completed {
+        return Err(invalid_grant(
+            deny("code already used; the tokens issued from it are revoked".into()).await?,
+        ));
+    }
+    let refresh_token = refresh.map(|(_, token)| token);
     let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
         .by(&code.identity)
         .client(client.client_id.0.clone());
@@ -725,8 +791,8 @@ async fn revoke_issued(
     hash: &SecretHash,
     now: UnixTime,
 ) -> Result<(), Error> {
+    // The store revoked the family already, with the replay's detection.
     let store = state.store.as_ref();
-    store.revoke_family(&code.sid, now).await?;
     state
         .revocations
         .revoke(store, RevocationKind::Family, &code.sid, now, None)

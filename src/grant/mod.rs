@@ -136,6 +136,24 @@ pub struct LoginGrant<'a> {
     pub access_jti: Option<&'a str>,
 }
 
+/// Checks that `identity` may log in to `client` and get `resources`, as the client and the
+/// identity's grants stand now, and returns the extra claims its tokens carry.
+pub fn check_login(
+    state: &AppState,
+    client: &Client,
+    identity: &Identity,
+    resources: &[String],
+) -> Result<login::ExtraClaims, Error> {
+    let grants = tsidp::grants(identity);
+    let extra = login::claims(identity, &state.settings.policy, &grants)
+        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
+    login::may_log_in(client, identity, &state.settings.policy, &extra.groups)
+        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
+    login::check_resources(resources, client, identity, &grants)
+        .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
+    Ok(extra)
+}
+
 /// Mints a person's access token (and ID token for `openid`), re-checking policy first: who
 /// may log in to the client and which resources, as the client and grants stand now.
 pub fn issue_login(
@@ -143,18 +161,7 @@ pub fn issue_login(
     client: &Client,
     grant: LoginGrant<'_>,
 ) -> Result<Issued, Error> {
-    let grants = tsidp::grants(grant.identity);
-    let extra = login::claims(grant.identity, &state.settings.policy, &grants)
-        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
-    login::may_log_in(
-        client,
-        grant.identity,
-        &state.settings.policy,
-        &extra.groups,
-    )
-    .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
-    login::check_resources(grant.resources, client, grant.identity, &grants)
-        .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
+    let extra = check_login(state, client, grant.identity, grant.resources)?;
     let restricted = agent_policy::decide_resources(
         grant.identity,
         &state.settings.policy,

@@ -2,20 +2,30 @@
 //!
 //! Each use spends the presented token and returns a new one; presenting a spent token means
 //! it leaked, so its whole family is revoked, access tokens included. Scopes and resources may
-//! narrow, never widen. Policy is re-checked at each refresh: a user since revoked, or no
-//! longer allowed by the client's access rule, gets nothing. A family also has an absolute
-//! lifetime, whatever the refreshes.
+//! narrow, never widen. The person is re-checked at each refresh: the node is resolved again
+//! by its tailnet address through the identity source, and a node or user that is gone, a
+//! revoked one, or grants that no longer allow the client or the session's resources end the
+//! session (family revoked, relying party told). A family also has an absolute
+//! lifetime, whatever the refreshes. A public client's family redeemed with a DPoP proof is
+//! bound to that key (RFC 9449 §5): each refresh needs a proof by it.
 
-use super::{LoginGrant, Scopes, TokenResponse, issue_login};
+use axum::http::StatusCode;
+use tailpass_verify::dpop::Proof;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{LoginGrant, Scopes, TokenResponse, check_login, issue_login};
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{Client, GrantType};
+use crate::identity::{Identity, WhoisError};
 use crate::oauth::error::{Code, Error};
 use crate::secret::Secret;
-use crate::store::{RevocationKind, Rotation};
+use crate::store::{RefreshFamily, RevocationKind, Rotation};
 
 /// A token request of the refresh grant.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RefreshRequest<'a> {
     /// The refresh token.
     pub refresh_token: Option<&'a str>,
@@ -23,6 +33,8 @@ pub struct RefreshRequest<'a> {
     pub scope: Option<&'a str>,
     /// Narrower resources, if asked.
     pub resources: &'a [String],
+    /// The request's checked DPoP proof, required by the key of a bound family.
+    pub proof: Option<Proof>,
 }
 
 fn invalid_grant(description: &'static str) -> Error {
@@ -67,6 +79,21 @@ pub async fn refresh(
             .await?;
         return Err(invalid_grant("invalid refresh token"));
     };
+    if !family.is_live(now) {
+        return refuse_inactive(state, audit(Outcome::Denied, None).by(&family.identity)).await;
+    }
+    // RFC 9449 §5: a bound refresh token is refused without a proof by its key, before it is
+    // spent, so a thief without the key cannot even cost the client its session.
+    if let Some(bound) = &family.jkt
+        && request.proof.as_ref().map(|p| &p.jkt) != Some(bound)
+    {
+        let reason = "the refresh token is bound to a DPoP key; a proof by that key is required";
+        state
+            .audit
+            .record(audit(Outcome::Denied, Some(reason)).by(&family.identity))
+            .await?;
+        return Err(Error::new(Code::InvalidDpopProof, reason).with_status(StatusCode::BAD_REQUEST));
+    }
     let scopes = match request.scope {
         Some(_) => Scopes::parse(request.scope),
         None => Scopes(family.scope.clone()),
@@ -95,6 +122,33 @@ pub async fn refresh(
             .await?;
         return Err(Error::new(Code::InvalidGrant, hit.to_string()));
     }
+    // The person as the tailnet describes them now, not as they were at login: a node or user
+    // that is gone, or grants that no longer allow this client or these resources, end the
+    // session rather than only this refresh.
+    let identity = match current_identity(state, &family.identity).await {
+        Ok(identity) => identity,
+        Err(Gone::Unavailable) => {
+            return Err(Error::unavailable(
+                "the tailnet identity of the session's node cannot be determined right now",
+            ));
+        }
+        Err(Gone::Node) => {
+            let reason = "the session's node or user is no longer on the tailnet";
+            end_session(state, client, &family, reason).await?;
+            return Err(Error::new(Code::InvalidGrant, reason));
+        }
+    };
+    if let Some(hit) = state.revocations.blocks_issuance(&identity, now) {
+        end_session(state, client, &family, &hit.to_string()).await?;
+        return Err(Error::new(Code::InvalidGrant, hit.to_string()));
+    }
+    if let Err(refused) = check_login(state, client, &identity, &family.resources) {
+        let reason = refused
+            .description()
+            .unwrap_or("policy no longer allows this session");
+        end_session(state, client, &family, reason).await?;
+        return Err(refused);
+    }
 
     let replacement = Secret::generate();
     let family = match state
@@ -105,16 +159,7 @@ pub async fn refresh(
         Rotation::Rotated(family) => family,
         Rotation::Unknown => return Err(invalid_grant("invalid refresh token")),
         Rotation::Inactive(family) => {
-            state
-                .audit
-                .record(
-                    audit(Outcome::Denied, Some("refresh family revoked or expired"))
-                        .by(&family.identity),
-                )
-                .await?;
-            return Err(invalid_grant(
-                "the refresh token was revoked or has expired",
-            ));
+            return refuse_inactive(state, audit(Outcome::Denied, None).by(&family.identity)).await;
         }
         Rotation::Reused(family) => {
             state
@@ -141,7 +186,7 @@ pub async fn refresh(
         state,
         client,
         LoginGrant {
-            identity: &family.identity,
+            identity: &identity,
             scopes: &scopes,
             resources: &resources,
             auth_time: family.auth_time,
@@ -150,7 +195,7 @@ pub async fn refresh(
             access_jti: None,
         },
     )?;
-    let mut event = audit(Outcome::Success, None).by(&family.identity);
+    let mut event = audit(Outcome::Success, None).by(&identity);
     event.jti = Some(issued.claims.jti.clone());
     event.audience = issued.claims.aud.0.clone();
     event.scopes = scopes.0.clone();
@@ -164,4 +209,81 @@ pub async fn refresh(
         id_token: issued.id_token,
         issued_token_type: None,
     })
+}
+
+/// Refuses a token of a revoked or expired family, recording `event` with the reason.
+async fn refuse_inactive(state: &AppState, event: AuditEvent) -> Result<TokenResponse, Error> {
+    state
+        .audit
+        .record(event.because("refresh family revoked or expired"))
+        .await?;
+    Err(invalid_grant(
+        "the refresh token was revoked or has expired",
+    ))
+}
+
+/// Why a session's node could not be found again.
+enum Gone {
+    /// The address is no longer the same node of the same user (or no node at all).
+    Node,
+    /// The identity source cannot answer now; the session is left as it is.
+    Unavailable,
+}
+
+/// The node's first tailnet address, as WhoIs takes it (the port does not matter here).
+fn tailnet_address(identity: &Identity) -> Option<SocketAddr> {
+    identity.node.addresses.iter().find_map(|prefix| {
+        let ip = prefix.split('/').next()?.parse::<IpAddr>().ok()?;
+        Some(SocketAddr::new(ip, 0))
+    })
+}
+
+/// The identity behind the session's node now: asked of the identity source by the node's
+/// tailnet address, and still the same node of the same user.
+async fn current_identity(state: &AppState, then: &Identity) -> Result<Arc<Identity>, Gone> {
+    let address = tailnet_address(then).ok_or(Gone::Node)?;
+    let now = state.identity.whois(address).await.map_err(|e| match e {
+        WhoisError::NotOnTailnet => Gone::Node,
+        WhoisError::Unavailable(_) => Gone::Unavailable,
+    })?;
+    let same_user = match (&now.user, &then.user) {
+        (Some(a), Some(b)) => a.id == b.id,
+        _ => false,
+    };
+    if now.node.stable_id == then.node.stable_id && same_user {
+        Ok(now)
+    } else {
+        Err(Gone::Node)
+    }
+}
+
+/// Ends the family's session (revoked, its tokens refused, the relying party told) and
+/// records why the refresh was refused.
+async fn end_session(
+    state: &AppState,
+    client: &Client,
+    family: &RefreshFamily,
+    reason: &str,
+) -> Result<(), Error> {
+    let sub = family
+        .identity
+        .user
+        .as_ref()
+        .map(|u| crate::tokens::user_subject(u.id))
+        .unwrap_or_default();
+    crate::session::end(
+        state,
+        client,
+        Some(&family.identity),
+        &sub,
+        &family.sid,
+        state.now(),
+    )
+    .await?;
+    let event = AuditEvent::new(state.now(), EventKind::Refresh, Outcome::Denied)
+        .client(client.client_id.0.clone())
+        .by(&family.identity)
+        .because(reason);
+    state.audit.record(event).await?;
+    Ok(())
 }

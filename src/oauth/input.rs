@@ -3,6 +3,7 @@
 //! Forms and queries are parsed with `serde_html_form`: a parameter declared as a `Vec` may
 //! repeat (`resource`, `audience`), any other parameter given twice is refused, as RFC 6749
 //! §3.1 requires. Bodies are bounded by the router's body limit; past it the answer is 413.
+//! Path parameters that do not decode are refused the same way ([`Path`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -107,6 +108,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parse_form(parts.uri.query().unwrap_or_default().as_bytes()).map(Query)
+    }
+}
+
+/// Path parameters. A segment that is not valid percent-encoded UTF-8, or does not fit `T`,
+/// is refused as `invalid_request` in JSON with `no-store`, like every other bad input,
+/// rather than with axum's plain-text rejection.
+#[derive(Debug, Clone)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            // The rejection's text may quote the raw segment; it is not echoed back.
+            Err(_) => Err(Error::invalid_request(
+                "a path parameter is not valid percent-encoded UTF-8",
+            )),
+        }
     }
 }
 

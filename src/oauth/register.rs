@@ -6,17 +6,17 @@
 //! the registration access token issued with the client, compared in constant time; an
 //! unknown client and a wrong token are answered alike.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Code, Error};
-use super::input::{Bearer, Body};
+use super::input::{Bearer, Body, Path};
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError,
+    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
 };
 use crate::http::guard::SameOrigin;
 use crate::http::peer::Caller;
@@ -105,7 +105,8 @@ pub async fn register(
         return Err(Error::access_denied(reason));
     }
     let metadata: ClientMetadata = parse_metadata(&body)?;
-    let valid = match metadata.validate(&state.settings.metadata_rules(false)) {
+    let valid = match metadata.validate(&state.settings.metadata_rules(Registrant::SelfRegistered))
+    {
         Ok(valid) => valid,
         Err(e) => {
             state
@@ -121,7 +122,13 @@ pub async fn register(
     };
     let issued = state
         .clients
-        .create(valid, ClientOrigin::Dynamic, now, Some(registrant))
+        .create(
+            valid,
+            Vec::new(),
+            ClientOrigin::Dynamic,
+            now,
+            Some(registrant),
+        )
         .await
         .map_err(|e| Error::server_error(&e))?;
     state
@@ -218,7 +225,7 @@ pub async fn update(
     }
     let valid = request
         .metadata
-        .validate(&state.settings.metadata_rules(false))
+        .validate(&state.settings.metadata_rules(Registrant::SelfRegistered))
         .map_err(metadata_error)?;
     if (valid.token_endpoint_auth_method == AuthMethod::None) != client.is_public() {
         return Err(Error::new(

@@ -175,6 +175,7 @@ async fn exchange_for(
                 code: form.code.as_deref(),
                 redirect_uri: form.redirect_uri.as_deref(),
                 code_verifier: form.code_verifier.as_deref(),
+                proof: proof(state, headers)?,
             };
             authorization_code::redeem(state, &client, request).await
         }
@@ -184,6 +185,7 @@ async fn exchange_for(
                 refresh_token: form.refresh_token.as_deref(),
                 scope: form.scope.as_deref(),
                 resources: &form.resource,
+                proof: proof(state, headers)?,
             };
             refresh::refresh(state, &client, request).await
         }

@@ -232,6 +232,7 @@ mod tests {
             registration_token_sha256: None,
             created_at: UnixTime(0),
             created_by: None,
+            version: 0,
         }
     }
 

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tailpass_verify::UnixTime;
+use tailpass_verify::{Thumbprint, UnixTime};
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::clients::{Client, ClientId};
@@ -56,7 +56,7 @@ pub struct AuthCode {
     pub identity: Identity,
     /// When they authenticated.
     pub auth_time: UnixTime,
-    /// The session id (`sid`).
+    /// The session id (`sid`), which also names the refresh family its redemption creates.
     pub sid: String,
     /// When the code expires.
     pub expires_at: UnixTime,
@@ -71,6 +71,54 @@ pub enum Redemption {
     Replayed(AuthCode),
     /// Unknown or expired.
     Invalid,
+}
+
+/// What a person approved on a dynamically registered client's consent page: a later request
+/// within it needs no new approval, anything more — another scope, resource or redirect URI,
+/// or the client's metadata changed since ([`crate::clients::Client::version`]) — asks again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Approved scopes.
+    pub scopes: Vec<String>,
+    /// Approved RFC 8707 resources.
+    pub resources: Vec<String>,
+    /// Redirect URIs codes were approved for.
+    pub redirect_uris: Vec<String>,
+    /// The version of the client's metadata the person saw.
+    pub client_version: u64,
+}
+
+impl Consent {
+    /// Whether this approval covers `request`: the same client version, and every scope,
+    /// resource and redirect URI of the request approved.
+    pub fn covers(&self, request: &Consent) -> bool {
+        let within =
+            |asked: &[String], approved: &[String]| asked.iter().all(|a| approved.contains(a));
+        self.client_version == request.client_version
+            && within(&request.scopes, &self.scopes)
+            && within(&request.resources, &self.resources)
+            && within(&request.redirect_uris, &self.redirect_uris)
+    }
+
+    /// This approval joined with an `earlier` one of the same client version; an approval of
+    /// another version replaces it.
+    pub fn joined(mut self, earlier: Option<Consent>) -> Consent {
+        let Some(earlier) = earlier.filter(|e| e.client_version == self.client_version) else {
+            return self;
+        };
+        for (into, from) in [
+            (&mut self.scopes, earlier.scopes),
+            (&mut self.resources, earlier.resources),
+            (&mut self.redirect_uris, earlier.redirect_uris),
+        ] {
+            for item in from {
+                if !into.contains(&item) {
+                    into.push(item);
+                }
+            }
+        }
+        self
+    }
 }
 
 /// A refresh-token family: every refresh token descending from one authorization.
@@ -97,6 +145,10 @@ pub struct RefreshFamily {
     /// When it was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<UnixTime>,
+    /// The DPoP key a public client's refresh tokens are bound to (RFC 9449 §5): set when the
+    /// code was redeemed with a proof; each refresh then needs a proof by the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<Thumbprint>,
 }
 
 impl RefreshFamily {
@@ -225,9 +277,22 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new authorization code under the hash of its value.
     async fn insert_code(&self, hash: &SecretHash, code: &AuthCode) -> Result<(), StoreError>;
     /// Redeems a code: the first call at or before its expiry gets it, every later call learns
-    /// it was replayed.
+    /// it was replayed. A replay, in the same atomic step, marks the code (so that
+    /// [`Store::complete_redemption`] refuses from then on) and revokes the refresh family
+    /// named by the code's `sid`, if the first redemption already created it.
     async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
     -> Result<Redemption, StoreError>;
+    /// Finishes a redemption: atomically, unless the code has been replayed meanwhile, creates
+    /// `family` with its first token (when the client gets refresh tokens) and answers true;
+    /// after a replay it creates nothing and answers false, and the tokens minted from the
+    /// code must not be handed out. With [`Store::redeem_code`], a replay racing the first
+    /// redemption leaves no live family in either order.
+    async fn complete_redemption(
+        &self,
+        code: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
     /// Creates a refresh family whose first token has hash `token`.
     async fn insert_family(
         &self,
@@ -278,13 +343,15 @@ pub trait Store: Send + Sync + 'static {
     /// Revocations with a sequence number above `seq`, in order.
     async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
 
-    /// Whether the user (by login) approved the client.
-    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError>;
-    /// Records the user's approval of the client.
+    /// What the user (by subject) approved for the client, if anything.
+    async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError>;
+    /// Records the user's approval of the client, joined atomically with what they approved
+    /// before for the same client version ([`Consent::joined`]).
     async fn insert_consent(
         &self,
         client: &ClientId,
         user: &str,
+        approved: &Consent,
         now: UnixTime,
     ) -> Result<(), StoreError>;
 

@@ -772,3 +772,80 @@ async fn extra_claims_merge_groups_unite_and_standard_claims_are_protected() {
         "an override is an error, not a silent overwrite"
     );
 }
+
+#[tokio::test]
+async fn a_public_clients_loopback_redirect_uri_matches_any_port() {
+    let server = TestServer::start().await;
+    let registered = [
+        "http://127.0.0.1/callback",
+        "http://[::1]/cb",
+        "http://localhost/cb",
+    ];
+    let (public, _) = register(
+        &server,
+        json!({"name": "cli", "redirect_uris": registered, "public": true}),
+    )
+    .await;
+    for requested in [
+        "http://127.0.0.1:51234/callback",
+        "http://[::1]:8080/cb",
+        "http://localhost:3000/cb",
+        "http://127.0.0.1/callback",
+    ] {
+        let back = open(
+            &server,
+            ALICE,
+            &authorize_url(&server, &public, &[("redirect_uri", requested)]),
+        )
+        .await
+        .unwrap();
+        assert!(
+            back.as_str().starts_with(requested),
+            "the code goes to the port the app listens on: {back}"
+        );
+        let c = param(&back, "code").unwrap();
+        let (status, body) = token(
+            &server,
+            (&public, None),
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &c),
+                ("redirect_uri", requested),
+                ("code_verifier", VERIFIER),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{requested}: {body}");
+    }
+    for requested in [
+        "http://127.0.0.1:51234/callback/",
+        "http://127.0.0.1:51234/Callback",
+        "http://127.0.0.2:51234/callback",
+        "https://127.0.0.1:51234/callback",
+        "http://127.0.0.1.nip.io:51234/callback",
+        "http://localhost:3000/callback",
+    ] {
+        let shown = open(
+            &server,
+            ALICE,
+            &authorize_url(&server, &public, &[("redirect_uri", requested)]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(shown.0, 400, "{requested}: shown, never redirected");
+    }
+    // Only public clients: a confidential client's loopback URI matches exactly.
+    let (confidential, _) = confidential(&server).await;
+    let shown = open(
+        &server,
+        ALICE,
+        &authorize_url(
+            &server,
+            &confidential,
+            &[("redirect_uri", "http://127.0.0.1:10/callback")],
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(shown.0, 400);
+}

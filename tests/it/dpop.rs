@@ -284,3 +284,121 @@ async fn server_nonces_when_required() {
     .await;
     assert_eq!(status, 400);
 }
+
+/// A code-flow token request from a relying party, with a DPoP proof when `key` is given.
+async fn code_flow_token(
+    server: &TestServer,
+    client: (&str, Option<&str>),
+    form: &[(&str, &str)],
+    key: Option<&ProofKey>,
+) -> (u16, Value) {
+    let mut pairs = form.to_vec();
+    let mut request = server.peer(1).post(server.url("/token"));
+    match client.1 {
+        Some(secret) => request = request.basic_auth(client.0, Some(secret)),
+        None => pairs.push(("client_id", client.0)),
+    }
+    if let Some(key) = key {
+        request = request.header(
+            "DPoP",
+            key.proof("POST", &server.url("/token"), None, None)
+                .unwrap(),
+        );
+    }
+    read(request.form(&pairs).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
+    use crate::authorize::{VERIFIER, code};
+    use crate::login::{REDIRECT, register};
+    let (server, _dir) = server(&[]).await;
+    let (public, _) = register(
+        &server,
+        json!({"name": "cli", "redirect_uris": [REDIRECT], "public": true}),
+    )
+    .await;
+    let key = ProofKey::generate().unwrap();
+    let thief = ProofKey::generate().unwrap();
+    let c = code(&server, crate::support::ALICE, &public, &[]).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", c.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, body) = code_flow_token(&server, (&public, None), &redeem, Some(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    for (proof, why) in [(None, "no proof"), (Some(&thief), "another key")] {
+        let (status, body) = code_flow_token(
+            &server,
+            (&public, None),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh_token),
+            ],
+            proof,
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "{why}: {body}"
+        );
+    }
+    for _ in 0..2 {
+        let (status, body) = code_flow_token(
+            &server,
+            (&public, None),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh_token),
+            ],
+            Some(&key),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "the bound key refreshes, and the refused tries spent nothing: {body}"
+        );
+        refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    let (status, _) = code_flow_token(
+        &server,
+        (&public, None),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "the rotated token stays bound");
+
+    // A confidential client's refresh tokens are bound to its secret, not to a key.
+    let (confidential, secret) =
+        register(&server, json!({"name": "app", "redirect_uris": [REDIRECT]})).await;
+    let secret = secret.unwrap();
+    let c = code(&server, crate::support::ALICE, &confidential, &[]).await;
+    let redeem = [
+        ("grant_type", "authorization_code"),
+        ("code", c.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, body) =
+        code_flow_token(&server, (&confidential, Some(&secret)), &redeem, Some(&key)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = code_flow_token(
+        &server,
+        (&confidential, Some(&secret)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["refresh_token"].as_str().unwrap()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -404,3 +404,313 @@ async fn logout_ends_the_session_and_tells_the_relying_party() {
         .unwrap();
     assert_eq!(userinfo.status(), 401, "and its access token");
 }
+
+/// A relying party whose back-channel endpoint takes every request and never answers; each
+/// request that arrives is reported on the channel.
+async fn black_holed_rp() -> (String, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/backchannel",
+            post(
+                |State(arrived): State<mpsc::UnboundedSender<()>>| async move {
+                    let _ = arrived.send(());
+                    std::future::pending::<()>().await;
+                    "never"
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/backchannel"), rx)
+}
+
+/// Logs Alice in to `id` and ends that session by RP-initiated logout.
+async fn login_and_log_out(server: &TestServer, id: &str, secret: &str, after: &str) {
+    let tokens = login(server, id, secret).await;
+    let mut url = Url::parse(&server.url("/logout")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", tokens["id_token"].as_str().unwrap())
+        .append_pair("post_logout_redirect_uri", after);
+    let response = server
+        .peer(ALICE)
+        .get(url.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+}
+
+#[tokio::test]
+async fn a_black_holed_relying_party_does_not_delay_other_logouts() {
+    let server = TestServer::start().await;
+    let after = "http://127.0.0.1:9/signed-out";
+    let (hole, mut arrived) = black_holed_rp().await;
+    let (healthy, mut received) = test_rp().await;
+    let mut clients = Vec::new();
+    for uri in [&hole, &healthy] {
+        let (id, secret) = register(
+            &server,
+            json!({"name": "app", "redirect_uris": [REDIRECT], "backchannel_logout_uri": uri,
+                   "post_logout_redirect_uris": [after]}),
+        )
+        .await;
+        clients.push((id, secret.unwrap()));
+    }
+    // The black-holed relying party's delivery is under way, and will not end by itself.
+    login_and_log_out(&server, &clients[0].0, &clients[0].1, after).await;
+    tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .expect("the first delivery reaches the black hole")
+        .unwrap();
+    // The other relying party is told while that attempt still hangs: had it waited behind
+    // it, the black hole would have seen its retry first.
+    login_and_log_out(&server, &clients[1].0, &clients[1].1, after).await;
+    let body = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the healthy relying party is told")
+        .unwrap();
+    assert!(body.starts_with("logout_token="));
+    assert!(
+        arrived.try_recv().is_err(),
+        "delivered while the black hole's first attempt was still pending"
+    );
+}
+
+/// Registers a client as Alice through `/register`; its id, registration URI and token.
+async fn self_register(server: &TestServer, metadata: Value) -> (String, String, String) {
+    let (status, registered) = read(
+        peer(ALICE)
+            .post(server.url("/register"))
+            .json(&metadata)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    let field = |name: &str| registered[name].as_str().unwrap().to_owned();
+    (
+        field("client_id"),
+        field("registration_client_uri"),
+        field("registration_access_token"),
+    )
+}
+
+/// Whether opening the authorization URL shows the consent page (else it must redirect with a
+/// code); the page's form when it does.
+async fn asks(server: &TestServer, from: u8, url: &str) -> Option<Vec<(String, String)>> {
+    match open(server, from, url).await {
+        Ok(back) => {
+            assert!(param(&back, "code").is_some(), "{back}");
+            None
+        }
+        Err((200, page)) => Some(hidden_fields(&page)),
+        Err(other) => panic!("neither a code nor a consent page: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn consent_records_what_was_approved_and_more_asks_again() {
+    let server = TestServer::start().await;
+    let other = "http://127.0.0.1:9/other";
+    let (id, uri, token) = self_register(
+        &server,
+        json!({"redirect_uris": [REDIRECT, other], "client_name": "Wiki"}),
+    )
+    .await;
+    let fields = asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+        .await
+        .expect("asked the first time");
+    let approved = submit_consent(&server, ALICE, &fields, "approve", &server.base).await;
+    assert_eq!(approved.status(), 303);
+
+    // Within what was approved: no question.
+    assert!(
+        asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+            .await
+            .is_none()
+    );
+    assert!(
+        asks(
+            &server,
+            ALICE,
+            &authorize_url(&server, &id, &[("scope", "openid")])
+        )
+        .await
+        .is_none()
+    );
+    // More scopes, or another redirect URI: asked again.
+    let more = authorize_url(&server, &id, &[("scope", "openid profile email groups")]);
+    assert!(asks(&server, ALICE, &more).await.is_some(), "another scope");
+    let elsewhere = authorize_url(&server, &id, &[("redirect_uri", other)]);
+    let form = asks(&server, ALICE, &elsewhere).await;
+    assert!(form.is_some(), "another redirect URI");
+    let back = open(
+        &server,
+        ALICE,
+        &authorize_url(&server, &id, &[("redirect_uri", other), ("prompt", "none")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("consent_required"));
+
+    // An RFC 7592 update of the client asks again, and a form shown before it is void.
+    let (status, _) = read(
+        peer(ALICE)
+            .put(&uri)
+            .bearer_auth(&token)
+            .json(&json!({"client_id": id, "redirect_uris": [REDIRECT, other], "client_name": "Wiki, now with more"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        asks(&server, ALICE, &authorize_url(&server, &id, &[]))
+            .await
+            .is_some(),
+        "asked again after the update"
+    );
+    let stale = submit_consent(&server, ALICE, &form.unwrap(), "approve", &server.base).await;
+    assert_eq!(stale.status(), 403, "approved before the update");
+}
+
+#[tokio::test]
+async fn a_redirected_error_before_consent_never_names_the_user() {
+    let server = TestServer::start().await;
+    let (id, _, _) = self_register(
+        &server,
+        json!({"redirect_uris": [REDIRECT], "client_name": "Wiki", "resources": [crate::support::GATEWAY]}),
+    )
+    .await;
+    // Bob has no grant for the resource: he is asked first, and only then told.
+    let with_resource = authorize_url(&server, &id, &[("resource", crate::support::GATEWAY)]);
+    let fields = asks(&server, BOB, &with_resource)
+        .await
+        .expect("consent comes before the resource check");
+    let answered = submit_consent(&server, BOB, &fields, "approve", &server.base).await;
+    let back = Url::parse(answered.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("invalid_target"));
+
+    // Carol, revoked, has approved nothing: the client learns she was refused, not who she is.
+    let (status, _) = crate::support::admin(
+        &server,
+        axum::http::Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "user", "value": "carol@example.com"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let back = open(
+        &server,
+        crate::support::CAROL,
+        &authorize_url(&server, &id, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"));
+    let description = param(&back, "error_description").unwrap();
+    assert!(!description.contains("carol"), "{description}");
+    assert!(!back.as_str().contains("carol"), "{back}");
+    // The audit log keeps the reason.
+    let audit = server
+        .state()
+        .store
+        .audit(&tailpass::store::AuditFilter {
+            user: Some("carol@example.com".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|r| r
+            .event
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("carol@example.com"))),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_re_resolves_the_person_and_a_gone_node_or_lost_grant_ends_the_family() {
+    use crate::support::{CAROL, GATEWAY, loopback_peers, with_tailnet_addresses};
+    let server = TestServer::start().await;
+    let (id, secret) = register(
+        &server,
+        json!({"name": "app", "redirect_uris": [REDIRECT], "resources": [GATEWAY]}),
+    )
+    .await;
+    let secret = secret.unwrap();
+    let client = (id.as_str(), Some(secret.as_str()));
+    let alice = login(&server, &id, &secret).await;
+    let c = code(&server, CAROL, &id, &[("resource", GATEWAY)]).await;
+    let (status, carol) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(status, 200, "{carol}");
+    let c = code(&server, BOB, &id, &[]).await;
+    let (status, bob) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(status, 200, "{bob}");
+
+    // The tailnet changes while the server is down: Alice's node leaves, Carol's grant no
+    // longer gives her the gateway, Bob is as he was.
+    let dir = server.stop().await;
+    let mut peers = loopback_peers();
+    let carol_ip = crate::support::ip(CAROL).to_string();
+    peers[&carol_ip]["CapMap"]["tailscale.com/cap/tsidp"][0]["resources"] = json!([]);
+    peers
+        .as_object_mut()
+        .unwrap()
+        .remove(&crate::support::ip(ALICE).to_string());
+    let table = dir.path().join("peers.json");
+    std::fs::write(&table, with_tailnet_addresses(peers).to_string()).unwrap();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", table.to_str().unwrap()]).await;
+    let refresh = |tokens: &Value| {
+        let token = tokens["refresh_token"].as_str().unwrap().to_owned();
+        let server = &server;
+        async move {
+            crate::authorize::token(
+                server,
+                client,
+                &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+            )
+            .await
+        }
+    };
+
+    let (status, body) = refresh(&bob).await;
+    assert_eq!(status, 200, "Bob's node is still his: {body}");
+    for (who, tokens, code) in [
+        ("alice", &alice, "invalid_grant"),
+        ("carol", &carol, "invalid_target"),
+    ] {
+        let (status, body) = refresh(tokens).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(code)),
+            "{who}: {body}"
+        );
+        // The family is over, not just this refresh: the same token again finds it revoked,
+        // and its access token is refused.
+        let (status, body) = refresh(tokens).await;
+        assert_eq!(status, 400, "{who}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("revoked"),
+            "{who}: {body}"
+        );
+        let userinfo = peer(1)
+            .get(server.url("/userinfo"))
+            .bearer_auth(tokens["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(userinfo.status(), 401, "{who}");
+    }
+}

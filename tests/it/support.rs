@@ -61,7 +61,7 @@ pub fn tagged_whois(id: u64, stable: &str, tags: &[&str]) -> serde_json::Value {
 fn user_whois(id: u64, login: &str, stable: &str, caps: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "Node": {"ID": id, "StableID": stable, "Name": format!("{stable}.tail1234.ts.net."),
-                 "User": id, "Key": "nodekey:0c", "Addresses": ["100.64.0.5/32"], "Tags": []},
+                 "User": id, "Key": "nodekey:0c", "Addresses": [format!("100.64.1.{}/32", id % 250)], "Tags": []},
         "UserProfile": {"ID": id, "LoginName": login, "DisplayName": login, "ProfilePicURL": ""},
         "CapMap": caps
     })
@@ -74,8 +74,27 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The identity table of the test tailnet.
+/// The identity table of the test tailnet: each peer under its loopback address, and under
+/// its node's tailnet addresses too, as tailscaled answers WhoIs for those (a refresh finds
+/// the session's node again by its tailnet address).
 pub fn peers_table() -> serde_json::Value {
+    with_tailnet_addresses(loopback_peers())
+}
+
+/// `table` with each entry also under the addresses of its node.
+pub fn with_tailnet_addresses(table: serde_json::Value) -> serde_json::Value {
+    let mut all = table.as_object().unwrap().clone();
+    for whois in table.as_object().unwrap().values() {
+        for prefix in whois["Node"]["Addresses"].as_array().into_iter().flatten() {
+            let ip = prefix.as_str().unwrap().split('/').next().unwrap();
+            all.entry(ip).or_insert_with(|| whois.clone());
+        }
+    }
+    serde_json::Value::Object(all)
+}
+
+/// The peers by loopback address.
+pub fn loopback_peers() -> serde_json::Value {
     serde_json::json!({
         ip(ALICE).to_string(): fixture("whois-user.json"),
         ip(CI).to_string(): fixture("whois-tagged.json"),

@@ -205,7 +205,7 @@ fn context_id(c: &Connection, context: &Context<'_>) -> Result<i64, StoreError> 
 
 /// Drops the events before `before` as one range from the log's start: the horizon moves up
 /// to `before`'s seq floor (never down), then the events, run zones and contexts below it go.
-/// The triggers of migration 0004 refuse any deletion above the horizon.
+/// The triggers of migration 0006 refuse any deletion above the horizon.
 pub(super) fn purge_before(c: &Connection, before: UnixTime) -> Result<u64, StoreError> {
     let floor = seq_floor(before);
     c.execute(

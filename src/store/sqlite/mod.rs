@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
 
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Redemption, RefreshFamily, Revocation, RevocationKind,
-    Rotation, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation,
+    RevocationKind, Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -30,11 +30,13 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
-    include_str!("../migrations/sqlite/0004_audit_retention.sql"),
+    include_str!("../migrations/sqlite/0004_code_replay.sql"),
+    include_str!("../migrations/sqlite/0005_consent_record.sql"),
+    include_str!("../migrations/sqlite/0006_audit_retention.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -115,6 +117,59 @@ impl SqliteStore {
     /// Opens `tailpass.db` in `dir`; for tests.
     pub async fn open_in(dir: &Path) -> Result<SqliteStore, StoreError> {
         SqliteStore::open(&dir.join("tailpass.db")).await
+    }
+}
+
+/// The consent a user gave a client; a row from before consents recorded what they approved
+/// (its `data` is NULL) approves nothing.
+fn consent_of(c: &Connection, client: &str, user: &str) -> Result<Option<Consent>, StoreError> {
+    let data: Option<Option<String>> = c
+        .prepare_cached("SELECT data FROM consents WHERE client_id = ?1 AND user_key = ?2")?
+        .query_row(params![client, user], |r| r.get(0))
+        .optional()?;
+    match data.flatten() {
+        Some(data) => decode(&data).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A refresh family and its first token, as their rows store them.
+struct FamilyRow {
+    id: String,
+    client: String,
+    user: Option<String>,
+    node: String,
+    created: i64,
+    expires: i64,
+    data: String,
+    token: String,
+}
+
+impl FamilyRow {
+    fn of(family: &RefreshFamily, token: &SecretHash) -> Result<FamilyRow, StoreError> {
+        Ok(FamilyRow {
+            id: family.id.clone(),
+            client: family.client_id.0.clone(),
+            user: family.identity.user.as_ref().map(|u| u.login.clone()),
+            node: family.identity.node.stable_id.0.clone(),
+            created: time(family.created_at),
+            expires: time(family.expires_at),
+            data: encode(family)?,
+            token: token.to_hex(),
+        })
+    }
+
+    fn insert(self, c: &Connection, now: UnixTime) -> Result<(), StoreError> {
+        c.prepare_cached(
+            "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![self.id, self.client, self.user, self.node, self.created, self.expires, self.data])?;
+        c.prepare_cached(
+            "INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![self.token, self.id, time(now)])?;
+        Ok(())
     }
 }
 
@@ -258,6 +313,16 @@ impl Store for SqliteStore {
                 };
                 let code: AuthCode = decode(&data)?;
                 if redeemed_at.is_some() {
+                    // Marked, and the first redemption's family revoked, in this transaction:
+                    // a family created later is refused by `complete_redemption`.
+                    c.prepare_cached(
+                        "UPDATE codes SET replayed_at = COALESCE(replayed_at, ?1) WHERE code_hash = ?2",
+                    )?
+                    .execute(params![time(now), hash])?;
+                    c.prepare_cached(
+                        "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2 AND revoked_at IS NULL",
+                    )?
+                    .execute(params![time(now), code.sid])?;
                     return Ok(Redemption::Replayed(code));
                 }
                 if time(now) > expires_at {
@@ -276,26 +341,32 @@ impl Store for SqliteStore {
         token: &SecretHash,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let id = family.id.clone();
-        let client = family.client_id.0.clone();
-        let user = family.identity.user.as_ref().map(|u| u.login.clone());
-        let node = family.identity.node.stable_id.0.clone();
-        let (created, expires, data) = (
-            time(family.created_at),
-            time(family.expires_at),
-            encode(family)?,
-        );
-        let token = token.to_hex();
+        let row = FamilyRow::of(family, token)?;
+        self.worker.write(move |c| row.insert(c, now)).await
+    }
+
+    async fn complete_redemption(
+        &self,
+        code: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let code = code.to_hex();
+        let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
         self.worker
             .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![id, client, user, node, created, expires, data])?;
-                c.prepare_cached("INSERT INTO refresh_tokens (token_hash, family_id, issued_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![token, id, time(now)])?;
-                Ok(())
+                let unreplayed = c
+                    .prepare_cached(
+                        "SELECT 1 FROM codes WHERE code_hash = ?1 AND redeemed_at IS NOT NULL AND replayed_at IS NULL",
+                    )?
+                    .exists(params![code])?;
+                if !unreplayed {
+                    return Ok(false);
+                }
+                if let Some(row) = row {
+                    row.insert(c, now)?;
+                }
+                Ok(true)
             })
             .await
     }
@@ -475,15 +546,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn has_consent(&self, client: &ClientId, user: &str) -> Result<bool, StoreError> {
+    async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError> {
         let (client, user) = (client.0.clone(), user.to_owned());
         self.worker
-            .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT 1 FROM consents WHERE client_id = ?1 AND user_key = ?2",
-                )?
-                .exists(params![client, user])?)
-            })
+            .read(move |c| consent_of(c, &client, &user))
             .await
     }
 
@@ -491,16 +557,18 @@ impl Store for SqliteStore {
         &self,
         client: &ClientId,
         user: &str,
+        approved: &Consent,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        let (client, user) = (client.0.clone(), user.to_owned());
+        let (client, user, approved) = (client.0.clone(), user.to_owned(), approved.clone());
         self.worker
             .write(move |c| {
+                let data = encode(&approved.joined(consent_of(c, &client, &user)?))?;
                 c.prepare_cached(
-                    "INSERT INTO consents (client_id, user_key, granted_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (client_id, user_key) DO NOTHING",
+                    "INSERT INTO consents (client_id, user_key, granted_at, data) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (client_id, user_key) DO UPDATE SET granted_at = ?3, data = ?4",
                 )?
-                .execute(params![client, user, time(now)])?;
+                .execute(params![client, user, time(now), data])?;
                 Ok(())
             })
             .await

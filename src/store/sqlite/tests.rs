@@ -42,6 +42,7 @@ fn client(id: &str) -> Client {
         registration_token_sha256: None,
         created_at: UnixTime(1),
         created_by: None,
+        version: 0,
     }
 }
 
@@ -76,6 +77,7 @@ fn family(id: &str, expires_at: u64) -> RefreshFamily {
         created_at: UnixTime(100),
         expires_at: UnixTime(expires_at),
         revoked_at: None,
+        jkt: None,
     }
 }
 
@@ -150,6 +152,78 @@ async fn replay_is_reported_and_expiry_is_enforced() {
     assert_eq!(
         store.redeem_code(&unknown, UnixTime(100)).await.unwrap(),
         Redemption::Invalid
+    );
+}
+
+#[tokio::test]
+async fn a_code_replayed_while_its_first_redemption_is_in_flight_leaves_no_live_family() {
+    let (_dir, store) = store().await;
+    // The replay is detected before the first redemption creates its family: the creation is
+    // refused, and nothing is left behind.
+    let hash = Secret::generate().hash();
+    store.insert_code(&hash, &code(160)).await.unwrap();
+    assert!(matches!(
+        store.redeem_code(&hash, UnixTime(120)).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    assert!(matches!(
+        store.redeem_code(&hash, UnixTime(121)).await.unwrap(),
+        Redemption::Replayed(_)
+    ));
+    let token = Secret::generate().hash();
+    let first = family("s1", 10_000);
+    assert!(
+        !store
+            .complete_redemption(&hash, Some((&first, &token)), UnixTime(122))
+            .await
+            .unwrap(),
+        "the in-flight redemption is refused"
+    );
+    assert_eq!(store.family_of(&token).await.unwrap(), None);
+    assert!(
+        !store
+            .complete_redemption(&hash, None, UnixTime(122))
+            .await
+            .unwrap(),
+        "also without a refresh family"
+    );
+
+    // The first redemption creates its family before the replay: the replay's own atomic
+    // step revokes it, with nothing else having to run afterwards.
+    let hash = Secret::generate().hash();
+    let mut second_code = code(160);
+    second_code.sid = "s2".into();
+    store.insert_code(&hash, &second_code).await.unwrap();
+    store.redeem_code(&hash, UnixTime(120)).await.unwrap();
+    let token = Secret::generate().hash();
+    let second = family("s2", 10_000);
+    assert!(
+        store
+            .complete_redemption(&hash, Some((&second, &token)), UnixTime(121))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .family_of(&token)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .is_live(UnixTime(121))
+    );
+    store.redeem_code(&hash, UnixTime(122)).await.unwrap();
+    let (revoked, _) = store.family_of(&token).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(UnixTime(122)));
+
+    // An unknown or unredeemed code completes nothing.
+    let unredeemed = Secret::generate().hash();
+    store.insert_code(&unredeemed, &code(160)).await.unwrap();
+    assert!(
+        !store
+            .complete_redemption(&unredeemed, None, UnixTime(121))
+            .await
+            .unwrap()
     );
 }
 
@@ -332,20 +406,84 @@ async fn an_unlifted_node_revocation_outlives_the_token_horizon() {
 }
 
 #[tokio::test]
-async fn consent_is_per_client_and_user() {
+async fn consent_records_what_was_approved() {
     let (_dir, store) = store().await;
     let c = ClientId("c1".into());
-    assert!(!store.has_consent(&c, "userid:1").await.unwrap());
+    let approval = |scopes: &[&str], resources: &[&str], redirect: &str, version: u64| Consent {
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        resources: resources.iter().map(|s| s.to_string()).collect(),
+        redirect_uris: vec![redirect.to_owned()],
+        client_version: version,
+    };
+    assert_eq!(store.consent(&c, "userid:1").await.unwrap(), None);
+    let first = approval(
+        &["openid", "email"],
+        &["https://gw.example"],
+        "https://a.example/cb",
+        1,
+    );
     store
-        .insert_consent(&c, "userid:1", UnixTime(1))
+        .insert_consent(&c, "userid:1", &first, UnixTime(1))
         .await
         .unwrap();
+    let stored = store.consent(&c, "userid:1").await.unwrap().unwrap();
+    assert!(stored.covers(&first));
+    assert!(stored.covers(&approval(&["openid"], &[], "https://a.example/cb", 1)));
+    for more in [
+        approval(&["openid", "groups"], &[], "https://a.example/cb", 1),
+        approval(
+            &["openid"],
+            &["https://other.example"],
+            "https://a.example/cb",
+            1,
+        ),
+        approval(&["openid"], &[], "https://a.example/other", 1),
+        approval(&["openid"], &[], "https://a.example/cb", 2),
+    ] {
+        assert!(!stored.covers(&more), "{more:?} asks again");
+    }
+    assert_eq!(
+        store.consent(&c, "userid:2").await.unwrap(),
+        None,
+        "per user"
+    );
+    assert_eq!(
+        store
+            .consent(&ClientId("c2".into()), "userid:1")
+            .await
+            .unwrap(),
+        None,
+        "per client"
+    );
+
+    // A second approval adds to the first; one for a newer client version replaces it.
+    let second = approval(&["groups"], &[], "https://a.example/other", 1);
     store
-        .insert_consent(&c, "userid:1", UnixTime(2))
+        .insert_consent(&c, "userid:1", &second, UnixTime(2))
         .await
         .unwrap();
-    assert!(store.has_consent(&c, "userid:1").await.unwrap());
-    assert!(!store.has_consent(&c, "userid:2").await.unwrap());
+    let joined = store.consent(&c, "userid:1").await.unwrap().unwrap();
+    assert!(joined.covers(&first) && joined.covers(&second));
+    let updated = approval(&["openid"], &[], "https://a.example/cb", 2);
+    store
+        .insert_consent(&c, "userid:1", &updated, UnixTime(3))
+        .await
+        .unwrap();
+    assert_eq!(store.consent(&c, "userid:1").await.unwrap(), Some(updated));
+
+    // A consent from before consents recorded anything approves nothing.
+    store
+        .worker
+        .write(|c| {
+            c.execute(
+                "INSERT INTO consents (client_id, user_key, granted_at) VALUES ('c1', 'userid:3', 1)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.consent(&c, "userid:3").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -755,10 +893,11 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     // Beside other jobs (queued together, so usually one batch with savepoints; either way
     // only the failed job's write must go).
     let c = ClientId("c1".into());
+    let approved = Consent::default();
     let (failed, kept, other) = tokio::join!(
         store.worker.write(|c| consent_then_fail(c, "u2")),
-        store.insert_consent(&c, "u3", UnixTime(1)),
-        store.insert_consent(&c, "u4", UnixTime(1)),
+        store.insert_consent(&c, "u3", &approved, UnixTime(1)),
+        store.insert_consent(&c, "u4", &approved, UnixTime(1)),
     );
     assert!(failed.is_err());
     kept.unwrap();
@@ -766,8 +905,8 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     assert_eq!(consents(&store).await, 2);
     // The writer goes on.
     store.insert_client(&client("c1")).await.unwrap();
-    assert!(store.has_consent(&c, "u3").await.unwrap());
-    assert!(!store.has_consent(&c, "u2").await.unwrap());
+    assert!(store.consent(&c, "u3").await.unwrap().is_some());
+    assert!(store.consent(&c, "u2").await.unwrap().is_none());
 }
 
 #[test]
