@@ -23,7 +23,7 @@ use tailpass::gateway::{GatewaySettings, RunningGateway, UpstreamSettings};
 
 use crate::agents::{exchange, mint, server};
 use crate::authorize::claims;
-use crate::support::{CI, CI2, GATEWAY, GATEWAY_NODE, TestServer, admin, ip};
+use crate::support::{CI, CI2, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, admin, ip};
 
 const UPSTREAM_KEY: &str = "sk-upstream-real-key-0123456789";
 
@@ -376,22 +376,7 @@ async fn a_revoked_run_is_refused_once_the_feed_event_arrives() {
     let setup = Setup::new().await;
     let token = setup.agent_token().await;
     assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
-    let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
-    let (status, report) = admin(
-        &setup.server,
-        Method::POST,
-        "/admin/api/revocations",
-        Some(json!({"kind": "run", "value": run})),
-    )
-    .await;
-    assert_eq!(status, 201, "{report}");
-    let seq = setup.server.state().revocations.last_seq();
-    let revocations = setup.gateway.verifier().verifier().revocations().clone();
-    let arrived =
-        tokio::task::spawn_blocking(move || revocations.wait_for_seq(seq, Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert!(arrived, "the gateway received the feed event");
+    revoke_run(&setup, &run_of(&token)).await;
     let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
     assert_eq!(status, 401);
     assert!(
@@ -534,23 +519,8 @@ async fn tokens_the_gateway_refuses_are_refused_with_the_reason() {
 #[tokio::test]
 async fn a_dpop_bound_token_needs_its_key_at_the_gateway() {
     let setup = Setup::new().await;
-    let key = tailpass::dpop::ProofKey::generate().unwrap();
-    let token_url = setup.server.url("/token");
-    let proof = key.proof("POST", &token_url, None, None).unwrap();
-    let minted: Value = setup
-        .server
-        .peer(CI)
-        .post(&token_url)
-        .header("dpop", proof)
-        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(minted["token_type"], "DPoP", "{minted}");
-    let token = minted["access_token"].as_str().unwrap();
+    let (token, key) = dpop_token(&setup).await;
+    let token = token.as_str();
     // The URL callers use, as the gateway was told (`public_url`).
     let htu = "http://gateway.invalid/v1/chat/completions";
     let send = |scheme: &'static str, proof: Option<String>| {
@@ -842,4 +812,218 @@ async fn a_token_without_a_models_claim_is_refused_unless_the_gateway_allows_unr
             .0,
         200
     );
+}
+
+/// A DPoP-bound gateway token for CI, with its proof key.
+async fn dpop_token(setup: &Setup) -> (String, tailpass::dpop::ProofKey) {
+    let key = tailpass::dpop::ProofKey::generate().unwrap();
+    let token_url = setup.server.url("/token");
+    let proof = key.proof("POST", &token_url, None, None).unwrap();
+    let minted: Value = setup
+        .server
+        .peer(CI)
+        .post(&token_url)
+        .header("dpop", proof)
+        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["token_type"], "DPoP", "{minted}");
+    (minted["access_token"].as_str().unwrap().to_owned(), key)
+}
+
+/// A DPoP call to the chat endpoint from peer `from`: its status.
+async fn dpop_call(setup: &Setup, from: u8, token: &str, proof: String) -> u16 {
+    setup
+        .peer(from)
+        .post(setup.url("/v1/chat/completions"))
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .json(&json!({"model": "gpt-small", "messages": []}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_strangers_dpop_proofs_never_take_room_in_the_gateways_replay_cache() {
+    let setup = Setup::new().await;
+    let (token, key) = dpop_token(&setup).await;
+    let htu = "http://gateway.invalid/v1/chat/completions";
+    let thief = tailpass::dpop::ProofKey::generate().unwrap();
+    // Well-formed proofs, each fresh, with requests that are not otherwise accepted: from off
+    // the tailnet, from the wrong node, with a made-up token, with the wrong key.
+    let forged = format!(
+        "{}.e30.AAAA",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"x"}"#)
+    );
+    for _ in 0..10 {
+        for (from, token, signer) in [
+            (STRANGER, token.as_str(), &key),
+            (CI2, token.as_str(), &key),
+            (CI, forged.as_str(), &thief),
+            (CI, token.as_str(), &thief),
+        ] {
+            let proof = signer.proof("POST", htu, Some(token), None).unwrap();
+            assert_eq!(dpop_call(&setup, from, token, proof).await, 401);
+        }
+    }
+    let replay = setup.gateway.verifier().replay();
+    assert_eq!(replay.len(), 0, "no refused request's proof is remembered");
+    let proof = key.proof("POST", htu, Some(&token), None).unwrap();
+    assert_eq!(dpop_call(&setup, CI, &token, proof).await, 200);
+    assert_eq!(replay.len(), 1);
+    assert_eq!(setup.upstream.seen().len(), 1);
+}
+
+/// Revokes `run` through the admin API and waits until the gateway has the feed event.
+async fn revoke_run(setup: &Setup, run: &str) {
+    let (status, report) = admin(
+        &setup.server,
+        Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "run", "value": run})),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
+    let seq = setup.server.state().revocations.last_seq();
+    let revocations = setup.gateway.verifier().verifier().revocations().clone();
+    let arrived =
+        tokio::task::spawn_blocking(move || revocations.wait_for_seq(seq, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(arrived, "the gateway received the feed event");
+}
+
+#[tokio::test]
+async fn the_gateways_copy_of_the_feed_forgets_revocations_once_no_token_they_match_is_valid() {
+    // Agent tokens of tag:ci live 600 s; the gateway is told tokens live at most that long.
+    let setup = Setup::with(|s| s.max_token_lifetime = 600).await;
+    let first = setup.agent_token().await;
+    revoke_run(&setup, &run_of(&first)).await;
+    let list = setup.gateway.verifier().verifier().revocations().clone();
+    assert_eq!(list.len(), 1);
+    let (status, _, body) = setup.call(CI, &first, "gpt-small").await;
+    assert_eq!(status, 401, "{body}");
+
+    // A token living longer than the gateway remembers revocations is refused outright.
+    let long_lived = setup.token_of(GATEWAY_NODE).await;
+    let (status, _, body) = setup.call(GATEWAY_NODE, &long_lived, "gpt-small").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the 600 s"),
+        "{body}"
+    );
+
+    // Once every token of the first run has expired (plus the leeway), its entry goes.
+    setup
+        .server
+        .clock
+        .advance(600 + tailpass_verify::feed::MAX_LEEWAY);
+    let second = setup.agent_token().await;
+    revoke_run(&setup, &run_of(&second)).await;
+    assert_eq!(list.len(), 1, "only the second run's revocation is kept");
+    assert_eq!(setup.call(CI, &second, "gpt-small").await.0, 401);
+}
+
+/// A TCP relay in front of the issuer that the test can cut, as a network partition would.
+/// Each connection leaves from its caller's own loopback address, so the issuer still sees
+/// which tailnet peer it is.
+struct Relay {
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Relay {
+    fn start(listener: tokio::net::TcpListener, target: SocketAddr) -> Relay {
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, from)) = accepted else {
+                    continue;
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(from.ip(), 0)).unwrap();
+                    let mut outbound = socket.connect(target).await.unwrap();
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Relay { cut }
+    }
+}
+
+/// Waits until the gateway's feed connection is `open`.
+async fn feed_is(setup: &Setup, open: bool) {
+    let mut connection = setup.gateway.verifier().feed_connection();
+    let changed =
+        tokio::time::timeout(Duration::from_secs(30), connection.wait_for(|c| *c == open)).await;
+    assert!(
+        matches!(changed, Ok(Ok(_))),
+        "the feed connection never became {open}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_the_revocation_feed_refuses_tokens_once_it_is_stale() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let (server, policy_dir) = server(&["--issuer", &issuer]).await;
+    let relay = Relay::start(listener, server.running().addr());
+    let setup = Setup::in_front_of(server, policy_dir, |_| {}).await;
+    feed_is(&setup, true).await;
+    let token = setup.agent_token().await;
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+
+    // Connected but quiet (nothing revoked for two minutes) is not stale.
+    setup.server.clock.advance(120);
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+
+    relay.cut.cancel();
+    feed_is(&setup, false).await;
+    setup.server.clock.advance(10);
+    assert_eq!(
+        setup.call(CI, &token, "gpt-small").await.0,
+        200,
+        "not stale yet: 10 s of the 30 s allowed"
+    );
+    setup.server.clock.advance(21);
+    let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revocation feed"),
+        "{body}"
+    );
+    assert_eq!(
+        setup.upstream.seen().len(),
+        3,
+        "the stale call never reached it"
+    );
+    let metrics = setup.metrics().await;
+    let line = "tailpass_gateway_calls_total{status=\"503\",refused=\"feed\"} 1";
+    assert!(metrics.contains(line), "{line} in {metrics}");
 }

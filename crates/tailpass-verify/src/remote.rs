@@ -5,10 +5,11 @@
 //!
 //! A verifier that cannot hear the feed does not know what was revoked since. With
 //! [`RemoteVerifier::with_max_feed_staleness`] it refuses tokens once the feed is *stale*: no
-//! connection to it is open, and nothing (snapshot, event, keep-alive, or a connection being
-//! accepted) has been heard from it for longer than the limit. An open connection that is
-//! merely quiet is not stale; one that says nothing for [`FEED_IDLE`] (the issuer sends a
-//! keep-alive every 15 s) is taken for dead, closed, and reconnected.
+//! connection to it is open, and nothing has been heard from it for longer than the limit
+//! (heard: a connection accepted, any bytes of one — snapshot, event or keep-alive — or its
+//! end, up to which it was current). An open connection that is merely quiet is not stale; one
+//! that says nothing for [`FEED_IDLE`] (the issuer sends a keep-alive every 15 s) is taken for
+//! dead since its last bytes, closed, and reconnected.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -338,9 +339,18 @@ impl RemoteVerifier {
         let mut stream = response.bytes_stream();
         let mut got_any = false;
         loop {
+            // A connection that ends (closed, or failed) was current until then; one that went
+            // silent was current only until it last said something.
             let chunk = match tokio::time::timeout(FEED_IDLE, stream.next()).await {
-                Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
-                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
+                    self.heard();
+                    return Err(e.to_string());
+                }
+                Ok(None) => {
+                    self.heard();
+                    break;
+                }
                 Err(_) => return Err("the feed went silent".into()),
             };
             let events = parser.push(&chunk)?;
