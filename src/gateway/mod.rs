@@ -567,6 +567,15 @@ mod tests {
         GatewaySettings::resolve(&cli.global, &args)
     }
 
+    /// A config file holding `text`, and its path.
+    fn config(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        let path = file.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
     #[test]
     fn the_shipped_example_is_valid() {
         let file: GatewayFile =
@@ -620,5 +629,82 @@ mod tests {
         assert!(err.to_string().contains("upstream_url"), "{err}");
         let err = resolve(&["tailpass", "gateway", "--listen", "127.0.0.1:1"]).unwrap_err();
         assert!(err.to_string().contains("--issuer is required"), "{err}");
+    }
+
+    #[test]
+    fn upstream_settings_come_from_the_file_and_flags_replace_them() {
+        let (_dir, path) = config(
+            r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net"
+            audience = "https://gw.example.ts.net"
+            upstream = "https://api.anthropic.com"
+            upstream_key_file = "/etc/tailpass/upstream.key"
+            upstream_api = "anthropic"
+            upstream_paths = ["POST /v1/messages/batches"]
+            upstream_pin_headers = { "anthropic-beta" = "files-api-2025-04-14" }
+            default_max_tokens = 1000
+            allow_unrestricted = true
+            max_feed_staleness = "1m"
+            max_token_lifetime = 3600
+            "#,
+        );
+        let path = path.as_str();
+        let (settings, _) = resolve(&["tailpass", "--config", path, "gateway"]).unwrap();
+        let upstream = &settings.upstream;
+        assert_eq!(
+            (upstream.api, upstream.auth),
+            (Api::Anthropic, Auth::XApiKey)
+        );
+        assert_eq!(
+            upstream.paths,
+            vec![endpoints::Endpoint::parse("POST /v1/messages/batches").unwrap()]
+        );
+        assert_eq!(upstream.pin_headers[0].0.as_str(), "anthropic-beta");
+        assert_eq!(
+            (
+                settings.default_max_tokens,
+                settings.allow_unrestricted,
+                settings.max_feed_staleness,
+                settings.max_token_lifetime
+            ),
+            (1000, true, 60, 3600)
+        );
+        let (settings, _) = resolve(&[
+            "tailpass",
+            "--config",
+            path,
+            "gateway",
+            "--upstream-api",
+            "gemini",
+            "--upstream-paths",
+            "GET /v1beta/files",
+            "--upstream-pin-headers",
+            "x-goog-user-project=billing-1",
+            "--max-feed-staleness",
+            "10s",
+        ])
+        .unwrap();
+        let upstream = &settings.upstream;
+        assert_eq!(
+            (upstream.api, upstream.auth),
+            (Api::Gemini, Auth::XGoogApiKey)
+        );
+        assert_eq!(upstream.paths.len(), 1);
+        assert_eq!(upstream.pin_headers[0].1, "billing-1");
+        assert_eq!(settings.max_feed_staleness, 10);
+
+        for (flag, value, error) in [
+            ("--upstream-paths", "DELETE /v1/../files", "'..'"),
+            (
+                "--upstream-pin-headers",
+                "authorization=x",
+                "sets this header itself",
+            ),
+            ("--upstream-pin-headers", "no-equals-sign", "NAME=VALUE"),
+        ] {
+            let err = resolve(&["tailpass", "--config", path, "gateway", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(error), "{flag} {value}: {err}");
+        }
     }
 }

@@ -244,7 +244,8 @@ impl RemoteVerifier {
     }
 
     /// Checks a request's token and DPoP proof as [`Verifier::verify_presented`] does, with
-    /// the same refetch on an unknown key as [`RemoteVerifier::verify`].
+    /// the same refetch on an unknown key as [`RemoteVerifier::verify`]; every token is refused
+    /// while the feed is stale ([`RemoteVerifier::with_max_feed_staleness`]).
     pub async fn verify_presented(
         &self,
         presented: &Presented<'_>,
