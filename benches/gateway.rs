@@ -235,14 +235,14 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
     let identity = Arc::new(tailpass::identity::local::LocalTable::from_file(&peers).unwrap());
     let gateway = tailpass::gateway::start(
         tailpass::gateway::GatewaySettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
             public_url: "http://gateway.invalid".into(),
-            issuer: issuer.clone(),
-            audience: GATEWAY.into(),
-            upstream: format!("http://{upstream}"),
-            upstream_key_file: key_file,
             source_address: Some("127.0.0.8".parse().unwrap()),
-            audit_file: None,
+            ..tailpass::gateway::GatewaySettings::new(
+                "127.0.0.1:0".parse().unwrap(),
+                issuer.clone(),
+                GATEWAY,
+                tailpass::gateway::UpstreamSettings::new(format!("http://{upstream}"), key_file),
+            )
         },
         identity,
         clock,

@@ -146,12 +146,52 @@ pub struct GatewayArgs {
     /// The audience tokens must carry, the gateway's own URL usually (required).
     #[arg(long, env = "TAILPASS_AUDIENCE", value_name = "A")]
     pub audience: Option<String>,
-    /// The upstream OpenAI-compatible API's base URL (required).
+    /// The upstream API's base URL (required).
     #[arg(long, env = "TAILPASS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<Url>,
     /// The file holding the upstream API key, which only the gateway reads (required).
     #[arg(long, env = "TAILPASS_UPSTREAM_KEY_FILE", value_name = "FILE")]
     pub upstream_key_file: Option<PathBuf>,
+    /// The API the upstream speaks, which decides the endpoints forwarded [default: openai].
+    #[arg(long, env = "TAILPASS_UPSTREAM_API", value_enum)]
+    pub upstream_api: Option<crate::gateway::Api>,
+    /// The header the upstream key goes in [default: bearer for openai, x-api-key for
+    /// anthropic, x-goog-api-key for gemini].
+    #[arg(long, env = "TAILPASS_UPSTREAM_AUTH", value_enum)]
+    pub upstream_auth: Option<crate::gateway::Auth>,
+    /// A request forwarded beyond the API's inference endpoints, as "METHOD /path" after the
+    /// prefix (e.g. "POST /v1/batches", "GET /v1/files/{id}"); repeat for several.
+    #[arg(
+        long = "upstream-paths",
+        env = "TAILPASS_UPSTREAM_PATHS",
+        value_name = "METHOD /PATH",
+        value_delimiter = ','
+    )]
+    pub upstream_paths: Vec<String>,
+    /// A header set on every upstream request whatever the caller sent, as NAME=VALUE (e.g.
+    /// OpenAI-Organization=org-x); account headers not pinned are stripped. Repeat for several.
+    #[arg(
+        long = "upstream-pin-headers",
+        env = "TAILPASS_UPSTREAM_PIN_HEADERS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ','
+    )]
+    pub upstream_pin_headers: Vec<String>,
+    /// LLM output tokens reserved against a run's budget for a call whose body sets no
+    /// max_tokens [default: 4096].
+    #[arg(long, env = "TAILPASS_DEFAULT_MAX_TOKENS", value_name = "N")]
+    pub default_max_tokens: Option<u64>,
+    /// Serve tokens without a `models` claim (any model); by default they are refused.
+    #[arg(long, env = "TAILPASS_ALLOW_UNRESTRICTED")]
+    pub allow_unrestricted: bool,
+    /// Refuse tokens (503) once the revocation feed has been unreachable this long, e.g. 30s
+    /// [default: 30s].
+    #[arg(long, env = "TAILPASS_MAX_FEED_STALENESS", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_feed_staleness: Option<u64>,
+    /// The longest token lifetime accepted, the issuer's --max-token-lifetime; revocations
+    /// are remembered this long [default: 24h].
+    #[arg(long, env = "TAILPASS_MAX_TOKEN_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<u64>,
     /// The local address to reach the issuer from (a tailnet address, on a multi-homed host).
     #[arg(long, env = "TAILPASS_SOURCE_ADDRESS", value_name = "IP")]
     pub source_address: Option<std::net::IpAddr>,

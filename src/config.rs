@@ -56,13 +56,14 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 /// A duration in the file: seconds, or a string such as `"15m"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum FileDuration {
+pub(crate) enum FileDuration {
     Seconds(u64),
     Text(String),
 }
 
 impl FileDuration {
-    fn seconds(&self, key: &str) -> Result<u64, ConfigError> {
+    /// The duration in seconds; `key` names it in the error.
+    pub(crate) fn seconds(&self, key: &str) -> Result<u64, ConfigError> {
         match self {
             FileDuration::Seconds(n) => Ok(*n),
             FileDuration::Text(text) => {

@@ -227,7 +227,8 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Counts one call by its status and refusal (`quota`, `model`, `token`, or none).
+    /// Counts one call by its status and refusal (`token`, `feed`, `endpoint`, `model`, `quota`,
+    /// `other`, or none).
     pub fn call(&self, status: u16, refused: &str) {
         self.calls
             .add(vec![status.to_string(), refused.to_owned()], 1);

@@ -1,6 +1,7 @@
-//! Watching an upstream answer go by: the LLM tokens it reports (`usage.total_tokens`, in a
-//! JSON body or in a server-sent event of a stream) and, once it is over, the call's audit
-//! line and the charge to its run. Chunks pass through untouched and unbuffered.
+//! Watching an upstream answer go by: the LLM tokens it reports (input plus output, in a JSON
+//! body or in the server-sent events of a stream, in OpenAI's, Anthropic's or Gemini's
+//! shape) and, once it is over, the call's audit line and its run's reservation settled.
+//! Chunks pass through untouched and unbuffered.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tailpass_verify::UnixTime;
 
-use super::quota::Quotas;
+use super::quota::Reservation;
 use crate::metrics::GatewayMetrics;
 
 /// The most of a JSON answer kept to read its `usage`; past it the tokens go uncounted.
@@ -42,6 +43,10 @@ pub struct CallRecord {
     /// Why the gateway refused, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The kind of refusal, a bounded label for metrics (`token`, `feed`, `endpoint`,
+    /// `model`, `quota`, `other`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: &'static str,
 }
 
 /// Where call records go: the log, the gateway's metrics, and a JSONL file (0600) when
@@ -80,12 +85,10 @@ impl CallLog {
 
     /// Records one call.
     pub fn record(&self, call: &CallRecord) {
-        let refused = match (&call.refused, call.status) {
+        let refused = match (&call.refused, call.reason) {
             (None, _) => "",
-            (Some(_), 401) => "token",
-            (Some(_), 403) => "model",
-            (Some(_), 429) => "quota",
-            (Some(_), _) => "other",
+            (Some(_), "") => "other",
+            (Some(_), reason) => reason,
         };
         self.metrics.call(call.status, refused);
         tracing::info!(
@@ -111,18 +114,53 @@ impl CallLog {
     }
 }
 
-/// Reads `usage.total_tokens` out of an answer as it streams by.
+/// Reads the LLM tokens an answer reports as it streams by: the largest input and output
+/// counts seen (streams repeat cumulative counts), or a total when that is all there is.
 #[derive(Debug)]
 pub struct UsageScanner {
     event_stream: bool,
     pending: Vec<u8>,
     overflow: bool,
-    tokens: Option<u64>,
+    input: Option<u64>,
+    output: Option<u64>,
+    total: Option<u64>,
 }
 
-fn total_tokens(json: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-    value.get("usage")?.get("total_tokens")?.as_u64()
+/// Where each API puts its usage in an answer or event.
+const USAGE_AT: &[&[&str]] = &[
+    &["usage"],
+    &["message", "usage"],
+    &["response", "usage"],
+    &["usageMetadata"],
+];
+/// Input counts: OpenAI, Anthropic (with its cache reads and writes, counted apart), Gemini.
+const INPUT: &[&str] = &[
+    "prompt_tokens",
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "promptTokenCount",
+];
+/// Output counts: OpenAI and Anthropic, Gemini (with its thinking, counted apart).
+const OUTPUT: &[&str] = &[
+    "completion_tokens",
+    "output_tokens",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+];
+const TOTAL: &[&str] = &["total_tokens", "totalTokenCount"];
+
+fn sum(usage: &serde_json::Value, fields: &[&str]) -> Option<u64> {
+    fields
+        .iter()
+        .filter_map(|f| usage.get(f).and_then(serde_json::Value::as_u64))
+        .reduce(u64::saturating_add)
+}
+
+fn keep_max(slot: &mut Option<u64>, seen: Option<u64>) {
+    if let Some(seen) = seen {
+        *slot = Some(slot.map_or(seen, |s| s.max(seen)));
+    }
 }
 
 impl UsageScanner {
@@ -132,7 +170,32 @@ impl UsageScanner {
             event_stream,
             pending: Vec::new(),
             overflow: false,
-            tokens: None,
+            input: None,
+            output: None,
+            total: None,
+        }
+    }
+
+    fn see(&mut self, value: &serde_json::Value) {
+        if let Some(items) = value.as_array() {
+            // Gemini streams without `alt=sse` as one JSON array of answers.
+            for item in items {
+                self.see(item);
+            }
+            return;
+        }
+        for path in USAGE_AT {
+            if let Some(usage) = path.iter().try_fold(value, |v, key| v.get(key)) {
+                keep_max(&mut self.input, sum(usage, INPUT));
+                keep_max(&mut self.output, sum(usage, OUTPUT));
+                keep_max(&mut self.total, sum(usage, TOTAL));
+            }
+        }
+    }
+
+    fn see_json(&mut self, json: &[u8]) {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) {
+            self.see(&value);
         }
     }
 
@@ -145,10 +208,8 @@ impl UsageScanner {
         if self.event_stream {
             while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
-                if let Some(data) = line.strip_prefix(b"data:")
-                    && let Some(tokens) = total_tokens(data.trim_ascii())
-                {
-                    self.tokens = Some(tokens);
+                if let Some(data) = line.strip_prefix(b"data:") {
+                    self.see_json(data.trim_ascii());
                 }
             }
             if self.pending.len() > MAX_LINE {
@@ -160,17 +221,23 @@ impl UsageScanner {
         }
     }
 
-    /// The tokens reported, once the answer is complete.
+    /// The tokens reported (input plus output), once the answer is complete.
     pub fn finish(&mut self) -> Option<u64> {
         if !self.event_stream && !self.overflow {
-            self.tokens = total_tokens(&self.pending);
+            let pending = std::mem::take(&mut self.pending);
+            self.see_json(&pending);
         }
-        self.tokens
+        match (self.input, self.output) {
+            (None, None) => self.total,
+            (input, output) => Some(input.unwrap_or(0).saturating_add(output.unwrap_or(0))),
+        }
     }
 }
 
-/// The end of a call: when dropped (the answer finished, or the caller went away) it charges
-/// the tokens to the run and writes the call's record.
+/// The end of a call: when dropped (the answer finished, or the caller went away) it settles
+/// the run's reservation and writes the call's record. A successful answer that reported no
+/// usage (cut short, or hidden from the gateway) is charged its whole reservation; an error
+/// answer without usage is charged nothing, as upstreams bill no tokens for refusals.
 #[derive(Debug)]
 pub struct Meter {
     /// The record, filled as the call goes.
@@ -179,8 +246,8 @@ pub struct Meter {
     pub scanner: UsageScanner,
     /// When the request arrived.
     pub started: Instant,
-    /// Where the tokens are charged.
-    pub quotas: Arc<Quotas>,
+    /// The tokens held for this call, when its run has a token budget.
+    pub reservation: Option<Reservation>,
     /// Where the record goes.
     pub log: CallLog,
 }
@@ -188,8 +255,13 @@ pub struct Meter {
 impl Drop for Meter {
     fn drop(&mut self) {
         self.record.tokens = self.scanner.finish();
-        if let (Some(run), Some(tokens)) = (&self.record.root_run_id, self.record.tokens) {
-            self.quotas.charge_tokens(run, tokens);
+        if let Some(reservation) = self.reservation.take() {
+            let success = (200..300).contains(&self.record.status);
+            match self.record.tokens {
+                Some(used) => reservation.settle(used),
+                None if !success => reservation.settle(0),
+                None => drop(reservation),
+            }
         }
         self.record.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
         self.log.record(&self.record);
@@ -209,6 +281,23 @@ mod tests {
             scanner.push(&stream[split..]);
             assert_eq!(scanner.finish(), Some(42), "split at {split}");
         }
+    }
+
+    #[test]
+    fn input_and_output_are_counted_in_each_apis_shape() {
+        let anthropic = b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":15}}\n\n";
+        let mut scanner = UsageScanner::new(true);
+        scanner.push(anthropic);
+        assert_eq!(scanner.finish(), Some(30 + 15));
+        let gemini = br#"[{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":2}},
+            {"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":9,"thoughtsTokenCount":4,"totalTokenCount":21}}]"#;
+        let mut scanner = UsageScanner::new(false);
+        scanner.push(gemini);
+        assert_eq!(scanner.finish(), Some(8 + 13));
+        let openai = br#"{"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
+        let mut scanner = UsageScanner::new(false);
+        scanner.push(openai);
+        assert_eq!(scanner.finish(), Some(14));
     }
 
     #[test]

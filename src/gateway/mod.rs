@@ -1,21 +1,24 @@
 //! `tailpass gateway`: a reference AI gateway, and the only holder of the upstream API key.
 //!
-//! It is a reverse proxy for an OpenAI-compatible API. Each request must carry a tailpass
-//! access token for the gateway's audience, checked locally with `tailpass-verify` (keys
-//! fetched from the issuer, revocations followed on its feed), presented from the node the
-//! token is bound to (asked of this gateway's own identity source). The token's `models` claim
-//! limits the models, its `quota` claim the requests and LLM tokens of its root run. Callers'
-//! credentials never reach the upstream; the key is added here, and each call is audited.
+//! It is a reverse proxy for one upstream API (OpenAI's, Anthropic's or Gemini's), forwarding
+//! only its inference endpoints. Each request must carry a tailpass access token for the
+//! gateway's audience, checked locally with `tailpass-verify` (keys fetched from the issuer,
+//! revocations followed on its feed, refused while the feed is stale), presented from the node
+//! the token is bound to (asked of this gateway's own identity source). The token's `models`
+//! claim limits the models (a token without one is refused unless `allow_unrestricted`), its
+//! `quota` claim the requests and LLM tokens of its root run. Callers' credentials and account
+//! headers never reach the upstream; the key is added here, and each call is audited.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::routing::{any, get};
 use tailpass_verify::Verifier;
-use tailpass_verify::remote::RemoteVerifier;
+use tailpass_verify::feed::RevocationList;
+use tailpass_verify::remote::{Now, RemoteVerifier};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +26,65 @@ use crate::clock::Clock;
 use crate::http::peer::Listener;
 use crate::identity::IdentitySource;
 
+pub mod admission;
+pub mod body;
+pub mod endpoints;
+pub mod headers;
 pub mod meter;
 pub mod proxy;
 pub mod quota;
 
+pub use endpoints::Api;
+pub use headers::Auth;
+
 /// Runs metered at once (distinct root runs with unexpired tokens).
 const MAX_RUNS: usize = 100_000;
+/// The output limit reserved for a call whose body sets none, by default.
+pub const DEFAULT_MAX_TOKENS: u64 = 4_096;
+/// How long the revocation feed may be stale before tokens are refused, by default, seconds.
+pub const DEFAULT_MAX_FEED_STALENESS: u64 = 30;
+
+/// The upstream API: where calls go, with which key, and what may be sent to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Its base URL; a request's path is appended to it.
+    pub base_url: String,
+    /// The file holding its API key, which only the gateway reads.
+    pub key_file: PathBuf,
+    /// The API it speaks: its built-in allowlist and usage shapes.
+    pub api: Api,
+    /// The header the key goes in.
+    pub auth: Auth,
+    /// Requests allowed beyond the API's inference endpoints (`paths`).
+    pub paths: Vec<endpoints::Endpoint>,
+    /// Headers set to these values on every upstream request, whatever the caller sent
+    /// (`pin_headers`), e.g. `OpenAI-Organization`.
+    pub pin_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl UpstreamSettings {
+    /// An OpenAI-compatible upstream at `base_url` with its key in `key_file`, its key sent as
+    /// a bearer token, inference endpoints only, no pinned headers.
+    pub fn new(base_url: impl Into<String>, key_file: PathBuf) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: base_url.into(),
+            key_file,
+            api: Api::Openai,
+            auth: Auth::Bearer,
+            paths: Vec::new(),
+            pin_headers: Vec::new(),
+        }
+    }
+}
+
+/// The header an API reads its key from.
+fn default_auth(api: Api) -> Auth {
+    match api {
+        Api::Openai => Auth::Bearer,
+        Api::Anthropic => Auth::XApiKey,
+        Api::Gemini => Auth::XGoogApiKey,
+    }
+}
 
 /// The gateway's settings, resolved.
 #[derive(Debug, Clone)]
@@ -41,14 +97,46 @@ pub struct GatewaySettings {
     pub issuer: String,
     /// The audience tokens must carry.
     pub audience: String,
-    /// The upstream API's base URL.
-    pub upstream: String,
-    /// The file holding the upstream API key.
-    pub upstream_key_file: PathBuf,
+    /// The upstream API.
+    pub upstream: UpstreamSettings,
     /// The local address connections to the issuer come from (a tailnet address).
     pub source_address: Option<IpAddr>,
     /// A JSONL mirror of the call log.
     pub audit_file: Option<PathBuf>,
+    /// The output limit reserved for a call whose body sets none.
+    pub default_max_tokens: u64,
+    /// Whether tokens without a `models` claim may call the upstream (any model).
+    pub allow_unrestricted: bool,
+    /// Tokens are refused while the revocation feed has been stale this long, seconds.
+    pub max_feed_staleness: u64,
+    /// The longest token lifetime accepted, seconds: the issuer's `max_token_lifetime`, how
+    /// long the gateway remembers a revocation.
+    pub max_token_lifetime: u64,
+}
+
+impl GatewaySettings {
+    /// Settings with the defaults for everything but where it listens, whose tokens it
+    /// takes, and its upstream (public URL `http://LISTEN`).
+    pub fn new(
+        listen: SocketAddr,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        upstream: UpstreamSettings,
+    ) -> GatewaySettings {
+        GatewaySettings {
+            listen,
+            public_url: format!("http://{listen}"),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            upstream,
+            source_address: None,
+            audit_file: None,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            allow_unrestricted: false,
+            max_feed_staleness: DEFAULT_MAX_FEED_STALENESS,
+            max_token_lifetime: tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
+        }
+    }
 }
 
 /// Why the gateway could not start.
@@ -94,8 +182,16 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// The upstream's base URL.
     pub upstream: String,
-    /// `Bearer <key>`, marked sensitive so it is never logged.
-    pub upstream_authorization: HeaderValue,
+    /// The upstream key's header and value (marked sensitive so it is never logged).
+    pub upstream_key: Option<(HeaderName, HeaderValue)>,
+    /// What may be forwarded.
+    pub endpoints: endpoints::Endpoints,
+    /// Headers pinned on every upstream request.
+    pub pin_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The output limit reserved for a call whose body sets none.
+    pub default_max_tokens: u64,
+    /// Whether tokens without a `models` claim are served.
+    pub allow_unrestricted: bool,
     /// The URL callers use.
     pub public_url: String,
     /// The time.
@@ -137,18 +233,23 @@ impl RunningGateway {
     }
 }
 
-fn read_key(path: &std::path::Path) -> Result<HeaderValue, GatewayError> {
-    let shown = path.display().to_string();
-    let key = std::fs::read_to_string(path)
+fn read_key(
+    upstream: &UpstreamSettings,
+) -> Result<Option<(HeaderName, HeaderValue)>, GatewayError> {
+    if upstream.auth == Auth::None {
+        return Ok(None);
+    }
+    let shown = upstream.key_file.display().to_string();
+    let key = std::fs::read_to_string(&upstream.key_file)
         .map_err(|e| GatewayError::Key(shown.clone(), e.to_string()))?;
     let key = key.trim();
     if key.is_empty() {
         return Err(GatewayError::Key(shown, "empty".into()));
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-        .map_err(|_| GatewayError::Key(shown, "not a valid header value".into()))?;
-    value.set_sensitive(true);
-    Ok(value)
+    upstream
+        .auth
+        .header(key)
+        .map_err(|e| GatewayError::Key(shown, e))
 }
 
 /// The gateway's TOML file (`--config`): its flags' names in snake_case, plus the global
@@ -162,6 +263,14 @@ struct GatewayFile {
     audience: Option<String>,
     upstream: Option<url::Url>,
     upstream_key_file: Option<PathBuf>,
+    upstream_api: Option<Api>,
+    upstream_auth: Option<Auth>,
+    upstream_paths: Option<Vec<String>>,
+    upstream_pin_headers: Option<std::collections::BTreeMap<String, String>>,
+    default_max_tokens: Option<u64>,
+    allow_unrestricted: Option<bool>,
+    max_feed_staleness: Option<crate::config::FileDuration>,
+    max_token_lifetime: Option<crate::config::FileDuration>,
     source_address: Option<IpAddr>,
     identity: Option<crate::cli::IdentityKind>,
     identity_file: Option<PathBuf>,
@@ -208,6 +317,78 @@ impl GatewaySettings {
             .or(file.listen)
             .ok_or_else(|| required("listen"))?;
         let trimmed = |u: &url::Url| u.as_str().trim_end_matches('/').to_owned();
+        let seconds = |flag: Option<u64>,
+                       from_file: &Option<crate::config::FileDuration>,
+                       key: &str,
+                       default: u64| match (flag, from_file) {
+            (Some(secs), _) => anyhow::Ok(secs),
+            (None, Some(d)) => Ok(d.seconds(key)?),
+            (None, None) => Ok(default),
+        };
+        let issuer = args
+            .issuer
+            .as_ref()
+            .or(file.issuer.as_ref())
+            .map(trimmed)
+            .ok_or_else(|| required("issuer"))?;
+        let audience = args
+            .audience
+            .clone()
+            .or(file.audience.clone())
+            .ok_or_else(|| required("audience"))?;
+        let api = args.upstream_api.or(file.upstream_api).unwrap_or_default();
+        let paths = if args.upstream_paths.is_empty() {
+            file.upstream_paths.clone().unwrap_or_default()
+        } else {
+            args.upstream_paths.clone()
+        };
+        let pins: Vec<(String, String)> = if args.upstream_pin_headers.is_empty() {
+            file.upstream_pin_headers
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        } else {
+            args.upstream_pin_headers
+                .iter()
+                .map(|pin| {
+                    pin.split_once('=')
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--upstream-pin-headers {pin:?}: expected NAME=VALUE")
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        let upstream = UpstreamSettings {
+            base_url: args
+                .upstream
+                .as_ref()
+                .or(file.upstream.as_ref())
+                .map(trimmed)
+                .ok_or_else(|| required("upstream"))?,
+            key_file: args
+                .upstream_key_file
+                .clone()
+                .or(file.upstream_key_file)
+                .ok_or_else(|| required("upstream-key-file"))?,
+            api,
+            auth: args
+                .upstream_auth
+                .or(file.upstream_auth)
+                .unwrap_or_else(|| default_auth(api)),
+            paths: paths
+                .iter()
+                .map(|p| {
+                    endpoints::Endpoint::parse(p)
+                        .map_err(|e| anyhow::anyhow!("upstream_paths: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            pin_headers: pins
+                .iter()
+                .map(|(n, v)| headers::parse_pin(n, v).map_err(|e| anyhow::anyhow!(e)))
+                .collect::<anyhow::Result<_>>()?,
+        };
         let settings = GatewaySettings {
             listen,
             public_url: args
@@ -216,30 +397,28 @@ impl GatewaySettings {
                 .or(file.public_url.as_ref())
                 .map(trimmed)
                 .unwrap_or_else(|| format!("http://{listen}")),
-            issuer: args
-                .issuer
-                .as_ref()
-                .or(file.issuer.as_ref())
-                .map(trimmed)
-                .ok_or_else(|| required("issuer"))?,
-            audience: args
-                .audience
-                .clone()
-                .or(file.audience)
-                .ok_or_else(|| required("audience"))?,
-            upstream: args
-                .upstream
-                .as_ref()
-                .or(file.upstream.as_ref())
-                .map(trimmed)
-                .ok_or_else(|| required("upstream"))?,
-            upstream_key_file: args
-                .upstream_key_file
-                .clone()
-                .or(file.upstream_key_file)
-                .ok_or_else(|| required("upstream-key-file"))?,
+            issuer,
+            audience,
+            upstream,
             source_address: args.source_address.or(file.source_address),
             audit_file: args.audit_file.clone().or(file.audit_file),
+            default_max_tokens: args
+                .default_max_tokens
+                .or(file.default_max_tokens)
+                .unwrap_or(DEFAULT_MAX_TOKENS),
+            allow_unrestricted: args.allow_unrestricted || file.allow_unrestricted.unwrap_or(false),
+            max_feed_staleness: seconds(
+                args.max_feed_staleness,
+                &file.max_feed_staleness,
+                "max_feed_staleness",
+                DEFAULT_MAX_FEED_STALENESS,
+            )?,
+            max_token_lifetime: seconds(
+                args.max_token_lifetime,
+                &file.max_token_lifetime,
+                "max_token_lifetime",
+                tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
+            )?,
         };
         let dev = global.dev || file.dev.unwrap_or(false);
         let identity_file = args.identity_file.clone().or(file.identity_file);
@@ -296,7 +475,7 @@ pub async fn start(
     identity: Arc<dyn IdentitySource>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningGateway, GatewayError> {
-    let upstream_authorization = read_key(&settings.upstream_key_file)?;
+    let upstream_key = read_key(&settings.upstream)?;
     let mut issuer_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -306,12 +485,19 @@ pub async fn start(
     let issuer_client = issuer_client
         .build()
         .map_err(|e| GatewayError::Client(e.to_string()))?;
+    let revocations = Arc::new(RevocationList::with_max_lifetime(
+        settings.max_token_lifetime,
+    ));
+    let feed_clock = clock.clone();
     let verifier = Arc::new(
         RemoteVerifier::discover(
             issuer_client,
-            Verifier::new(settings.issuer.clone(), settings.audience.clone()),
+            Verifier::new(settings.issuer.clone(), settings.audience.clone())
+                .with_revocations(revocations),
         )
-        .await?,
+        .await?
+        .with_clock(Now(Arc::new(move || feed_clock.now())))
+        .with_max_feed_staleness(settings.max_feed_staleness),
     );
     let feed = verifier.follow_feed();
     let http = reqwest::Client::builder()
@@ -326,8 +512,12 @@ pub async fn start(
         quotas: quotas.clone(),
         log: meter::CallLog::open(settings.audit_file.as_deref())?,
         http,
-        upstream: settings.upstream.clone(),
-        upstream_authorization,
+        upstream: settings.upstream.base_url.clone(),
+        upstream_key,
+        endpoints: endpoints::Endpoints::new(settings.upstream.api, &settings.upstream.paths),
+        pin_headers: settings.upstream.pin_headers.clone(),
+        default_max_tokens: settings.default_max_tokens,
+        allow_unrestricted: settings.allow_unrestricted,
         public_url: settings.public_url.clone(),
         clock,
     }));
@@ -377,11 +567,24 @@ mod tests {
         GatewaySettings::resolve(&cli.global, &args)
     }
 
+    /// A config file holding `text`, and its path.
+    fn config(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        let path = file.to_str().unwrap().to_owned();
+        (dir, path)
+    }
+
     #[test]
     fn the_shipped_example_is_valid() {
         let file: GatewayFile =
             toml::from_str(include_str!("../../deploy/gateway.example.toml")).unwrap();
-        assert_eq!(file.upstream.unwrap().as_str(), "https://api.openai.com/");
+        assert_eq!(
+            file.upstream.as_ref().unwrap().as_str(),
+            "https://api.openai.com/"
+        );
+        assert_eq!(file.upstream_api, Some(Api::Openai));
         assert_eq!(file.identity, Some(crate::cli::IdentityKind::Tailscaled));
     }
 
@@ -426,5 +629,82 @@ mod tests {
         assert!(err.to_string().contains("upstream_url"), "{err}");
         let err = resolve(&["tailpass", "gateway", "--listen", "127.0.0.1:1"]).unwrap_err();
         assert!(err.to_string().contains("--issuer is required"), "{err}");
+    }
+
+    #[test]
+    fn upstream_settings_come_from_the_file_and_flags_replace_them() {
+        let (_dir, path) = config(
+            r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net"
+            audience = "https://gw.example.ts.net"
+            upstream = "https://api.anthropic.com"
+            upstream_key_file = "/etc/tailpass/upstream.key"
+            upstream_api = "anthropic"
+            upstream_paths = ["POST /v1/messages/batches"]
+            upstream_pin_headers = { "anthropic-beta" = "files-api-2025-04-14" }
+            default_max_tokens = 1000
+            allow_unrestricted = true
+            max_feed_staleness = "1m"
+            max_token_lifetime = 3600
+            "#,
+        );
+        let path = path.as_str();
+        let (settings, _) = resolve(&["tailpass", "--config", path, "gateway"]).unwrap();
+        let upstream = &settings.upstream;
+        assert_eq!(
+            (upstream.api, upstream.auth),
+            (Api::Anthropic, Auth::XApiKey)
+        );
+        assert_eq!(
+            upstream.paths,
+            vec![endpoints::Endpoint::parse("POST /v1/messages/batches").unwrap()]
+        );
+        assert_eq!(upstream.pin_headers[0].0.as_str(), "anthropic-beta");
+        assert_eq!(
+            (
+                settings.default_max_tokens,
+                settings.allow_unrestricted,
+                settings.max_feed_staleness,
+                settings.max_token_lifetime
+            ),
+            (1000, true, 60, 3600)
+        );
+        let (settings, _) = resolve(&[
+            "tailpass",
+            "--config",
+            path,
+            "gateway",
+            "--upstream-api",
+            "gemini",
+            "--upstream-paths",
+            "GET /v1beta/files",
+            "--upstream-pin-headers",
+            "x-goog-user-project=billing-1",
+            "--max-feed-staleness",
+            "10s",
+        ])
+        .unwrap();
+        let upstream = &settings.upstream;
+        assert_eq!(
+            (upstream.api, upstream.auth),
+            (Api::Gemini, Auth::XGoogApiKey)
+        );
+        assert_eq!(upstream.paths.len(), 1);
+        assert_eq!(upstream.pin_headers[0].1, "billing-1");
+        assert_eq!(settings.max_feed_staleness, 10);
+
+        for (flag, value, error) in [
+            ("--upstream-paths", "DELETE /v1/../files", "'..'"),
+            (
+                "--upstream-pin-headers",
+                "authorization=x",
+                "sets this header itself",
+            ),
+            ("--upstream-pin-headers", "no-equals-sign", "NAME=VALUE"),
+        ] {
+            let err = resolve(&["tailpass", "--config", path, "gateway", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(error), "{flag} {value}: {err}");
+        }
     }
 }

@@ -1,71 +1,24 @@
-//! The proxied call: the caller's token checked, its model and budget enforced, its
-//! credentials stripped and the upstream key put in their place, the answer streamed back.
+//! The proxied call: the caller's token checked, the endpoint, model and budget enforced, its
+//! credentials and account headers stripped and the upstream key put in their place, the
+//! answer streamed back.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use http_body_util::BodyExt as _;
 use tailpass_verify::axum::{ExternalUrl, PresenterNode, verify_parts};
 
-use super::GatewayState;
+use super::admission::{Admitted, Refusal, admit};
+use super::headers::{HOP_BY_HOP, upstream_headers};
 use super::meter::{CallRecord, Meter, UsageScanner};
+use super::{GatewayState, Shared};
 use crate::http::peer::{Conn, identify};
 
-/// The largest request body forwarded (prompts can be long, not unbounded).
-pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
-
-/// Request headers never forwarded: the caller's credentials (the upstream key replaces them)
-/// and hop-by-hop headers.
-const STRIPPED: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "openai-api-key",
-    "anthropic-api-key",
-    "dpop",
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-];
-
-/// Response headers not passed back (hop-by-hop, or recomputed).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "te",
-    "trailer",
-    "upgrade",
-    "set-cookie",
-];
-
-fn refusal(status: StatusCode, code: &str, description: &str) -> Response {
-    let body = serde_json::json!({"error": code, "error_description": description});
-    let mut response = (status, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// Any request under the gateway's prefix.
+/// Any request under the gateway's prefix: the token verified, the call admitted, forwarded.
 pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
@@ -92,11 +45,16 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         Ok(claims) => claims,
         Err(refused) => {
             tracing::info!(error = %refused.0, "gateway refused a token");
+            let reason = match refused.0 {
+                tailpass_verify::VerifyError::FeedStale(_) => "feed",
+                _ => "token",
+            };
             state.log.record(&CallRecord {
                 time: now,
                 node,
-                status: 401,
+                status: refused.status().0.as_u16(),
                 refused: Some(refused.0.to_string()),
+                reason,
                 ..CallRecord::default()
             });
             return refused.into_response();
@@ -110,58 +68,43 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         node,
         ..CallRecord::default()
     };
-    let refuse = |record: &mut CallRecord, status: StatusCode, code: &str, why: String| {
-        record.status = status.as_u16();
-        record.refused = Some(why.clone());
-        state.log.record(record);
-        refusal(status, code, &why)
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+    let admitted = admit(
+        &state,
+        &claims,
+        &method,
+        &path,
+        body,
+        &mut record.model,
+        now,
+    )
+    .await;
+    let forwarded = match admitted {
+        Ok(admitted) => forward(&state, &parts, admitted, record, started).await,
+        Err(refusal) => Err((refusal, record)),
     };
+    forwarded.unwrap_or_else(|(refusal, mut record)| {
+        record.status = refusal.status.as_u16();
+        record.refused = Some(refusal.description.clone());
+        record.reason = refusal.reason;
+        state.log.record(&record);
+        refusal.into_response()
+    })
+}
 
-    let body = match http_body_util::Limited::new(body, MAX_REQUEST)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return refuse(
-                &mut record,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                format!("the request body is larger than {MAX_REQUEST} bytes"),
-            );
-        }
-    };
-    let request_json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    record.model = request_json
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(|m| m.as_str())
-        .map(str::to_owned);
-    if let Some(allowed) = claims.models() {
-        match &record.model {
-            Some(model) if allowed.contains(&model.as_str()) => {}
-            Some(model) => {
-                let why = format!("model {model:?} is not allowed for this token");
-                return refuse(&mut record, StatusCode::FORBIDDEN, "model_not_allowed", why);
-            }
-            None if parts.method == axum::http::Method::POST => {
-                let why = "this token allows named models only; the request names none".into();
-                return refuse(&mut record, StatusCode::FORBIDDEN, "model_not_allowed", why);
-            }
-            None => {}
-        }
-    }
-    if let (Some(quota), Some(run)) = (claims.quota(), record.root_run_id.clone())
-        && let Err(e) = state.quotas.admit(&run, quota, claims.exp, now)
-    {
-        return refuse(
-            &mut record,
-            StatusCode::TOO_MANY_REQUESTS,
-            "quota_exceeded",
-            e.to_string(),
-        );
-    }
-
+/// Sends an admitted call upstream and streams the answer back, metered; the refusal and the
+/// call's record when the upstream cannot be reached.
+async fn forward(
+    state: &Shared,
+    parts: &Parts,
+    admitted: Admitted,
+    record: CallRecord,
+    started: Instant,
+) -> Result<Response, (Refusal, CallRecord)> {
+    let Admitted {
+        shaped,
+        reservation,
+    } = admitted;
     let upstream_url = format!(
         "{}{}",
         state.upstream.trim_end_matches('/'),
@@ -171,19 +114,17 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        if !STRIPPED.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers.insert(header::AUTHORIZATION, state.upstream_authorization.clone());
+    let headers = upstream_headers(
+        &parts.headers,
+        state.upstream_key.as_ref(),
+        &state.pin_headers,
+    );
     let asked = Instant::now();
     let sent = state
         .http
         .request(parts.method.clone(), &upstream_url)
         .headers(headers)
-        .body(body)
+        .body(shaped.body)
         .send()
         .await;
     state.log.metrics().upstream(asked.elapsed());
@@ -191,15 +132,16 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unreachable");
-            return refuse(
-                &mut record,
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                "the upstream did not answer".into(),
-            );
+            // Never connected: nothing reached the upstream, nothing is charged. Otherwise the
+            // request may have run, and the reservation stands (dropped unsettled).
+            if e.is_connect()
+                && let Some(reservation) = reservation
+            {
+                reservation.settle(0);
+            }
+            return Err((Refusal::upstream(), record));
         }
     };
-    record.status = upstream.status().as_u16();
     let mut response = Response::builder().status(upstream.status());
     let event_stream = upstream
         .headers()
@@ -213,11 +155,12 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
             }
         }
     }
+    let status = upstream.status().as_u16();
     let meter = Meter {
-        record,
+        record: CallRecord { status, ..record },
         scanner: UsageScanner::new(event_stream),
         started,
-        quotas: Arc::clone(&state.quotas),
+        reservation,
         log: state.log.clone(),
     };
     // Each chunk goes to the caller as it comes; the meter watches it go by and closes the
@@ -240,13 +183,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
             }
         },
     );
-    response
+    Ok(response
         .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| {
-            refusal(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                "bad answer",
-            )
-        })
+        .unwrap_or_else(|_| Refusal::upstream().into_response()))
 }

@@ -35,14 +35,16 @@ async fn revocations(
         connections.push(resume);
         connections.len() == 1
     };
+    // Recent revocations: the follower forgets those no token can match any more.
+    let revoked_at = UnixTime::now().0;
     let body = if first {
         // A snapshot, then the connection ends (a restart, a proxy timeout...).
         let snapshot = json!({"seq": 5, "events": [
-            {"seq": 5, "kind": "run", "value": "r1", "revoked_at": 100}
+            {"seq": 5, "kind": "run", "value": "r1", "revoked_at": revoked_at}
         ]});
         Body::from(event("snapshot", 5, snapshot))
     } else {
-        let next = json!({"seq": 6, "kind": "run", "value": "r2", "revoked_at": 100});
+        let next = json!({"seq": 6, "kind": "run", "value": "r2", "revoked_at": revoked_at});
         let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(event(
             "revocation",
             6,
@@ -59,7 +61,7 @@ async fn revocations(
 
 fn run(id: &str) -> AccessClaims {
     AccessClaims {
-        iat: UnixTime(50),
+        iat: UnixTime::now().minus(60),
         run: RunClaims {
             run_id: Some(id.into()),
             ..RunClaims::default()

@@ -1,9 +1,11 @@
 //! The gateway end to end: an agent's token from tailpass, the gateway checking it locally,
-//! and a fake OpenAI-compatible upstream behind it.
+//! and a test double of the paid upstream API behind it.
 //!
-//! The upstream is a test double of the paid API (which cannot run here): it records the
-//! headers it receives, so the tests can assert it got the real key and none of the caller's
-//! credentials, and it holds a streamed answer open until the test has read the first chunk.
+//! The double (which stands in for OpenAI's API, which cannot run here) records every request
+//! it receives, so the tests can assert what reached it: the real key and none of the
+//! caller's credentials or account headers, only allowed endpoints. Like the real API, it
+//! reports a stream's usage only when asked to (`stream_options.include_usage`), and it holds
+//! a streamed answer open until the test releases it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,49 +13,94 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse as _;
-use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use tailpass::gateway::{GatewaySettings, RunningGateway};
+use tailpass::gateway::{GatewaySettings, RunningGateway, UpstreamSettings};
 
 use crate::agents::{exchange, mint, server};
 use crate::authorize::claims;
-use crate::support::{CI, CI2, GATEWAY, GATEWAY_NODE, TestServer, admin, ip};
+use crate::support::{CI, CI2, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, admin, ip};
 
 const UPSTREAM_KEY: &str = "sk-upstream-real-key-0123456789";
 
-/// The fake upstream's shared state.
-#[derive(Default)]
-struct Upstream {
-    seen: Mutex<Vec<HeaderMap>>,
-    release: tokio::sync::Notify,
+/// One request as the paid API's double received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Value,
 }
 
-async fn completions(
-    axum::extract::State(upstream): axum::extract::State<Arc<Upstream>>,
+/// A test double of the paid API: what it received, and the gate holding streamed answers.
+struct PaidApiDouble {
+    seen: Mutex<Vec<Seen>>,
+    /// Each streamed answer waits for one permit before its last chunk.
+    release: tokio::sync::Semaphore,
+}
+
+impl PaidApiDouble {
+    fn new() -> PaidApiDouble {
+        PaidApiDouble {
+            seen: Mutex::new(Vec::new()),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The usage the double reports for each answer: 7 in, 3 out (or 300 out when streamed).
+async fn paid_api(
+    axum::extract::State(api): axum::extract::State<Arc<PaidApiDouble>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    upstream.seen.lock().unwrap().push(headers);
     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    api.seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: uri.path().to_owned(),
+        headers,
+        body: request.clone(),
+    });
+    match (method.as_str(), uri.path()) {
+        ("POST", "/v1/chat/completions") => {}
+        ("GET", "/v1/files") => {
+            return axum::Json(json!({"data": [{"id": "file-abc"}]})).into_response();
+        }
+        ("DELETE", path) if path.starts_with("/v1/files/") => {
+            return axum::Json(json!({"id": "file-abc", "deleted": true})).into_response();
+        }
+        ("POST", "/v1/batches") => return axum::Json(json!({"id": "batch_1"})).into_response(),
+        _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
     if request["stream"] == true {
-        let upstream = upstream.clone();
+        let include_usage = request["stream_options"]["include_usage"] == true;
+        let api = api.clone();
         let chunks = futures_util::stream::unfold(0u8, move |step| {
-            let upstream = upstream.clone();
+            let api = api.clone();
             async move {
                 let chunk = match step {
                     0 => {
                         "data: {\"choices\":[{\"delta\":{\"content\":\"chunk-1\"}}]}\n\n".to_owned()
                     }
                     1 => {
-                        // Held until the caller has the first chunk: proof of no buffering.
-                        upstream.release.notified().await;
-                        "data: {\"choices\":[],\"usage\":{\"total_tokens\":400}}\n\ndata: [DONE]\n\n"
-                            .to_owned()
+                        // Held until released: proof of no buffering, and calls in flight.
+                        api.release.acquire().await.unwrap().forget();
+                        let usage = if include_usage {
+                            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":300,\"total_tokens\":400}}\n\n"
+                        } else {
+                            ""
+                        };
+                        format!("{usage}data: [DONE]\n\n")
                     }
                     _ => return None,
                 };
@@ -65,45 +112,68 @@ async fn completions(
             .body(Body::from_stream(chunks))
             .unwrap();
     }
-    axum::Json(json!({"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 10}}))
-        .into_response()
+    axum::Json(json!({
+        "choices": [{"message": {"content": "hi"}}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    }))
+    .into_response()
 }
 
 struct Setup {
     server: TestServer,
     gateway: RunningGateway,
-    upstream: Arc<Upstream>,
-    _dir: tempfile::TempDir,
+    upstream: Arc<PaidApiDouble>,
+    dir: tempfile::TempDir,
     _policy_dir: tempfile::TempDir,
+}
+
+/// The paid API's double on a loopback port.
+async fn paid_api_double() -> (Arc<PaidApiDouble>, SocketAddr) {
+    let upstream = Arc::new(PaidApiDouble::new());
+    let app = Router::new()
+        .fallback(paid_api)
+        .with_state(upstream.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (upstream, addr)
 }
 
 impl Setup {
     async fn new() -> Setup {
-        let (server, policy_dir) = server(&[]).await;
-        let upstream = Arc::new(Upstream::default());
-        let app = Router::new()
-            .route("/v1/chat/completions", post(completions))
-            .with_state(upstream.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream_addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        Setup::with(|_| {}).await
+    }
 
+    /// A server with the agent policy, and a gateway whose settings `configure` adjusts.
+    async fn with(configure: impl FnOnce(&mut GatewaySettings)) -> Setup {
+        let (server, policy_dir) = server(&[]).await;
+        Setup::in_front_of(server, policy_dir, configure).await
+    }
+
+    async fn in_front_of(
+        server: TestServer,
+        policy_dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut GatewaySettings),
+    ) -> Setup {
+        let (upstream, upstream_addr) = paid_api_double().await;
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("upstream.key");
         std::fs::write(&key_file, format!("{UPSTREAM_KEY}\n")).unwrap();
         let table = dir.path().join("peers.json");
         std::fs::write(&table, crate::support::peers_table().to_string()).unwrap();
         let identity = Arc::new(tailpass::identity::local::LocalTable::from_file(&table).unwrap());
-        let settings = GatewaySettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
+        let mut settings = GatewaySettings {
             public_url: "http://gateway.invalid".into(),
-            issuer: server.url(""),
-            audience: GATEWAY.into(),
-            upstream: format!("http://{upstream_addr}"),
-            upstream_key_file: key_file,
             source_address: Some(ip(GATEWAY_NODE)),
             audit_file: Some(dir.path().join("calls.jsonl")),
+            ..GatewaySettings::new(
+                "127.0.0.1:0".parse().unwrap(),
+                server.url(""),
+                GATEWAY,
+                UpstreamSettings::new(format!("http://{upstream_addr}"), key_file),
+            )
         };
+        configure(&mut settings);
         let gateway = tailpass::gateway::start(
             settings,
             identity,
@@ -115,7 +185,7 @@ impl Setup {
             server,
             gateway,
             upstream,
-            _dir: dir,
+            dir,
             _policy_dir: policy_dir,
         }
     }
@@ -124,13 +194,19 @@ impl Setup {
         format!("http://{}{path}", self.gateway.addr())
     }
 
-    /// A chat completion through the gateway from peer `from`, read to its end: status, the
-    /// `WWW-Authenticate` header, and the body.
-    async fn call(&self, from: u8, token: &str, model: &str) -> (u16, bool, Value) {
-        let response = reqwest::Client::builder()
+    /// A client connecting from peer `from`.
+    fn peer(&self, from: u8) -> reqwest::Client {
+        reqwest::Client::builder()
             .local_address(ip(from))
             .build()
             .unwrap()
+    }
+
+    /// A chat completion through the gateway from peer `from`, read to its end: status, the
+    /// `WWW-Authenticate` header, and the body.
+    async fn call(&self, from: u8, token: &str, model: &str) -> (u16, bool, Value) {
+        let response = self
+            .peer(from)
             .post(self.url("/v1/chat/completions"))
             .bearer_auth(token)
             .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
@@ -147,11 +223,60 @@ impl Setup {
         )
     }
 
+    /// Any request through the gateway from CI with `token`: status and JSON body.
+    async fn send(&self, method: Method, path: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .peer(CI)
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .json(&json!({"model": "gpt-small"}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     async fn agent_token(&self) -> String {
-        let (status, body) = mint(&self.server, CI, &[("audience", GATEWAY)]).await;
+        self.token_of(CI).await
+    }
+
+    /// A gateway token minted for peer `from`.
+    async fn token_of(&self, from: u8) -> String {
+        let (status, body) = mint(&self.server, from, &[("audience", GATEWAY)]).await;
         assert_eq!(status, 200, "{body}");
         body["access_token"].as_str().unwrap().to_owned()
     }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The gateway's call log, one JSON object per call.
+    fn call_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Waits (up to 30 s) for `done`, which the gateway makes true in its own time, e.g. once it
+/// notices a caller went away. Not a timing assertion: only the outcome is checked.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting until {what}");
 }
 
 #[tokio::test]
@@ -160,10 +285,8 @@ async fn an_agent_reaches_the_upstream_through_the_gateway_which_alone_holds_the
     let token = setup.agent_token().await;
 
     // A streamed answer arrives in chunks: the first before the upstream sends the rest.
-    let response = reqwest::Client::builder()
-        .local_address(ip(CI))
-        .build()
-        .unwrap()
+    let response = setup
+        .peer(CI)
         .post(setup.url("/v1/chat/completions"))
         .bearer_auth(&token)
         .header("x-api-key", "caller-sent-key")
@@ -181,24 +304,25 @@ async fn an_agent_reaches_the_upstream_through_the_gateway_which_alone_holds_the
         .unwrap()
         .unwrap();
     assert!(std::str::from_utf8(&first).unwrap().contains("chunk-1"));
-    setup.upstream.release.notify_one();
+    setup.upstream.release.add_permits(1);
     let mut rest = Vec::new();
     while let Some(chunk) = body.next().await {
         rest.extend_from_slice(&chunk.unwrap());
     }
     assert!(String::from_utf8(rest).unwrap().contains("[DONE]"));
 
-    let seen = setup.upstream.seen.lock().unwrap().clone();
+    let seen = setup.upstream.seen();
     assert_eq!(seen.len(), 1);
+    let headers = &seen[0].headers;
     assert_eq!(
-        seen[0]["authorization"],
+        headers["authorization"],
         format!("Bearer {UPSTREAM_KEY}").as_str()
     );
     for credential in ["x-api-key", "cookie", "dpop"] {
-        assert!(!seen[0].contains_key(credential), "{credential} forwarded");
+        assert!(!headers.contains_key(credential), "{credential} forwarded");
     }
     assert!(
-        !seen[0]
+        !headers
             .values()
             .any(|v| v.to_str().unwrap_or("").contains(&token)),
         "the caller's token never reaches the upstream"
@@ -215,7 +339,7 @@ async fn models_and_quotas_from_the_token_are_enforced_and_children_share_the_ro
     let (status, _, body) = setup.call(CI, &token, "gpt-4-huge").await;
     assert_eq!(status, 403);
     assert_eq!(body["error"], "model_not_allowed");
-    assert!(setup.upstream.seen.lock().unwrap().is_empty());
+    assert!(setup.upstream.seen().is_empty());
 
     // The policy's quota is 3 requests per run.
     for _ in 0..3 {
@@ -233,15 +357,10 @@ async fn models_and_quotas_from_the_token_are_enforced_and_children_share_the_ro
         429,
         "a child spends its root run's budget"
     );
-    assert_eq!(setup.upstream.seen.lock().unwrap().len(), 3);
+    assert_eq!(setup.upstream.seen().len(), 3);
 
     // The gateway's own metrics count what happened.
-    let metrics = reqwest::get(setup.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = setup.metrics().await;
     for line in [
         "tailpass_gateway_calls_total{status=\"200\",refused=\"\"} 3",
         "tailpass_gateway_calls_total{status=\"403\",refused=\"model\"} 1",
@@ -257,22 +376,7 @@ async fn a_revoked_run_is_refused_once_the_feed_event_arrives() {
     let setup = Setup::new().await;
     let token = setup.agent_token().await;
     assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
-    let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
-    let (status, report) = admin(
-        &setup.server,
-        Method::POST,
-        "/admin/api/revocations",
-        Some(json!({"kind": "run", "value": run})),
-    )
-    .await;
-    assert_eq!(status, 201, "{report}");
-    let seq = setup.server.state().revocations.last_seq();
-    let revocations = setup.gateway.verifier().verifier().revocations().clone();
-    let arrived =
-        tokio::task::spawn_blocking(move || revocations.wait_for_seq(seq, Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert!(arrived, "the gateway received the feed event");
+    revoke_run(&setup, &run_of(&token)).await;
     let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
     assert_eq!(status, 401);
     assert!(
@@ -409,29 +513,14 @@ async fn tokens_the_gateway_refuses_are_refused_with_the_reason() {
             .contains("expired"),
         "{body}"
     );
-    assert!(setup.upstream.seen.lock().unwrap().is_empty());
+    assert!(setup.upstream.seen().is_empty());
 }
 
 #[tokio::test]
 async fn a_dpop_bound_token_needs_its_key_at_the_gateway() {
     let setup = Setup::new().await;
-    let key = tailpass::dpop::ProofKey::generate().unwrap();
-    let token_url = setup.server.url("/token");
-    let proof = key.proof("POST", &token_url, None, None).unwrap();
-    let minted: Value = setup
-        .server
-        .peer(CI)
-        .post(&token_url)
-        .header("dpop", proof)
-        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(minted["token_type"], "DPoP", "{minted}");
-    let token = minted["access_token"].as_str().unwrap();
+    let (token, key) = dpop_token(&setup).await;
+    let token = token.as_str();
     // The URL callers use, as the gateway was told (`public_url`).
     let htu = "http://gateway.invalid/v1/chat/completions";
     let send = |scheme: &'static str, proof: Option<String>| {
@@ -469,5 +558,472 @@ async fn a_dpop_bound_token_needs_its_key_at_the_gateway() {
         body["error_description"].as_str().unwrap().contains("key"),
         "{body}"
     );
-    assert_eq!(setup.upstream.seen.lock().unwrap().len(), 1);
+    assert_eq!(setup.upstream.seen().len(), 1);
+}
+
+/// Sends `METHOD path` from CI as raw HTTP/1.1, so the path reaches the gateway exactly as
+/// written (HTTP clients normalize `..` away); the status and JSON body.
+async fn raw_request(setup: &Setup, method: &str, path: &str, token: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip(CI), 0)).unwrap();
+    let mut stream = socket.connect(setup.gateway.addr()).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: gateway.invalid\r\nauthorization: Bearer {token}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_token_limited_to_one_model_cannot_delete_files_under_the_shared_key() {
+    let setup = Setup::new().await;
+    let token = setup.agent_token().await;
+    for (method, path) in [
+        (Method::DELETE, "/v1/files/file-abc"),
+        (Method::GET, "/v1/files"),
+        (Method::POST, "/v1/batches"),
+        (Method::GET, "/v1/chat/completions"),
+    ] {
+        let (status, body) = setup.send(method.clone(), path, &token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("endpoint_not_allowed")),
+            "{method} {path}: {body}"
+        );
+    }
+    for path in [
+        "/v1/chat/completions/../../v1/files/file-abc",
+        "/v1/files%2Ffile-abc",
+        "/v1//files",
+    ] {
+        let (status, body) = raw_request(&setup, "DELETE", path, &token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{path}: {body}"
+        );
+    }
+    assert!(
+        setup.upstream.seen().is_empty(),
+        "nothing but inference reaches the upstream"
+    );
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+    let metrics = setup.metrics().await;
+    for line in [
+        "tailpass_gateway_calls_total{status=\"403\",refused=\"endpoint\"} 4",
+        "tailpass_gateway_calls_total{status=\"400\",refused=\"endpoint\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
+    let refused: Vec<Value> = setup
+        .call_log()
+        .into_iter()
+        .filter(|c| c["reason"] == "endpoint")
+        .collect();
+    assert_eq!(refused.len(), 7);
+    assert!(
+        refused.iter().all(|c| c["run_id"] == run.as_str()),
+        "{refused:?}"
+    );
+
+    // What the operator opts in is forwarded; the rest stays refused.
+    let setup = Setup::with(|s| {
+        s.upstream.paths =
+            vec![tailpass::gateway::endpoints::Endpoint::parse("POST /v1/batches").unwrap()];
+    })
+    .await;
+    let token = setup.agent_token().await;
+    assert_eq!(setup.send(Method::POST, "/v1/batches", &token).await.0, 200);
+    assert_eq!(
+        setup
+            .send(Method::DELETE, "/v1/files/file-abc", &token)
+            .await
+            .0,
+        403
+    );
+    let seen = setup.upstream.seen();
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.method.as_str(), s.path.as_str()))
+            .collect::<Vec<_>>(),
+        [("POST", "/v1/batches")]
+    );
+}
+
+fn run_of(token: &str) -> String {
+    claims(token)["run_id"].as_str().unwrap().to_owned()
+}
+
+/// What the gateway reserves for a call with `body` and output limit `max_tokens`: the limit
+/// plus a token per 4 bytes of body.
+fn reservation_of(body: &Value, max_tokens: u64) -> u64 {
+    max_tokens + (body.to_string().len() as u64).div_ceil(4)
+}
+
+/// A streamed chat completion from CI, left open (the double holds its end until released).
+async fn open_stream(setup: &Setup, token: &str, body: Value) -> reqwest::Response {
+    let response = setup
+        .peer(CI)
+        .post(setup.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("accept-encoding", "gzip, br")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn a_streamed_call_cannot_hide_its_usage_from_the_run_budget() {
+    let setup = Setup::new().await;
+    let token = setup.agent_token().await;
+    let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
+    // The caller asks for no usage report and for a compressed answer the gateway can't read.
+    let body = json!({"model": "gpt-small", "stream": true, "max_tokens": 50,
+                      "stream_options": {"include_usage": false}, "messages": []});
+    let response = open_stream(&setup, &token, body).await;
+    setup.upstream.release.add_permits(1);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("\"usage\""), "{text}");
+    let seen = setup.upstream.seen();
+    assert_eq!(seen[0].body["stream_options"]["include_usage"], true);
+    assert_eq!(seen[0].headers["accept-encoding"], "identity");
+    assert_eq!(
+        setup.gateway.quotas().used(&run),
+        Some((1, 100 + 300)),
+        "input plus output tokens, as the upstream reported them"
+    );
+    assert_eq!(setup.gateway.quotas().reserved(&run), Some(0));
+}
+
+#[tokio::test]
+async fn concurrent_calls_cannot_overshoot_the_token_budget_by_more_than_one_reservation() {
+    let setup = Setup::new().await;
+    let token = setup.agent_token().await;
+    let run = run_of(&token);
+    // The policy's budget is 1000 tokens; each call reserves 600 plus its input estimate.
+    let body = json!({"model": "gpt-small", "stream": true, "max_tokens": 600, "messages": []});
+    let reservation = reservation_of(&body, 600);
+    let first = open_stream(&setup, &token, body.clone()).await;
+    let second = open_stream(&setup, &token, body.clone()).await;
+    assert_eq!(setup.gateway.quotas().reserved(&run), Some(2 * reservation));
+    // 2 × 620 is over the budget by less than one reservation; a third call, which would
+    // start with the budget already spoken for, is refused.
+    let (status, _, refused) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (429, Some("quota_exceeded"))
+    );
+    setup.upstream.release.add_permits(2);
+    first.text().await.unwrap();
+    second.text().await.unwrap();
+    assert_eq!(setup.gateway.quotas().used(&run), Some((2, 800)));
+    assert_eq!(setup.gateway.quotas().reserved(&run), Some(0));
+    assert_eq!(setup.upstream.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_call_cut_short_before_its_usage_arrives_is_charged_its_reservation() {
+    let setup = Setup::new().await;
+    let token = setup.agent_token().await;
+    let run = run_of(&token);
+    let body = json!({"model": "gpt-small", "stream": true, "max_tokens": 200, "messages": []});
+    let reservation = reservation_of(&body, 200);
+    let response = open_stream(&setup, &token, body).await;
+    let mut chunks = response.bytes_stream();
+    assert!(chunks.next().await.is_some(), "the first chunk");
+    drop(chunks);
+    let quotas = setup.gateway.quotas().clone();
+    until("the gateway settles the abandoned call", || {
+        quotas.reserved(&run) == Some(0)
+    })
+    .await;
+    assert_eq!(quotas.used(&run), Some((1, reservation)));
+}
+
+#[tokio::test]
+async fn a_caller_cannot_pick_the_account_billed_under_the_shared_key() {
+    let setup = Setup::with(|s| {
+        s.upstream.pin_headers = vec![
+            tailpass::gateway::headers::parse_pin("OpenAI-Organization", "org-operator").unwrap(),
+        ];
+    })
+    .await;
+    let token = setup.agent_token().await;
+    let response = setup
+        .peer(CI)
+        .post(setup.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .header("openai-organization", "org-caller")
+        .header("openai-project", "proj-caller")
+        .json(&json!({"model": "gpt-small", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = setup.upstream.seen();
+    let headers = &seen[0].headers;
+    assert_eq!(
+        headers
+            .get_all("openai-organization")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["org-operator"]
+    );
+    assert!(!headers.contains_key("openai-project"), "{headers:?}");
+}
+
+#[tokio::test]
+async fn a_token_without_a_models_claim_is_refused_unless_the_gateway_allows_unrestricted() {
+    let setup = Setup::new().await;
+    // The gateway node's rule grants the gateway audience with no claims at all.
+    let unrestricted = setup.token_of(GATEWAY_NODE).await;
+    assert!(claims(&unrestricted).get("models").is_none());
+    let (status, _, body) = setup.call(GATEWAY_NODE, &unrestricted, "gpt-4-huge").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("model_not_allowed")),
+        "{body}"
+    );
+    assert!(setup.upstream.seen().is_empty());
+
+    let setup = Setup::with(|s| s.allow_unrestricted = true).await;
+    let unrestricted = setup.token_of(GATEWAY_NODE).await;
+    assert_eq!(
+        setup
+            .call(GATEWAY_NODE, &unrestricted, "gpt-4-huge")
+            .await
+            .0,
+        200
+    );
+}
+
+/// A DPoP-bound gateway token for CI, with its proof key.
+async fn dpop_token(setup: &Setup) -> (String, tailpass::dpop::ProofKey) {
+    let key = tailpass::dpop::ProofKey::generate().unwrap();
+    let token_url = setup.server.url("/token");
+    let proof = key.proof("POST", &token_url, None, None).unwrap();
+    let minted: Value = setup
+        .server
+        .peer(CI)
+        .post(&token_url)
+        .header("dpop", proof)
+        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["token_type"], "DPoP", "{minted}");
+    (minted["access_token"].as_str().unwrap().to_owned(), key)
+}
+
+/// A DPoP call to the chat endpoint from peer `from`: its status.
+async fn dpop_call(setup: &Setup, from: u8, token: &str, proof: String) -> u16 {
+    setup
+        .peer(from)
+        .post(setup.url("/v1/chat/completions"))
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .json(&json!({"model": "gpt-small", "messages": []}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_strangers_dpop_proofs_never_take_room_in_the_gateways_replay_cache() {
+    let setup = Setup::new().await;
+    let (token, key) = dpop_token(&setup).await;
+    let htu = "http://gateway.invalid/v1/chat/completions";
+    let thief = tailpass::dpop::ProofKey::generate().unwrap();
+    // Well-formed proofs, each fresh, with requests that are not otherwise accepted: from off
+    // the tailnet, from the wrong node, with a made-up token, with the wrong key.
+    let forged = format!(
+        "{}.e30.AAAA",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"x"}"#)
+    );
+    for _ in 0..10 {
+        for (from, token, signer) in [
+            (STRANGER, token.as_str(), &key),
+            (CI2, token.as_str(), &key),
+            (CI, forged.as_str(), &thief),
+            (CI, token.as_str(), &thief),
+        ] {
+            let proof = signer.proof("POST", htu, Some(token), None).unwrap();
+            assert_eq!(dpop_call(&setup, from, token, proof).await, 401);
+        }
+    }
+    let replay = setup.gateway.verifier().replay();
+    assert_eq!(replay.len(), 0, "no refused request's proof is remembered");
+    let proof = key.proof("POST", htu, Some(&token), None).unwrap();
+    assert_eq!(dpop_call(&setup, CI, &token, proof).await, 200);
+    assert_eq!(replay.len(), 1);
+    assert_eq!(setup.upstream.seen().len(), 1);
+}
+
+/// Revokes `run` through the admin API and waits until the gateway has the feed event.
+async fn revoke_run(setup: &Setup, run: &str) {
+    let (status, report) = admin(
+        &setup.server,
+        Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "run", "value": run})),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
+    let seq = setup.server.state().revocations.last_seq();
+    let revocations = setup.gateway.verifier().verifier().revocations().clone();
+    let arrived =
+        tokio::task::spawn_blocking(move || revocations.wait_for_seq(seq, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(arrived, "the gateway received the feed event");
+}
+
+#[tokio::test]
+async fn the_gateways_copy_of_the_feed_forgets_revocations_once_no_token_they_match_is_valid() {
+    // Agent tokens of tag:ci live 600 s; the gateway is told tokens live at most that long.
+    let setup = Setup::with(|s| s.max_token_lifetime = 600).await;
+    let first = setup.agent_token().await;
+    revoke_run(&setup, &run_of(&first)).await;
+    let list = setup.gateway.verifier().verifier().revocations().clone();
+    assert_eq!(list.len(), 1);
+    let (status, _, body) = setup.call(CI, &first, "gpt-small").await;
+    assert_eq!(status, 401, "{body}");
+
+    // A token living longer than the gateway remembers revocations is refused outright.
+    let long_lived = setup.token_of(GATEWAY_NODE).await;
+    let (status, _, body) = setup.call(GATEWAY_NODE, &long_lived, "gpt-small").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the 600 s"),
+        "{body}"
+    );
+
+    // Once every token of the first run has expired (plus the leeway), its entry goes.
+    setup
+        .server
+        .clock
+        .advance(600 + tailpass_verify::feed::MAX_LEEWAY);
+    let second = setup.agent_token().await;
+    revoke_run(&setup, &run_of(&second)).await;
+    assert_eq!(list.len(), 1, "only the second run's revocation is kept");
+    assert_eq!(setup.call(CI, &second, "gpt-small").await.0, 401);
+}
+
+/// A TCP relay in front of the issuer that the test can cut, as a network partition would.
+/// Each connection leaves from its caller's own loopback address, so the issuer still sees
+/// which tailnet peer it is.
+struct Relay {
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Relay {
+    fn start(listener: tokio::net::TcpListener, target: SocketAddr) -> Relay {
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut inbound, from)) = accepted else {
+                    continue;
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(SocketAddr::new(from.ip(), 0)).unwrap();
+                    let mut outbound = socket.connect(target).await.unwrap();
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Relay { cut }
+    }
+}
+
+/// Waits until the gateway's feed connection is `open`.
+async fn feed_is(setup: &Setup, open: bool) {
+    let mut connection = setup.gateway.verifier().feed_connection();
+    let changed =
+        tokio::time::timeout(Duration::from_secs(30), connection.wait_for(|c| *c == open)).await;
+    assert!(
+        matches!(changed, Ok(Ok(_))),
+        "the feed connection never became {open}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_the_revocation_feed_refuses_tokens_once_it_is_stale() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let (server, policy_dir) = server(&["--issuer", &issuer]).await;
+    let relay = Relay::start(listener, server.running().addr());
+    let setup = Setup::in_front_of(server, policy_dir, |_| {}).await;
+    feed_is(&setup, true).await;
+    let token = setup.agent_token().await;
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+
+    // Connected but quiet (nothing revoked for two minutes) is not stale.
+    setup.server.clock.advance(120);
+    assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+
+    relay.cut.cancel();
+    feed_is(&setup, false).await;
+    setup.server.clock.advance(10);
+    assert_eq!(
+        setup.call(CI, &token, "gpt-small").await.0,
+        200,
+        "not stale yet: 10 s of the 30 s allowed"
+    );
+    setup.server.clock.advance(21);
+    let (status, _, body) = setup.call(CI, &token, "gpt-small").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revocation feed"),
+        "{body}"
+    );
+    assert_eq!(
+        setup.upstream.seen().len(),
+        3,
+        "the stale call never reached it"
+    );
+    let metrics = setup.metrics().await;
+    let line = "tailpass_gateway_calls_total{status=\"503\",refused=\"feed\"} 1";
+    assert!(metrics.contains(line), "{line} in {metrics}");
 }

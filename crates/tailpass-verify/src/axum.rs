@@ -35,19 +35,34 @@ pub struct ExternalUrl(pub String);
 #[derive(Debug, Clone)]
 pub struct Verified(pub AccessClaims);
 
-/// A refusal: 401 with the RFC 6750 error and the reason.
+/// A refusal: 401 with the RFC 6750 error and the reason; 503 `temporarily_unavailable` when
+/// the verifier cannot decide (keys or revocation feed out of reach, replay cache full), 429
+/// when one presenter sends DPoP proofs faster than the replay cache lets it.
 #[derive(Debug, Clone)]
 pub struct Unauthorized(pub VerifyError);
 
-impl IntoResponse for Unauthorized {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self.0 {
-            VerifyError::KeysUnavailable(_) => {
+impl Unauthorized {
+    /// The status and RFC error code of this refusal.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        use crate::dpop::DpopError;
+        match &self.0 {
+            VerifyError::KeysUnavailable(_)
+            | VerifyError::FeedStale(_)
+            | VerifyError::Dpop(DpopError::CacheFull) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
+            VerifyError::Dpop(DpopError::HolderFull) => {
+                (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable")
             }
             VerifyError::Dpop(_) => (StatusCode::UNAUTHORIZED, "invalid_dpop_proof"),
             _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
-        };
+        }
+    }
+}
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
         let reason = self.0.to_string();
         let body = serde_json::json!({"error": code, "error_description": reason});
         let challenge = format!(
@@ -63,6 +78,11 @@ impl IntoResponse for Unauthorized {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status != StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         response
     }
 }

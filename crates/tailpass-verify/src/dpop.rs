@@ -6,8 +6,13 @@
 //! ignored, §4.3), `iat` within a window, `ath` for a presented access token (§7.1), and — by
 //! [`ReplayCache`] — that `jti` was not seen before. The result is the key's thumbprint, which
 //! a token's `cnf.jkt` must equal.
+//!
+//! Anyone can sign a well-formed proof with a key of their own, so a proof is remembered only
+//! once the request carrying it is otherwise accepted, and each holder (a presenting node, or
+//! a key) may occupy only a bounded share of the cache: strangers cannot fill it, and one
+//! caller cannot crowd out the rest.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use base64::Engine as _;
@@ -63,6 +68,10 @@ pub enum DpopError {
     /// Occurs when the replay cache is full: refusing is safer than forgetting (§11.1).
     #[error("DPoP replay cache is full; retry shortly")]
     CacheFull,
+    /// Occurs when one holder (node or key) has as many proofs remembered as it may: it is
+    /// sending proofs faster than the cache lets one caller, and should retry shortly.
+    #[error("too many DPoP proofs from this presenter within the window; retry shortly")]
+    HolderFull,
 }
 
 /// What a proof must match.
@@ -175,43 +184,78 @@ pub fn check_proof(proof: &str, request: &ProofRequest<'_>) -> Result<Proof, Dpo
     })
 }
 
+/// Proofs one holder may have remembered at once, by default: about 28 a second sustained
+/// over the window, far above what one agent's calls need.
+pub const DEFAULT_PER_HOLDER: usize = 10_000;
+
 /// The `jti`s of proofs seen within the window, so that each proof is used once. Bounded:
-/// entries leave when the window has passed, and when it is full new proofs are refused.
+/// entries leave when the window has passed; when the cache is full, or the holder's share
+/// is, new proofs are refused.
 #[derive(Debug)]
 pub struct ReplayCache {
     inner: Mutex<Seen>,
     capacity: usize,
+    per_holder: usize,
     window: u64,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
     keys: HashSet<String>,
-    /// Insertion order with expiry; expiries grow with insertion, so the front expires first.
-    order: VecDeque<(UnixTime, String)>,
+    /// Insertion order with expiry and holder; expiries grow with insertion, so the front
+    /// expires first.
+    order: VecDeque<(UnixTime, String, String)>,
+    /// Proofs remembered per holder.
+    holders: HashMap<String, usize>,
 }
 
 impl ReplayCache {
     /// A cache holding at most `capacity` proofs, each for `window` seconds (the proof age
-    /// accepted plus the clock skew).
+    /// accepted plus the clock skew), at most [`DEFAULT_PER_HOLDER`] of them per holder.
     pub fn new(capacity: usize, window: u64) -> ReplayCache {
         ReplayCache {
             inner: Mutex::new(Seen::default()),
             capacity,
+            per_holder: DEFAULT_PER_HOLDER.min(capacity),
             window,
         }
     }
 
-    /// Records `proof`, or refuses it if seen before or if the cache is full.
+    /// Lets each holder have at most `per_holder` proofs remembered at once.
+    pub fn with_per_holder(mut self, per_holder: usize) -> ReplayCache {
+        self.per_holder = per_holder;
+        self
+    }
+
+    /// Records `proof` with its key as the holder, or refuses it if seen before or if the
+    /// cache (or the key's share of it) is full. Call it once the request is otherwise
+    /// accepted.
     pub fn remember(&self, proof: &Proof, now: UnixTime) -> Result<(), DpopError> {
+        self.remember_for(&proof.jkt.0, proof, now)
+    }
+
+    /// Records `proof` for `holder` (the presenting node, or whoever the accepted request
+    /// was authenticated as), as [`ReplayCache::remember`] does.
+    pub fn remember_for(
+        &self,
+        holder: &str,
+        proof: &Proof,
+        now: UnixTime,
+    ) -> Result<(), DpopError> {
         let mut seen = self.inner.lock().map_err(|_| DpopError::CacheFull)?;
         while seen
             .order
             .front()
-            .is_some_and(|(expires, _)| *expires <= now)
+            .is_some_and(|(expires, _, _)| *expires <= now)
         {
-            if let Some((_, key)) = seen.order.pop_front() {
+            if let Some((_, key, owner)) = seen.order.pop_front() {
                 seen.keys.remove(&key);
+                if let Some(count) = seen.holders.get_mut(&owner) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        seen.holders.remove(&owner);
+                    }
+                }
             }
         }
         let key = format!("{}:{}", proof.jkt, proof.jti);
@@ -221,8 +265,13 @@ impl ReplayCache {
         if seen.keys.len() >= self.capacity {
             return Err(DpopError::CacheFull);
         }
+        if seen.holders.get(holder).copied().unwrap_or(0) >= self.per_holder {
+            return Err(DpopError::HolderFull);
+        }
         seen.keys.insert(key.clone());
-        seen.order.push_back((now.plus(self.window), key));
+        *seen.holders.entry(holder.to_owned()).or_insert(0) += 1;
+        seen.order
+            .push_back((now.plus(self.window), key, holder.to_owned()));
         Ok(())
     }
 
@@ -283,6 +332,28 @@ mod tests {
             Ok(()),
             "room once a and b expire"
         );
+    }
+
+    #[test]
+    fn one_presenter_cannot_take_the_whole_replay_cache() {
+        let cache = ReplayCache::new(10, 60).with_per_holder(2);
+        assert_eq!(cache.remember_for("nA", &proof("a"), UnixTime(100)), Ok(()));
+        assert_eq!(cache.remember_for("nA", &proof("b"), UnixTime(100)), Ok(()));
+        assert_eq!(
+            cache.remember_for("nA", &proof("c"), UnixTime(100)),
+            Err(DpopError::HolderFull)
+        );
+        assert_eq!(
+            cache.remember_for("nB", &proof("c"), UnixTime(100)),
+            Ok(()),
+            "another presenter still has room"
+        );
+        assert_eq!(
+            cache.remember_for("nA", &proof("d"), UnixTime(160)),
+            Ok(()),
+            "the share frees up as its proofs age out"
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

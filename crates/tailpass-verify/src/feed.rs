@@ -5,6 +5,15 @@
 //! a snapshot, then one event per revocation. A token matching an entry's `kind`/`value` with
 //! `iat <= revoked_at` is refused. [`candidates`] is the one definition of what a token can be
 //! revoked by; the issuer uses it too, so both sides refuse the same tokens.
+//!
+//! The copy forgets an entry once no token it matches can still be accepted. The feed says
+//! when a revocation happened (`revoked_at`) but not how long the issuer's tokens live, so the
+//! copy has a lifetime of its own, [`RevocationList::max_lifetime`]: a verifier refuses tokens
+//! valid for longer (`exp - iat`), and then a token matching an entry has
+//! `exp <= iat + max_lifetime <= revoked_at + max_lifetime`, accepted at most [`MAX_LEEWAY`]
+//! past that. An entry is dropped once `revoked_at + max_lifetime + MAX_LEEWAY` has passed.
+//! `until` (how long a node or user may not get new tokens) only concerns the issuer, which
+//! mints nothing for them meanwhile, so it does not keep an entry here.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -12,6 +21,13 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::{AccessClaims, UnixTime};
+
+/// The longest token lifetime a list accepts by default, seconds: the issuer's default
+/// `max_token_lifetime` (24 h).
+pub const DEFAULT_MAX_LIFETIME: u64 = 86_400;
+/// The most clock skew a verifier may tolerate past a token's `exp`, seconds; entries are
+/// kept this much longer than the tokens they match.
+pub const MAX_LEEWAY: u64 = 300;
 
 /// One event of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,9 +94,13 @@ pub struct Revoked {
     pub value: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entries {
     seq: u64,
+    /// How long past `revoked_at` an entry is kept: the longest lifetime plus leeway.
+    retention: u64,
+    /// The earliest time an entry can be forgotten (`None`: no entry).
+    next_expiry: Option<UnixTime>,
     /// Kind → value → when. Two levels so that checking a token looks up borrowed strings and
     /// allocates nothing.
     revoked_at: HashMap<String, HashMap<String, UnixTime>>,
@@ -95,6 +115,29 @@ impl Entries {
             .entry(event.value.clone())
             .or_insert(event.revoked_at);
         *at = (*at).max(event.revoked_at);
+        let expiry = event.revoked_at.plus(self.retention);
+        self.next_expiry = Some(self.next_expiry.map_or(expiry, |e| e.min(expiry)));
+    }
+
+    /// Drops the entries no token can match any more at `now`.
+    fn forget_expired(&mut self, now: UnixTime) {
+        if self.next_expiry.is_none_or(|e| now < e) {
+            return;
+        }
+        let retention = self.retention;
+        let mut next: Option<UnixTime> = None;
+        for values in self.revoked_at.values_mut() {
+            values.retain(|_, at| {
+                let expiry = at.plus(retention);
+                let keep = now < expiry;
+                if keep {
+                    next = Some(next.map_or(expiry, |e| e.min(expiry)));
+                }
+                keep
+            });
+        }
+        self.revoked_at.retain(|_, values| !values.is_empty());
+        self.next_expiry = next;
     }
 
     fn get(&self, kind: &str, value: &str) -> Option<UnixTime> {
@@ -108,11 +151,13 @@ impl Entries {
 
 /// A verifier's copy of the feed: applied snapshots and events, queried per token.
 ///
-/// Bounded by the issuer: entries leave the feed once no token they could match is valid, and
-/// each snapshot replaces the whole copy.
+/// Bounded: each snapshot replaces the whole copy (the issuer lists only live revocations),
+/// and between snapshots entries are forgotten once no token they match can be accepted
+/// ([`RevocationList::forget_expired`]).
 #[derive(Debug)]
 pub struct RevocationList {
     entries: RwLock<Entries>,
+    max_lifetime: u64,
     changed: signal::Sender,
 }
 
@@ -155,11 +200,38 @@ impl Default for RevocationList {
 }
 
 impl RevocationList {
-    /// An empty list (nothing revoked, sequence 0).
+    /// An empty list (nothing revoked, sequence 0) for tokens living at most
+    /// [`DEFAULT_MAX_LIFETIME`].
     pub fn new() -> RevocationList {
+        RevocationList::with_max_lifetime(DEFAULT_MAX_LIFETIME)
+    }
+
+    /// An empty list for tokens living at most `max_lifetime` seconds (the issuer's
+    /// `max_token_lifetime`): verifiers using it refuse longer-lived tokens, and entries are
+    /// forgotten once every token they match has expired.
+    pub fn with_max_lifetime(max_lifetime: u64) -> RevocationList {
         RevocationList {
-            entries: RwLock::new(Entries::default()),
+            entries: RwLock::new(Entries {
+                seq: 0,
+                retention: max_lifetime.saturating_add(MAX_LEEWAY),
+                next_expiry: None,
+                revoked_at: HashMap::new(),
+            }),
+            max_lifetime,
             changed: signal::Sender::default(),
+        }
+    }
+
+    /// The longest token lifetime (`exp - iat`) this list can vouch for, seconds.
+    pub fn max_lifetime(&self) -> u64 {
+        self.max_lifetime
+    }
+
+    /// Forgets the entries that no token still acceptable at `now` can match. Cheap when
+    /// nothing has expired yet; the feed's follower calls it as events and keep-alives come.
+    pub fn forget_expired(&self, now: UnixTime) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.forget_expired(now);
         }
     }
 
@@ -170,6 +242,7 @@ impl RevocationList {
                 return;
             };
             entries.revoked_at.clear();
+            entries.next_expiry = None;
             for event in &snapshot.events {
                 entries.insert(event);
             }
@@ -296,6 +369,22 @@ mod tests {
         let list = RevocationList::new();
         list.apply(&event(1, "run", "unrelated", 100));
         assert!(list.check(&token(1)).is_ok());
+    }
+
+    #[test]
+    fn the_verifiers_copy_forgets_a_revocation_once_no_token_it_matches_can_be_valid() {
+        let list = RevocationList::with_max_lifetime(600);
+        list.apply(&event(1, "run", "child", 1_000));
+        list.apply(&event(2, "node", "nNode", 1_200));
+        let old = token(1_000);
+        list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY - 1));
+        assert_eq!(list.len(), 2, "a token of the run may still be accepted");
+        assert!(list.check(&old).is_err());
+        list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY));
+        assert_eq!(list.len(), 1, "every token of the run has expired");
+        list.forget_expired(UnixTime(1_200 + 600 + MAX_LEEWAY));
+        assert!(list.is_empty());
+        assert_eq!(list.seq(), 2, "forgetting keeps the resume point");
     }
 
     #[test]

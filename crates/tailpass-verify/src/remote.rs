@@ -2,7 +2,16 @@
 //! and cached, fetched again when a token names an unknown `kid` (one fetch at a time, at most
 //! one per [`MIN_REFETCH`]), and the revocation feed followed with snapshot, resume and
 //! reconnect.
+//!
+//! A verifier that cannot hear the feed does not know what was revoked since. With
+//! [`RemoteVerifier::with_max_feed_staleness`] it refuses tokens once the feed is *stale*: no
+//! connection to it is open, and nothing has been heard from it for longer than the limit
+//! (heard: a connection accepted, any bytes of one — snapshot, event or keep-alive — or its
+//! end, up to which it was current). An open connection that is merely quiet is not stale; one
+//! that says nothing for [`FEED_IDLE`] (the issuer sends a keep-alive every 15 s) is taken for
+//! dead since its last bytes, closed, and reconnected.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +34,19 @@ const MAX_DOCUMENT: usize = 256 * 1024;
 const MAX_EVENT: usize = 1024 * 1024;
 /// The longest wait between feed reconnections.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an open feed connection may say nothing (not even a keep-alive) before it is
+/// taken for dead and reconnected: three of the issuer's 15 s keep-alives.
+pub const FEED_IDLE: Duration = Duration::from_secs(45);
+
+/// Where a verifier takes the time from (a test's manual clock, or the system's).
+#[derive(Clone)]
+pub struct Now(pub Arc<dyn Fn() -> UnixTime + Send + Sync>);
+
+impl std::fmt::Debug for Now {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Now")
+    }
+}
 
 /// Why the issuer could not be reached or understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +88,23 @@ pub struct RemoteVerifier {
     replay: crate::dpop::ReplayCache,
     /// Held while fetching keys (single flight); holds when the last fetch happened.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+    now: Now,
+    /// Tokens are refused when the feed is stale for longer than this, seconds.
+    max_feed_staleness: Option<u64>,
+    /// When the feed was last heard from (connection accepted, any bytes), by `now`.
+    feed_heard: AtomicU64,
+    /// Whether a feed connection is open.
+    feed_connected: tokio::sync::watch::Sender<bool>,
+}
+
+/// Marks the feed connected while alive, disconnected when dropped (the connection ended,
+/// or the follower was stopped).
+struct Connected<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
@@ -125,7 +164,53 @@ impl RemoteVerifier {
                 crate::dpop::MAX_AGE + crate::dpop::SKEW,
             ),
             fetching: tokio::sync::Mutex::new(Some(Instant::now())),
+            now: Now(Arc::new(UnixTime::now)),
+            max_feed_staleness: None,
+            feed_heard: AtomicU64::new(UnixTime::now().0),
+            feed_connected: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Takes the time from `now` for the feed's freshness and the list's forgetting (the
+    /// same clock the caller passes to [`RemoteVerifier::verify_presented`]).
+    pub fn with_clock(mut self, now: Now) -> RemoteVerifier {
+        self.feed_heard = AtomicU64::new((now.0)().0);
+        self.now = now;
+        self
+    }
+
+    /// Refuses tokens ([`VerifyError::FeedStale`]) while the feed has been stale for longer
+    /// than `seconds`. Without it, a verifier cut off from the feed keeps accepting tokens.
+    pub fn with_max_feed_staleness(mut self, seconds: u64) -> RemoteVerifier {
+        self.max_feed_staleness = Some(seconds);
+        self
+    }
+
+    /// How long the feed has been stale at `now`, when that is longer than allowed.
+    pub fn feed_stale(&self, now: UnixTime) -> Option<u64> {
+        let limit = self.max_feed_staleness?;
+        self.feed_uri.as_ref()?;
+        if *self.feed_connected.borrow() {
+            return None;
+        }
+        let silent = now.since(UnixTime(self.feed_heard.load(Ordering::SeqCst)));
+        (silent > limit).then_some(silent)
+    }
+
+    /// Whether a feed connection is open, as a channel to wait on (tests, readiness checks).
+    pub fn feed_connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.feed_connected.subscribe()
+    }
+
+    /// The DPoP proofs remembered.
+    pub fn replay(&self) -> &crate::dpop::ReplayCache {
+        &self.replay
+    }
+
+    fn heard(&self) {
+        let now = (self.now.0)();
+        self.feed_heard.fetch_max(now.0, Ordering::SeqCst);
+        self.verifier.revocations().forget_expired(now);
     }
 
     /// The offline part.
@@ -159,12 +244,16 @@ impl RemoteVerifier {
     }
 
     /// Checks a request's token and DPoP proof as [`Verifier::verify_presented`] does, with
-    /// the same refetch on an unknown key as [`RemoteVerifier::verify`].
+    /// the same refetch on an unknown key as [`RemoteVerifier::verify`]; every token is refused
+    /// while the feed is stale ([`RemoteVerifier::with_max_feed_staleness`]).
     pub async fn verify_presented(
         &self,
         presented: &Presented<'_>,
         now: UnixTime,
     ) -> Result<AccessClaims, VerifyError> {
+        if let Some(silent) = self.feed_stale(now) {
+            return Err(VerifyError::FeedStale(silent));
+        }
         let check = |keys: &KeySet| {
             self.verifier
                 .verify_presented(keys, presented, &self.replay, now)
@@ -244,12 +333,29 @@ impl RemoteVerifier {
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
+        self.feed_connected.send_replace(true);
+        let _connected = Connected(&self.feed_connected);
+        self.heard();
         let mut parser = SseParser::default();
         let mut stream = response.bytes_stream();
         let mut got_any = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            for event in parser.push(&chunk)? {
+        loop {
+            // A connection that ends (closed, or failed) was current until then; one that went
+            // silent was current only until it last said something.
+            let chunk = match tokio::time::timeout(FEED_IDLE, stream.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(Some(Err(e))) => {
+                    self.heard();
+                    return Err(e.to_string());
+                }
+                Ok(None) => {
+                    self.heard();
+                    break;
+                }
+                Err(_) => return Err("the feed went silent".into()),
+            };
+            let events = parser.push(&chunk)?;
+            for event in events {
                 match event.name.as_str() {
                     "snapshot" => {
                         let snapshot: Snapshot =
@@ -265,6 +371,7 @@ impl RemoteVerifier {
                 }
                 got_any = true;
             }
+            self.heard();
         }
         if got_any {
             Ok(())

@@ -15,6 +15,7 @@ pub const ACCESS_TYP: &str = "at+jwt";
 
 /// Clock skew tolerated by default, seconds.
 pub const DEFAULT_LEEWAY: u64 = 30;
+pub use crate::feed::MAX_LEEWAY;
 
 /// The issuer's published keys, parsed once, by `kid`.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +95,19 @@ pub enum VerifyError {
     /// Occurs when the issuer's keys cannot be fetched.
     #[error("the issuer's keys are unavailable: {0}")]
     KeysUnavailable(String),
+    /// Occurs when the revocation feed has not been heard from for longer than allowed, so a
+    /// revocation may have been missed: tokens are refused until it is back.
+    #[error("the revocation feed has been unreachable for {0} s; retry shortly")]
+    FeedStale(u64),
+    /// Occurs when a token is valid for longer than this verifier remembers revocations
+    /// ([`RevocationList::max_lifetime`]), so a revocation of it could have been forgotten.
+    #[error("the token is valid for {lifetime} s, longer than the {max} s this verifier accepts")]
+    Lifetime {
+        /// `exp - iat`.
+        lifetime: u64,
+        /// The longest lifetime accepted.
+        max: u64,
+    },
 }
 
 impl VerifyError {
@@ -168,9 +182,10 @@ impl Verifier {
         self
     }
 
-    /// Tolerates this much clock skew, seconds.
+    /// Tolerates this much clock skew, seconds, at most [`MAX_LEEWAY`] (the revocation list
+    /// keeps entries that much past the tokens they match).
     pub fn with_leeway(mut self, leeway: u64) -> Verifier {
-        self.leeway = leeway;
+        self.leeway = leeway.min(MAX_LEEWAY);
         self
     }
 
@@ -239,7 +254,10 @@ impl Verifier {
             ));
         }
         if let Some(proof) = &proof {
-            replay.remember(proof, now)?;
+            // Only now, with the token verified and its binding checked, is the proof
+            // remembered, charged to the presenting node (or the token's subject off the
+            // tailnet): a stranger's proofs never reach the cache.
+            replay.remember_for(presented.node.unwrap_or(&claims.sub), proof, now)?;
         }
         Ok(claims)
     }
@@ -281,6 +299,11 @@ impl Verifier {
             now,
         )?;
         binding::check(claims.cnf.as_ref(), presenter)?;
+        let lifetime = claims.exp.0.saturating_sub(claims.iat.0);
+        let max = self.revocations.max_lifetime();
+        if lifetime > max {
+            return Err(VerifyError::Lifetime { lifetime, max });
+        }
         self.revocations.check(&claims)?;
         Ok(claims)
     }

@@ -1,0 +1,161 @@
+//! Whether a call whose token verified may go upstream, in the order its checks run: the
+//! token names its models (unless the gateway allows unrestricted tokens), the endpoint is
+//! forwarded, the body fits, the model is allowed, and the run's budget admits the call,
+//! reserving its estimated LLM tokens. A refusal is a JSON error with a bounded reason label
+//! for the call log and metrics.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use tailpass_verify::{AccessClaims, UnixTime};
+
+use super::Shared;
+use super::body::Shaped;
+use super::endpoints::{Cost, Refused};
+use super::quota::{QuotaError, Reservation};
+
+/// The largest request body forwarded (prompts can be long, not unbounded).
+pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
+
+/// Why the gateway does not forward a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// The metrics label: `model`, `endpoint`, `quota` or `other`.
+    pub reason: &'static str,
+    /// The `error` value.
+    pub code: &'static str,
+    /// The `error_description`.
+    pub description: String,
+}
+
+impl Refusal {
+    fn model(description: impl Into<String>) -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: "model",
+            code: "model_not_allowed",
+            description: description.into(),
+        }
+    }
+
+    /// The upstream could not be reached or answered nonsense.
+    pub fn upstream() -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            reason: "other",
+            code: "upstream_unavailable",
+            description: "the upstream did not answer".into(),
+        }
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(e: Refused) -> Refusal {
+        let (status, code) = match e {
+            Refused::UnsafePath(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Refused::NotAllowed(..) => (StatusCode::FORBIDDEN, "endpoint_not_allowed"),
+        };
+        Refusal {
+            status,
+            reason: "endpoint",
+            code,
+            description: e.to_string(),
+        }
+    }
+}
+
+impl From<QuotaError> for Refusal {
+    fn from(e: QuotaError) -> Refusal {
+        Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            reason: "quota",
+            code: "quota_exceeded",
+            description: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "error_description": self.description});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// A call cleared to go upstream.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The body to send, and what was read from it.
+    pub shaped: Shaped,
+    /// The LLM tokens held for it, when its run has a token budget.
+    pub reservation: Option<Reservation>,
+}
+
+/// Checks a verified call (`claims`) to `method` `path` with `body`, at `now`. `model` is set
+/// to the model the call is for as soon as it is known, refused or not, for the call log.
+pub async fn admit(
+    state: &Shared,
+    claims: &AccessClaims,
+    method: &Method,
+    path: &str,
+    body: Body,
+    model: &mut Option<String>,
+    now: UnixTime,
+) -> Result<Admitted, Refusal> {
+    let allowed = claims.models();
+    if allowed.is_none() && !state.allow_unrestricted {
+        return Err(Refusal::model(
+            "this gateway serves only tokens that name their models (a models claim)",
+        ));
+    }
+    let endpoint = state.endpoints.check(method, path)?;
+    let body = http_body_util::Limited::new(body, MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|_| Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "other",
+            code: "invalid_request",
+            description: format!("the request body is larger than {MAX_REQUEST} bytes"),
+        })?
+        .to_bytes();
+    let shaped = super::body::shape(body, &endpoint, state.default_max_tokens);
+    model.clone_from(&shaped.model);
+    if let Some(allowed) = allowed {
+        match &shaped.model {
+            Some(model) if allowed.contains(&model.as_str()) => {}
+            Some(model) => {
+                return Err(Refusal::model(format!(
+                    "model {model:?} is not allowed for this token"
+                )));
+            }
+            None if endpoint.cost != Cost::Free => {
+                return Err(Refusal::model(
+                    "this token allows named models only; the request names none",
+                ));
+            }
+            None => {}
+        }
+    }
+    let reservation = match (claims.quota(), claims.budget_run()) {
+        (Some(quota), Some(run)) => {
+            Some(
+                state
+                    .quotas
+                    .admit(run, quota, shaped.reservation, claims.exp, now)?,
+            )
+        }
+        _ => None,
+    };
+    Ok(Admitted {
+        shaped,
+        reservation,
+    })
+}
