@@ -75,7 +75,7 @@ pub struct Shared {
     /// Request rates by node, client or address.
     pub rate: Arc<crate::ratelimit::RateLimiter>,
     /// Revocation feed subscriber slots.
-    pub feed_slots: Arc<tokio::sync::Semaphore>,
+    pub feed_slots: crate::oauth::revocation_feed::FeedSlots,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -172,6 +172,8 @@ impl AppState {
             ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
+        let feed_slots =
+            crate::oauth::revocation_feed::FeedSlots::new(settings.feed_reserved_slots);
         Ok((
             AppState(Arc::new(Shared {
                 issuer: Arc::new(issuer),
@@ -191,7 +193,7 @@ impl AppState {
                     crate::dpop::MAX_AGE + crate::dpop::SKEW,
                 )),
                 rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
-                feed_slots: crate::oauth::revocation_feed::slots(),
+                feed_slots,
                 metrics,
             })),
             Tasks(vec![audit_task, backchannel_task]),
@@ -241,8 +243,7 @@ async fn metrics(
     let gauges = crate::metrics::Gauges {
         keys: keys.into_iter().collect(),
         revocations: state.revocations.len() as u64,
-        feed_subscribers: (crate::oauth::revocation_feed::MAX_SUBSCRIBERS
-            - state.feed_slots.available_permits()) as u64,
+        feed_subscribers: state.feed_slots.in_use() as u64,
     };
     (
         [(

@@ -394,6 +394,10 @@ pub struct ServeArgs {
     /// address), unless a rule sets tokens_per_minute [default: 600].
     #[arg(long, env = "TAILPASS_RATE_LIMIT", value_name = "PER_MINUTE")]
     pub rate_limit: Option<u32>,
+    /// Revocation feed streams kept for peers whose rule has allow_introspect (gateways), so
+    /// other subscribers cannot crowd them out [default: 64].
+    #[arg(long, env = "TAILPASS_FEED_RESERVED_SLOTS", value_name = "N")]
+    pub feed_reserved_slots: Option<usize>,
     /// Require a server nonce in DPoP proofs (RFC 9449 §8).
     #[arg(long, env = "TAILPASS_DPOP_NONCE")]
     pub dpop_nonce: bool,

@@ -132,6 +132,7 @@ struct FileConfig {
     agent_capability: Option<String>,
     agent_token_lifetime: Option<FileDuration>,
     rate_limit: Option<u32>,
+    feed_reserved_slots: Option<usize>,
     dpop_nonce: Option<bool>,
     audit_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
@@ -249,6 +250,8 @@ pub struct Settings {
     pub agent_token_lifetime: u64,
     /// Requests per minute per node, client or address.
     pub rate_limit: u32,
+    /// Revocation feed streams reserved for peers allowed to introspect.
+    pub feed_reserved_slots: usize,
     /// Whether DPoP proofs need a server nonce.
     pub dpop_nonce: bool,
     /// The audit log's JSONL mirror.
@@ -517,6 +520,11 @@ fn resolve_for(
         )?
         .clamp(1, max_token_lifetime),
         rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(600),
+        feed_reserved_slots: args
+            .feed_reserved_slots
+            .or(file.feed_reserved_slots)
+            .unwrap_or(64)
+            .min(crate::oauth::revocation_feed::MAX_SUBSCRIBERS),
         dpop_nonce: args.dpop_nonce || file.dpop_nonce.unwrap_or(false),
         audit_file: args.audit_file.clone().or(file.audit_file.clone()),
         static_clients: Vec::new(),

@@ -109,7 +109,9 @@ pub fn proof_header(headers: &HeaderMap) -> Result<Option<&str>, Error> {
         .transpose()
 }
 
-/// Checks a request's proof fully: signature and claims, nonce when required, then replay.
+/// Checks a request's proof: signature and claims, nonce when required, and that it was not
+/// used before. It records nothing: once the request is accepted, [`remember`] uses the proof
+/// up, so that a stranger's refused requests never take room in the replay cache.
 pub fn check_request(
     proof: &str,
     method: &str,
@@ -135,11 +137,31 @@ pub fn check_request(
                 .with_dpop_nonce(nonces.issue(now)),
         );
     }
-    replay.remember(&proof, now).map_err(|e| match e {
-        DpopError::CacheFull => Error::unavailable(e.to_string()),
-        other => Error::new(Code::InvalidDpopProof, other.to_string()),
-    })?;
+    if replay.seen(&proof) {
+        return Err(Error::new(
+            Code::InvalidDpopProof,
+            DpopError::Replay.to_string(),
+        ));
+    }
     Ok(proof)
+}
+
+/// Uses up an accepted request's proof, charged to `holder` (the presenting node or client),
+/// each of which has a bounded share of the cache. A proof raced in by a twin request is
+/// refused here, and that request's answer with it.
+pub fn remember(
+    replay: &ReplayCache,
+    holder: &str,
+    proof: &Proof,
+    now: UnixTime,
+) -> Result<(), Error> {
+    replay
+        .remember_for(holder, proof, now)
+        .map_err(|e| match e {
+            DpopError::CacheFull => Error::unavailable(e.to_string()),
+            DpopError::HolderFull => Error::rate_limited(MAX_AGE + SKEW),
+            other => Error::new(Code::InvalidDpopProof, other.to_string()),
+        })
 }
 
 /// A client's DPoP key (ES256), kept as a PKCS#8 PEM file.
@@ -286,8 +308,11 @@ mod tests {
         let proof = key.proof_at("POST", url, None, None, now).unwrap();
         let checked = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap();
         assert_eq!(checked.jkt, key.thumbprint());
+        assert!(replay.is_empty(), "checking records nothing");
+        remember(&replay, "node:n1", &checked, now).unwrap();
         let again = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap_err();
         assert!(again.description().unwrap().contains("replayed"));
+        assert!(remember(&replay, "node:n1", &checked, now).is_err(), "a raced twin");
     }
 
     #[test]

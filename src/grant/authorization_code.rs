@@ -13,6 +13,7 @@
 //! replayed code revokes everything it issued.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +34,7 @@ use crate::policy::{login, tsidp};
 use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
 use crate::store::{AuthCode, Consent, Redemption, RefreshFamily, RevocationKind};
+use crate::tokens;
 
 /// How long a code may wait to be redeemed.
 pub const CODE_LIFETIME: u64 = 60;
@@ -64,6 +66,8 @@ pub struct AuthorizeParams {
     pub prompt: Option<String>,
     /// Maximum authentication age, seconds.
     pub max_age: Option<String>,
+    /// An ID token this server issued, naming who the client expects (OIDC Core §3.1.2.1).
+    pub id_token_hint: Option<String>,
     /// Only `query`.
     pub response_mode: Option<String>,
     /// Requested resources (RFC 8707).
@@ -79,7 +83,7 @@ impl AuthorizeParams {
     /// The parameters as form pairs, to carry through the consent form.
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
         let mut pairs = Vec::new();
-        let fields: [(&'static str, &Option<String>); 11] = [
+        let fields: [(&'static str, &Option<String>); 12] = [
             ("response_type", &self.response_type),
             ("client_id", &self.client_id),
             ("redirect_uri", &self.redirect_uri),
@@ -90,6 +94,7 @@ impl AuthorizeParams {
             ("code_challenge_method", &self.code_challenge_method),
             ("prompt", &self.prompt),
             ("max_age", &self.max_age),
+            ("id_token_hint", &self.id_token_hint),
             ("response_mode", &self.response_mode),
         ];
         for (name, value) in fields {
@@ -363,6 +368,13 @@ async fn check_request(
             None,
         ));
     }
+    let prompts: Vec<&str> = params
+        .prompt
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .collect();
     let identity = match caller {
         Ok(identity) => identity,
         Err(CallerError::Unavailable) => {
@@ -372,9 +384,49 @@ async fn check_request(
                 None,
             ));
         }
+        // OIDC Core §3.1.2.6: a silent request from someone who is not signed in (here: not
+        // on the tailnet) is `login_required`.
+        Err(e) if prompts.contains(&"none") => {
+            return Err(denied("login_required", e.to_string(), None));
+        }
         Err(e) => return Err(denied("access_denied", e.to_string(), None)),
     };
     let who = Some(&identity);
+    // Each authorization writes a code: bounded per person and per client.
+    let user_key = identity
+        .user
+        .as_ref()
+        .map_or_else(|| identity.node.stable_id.0.clone(), |u| u.login.clone());
+    for key in [
+        format!("authorize-user:{user_key}"),
+        format!("authorize-client:{}", client.client_id.0),
+    ] {
+        if state
+            .rate
+            .check(&key, state.settings.rate_limit, Instant::now())
+            .is_err()
+        {
+            return Err(denied(
+                "temporarily_unavailable",
+                "too many authorization requests; try again in a minute",
+                who,
+            ));
+        }
+    }
+    if let Some(hint) = params.id_token_hint.as_deref() {
+        let named = tokens::read_id_token_hint(hint, &state.keys, state.issuer.url())
+            .map_err(|e| denied("invalid_request", format!("id_token_hint: {e}"), who))?;
+        let caller_sub = identity.user.as_ref().map(|u| tokens::user_subject(u.id));
+        // The network signs in whoever is at the keyboard; it cannot switch to the account the
+        // client expected, so a hint naming someone else is `login_required`.
+        if caller_sub.as_deref() != Some(named.sub.as_str()) {
+            return Err(denied(
+                "login_required",
+                "the id_token_hint names someone other than the caller",
+                who,
+            ));
+        }
+    }
     let login =
         login::login_of(&identity).map_err(|e| denied("access_denied", e.to_string(), who))?;
     if let Some(hit) = state.revocations.blocks_issuance(&identity, state.now()) {
@@ -390,13 +442,6 @@ async fn check_request(
         client.is_public(),
     )
     .map_err(|e| denied("invalid_request", e.to_string(), who))?;
-    let prompts: Vec<&str> = params
-        .prompt
-        .as_deref()
-        .unwrap_or_default()
-        .split(' ')
-        .filter(|p| !p.is_empty())
-        .collect();
     if prompts.contains(&"none") && prompts.len() > 1 {
         return Err(denied(
             "invalid_request",
@@ -657,6 +702,14 @@ pub async fn redeem(
             "this client may not use the authorization code grant",
         ));
     }
+    state
+        .rate
+        .check(
+            &format!("code-client:{}", client.client_id.0),
+            state.settings.rate_limit,
+            Instant::now(),
+        )
+        .map_err(Error::rate_limited)?;
     let presented = request
         .code
         .ok_or_else(|| Error::invalid_request("code is required"))?;

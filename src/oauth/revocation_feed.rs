@@ -89,7 +89,7 @@ pub struct FeedQuery {
 /// `GET /revocations`.
 pub async fn feed(
     State(state): State<AppState>,
-    Caller(_): Caller,
+    Caller(caller): Caller,
     headers: HeaderMap,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, Error> {
@@ -107,11 +107,15 @@ pub async fn feed(
         };
         return Ok(super::no_store(axum::http::StatusCode::OK, &body));
     }
+    let privileged = crate::policy::agent::may_introspect(
+        &caller,
+        &state.settings.policy,
+        &state.settings.agent_capability,
+    );
     let permit = state
         .feed_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Error::unavailable("too many revocation feed subscribers"))?;
+        .acquire(privileged)
+        .ok_or_else(|| Error::unavailable("too many revocation feed subscribers"))?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -201,7 +205,60 @@ fn events(
     })
 }
 
-/// The subscriber slots.
-pub fn slots() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_SUBSCRIBERS))
+/// The stream slots: [`MAX_SUBSCRIBERS`] in all, of which some are kept for peers whose rule
+/// allows introspection (gateways), so any other tailnet peer opening streams cannot leave a
+/// gateway without its feed.
+#[derive(Debug, Clone)]
+pub struct FeedSlots {
+    open: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+impl FeedSlots {
+    /// Slots with `reserved` of them kept for privileged peers.
+    pub fn new(reserved: usize) -> FeedSlots {
+        let reserved = reserved.min(MAX_SUBSCRIBERS);
+        FeedSlots {
+            open: Arc::new(Semaphore::new(MAX_SUBSCRIBERS - reserved)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+        }
+    }
+
+    /// A slot for a subscriber: from the shared ones, then, for a privileged peer, from the
+    /// reserved ones.
+    pub fn acquire(&self, privileged: bool) -> Option<OwnedSemaphorePermit> {
+        self.open.clone().try_acquire_owned().ok().or_else(|| {
+            privileged
+                .then(|| self.reserved.clone().try_acquire_owned().ok())
+                .flatten()
+        })
+    }
+
+    /// Streams being served.
+    pub fn in_use(&self) -> usize {
+        MAX_SUBSCRIBERS - self.open.available_permits() - self.reserved.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_slots_are_kept_for_privileged_peers() {
+        let slots = FeedSlots::new(2);
+        let taken: Vec<_> = std::iter::from_fn(|| slots.acquire(false)).collect();
+        assert_eq!(
+            taken.len(),
+            MAX_SUBSCRIBERS - 2,
+            "others fill only the shared slots"
+        );
+        assert!(slots.acquire(false).is_none());
+        let gateway = [slots.acquire(true), slots.acquire(true)];
+        assert!(gateway.iter().all(Option::is_some));
+        assert!(slots.acquire(true).is_none());
+        assert_eq!(slots.in_use(), MAX_SUBSCRIBERS);
+        drop(taken);
+        assert_eq!(slots.in_use(), 2);
+    }
 }

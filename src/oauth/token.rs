@@ -147,12 +147,41 @@ fn proof(
     })
 }
 
+/// Runs the grant, then uses up its DPoP proof: only an accepted request's proof takes room
+/// in the replay cache, charged to the client, or else to the presenting address.
 async fn exchange_for(
     state: &AppState,
     conn: Option<Conn>,
     headers: &HeaderMap,
     form: &TokenForm,
     grant: Grant,
+) -> Result<TokenResponse, Error> {
+    let dpop = proof(state, headers)?;
+    let response = grant_for(state, conn, headers, form, grant, dpop.clone()).await?;
+    if let Some(proof) = &dpop {
+        let holder = match (&form.client_id, conn.and_then(|c| c.remote)) {
+            (Some(id), _) => format!("client:{id}"),
+            (None, Some(addr)) => format!("addr:{}", addr.ip()),
+            (None, None) => format!("jkt:{}", proof.jkt),
+        };
+        dpop::remember(&state.dpop_replay, &holder, proof, state.now()).map_err(|e| {
+            if e.status() == StatusCode::UNAUTHORIZED {
+                e.with_status(StatusCode::BAD_REQUEST)
+            } else {
+                e
+            }
+        })?;
+    }
+    Ok(response)
+}
+
+async fn grant_for(
+    state: &AppState,
+    conn: Option<Conn>,
+    headers: &HeaderMap,
+    form: &TokenForm,
+    grant: Grant,
+    dpop: Option<tailpass_verify::dpop::Proof>,
 ) -> Result<TokenResponse, Error> {
     let presented = client_auth::presented(
         headers,
@@ -175,7 +204,7 @@ async fn exchange_for(
                 code: form.code.as_deref(),
                 redirect_uri: form.redirect_uri.as_deref(),
                 code_verifier: form.code_verifier.as_deref(),
-                proof: proof(state, headers)?,
+                proof: dpop.clone(),
             };
             authorization_code::redeem(state, &client, request).await
         }
@@ -185,7 +214,7 @@ async fn exchange_for(
                 refresh_token: form.refresh_token.as_deref(),
                 scope: form.scope.as_deref(),
                 resources: &form.resource,
-                proof: proof(state, headers)?,
+                proof: dpop.clone(),
             };
             refresh::refresh(state, &client, request).await
         }
@@ -195,7 +224,7 @@ async fn exchange_for(
                 scope: form.scope.as_deref(),
                 expires_in: form.expires_in.as_deref(),
                 run_label: form.run_label.as_deref(),
-                proof: proof(state, headers)?,
+                proof: dpop.clone(),
                 peer: conn.and_then(|c| c.remote).map(|a| a.ip()),
             };
             if presented == Presented::Nothing {
@@ -219,7 +248,7 @@ async fn exchange_for(
                 scope: form.scope.as_deref(),
                 expires_in: form.expires_in.as_deref(),
                 run_label: form.run_label.as_deref(),
-                proof: proof(state, headers)?,
+                proof: dpop.clone(),
             };
             let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
             exchange::exchange(state, caller, request).await

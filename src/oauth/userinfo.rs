@@ -91,6 +91,11 @@ pub async fn userinfo(
             dpop_jkt: proof.as_ref().map(|p| &p.jkt),
         };
         binding::check(Some(cnf), &presenter).map_err(|e| refuse(e.to_string()))?;
+        // Accepted: only now is the proof used up, charged to the presenting node.
+        if let Some(proof) = &proof {
+            let holder = node.as_deref().unwrap_or(claims.sub.as_str());
+            dpop::remember(&state.dpop_replay, holder, proof, now)?;
+        }
     }
     let body = UserInfo {
         sub: claims.sub,

@@ -849,3 +849,57 @@ async fn a_public_clients_loopback_redirect_uri_matches_any_port() {
     .unwrap_err();
     assert_eq!(shown.0, 400);
 }
+
+#[tokio::test]
+async fn prompt_none_off_the_tailnet_or_for_someone_else_is_login_required() {
+    use crate::support::STRANGER;
+    let server = TestServer::start().await;
+    let (id, secret) = confidential(&server).await;
+    let silent = authorize_url(&server, &id, &[("prompt", "none")]);
+    let back = open(&server, STRANGER, &silent).await.unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"));
+    let loud = authorize_url(&server, &id, &[]);
+    let back = open(&server, STRANGER, &loud).await.unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"));
+
+    // Alice's ID token as the hint: for Alice a code, for Carol login_required.
+    let c = code(&server, ALICE, &id, &[]).await;
+    let (_, body) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
+    let hint = body["id_token"].as_str().unwrap();
+    let hinted = authorize_url(&server, &id, &[("prompt", "none"), ("id_token_hint", hint)]);
+    let back = open(&server, ALICE, &hinted).await.unwrap();
+    assert!(param(&back, "code").is_some(), "{back}");
+    let back = open(&server, CAROL, &hinted).await.unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("login_required"));
+    let forged = authorize_url(&server, &id, &[("id_token_hint", "e30.e30.x")]);
+    let back = open(&server, ALICE, &forged).await.unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("invalid_request"));
+}
+
+#[tokio::test]
+async fn the_code_flow_is_rate_limited_per_user_and_per_client() {
+    let server = TestServer::with_args(&["--rate-limit", "2"]).await;
+    let (id, secret) = confidential(&server).await;
+    let url = authorize_url(&server, &id, &[]);
+    for _ in 0..2 {
+        assert!(param(&open(&server, ALICE, &url).await.unwrap(), "code").is_some());
+    }
+    let back = open(&server, ALICE, &url).await.unwrap();
+    assert_eq!(
+        param(&back, "error").as_deref(),
+        Some("temporarily_unavailable")
+    );
+    // The client's budget is spent too: Carol is refused for it as well.
+    let back = open(&server, CAROL, &url).await.unwrap();
+    assert_eq!(
+        param(&back, "error").as_deref(),
+        Some("temporarily_unavailable")
+    );
+    // And the token endpoint bounds code redemptions per client.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _) = redeem(&server, (&id, Some(&secret)), "no-such-code", VERIFIER).await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [400, 400, 429]);
+}

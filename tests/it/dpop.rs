@@ -402,3 +402,46 @@ async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_strangers_dpop_proofs_never_take_room_in_the_issuers_replay_cache() {
+    use crate::support::{CI, GATEWAY, STRANGER};
+    let (server, _dir) = crate::agents::server(&[]).await;
+    let token_url = server.url("/token");
+    let key = ProofKey::generate().unwrap();
+    for _ in 0..20 {
+        let answer = server
+            .peer(STRANGER)
+            .post(&token_url)
+            .header("dpop", key.proof("POST", &token_url, None, None).unwrap())
+            .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+    }
+    assert!(
+        server.state().dpop_replay.is_empty(),
+        "refused requests used up no proof"
+    );
+    let proof = key.proof("POST", &token_url, None, None).unwrap();
+    let send = || {
+        server
+            .peer(CI)
+            .post(&token_url)
+            .header("dpop", proof.clone())
+            .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(
+        server.state().dpop_replay.len(),
+        1,
+        "the accepted proof is used up"
+    );
+    let (status, body) = crate::support::json(send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof"))
+    );
+}

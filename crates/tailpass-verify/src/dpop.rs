@@ -275,6 +275,13 @@ impl ReplayCache {
         Ok(())
     }
 
+    /// Whether `proof` is already remembered: the replay check before a request is accepted,
+    /// which records nothing, so that refused requests take no room.
+    pub fn seen(&self, proof: &Proof) -> bool {
+        let key = format!("{}:{}", proof.jkt, proof.jti);
+        self.inner.lock().map_or(true, |s| s.keys.contains(&key))
+    }
+
     /// How many proofs are remembered.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|s| s.keys.len()).unwrap_or(0)
