@@ -312,7 +312,10 @@ mod tests {
         remember(&replay, "node:n1", &checked, now).unwrap();
         let again = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap_err();
         assert!(again.description().unwrap().contains("replayed"));
-        assert!(remember(&replay, "node:n1", &checked, now).is_err(), "a raced twin");
+        assert!(
+            remember(&replay, "node:n1", &checked, now).is_err(),
+            "a raced twin"
+        );
     }
 
     #[test]

@@ -903,3 +903,27 @@ async fn the_code_flow_is_rate_limited_per_user_and_per_client() {
     }
     assert_eq!(statuses, [400, 400, 429]);
 }
+
+#[tokio::test]
+async fn standard_scopes_the_server_does_not_serve_are_ignored_not_refused() {
+    let server = TestServer::start().await;
+    let (id, secret) = confidential(&server).await;
+    let c = code(
+        &server,
+        ALICE,
+        &id,
+        &[("scope", "openid address email phone")],
+    )
+    .await;
+    let (status, body) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "openid email");
+    let back = open(
+        &server,
+        ALICE,
+        &authorize_url(&server, &id, &[("scope", "openid payroll")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(param(&back, "error").as_deref(), Some("invalid_scope"));
+}
