@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks over HTTP, with the server and the load generator pinned to different cores
-# (taskset), as DESIGN.md asks. Prints one line per measurement. Needs two cores.
+# (taskset), as docs/design.md asks. Prints one line per measurement. Needs two cores.
 #   bench/run.sh code-flow [--seconds N] [--concurrency N]   authorize + token + userinfo
 #   bench/run.sh agent [--seconds N] [--concurrency N]       the agent grant over HTTP
 #   bench/run.sh agent-inproc [--seconds N]                  the agent grant in-process, beside

@@ -1,4 +1,4 @@
-//! The command line (DESIGN "Contracts": CLI).
+//! The command line (docs/design.md "Contracts": CLI).
 //!
 //! Every flag has an environment variable `TAILPASS_<FLAG>` and a TOML key, the flag's name in
 //! snake_case; precedence is flag, then environment, then file, then `--dev` defaults, then

@@ -1,5 +1,6 @@
 //! Rate limits: a token bucket per key (a node's stable id, a client id, an unidentified
-//! peer's address), refilled continuously.
+//! peer's address), refilled continuously. Time is the caller's `Clock` reading, so limits are
+//! tested by moving a `ManualClock`; whole seconds are precise enough for per-minute rates.
 //!
 //! Buckets are spread over shards, each behind its own lock, so that requests from different
 //! nodes rarely wait on each other. Memory is bounded: a shard that reaches its share of the
@@ -8,14 +9,15 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 use std::sync::Mutex;
-use std::time::Instant;
+
+use tailpass_verify::UnixTime;
 
 const SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
-    last: Instant,
+    last: UnixTime,
 }
 
 /// Token buckets by key.
@@ -38,7 +40,7 @@ impl RateLimiter {
 
     /// Takes one token from `key`'s bucket, which holds `per_minute` tokens and refills at
     /// `per_minute` a minute. `Err` carries the seconds until a token is available.
-    pub fn check(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, key: &str, per_minute: u32, now: UnixTime) -> Result<(), u64> {
         if per_minute == 0 {
             return Err(60);
         }
@@ -58,7 +60,7 @@ impl RateLimiter {
             tokens: capacity,
             last: now,
         });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        let elapsed = now.since(bucket.last) as f64;
         bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
         bucket.last = now;
         if bucket.tokens >= 1.0 {
@@ -78,16 +80,14 @@ impl RateLimiter {
 fn evict(
     buckets: &mut HashMap<String, Bucket>,
     limit: usize,
-    now: Instant,
+    now: UnixTime,
     rate: f64,
     capacity: f64,
 ) {
     // A bucket that has refilled is indistinguishable from a new one: dropping it loses nothing.
-    buckets.retain(|_, b| {
-        b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < capacity
-    });
+    buckets.retain(|_, b| b.tokens + now.since(b.last) as f64 * rate < capacity);
     if buckets.len() >= limit {
-        let mut ages: Vec<(Instant, String)> =
+        let mut ages: Vec<(UnixTime, String)> =
             buckets.iter().map(|(k, b)| (b.last, k.clone())).collect();
         ages.sort();
         for (_, key) in ages.iter().take(ages.len() / 2) {
@@ -98,14 +98,12 @@ fn evict(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn a_burst_then_refusal_then_refill() {
         let limiter = RateLimiter::new(1_000);
-        let t0 = Instant::now();
+        let t0 = UnixTime(1_000);
         for _ in 0..3 {
             assert_eq!(limiter.check("n1", 3, t0), Ok(()));
         }
@@ -115,13 +113,13 @@ mod tests {
             "3 a minute: one every 20 s"
         );
         assert_eq!(limiter.check("n2", 3, t0), Ok(()), "keys are independent");
-        assert_eq!(limiter.check("n1", 3, t0 + Duration::from_secs(20)), Ok(()));
+        assert_eq!(limiter.check("n1", 3, t0.plus(20)), Ok(()));
     }
 
     #[test]
     fn memory_stays_bounded() {
         let limiter = RateLimiter::new(64);
-        let t0 = Instant::now();
+        let t0 = UnixTime(1_000);
         for i in 0..10_000 {
             let _ = limiter.check(&format!("peer{i}"), 10, t0);
         }

@@ -3,7 +3,7 @@
 //!
 //! They are random 256-bit values shown to their holder once. Only their SHA-256 is stored
 //! ([`SecretHash`]), and a presented value is compared against it in constant time. They are
-//! not passwords, so a fast hash is right: a slow one would only cap throughput (DESIGN
+//! not passwords, so a fast hash is right: a slow one would only cap throughput (docs/design.md
 //! "Tokens"). Neither type prints its value in `Debug`, so a secret cannot reach a log through
 //! `{:?}`.
 

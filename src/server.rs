@@ -197,7 +197,7 @@ async fn admin_listener(path: &Path) -> Result<UnixListener, ServeError> {
 /// Starts the server with `settings`, reading time from `clock`.
 pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running, ServeError> {
     // reqwest and rustls may both pull in a crypto provider; choose one explicitly, or the
-    // first TLS handshake panics inside a task (DEPENDENCIES.md).
+    // first TLS handshake panics inside a task (docs/design.md "Notes for maintainers").
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let main = bind(settings.listen).await?;

@@ -1,5 +1,5 @@
 //! The agent grant: `client_credentials` with no client authentication, where the caller's
-//! tailnet identity is the credential (DESIGN "Contracts": agent grant request). A tagged CI
+//! tailnet identity is the credential (docs/design.md "Contracts": agent grant request). A tagged CI
 //! runner or a person's laptop gets a short-lived, run-scoped token bound to its node — and
 //! to its DPoP key when it sent a proof — without holding any secret.
 //!
@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tailpass_verify::claims::{Confirmation, Profile, RunClaims};
 use tailpass_verify::dpop::Proof;
@@ -81,7 +80,7 @@ pub fn lifetime(
 fn rate(state: &AppState, key: &str, per_minute: u32) -> Result<(), Error> {
     state
         .rate
-        .check(key, per_minute, Instant::now())
+        .check(key, per_minute, state.now())
         .map_err(Error::rate_limited)
 }
 

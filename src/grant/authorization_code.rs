@@ -13,7 +13,6 @@
 //! replayed code revokes everything it issued.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -403,7 +402,7 @@ async fn check_request(
     ] {
         if state
             .rate
-            .check(&key, state.settings.rate_limit, Instant::now())
+            .check(&key, state.settings.rate_limit, state.now())
             .is_err()
         {
             return Err(denied(
@@ -707,7 +706,7 @@ pub async fn redeem(
         .check(
             &format!("code-client:{}", client.client_id.0),
             state.settings.rate_limit,
-            Instant::now(),
+            state.now(),
         )
         .map_err(Error::rate_limited)?;
     let presented = request

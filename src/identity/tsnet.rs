@@ -59,7 +59,7 @@ impl Tsnet {
         let mut config = Config::default_with_key_file(&key_file)
             .await
             .map_err(|e| TsnetError::Keys(e.to_string()))?;
-        // tailscale-rs writes its key file world-readable (DEPENDENCIES.md); the node key is
+        // tailscale-rs writes its key file world-readable (docs/design.md "Notes for maintainers"); the node key is
         // the node's identity on the tailnet.
         if key_file.exists() {
             crate::private_fs::tighten(&key_file, 0o600)

@@ -2,7 +2,7 @@
 //!
 //! Keys are parsed once, when loaded; signing then costs one ring call. The compact JWS is
 //! assembled here directly (RFC 7515 §7.1) instead of through a JWT library that would re-parse
-//! the key on every call (DESIGN "Tokens").
+//! the key on every call (docs/design.md "Tokens").
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

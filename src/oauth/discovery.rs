@@ -33,7 +33,7 @@ pub struct Metadata {
     pub revocation_endpoint: String,
     /// RP-initiated logout.
     pub end_session_endpoint: String,
-    /// The revocation feed gateways subscribe to (DESIGN "Contracts").
+    /// The revocation feed gateways subscribe to (docs/design.md "Contracts").
     pub revocation_feed_endpoint: String,
     /// Scopes a person may request.
     pub scopes_supported: Vec<&'static str>,

@@ -1,4 +1,4 @@
-//! The revocation feed (DESIGN "Contracts": revocation feed), at `revocation_feed_endpoint`.
+//! The revocation feed (docs/design.md "Contracts": revocation feed), at `revocation_feed_endpoint`.
 //!
 //! Gateways verify JWTs offline; this feed is how "kill this run" reaches them within seconds.
 //! With `Accept: text/event-stream` it is a server-sent event stream: first a `snapshot`

@@ -45,7 +45,7 @@ pub async fn revoke(
         .check(
             &format!("revoke:{}", client.client_id.0),
             state.settings.rate_limit,
-            std::time::Instant::now(),
+            state.now(),
         )
         .map_err(Error::rate_limited)?;
     let token = form

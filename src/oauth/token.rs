@@ -30,7 +30,7 @@ use crate::http::peer::{self, Conn};
 /// The token exchange grant type (RFC 8693 §2.1).
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-/// Every parameter any grant takes (RFC 6749, RFC 7636, RFC 8707, RFC 8693, DESIGN
+/// Every parameter any grant takes (RFC 6749, RFC 7636, RFC 8707, RFC 8693, docs/design.md
 /// "Contracts"). Only `resource` and `audience` may repeat.
 #[derive(Debug, Default, Deserialize)]
 pub struct TokenForm {

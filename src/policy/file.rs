@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::selector::Selector;
 
 /// One rule: who (`src`) may get what. Shared by the policy file's `[[rule]]` tables and the
-/// tailnet capability `tailpass/cap/agent` (DESIGN "Contracts": policy capability).
+/// tailnet capability `tailpass/cap/agent` (docs/design.md "Contracts": policy capability).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {

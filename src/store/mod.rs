@@ -171,7 +171,7 @@ pub enum Rotation {
     Unknown,
 }
 
-/// What a revocation matches (DESIGN "Contracts": revocation feed).
+/// What a revocation matches (docs/design.md "Contracts": revocation feed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationKind {

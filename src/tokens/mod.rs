@@ -13,16 +13,16 @@ use crate::revocation::{Hit, Revocations};
 
 pub mod mint;
 
-/// `typ` of access tokens (RFC 9068 §2.1).
-pub const ACCESS_TYP: &str = "at+jwt";
+/// `typ` of access tokens (RFC 9068 §2.1), defined once with the verifiers that check it.
+pub use tailpass_verify::verifier::ACCESS_TYP;
 /// `typ` of ID tokens.
 pub const ID_TYP: &str = "JWT";
 /// `typ` of back-channel logout tokens (OIDC Back-Channel Logout §2.4).
 pub const LOGOUT_TYP: &str = "logout+jwt";
-/// Clock skew tolerated when reading tokens.
-pub const LEEWAY: u64 = 30;
+/// Clock skew tolerated when reading tokens: the same as any verifier's default.
+pub use tailpass_verify::verifier::DEFAULT_LEEWAY as LEEWAY;
 
-/// `sub` for a person: tsidp's form, so relying parties can migrate (DESIGN "Contracts").
+/// `sub` for a person: tsidp's form, so relying parties can migrate (docs/design.md "Contracts").
 pub fn user_subject(user_id: u64) -> String {
     format!("userid:{user_id:x}")
 }

@@ -222,5 +222,13 @@ async fn revoke_is_rate_limited_per_client() {
     }
     let limited = revoke().await.unwrap();
     assert_eq!(limited.status(), 429);
-    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        limited.headers()["retry-after"],
+        "20",
+        "3 a minute: one every 20 s"
+    );
+    // The limiter reads the server's clock: moving it refills the bucket, no sleeping.
+    server.clock.advance(20);
+    assert_eq!(revoke().await.unwrap().status(), 200);
+    assert_eq!(revoke().await.unwrap().status(), 429);
 }

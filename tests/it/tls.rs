@@ -46,7 +46,10 @@ async fn serves_https_from_pem_files() {
         .get(format!("{plain}/healthz"))
         .send()
         .await;
-    assert!(answer.map(|r| !r.status().is_success()).unwrap_or(true));
+    assert!(
+        answer.is_err(),
+        "plain HTTP to the TLS port must fail, not be answered: {answer:?}"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! A tailpass agent token is bound to the node it was issued to (`cnf.tailnet_node`) and, when
 //! it was requested with DPoP, to a key (`cnf.jkt`). A token replayed from another node, or
 //! without its key, is refused; so is a token whose `cnf` has a member this version does not
-//! understand (DESIGN "Contracts": binding).
+//! understand (docs/design.md "Contracts": binding).
 
 use crate::Thumbprint;
 use crate::claims::Confirmation;

@@ -78,7 +78,7 @@ pub struct Actor {
 }
 
 /// `cnf`: what a token is bound to (RFC 7800 §3.1). A verifier checks every member and refuses
-/// a token with a member it does not know (DESIGN "Contracts": binding), which is why unknown
+/// a token with a member it does not know (docs/design.md "Contracts": binding), which is why unknown
 /// members are kept in `unknown` rather than dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirmation {

@@ -1,4 +1,4 @@
-//! The revocation feed's wire shapes and a verifier's copy of it (DESIGN "Contracts":
+//! The revocation feed's wire shapes and a verifier's copy of it (docs/design.md "Contracts":
 //! revocation feed).
 //!
 //! Tokens are checked offline, so "kill this run" reaches a resource server through the feed:
