@@ -16,9 +16,9 @@ use crate::tokens::{ACCESS_TYP, ID_TYP};
 pub mod agent;
 pub mod authorization_code;
 pub mod exchange;
-pub mod refresh;
 #[cfg(test)]
 mod flows;
+pub mod refresh;
 
 /// Scopes a person may request at `/authorize`: OIDC's, `groups`, and `offline_access`.
 const LOGIN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];

@@ -308,3 +308,7 @@ impl Verifier {
         Ok(claims)
     }
 }
+
+#[cfg(test)]
+#[path = "verifier_tests.rs"]
+mod tests;
