@@ -39,6 +39,8 @@ use crate::tokens;
 pub const CODE_LIFETIME: u64 = 60;
 /// How long a consent form stays valid.
 const CONSENT_FORM_LIFETIME: u64 = 600;
+/// The longest `nonce` accepted.
+const MAX_NONCE: usize = 512;
 
 /// The parameters of an authorization request (RFC 6749 §4.1.1, OIDC Core §3.1.2.1,
 /// RFC 8707 §2). Unknown parameters are ignored; known ones may not repeat, except
@@ -445,6 +447,15 @@ async fn check_request(
         return Err(denied(
             "invalid_request",
             "prompt=none cannot be combined with other values",
+            who,
+        ));
+    }
+    // The nonce is stored with the code and echoed in the ID token: bounded like every
+    // stored field.
+    if params.nonce.as_deref().is_some_and(|n| n.len() > MAX_NONCE) {
+        return Err(denied(
+            "invalid_request",
+            format!("nonce must be at most {MAX_NONCE} bytes"),
             who,
         ));
     }

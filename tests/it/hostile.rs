@@ -232,3 +232,22 @@ async fn revoke_is_rate_limited_per_client() {
     assert_eq!(revoke().await.unwrap().status(), 200);
     assert_eq!(revoke().await.unwrap().status(), 429);
 }
+
+#[tokio::test]
+async fn an_oversized_nonce_is_refused_not_stored_with_the_code() {
+    use crate::support::ALICE;
+    let server = crate::support::TestServer::start().await;
+    let (id, _) = crate::login::register(
+        &server,
+        serde_json::json!({"name": "rp", "redirect_uris": [crate::login::REDIRECT]}),
+    )
+    .await;
+    let nonce = "n".repeat(4_000);
+    let url = crate::authorize::authorize_url(&server, &id, &[("nonce", &nonce)]);
+    let back = crate::authorize::open(&server, ALICE, &url).await.unwrap();
+    assert_eq!(
+        crate::login::param(&back, "error").as_deref(),
+        Some("invalid_request")
+    );
+    assert!(crate::login::param(&back, "code").is_none());
+}
