@@ -855,3 +855,38 @@ async fn a_client_revoking_its_refresh_token_ends_the_session_without_being_told
         "the first logout token is the logout's, not the revocation's"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_that_finds_the_node_gone_ends_the_session_and_tells_the_relying_party() {
+    use crate::support::loopback_peers;
+    let server = TestServer::start().await;
+    let (id, secret, mut received) = client_told_of_logouts(&server).await;
+    let alice = login(&server, &id, &secret).await;
+    let sid = sid_of(&alice);
+
+    // Alice's node leaves the tailnet while the server is down.
+    let dir = server.stop().await;
+    let mut peers = loopback_peers();
+    peers
+        .as_object_mut()
+        .unwrap()
+        .remove(&crate::support::ip(ALICE).to_string());
+    let table = dir.path().join("peers.json");
+    std::fs::write(
+        &table,
+        crate::support::with_tailnet_addresses(peers).to_string(),
+    )
+    .unwrap();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", table.to_str().unwrap()]).await;
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", alice["refresh_token"].as_str().unwrap()),
+    ];
+    let (status, body) = token(&server, (&id, Some(&secret)), &refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    told_alice_ended(&mut received, &id, &sid).await;
+}
