@@ -1,6 +1,7 @@
-//! OIDC Back-Channel Logout 1.0: when a user's session ends — RP-initiated logout, or an
-//! operator revoking the user — each relying party that registered a `backchannel_logout_uri`
-//! receives a signed logout token by POST.
+//! OIDC Back-Channel Logout 1.0: when a session ends at this server (`session::end`:
+//! RP-initiated logout, a reused refresh token, a replayed code, a refresh no longer allowed,
+//! an operator revoking the user or node), each relying party that registered a
+//! `backchannel_logout_uri` receives a signed logout token by POST.
 //!
 //! Each client has its own bounded queue, drained by its own task, so deliveries to different
 //! relying parties run concurrently and one slow or black-holed relying party delays only its
@@ -142,8 +143,9 @@ impl Backchannel {
         ))
     }
 
-    /// Tells `client` that the session `sid` of `sub` ended, if it asked to be told.
-    pub fn notify(&self, client: &Client, alg: Alg, sub: &str, sid: &str) {
+    /// Tells `client` that the session `sid` (of `sub`, when the session has a user) ended, if
+    /// it asked to be told. Called by `session::end`, the one place a session ends.
+    pub fn notify(&self, client: &Client, alg: Alg, sub: Option<&str>, sid: &str) {
         let Some(uri) = &client.backchannel_logout_uri else {
             return;
         };
@@ -156,7 +158,7 @@ impl Backchannel {
             uri: uri.clone(),
             client_id: client.client_id.0.clone(),
             alg,
-            sub: Some(sub.to_owned()),
+            sub: sub.map(str::to_owned),
             sid: Some(sid.to_owned()),
             dynamic,
         };

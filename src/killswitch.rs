@@ -5,8 +5,8 @@
 //! index: introspection, userinfo, exchange) and, through the revocation feed, to every
 //! gateway within seconds. Revoking a run also kills every run exchanged from it (their tokens
 //! name it as parent, root or actor). Revoking a node or a user also refuses new tokens for it
-//! until lifted or until `until`, and ends its sessions: refresh families revoked, relying
-//! parties told by back-channel logout.
+//! until lifted or until `until`, and ends its sessions through `session::end`: refresh
+//! families revoked, relying parties told by back-channel logout.
 
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
@@ -14,7 +14,7 @@ use tailpass_verify::UnixTime;
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::oauth::error::Error;
-use crate::session;
+use crate::session::{self, Reason, Selection};
 use crate::store::{Revocation, RevocationKind};
 
 /// What to revoke.
@@ -76,9 +76,15 @@ pub async fn revoke(state: &AppState, target: &Target, actor: &str) -> Result<Re
         )
         .await?;
     let sessions_ended = match target.kind {
-        RevocationKind::Node | RevocationKind::User => {
-            session::end_all_of(state, target.kind, &target.value, now).await?
-        }
+        RevocationKind::Node | RevocationKind::User => session::end(
+            state.into(),
+            Selection::AllOf(target.kind, &target.value),
+            Reason::KillSwitch,
+            now,
+        )
+        .await?
+        .sessions
+        .len(),
         _ => 0,
     };
     let mut event = AuditEvent::new(now, EventKind::Revocation, Outcome::Success).detail(format!(

@@ -32,6 +32,7 @@ use crate::pkce::{self, Challenge};
 use crate::policy::{login, tsidp};
 use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
+use crate::session::{Reason, Selection, Session};
 use crate::store::{AuthCode, Consent, Redemption, RefreshFamily, RevocationKind};
 use crate::tokens;
 
@@ -854,12 +855,24 @@ async fn revoke_issued(
     hash: &SecretHash,
     now: UnixTime,
 ) -> Result<(), Error> {
-    // The store revoked the family already, with the replay's detection.
+    // The store revoked the family already, with the replay's detection; `end` indexes it
+    // and tells the relying party, whose ID token named the session (OIDC Back-Channel
+    // Logout 1.0 §2). A client without refresh tokens has no family, but its session is told
+    // all the same.
+    let session = Session {
+        family: code.sid.clone(),
+        sid: code.sid.clone(),
+        client_id: code.client_id.clone(),
+        identity: code.identity.clone(),
+    };
+    crate::session::end(
+        state.into(),
+        Selection::One(&session),
+        Reason::CodeReplayed,
+        now,
+    )
+    .await?;
     let store = state.store.as_ref();
-    state
-        .revocations
-        .revoke(store, RevocationKind::Family, &code.sid, now, None)
-        .await?;
     state
         .revocations
         .revoke(

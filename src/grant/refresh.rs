@@ -22,7 +22,8 @@ use crate::clients::{Client, GrantType};
 use crate::identity::{Identity, WhoisError};
 use crate::oauth::error::{Code, Error};
 use crate::secret::Secret;
-use crate::store::{RefreshFamily, RevocationKind, Rotation};
+use crate::session::{self, Reason, Selection, Session};
+use crate::store::{RefreshFamily, Rotation};
 
 /// A token request of the refresh grant.
 #[derive(Debug, Clone)]
@@ -162,16 +163,15 @@ pub async fn refresh(
             return refuse_inactive(state, audit(Outcome::Denied, None).by(&family.identity)).await;
         }
         Rotation::Reused(family) => {
-            state
-                .revocations
-                .revoke(
-                    state.store.as_ref(),
-                    RevocationKind::Family,
-                    &family.id,
-                    now,
-                    None,
-                )
-                .await?;
+            // The store revoked the family with the detection; `end` indexes it and tells the
+            // relying party, a session ended by this server (OIDC Back-Channel Logout 1.0 §2).
+            session::end(
+                state.into(),
+                Selection::One(&Session::from(&family)),
+                Reason::RefreshReused,
+                now,
+            )
+            .await?;
             let reason = "a spent refresh token was presented again; the session is revoked";
             state
                 .audit
@@ -257,26 +257,18 @@ async fn current_identity(state: &AppState, then: &Identity) -> Result<Arc<Ident
     }
 }
 
-/// Ends the family's session (revoked, its tokens refused, the relying party told) and
-/// records why the refresh was refused.
+/// Ends the family's session through `session::end` (revoked, its tokens refused, the relying
+/// party told) and records why the refresh was refused.
 async fn end_session(
     state: &AppState,
     client: &Client,
     family: &RefreshFamily,
     reason: &str,
 ) -> Result<(), Error> {
-    let sub = family
-        .identity
-        .user
-        .as_ref()
-        .map(|u| crate::tokens::user_subject(u.id))
-        .unwrap_or_default();
-    crate::session::end(
-        state,
-        client,
-        Some(&family.identity),
-        &sub,
-        &family.sid,
+    session::end(
+        state.into(),
+        Selection::One(&Session::from(family)),
+        Reason::NoLongerAllowed,
         state.now(),
     )
     .await?;

@@ -317,6 +317,12 @@ impl From<crate::store::StoreError> for Error {
     }
 }
 
+impl From<crate::session::EndError> for Error {
+    fn from(e: crate::session::EndError) -> Error {
+        Error::server_error(&e)
+    }
+}
+
 impl From<crate::keys::KeyError> for Error {
     fn from(e: crate::keys::KeyError) -> Error {
         Error::server_error(&e)

@@ -132,7 +132,19 @@ async fn logout(
             ));
         }
         if let Some(sid) = &hint.sid {
-            session::end(state, client, Some(&identity), &hint.sub, sid, state.now()).await?;
+            let ended = session::Session {
+                family: sid.clone(),
+                sid: sid.clone(),
+                client_id: client.client_id.clone(),
+                identity: (*identity).clone(),
+            };
+            session::end(
+                state.into(),
+                session::Selection::One(&ended),
+                session::Reason::Logout,
+                state.now(),
+            )
+            .await?;
         }
     }
     match params.post_logout_redirect_uri {

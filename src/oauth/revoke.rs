@@ -1,8 +1,9 @@
 //! `POST /revoke` (RFC 7009): a client revokes its own access or refresh token.
 //!
 //! Revoking an access token adds its `jti` to the revocation index (and so to the feed);
-//! revoking a refresh token revokes its whole family, access tokens included. The answer is
-//! 200 whatever the token was (RFC 7009 §2.2): a client learns nothing from revoking.
+//! revoking a refresh token ends its session through `session::end` (the whole family, access
+//! tokens included; the client, having asked, is not told back by back-channel logout). The
+//! answer is 200 whatever the token was (RFC 7009 §2.2): a client learns nothing from revoking.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,6 +15,7 @@ use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::client_auth;
 use crate::secret::Secret;
+use crate::session::{self, Reason, Selection, Session};
 use crate::store::RevocationKind;
 use crate::tokens;
 
@@ -90,11 +92,15 @@ pub async fn revoke(
         .await?
         && family.client_id == client.client_id
     {
-        store.revoke_family(&family.id, now).await?;
-        state
-            .revocations
-            .revoke(store, RevocationKind::Family, &family.id, now, None)
-            .await?;
+        // The client decided this end itself: its session is not told back (see
+        // `session::Reason::tells_relying_party`).
+        session::end(
+            (&state).into(),
+            Selection::One(&Session::from(&family)),
+            Reason::ClientRevoked,
+            now,
+        )
+        .await?;
         state
             .audit
             .record(

@@ -223,6 +223,17 @@ async fn a_revoked_node_cannot_mint_until_lifted() {
     );
 }
 
+/// Revokes the user Alice through the admin API.
+async fn revoke_alice(server: &TestServer) -> (u16, Value) {
+    admin(
+        server,
+        Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "user", "value": "alice@example.com"})),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn revoking_a_user_ends_their_sessions() {
     let (server, _dir) = server(&[]).await;
@@ -230,13 +241,7 @@ async fn revoking_a_user_ends_their_sessions() {
     let secret = secret.unwrap();
     let c = code(&server, ALICE, &id, &[]).await;
     let (_, tokens) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
-    let (status, report) = admin(
-        &server,
-        Method::POST,
-        "/admin/api/revocations",
-        Some(json!({"kind": "user", "value": "alice@example.com"})),
-    )
-    .await;
+    let (status, report) = revoke_alice(&server).await;
     assert_eq!((status, report["sessions_ended"].as_u64()), (201, Some(1)));
     let (status, _) = token(
         &server,
@@ -343,4 +348,17 @@ async fn the_audit_lists_every_step_of_a_run() {
     assert_eq!(first["audience"], json!([GATEWAY]));
     assert!(first["jti"].is_string());
     assert_eq!(events[1]["parent_run_id"], run.as_str());
+}
+
+#[tokio::test]
+async fn revoking_a_user_tells_the_relying_party_of_each_session() {
+    let (server, _dir) = server(&[]).await;
+    let (id, secret, mut received) = crate::sessions::client_told_of_logouts(&server).await;
+    let c = code(&server, ALICE, &id, &[]).await;
+    let (status, tokens) = redeem(&server, (&id, Some(&secret)), &c, VERIFIER).await;
+    assert_eq!(status, 200, "{tokens}");
+    let sid = crate::sessions::sid_of(&tokens);
+    let (status, report) = revoke_alice(&server).await;
+    assert_eq!((status, report["sessions_ended"].as_u64()), (201, Some(1)));
+    crate::sessions::told_alice_ended(&mut received, &id, &sid).await;
 }

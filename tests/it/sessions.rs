@@ -210,13 +210,11 @@ async fn a_reused_refresh_token_revokes_its_whole_family() {
     )
     .await;
     assert_eq!(status, 400, "the current token of the family is dead too");
-    let userinfo = peer(1)
-        .get(server.url("/userinfo"))
-        .bearer_auth(second["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(userinfo.status(), 401, "and the family's access tokens");
+    assert_eq!(
+        userinfo_status(&server, &second).await,
+        401,
+        "and the family's access tokens"
+    );
     assert_eq!(
         token_introspect(&server, client, r2).await.1,
         json!({"active": false})
@@ -296,7 +294,7 @@ async fn backchannel(State(rp): State<Rp>, body: String) -> &'static str {
 
 /// A relying party's back-channel logout endpoint: a test double of an app that receives
 /// logout tokens.
-async fn test_rp() -> (String, mpsc::Receiver<String>) {
+pub async fn test_rp() -> (String, mpsc::Receiver<String>) {
     let (tx, rx) = mpsc::channel(8);
     let app = axum::Router::new()
         .route("/backchannel", post(backchannel))
@@ -396,13 +394,11 @@ async fn logout_ends_the_session_and_tells_the_relying_party() {
     )
     .await;
     assert_eq!(status, 400, "the session's refresh token is dead");
-    let userinfo = peer(1)
-        .get(server.url("/userinfo"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(userinfo.status(), 401, "and its access token");
+    assert_eq!(
+        userinfo_status(&server, &tokens).await,
+        401,
+        "and its access token"
+    );
 }
 
 /// A relying party whose back-channel endpoint takes every request and never answers; each
@@ -705,12 +701,192 @@ async fn a_refresh_re_resolves_the_person_and_a_gone_node_or_lost_grant_ends_the
                 .contains("revoked"),
             "{who}: {body}"
         );
-        let userinfo = peer(1)
-            .get(server.url("/userinfo"))
-            .bearer_auth(tokens["access_token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(userinfo.status(), 401, "{who}");
+        assert_eq!(userinfo_status(&server, tokens).await, 401, "{who}");
     }
+}
+
+/// Registers a confidential client whose back-channel logout endpoint is a fresh [`test_rp`]:
+/// its id, its secret, and the logout tokens it receives.
+pub async fn client_told_of_logouts(
+    server: &TestServer,
+) -> (String, String, mpsc::Receiver<String>) {
+    let (uri, received) = test_rp().await;
+    let (id, secret) = register(
+        server,
+        json!({"name": "app", "redirect_uris": [REDIRECT], "backchannel_logout_uri": uri}),
+    )
+    .await;
+    (id, secret.unwrap(), received)
+}
+
+/// The session id of a token response's ID token.
+pub fn sid_of(tokens: &Value) -> String {
+    claims(tokens["id_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Asserts that the session of a token response is over: its refresh token is refused, and
+/// so is its access token.
+async fn assert_session_over(server: &TestServer, client: (&str, Option<&str>), tokens: &Value) {
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+    ];
+    assert_eq!(
+        token(server, client, &refresh).await.0,
+        400,
+        "the session's refresh token is dead"
+    );
+    assert_eq!(
+        userinfo_status(server, tokens).await,
+        401,
+        "and its access token"
+    );
+}
+
+/// The status `/userinfo` answers for a token response's access token.
+async fn userinfo_status(server: &TestServer, tokens: &Value) -> u16 {
+    peer(1)
+        .get(server.url("/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The claims of the next logout token the relying party receives.
+pub async fn next_logout(received: &mut mpsc::Receiver<String>) -> LogoutClaims {
+    let body = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("a logout token is delivered")
+        .unwrap();
+    let (name, logout_token) = url::form_urlencoded::parse(body.as_bytes()).next().unwrap();
+    assert_eq!(name, "logout_token");
+    let jws = Jws::parse(&logout_token).unwrap();
+    assert_eq!(jws.header.typ.as_deref(), Some("logout+jwt"));
+    let claims: LogoutClaims = jws.claims().unwrap();
+    assert!(claims.events.contains_key(BACKCHANNEL_LOGOUT_EVENT));
+    claims
+}
+
+/// Asserts that the next logout token the relying party receives is for it (`client_id`) and
+/// says Alice's session `sid` ended.
+pub async fn told_alice_ended(received: &mut mpsc::Receiver<String>, client_id: &str, sid: &str) {
+    let told = next_logout(received).await;
+    assert!(told.aud.contains(client_id));
+    assert_eq!(told.sid.as_deref(), Some(sid));
+    assert_eq!(told.sub.as_deref(), Some(alice_sub().as_str()));
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_ends_the_session_and_tells_the_relying_party() {
+    let server = TestServer::start().await;
+    let (id, secret, mut received) = client_told_of_logouts(&server).await;
+    let client = (id.as_str(), Some(secret.as_str()));
+    let first = login(&server, &id, &secret).await;
+    let sid = sid_of(&first);
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", r1)];
+    assert_eq!(token(&server, client, &refresh).await.0, 200);
+    assert_eq!(token(&server, client, &refresh).await.0, 400, "reused");
+
+    told_alice_ended(&mut received, &id, &sid).await;
+}
+
+#[tokio::test]
+async fn a_replayed_code_ends_the_session_and_tells_the_relying_party() {
+    let server = TestServer::start().await;
+    let (id, secret, mut received) = client_told_of_logouts(&server).await;
+    let client = (id.as_str(), Some(secret.as_str()));
+    let c = code(&server, ALICE, &id, &[]).await;
+    let (status, tokens) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(status, 200, "{tokens}");
+    let sid = sid_of(&tokens);
+    let (status, body) = redeem(&server, client, &c, VERIFIER).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    told_alice_ended(&mut received, &id, &sid).await;
+    assert_session_over(&server, client, &tokens).await;
+}
+
+#[tokio::test]
+async fn a_client_revoking_its_refresh_token_ends_the_session_without_being_told_back() {
+    let server = TestServer::start().await;
+    let (id, secret, mut received) = client_told_of_logouts(&server).await;
+    let client = (id.as_str(), Some(secret.as_str()));
+    let revoked = login(&server, &id, &secret).await;
+    let revoked_sid = sid_of(&revoked);
+    let response = peer(1)
+        .post(server.url("/revoke"))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("token", revoked["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_session_over(&server, client, &revoked).await;
+
+    // A client's deliveries go out in order: had the revocation queued one, it would arrive
+    // before the logout that follows.
+    let logged_out = login(&server, &id, &secret).await;
+    let logged_out_sid = sid_of(&logged_out);
+    assert_ne!(logged_out_sid, revoked_sid);
+    let mut url = Url::parse(&server.url("/logout")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("id_token_hint", logged_out["id_token"].as_str().unwrap());
+    let response = server
+        .peer(ALICE)
+        .get(url.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let told = next_logout(&mut received).await;
+    assert_eq!(
+        told.sid.as_deref(),
+        Some(logged_out_sid.as_str()),
+        "the first logout token is the logout's, not the revocation's"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_that_finds_the_node_gone_ends_the_session_and_tells_the_relying_party() {
+    use crate::support::loopback_peers;
+    let server = TestServer::start().await;
+    let (id, secret, mut received) = client_told_of_logouts(&server).await;
+    let alice = login(&server, &id, &secret).await;
+    let sid = sid_of(&alice);
+
+    // Alice's node leaves the tailnet while the server is down.
+    let dir = server.stop().await;
+    let mut peers = loopback_peers();
+    peers
+        .as_object_mut()
+        .unwrap()
+        .remove(&crate::support::ip(ALICE).to_string());
+    let table = dir.path().join("peers.json");
+    std::fs::write(
+        &table,
+        crate::support::with_tailnet_addresses(peers).to_string(),
+    )
+    .unwrap();
+    let server = TestServer::in_dir(dir, &[], &["--identity-file", table.to_str().unwrap()]).await;
+    let refresh = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", alice["refresh_token"].as_str().unwrap()),
+    ];
+    let (status, body) = token(&server, (&id, Some(&secret)), &refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    told_alice_ended(&mut received, &id, &sid).await;
 }
