@@ -4,12 +4,13 @@
 //! back-channel logout URI is told.
 
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::Client;
 use crate::identity::Identity;
-use crate::store::{RevocationKind, StoreError};
+use crate::store::StoreError;
 
 /// Ends session `sid` of `sub` at `client`.
 pub async fn end(

@@ -11,6 +11,8 @@
 
 use axum::http::StatusCode;
 use tailpass_verify::dpop::Proof;
+use tailpass_verify::feed::RevocationKind;
+use tailpass_verify::verifier::BEARER;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::clients::{Client, GrantType};
 use crate::identity::{Identity, WhoisError};
 use crate::oauth::error::{Code, Error};
 use crate::secret::Secret;
-use crate::store::{RefreshFamily, RevocationKind, Rotation};
+use crate::store::{RefreshFamily, Rotation};
 
 /// A token request of the refresh grant.
 #[derive(Debug, Clone)]
@@ -203,7 +205,7 @@ pub async fn refresh(
     Ok(TokenResponse {
         expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: BEARER,
         scope: Some(scopes.joined()),
         refresh_token: Some(replacement.expose().to_owned()),
         id_token: issued.id_token,

@@ -14,8 +14,8 @@ use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::client_auth;
 use crate::secret::Secret;
-use crate::store::RevocationKind;
 use crate::tokens;
+use tailpass_verify::feed::RevocationKind;
 
 /// The request.
 #[derive(Debug, Deserialize)]

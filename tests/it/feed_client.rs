@@ -116,3 +116,49 @@ async fn the_follower_resumes_after_a_dropped_connection() {
     assert!(list.check(&run("r3")).is_ok());
     follower.abort();
 }
+
+#[tokio::test]
+async fn a_feed_naming_a_kind_the_verifier_does_not_know_refuses_every_token() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let discovery = json!({
+        "issuer": base,
+        "jwks_uri": format!("{base}/jwks"),
+        "revocation_feed_endpoint": format!("{base}/revocations"),
+    });
+    let revoked_at = UnixTime::now().0;
+    // A newer issuer's snapshot: a known kind, and one this verifier has never heard of.
+    let snapshot = json!({"seq": 2, "events": [
+        {"seq": 1, "kind": "run", "value": "r1", "revoked_at": revoked_at},
+        {"seq": 2, "kind": "kid", "value": "k-old", "revoked_at": revoked_at}
+    ]});
+    let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || {
+                let d = discovery.clone();
+                async move { axum::Json(d) }
+            }),
+        )
+        .route("/jwks", get(|| async { axum::Json(json!({"keys": []})) }))
+        .route(
+            "/revocations",
+            get(move || {
+                let s = snapshot.clone();
+                async move { axum::Json(s) }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let remote = RemoteVerifier::discover(reqwest::Client::new(), Verifier::new(&base, "aud"))
+        .await
+        .unwrap();
+    remote.load_revocations().await.unwrap();
+    let list = remote.verifier().revocations();
+    assert_eq!(list.seq(), 2, "the snapshot was read, not refused");
+    let refused = list.check(&run("r3")).unwrap_err();
+    assert!(
+        refused.to_string().contains("\"kid\""),
+        "a token matching nothing known is refused: {refused}"
+    );
+}
