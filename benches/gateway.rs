@@ -30,10 +30,9 @@ use ring::signature::{
 use serde_json::json;
 use tailpass::clock::{Clock, SystemClock};
 use tailpass::keys::SigningKey;
-use tailpass::store::RevocationKind;
 use tailpass_verify::binding::Presenter;
 use tailpass_verify::claims::{Confirmation, RunClaims};
-use tailpass_verify::feed::{FeedEvent, RevocationList};
+use tailpass_verify::feed::{FeedEvent, RevocationKind, RevocationList};
 use tailpass_verify::{AccessClaims, Alg, Audience, KeySet, UnixTime, Verifier};
 
 mod support;
@@ -111,7 +110,7 @@ fn verification(seconds: u64) {
     for i in 0..1000u64 {
         revocations.apply(&FeedEvent {
             seq: i + 1,
-            kind: "run".into(),
+            kind: RevocationKind::Run.into(),
             value: format!("run-{i}"),
             revoked_at: now,
             until: None,

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tailpass_verify::claims::{Audience, BACKCHANNEL_LOGOUT_EVENT, LogoutClaims};
+use tailpass_verify::claims::{Audience, BACKCHANNEL_LOGOUT_EVENT, LOGOUT_TYP, LogoutClaims};
 use tailpass_verify::{Alg, UnixTime};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,6 @@ use crate::clients::{Client, ClientOrigin};
 use crate::clock::Clock;
 use crate::keys::KeyRing;
 use crate::secret::random_token;
-use crate::tokens::LOGOUT_TYP;
 
 /// Deliveries waiting at most for one client.
 const QUEUE_PER_CLIENT: usize = 32;

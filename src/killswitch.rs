@@ -10,12 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 
 use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::oauth::error::Error;
 use crate::session::{self, Reason, Selection};
-use crate::store::{Revocation, RevocationKind};
+use crate::store::Revocation;
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{AccessClaims, UnixTime};
 use tokio::sync::broadcast;
 
 use crate::identity::Identity;
-use crate::store::{Revocation, RevocationKind, Store, StoreError};
+use crate::store::{Revocation, Store, StoreError};
 
 /// How many feed events a slow subscriber may fall behind before it must resynchronize.
 const FEED_BUFFER: usize = 1_024;
@@ -187,10 +188,8 @@ impl Revocations {
         let index = self.index.read().ok()?;
         let iat = claims.iat;
         // One definition of what revokes a token, shared with every verifier.
-        let mut candidates = tailpass_verify::feed::candidates(claims)
+        tailpass_verify::feed::candidates(claims)
             .into_iter()
-            .filter_map(|(kind, value)| Some((RevocationKind::parse(kind)?, value)));
-        candidates
             .find(|(kind, value)| index.matches(*kind, value, iat))
             .map(|(kind, value)| Hit {
                 kind,

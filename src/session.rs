@@ -10,6 +10,7 @@
 //! kill switch, and a client revoking its refresh token (RFC 7009). Which of them tell the
 //! relying party is the contract in `docs/design.md` (Tokens), decided by [`Reason`].
 
+use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Alg, UnixTime};
 
 use crate::app::AppState;
@@ -18,7 +19,7 @@ use crate::backchannel::Backchannel;
 use crate::clients::{ClientId, Clients};
 use crate::identity::Identity;
 use crate::revocation::Revocations;
-use crate::store::{RefreshFamily, RevocationKind, Store, StoreError};
+use crate::store::{RefreshFamily, Store, StoreError};
 use crate::tokens::user_subject;
 
 /// What ending a session needs, borrowed from the server's state.

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 
 use super::clients::{self, ClientEdit, ClientView, NewClient};
 use super::csrf;
@@ -27,7 +28,7 @@ use crate::oauth::error::Error;
 use crate::oauth::input::Path;
 use crate::pages;
 use crate::policy::tsidp;
-use crate::store::{AuditFilter, AuditRecord, RevocationKind};
+use crate::store::{AuditFilter, AuditRecord};
 
 /// The UI's routes.
 pub fn routes() -> Router<AppState> {
@@ -401,7 +402,7 @@ struct RunRow {
     node: String,
     run: String,
     label: String,
-    targets: Vec<(&'static str, String)>,
+    targets: Vec<(RevocationKind, String)>,
 }
 
 #[derive(Template)]
@@ -448,13 +449,13 @@ async fn runs_page(State(state): State<AppState>, admin: UiAdmin) -> Response {
             let e = r.event;
             let mut targets = Vec::new();
             if let Some(run) = &e.run_id {
-                targets.push(("run", run.clone()));
+                targets.push((RevocationKind::Run, run.clone()));
             }
             if let Some(node) = &e.node_id {
-                targets.push(("node", node.clone()));
+                targets.push((RevocationKind::Node, node.clone()));
             }
             if let Some(user) = &e.user {
-                targets.push(("user", user.clone()));
+                targets.push((RevocationKind::User, user.clone()));
             }
             RunRow {
                 time: utc(e.time),
@@ -488,7 +489,11 @@ async fn revoke(
     State(state): State<AppState>,
     Posted { admin, form }: Posted<RevokeForm>,
 ) -> Response {
-    let Some(kind) = RevocationKind::parse(&form.kind).filter(|k| *k != RevocationKind::Family)
+    let Some(kind) = form
+        .kind
+        .parse::<RevocationKind>()
+        .ok()
+        .filter(|k| *k != RevocationKind::Family)
     else {
         return refused(StatusCode::BAD_REQUEST, "Unknown kind of revocation.");
     };

@@ -4,6 +4,7 @@
 use axum::http::Method;
 use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 
 use super::{CommandError, fail};
 use crate::admin::client::{AdminClient, Answer};
@@ -11,7 +12,7 @@ use crate::admin::{AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, Rot
 use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, GlobalArgs, KeysAction, RevokeArgs};
 use crate::keys::KeyInfo;
 use crate::killswitch::{Report, Target};
-use crate::store::{AuditRecord, Revocation, RevocationKind};
+use crate::store::{AuditRecord, Revocation};
 
 /// The answer's JSON, or the admin API's refusal as the error to print.
 pub(super) fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, CommandError> {

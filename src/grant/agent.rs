@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tailpass_verify::claims::{Confirmation, Profile, RunClaims};
 use tailpass_verify::dpop::Proof;
+use tailpass_verify::verifier::{BEARER, DPOP};
 use tailpass_verify::{AccessClaims, Audience, UnixTime};
 
 use super::{Scopes, TokenResponse};
@@ -228,7 +229,7 @@ pub(super) async fn issue_run_token(
     let bound_to_key = claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
     Ok(TokenResponse {
         access_token,
-        token_type: if bound_to_key { "DPoP" } else { "Bearer" },
+        token_type: if bound_to_key { DPOP } else { BEARER },
         expires_in: lifetime,
         scope: claims.scope.clone(),
         refresh_token: None,
@@ -328,7 +329,7 @@ pub async fn client(
     state.audit.record(event).await?;
     Ok(TokenResponse {
         access_token,
-        token_type: if jkt.is_some() { "DPoP" } else { "Bearer" },
+        token_type: if jkt.is_some() { DPOP } else { BEARER },
         expires_in: lifetime,
         scope: None,
         refresh_token: None,

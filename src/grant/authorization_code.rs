@@ -19,6 +19,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 use tailpass_verify::dpop::Proof;
+use tailpass_verify::feed::RevocationKind;
+use tailpass_verify::verifier::BEARER;
 use url::Url;
 
 use super::{Scopes, TokenResponse};
@@ -33,7 +35,7 @@ use crate::policy::{login, tsidp};
 use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
 use crate::session::{Reason, Selection, Session};
-use crate::store::{AuthCode, Consent, Redemption, RefreshFamily, RevocationKind};
+use crate::store::{AuthCode, Consent, Redemption, RefreshFamily};
 use crate::tokens;
 
 /// How long a code may wait to be redeemed.
@@ -828,7 +830,7 @@ pub async fn redeem(
     Ok(TokenResponse {
         expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: BEARER,
         scope: Some(scopes.joined()),
         refresh_token: refresh_token.map(|t| t.expose().to_owned()),
         id_token: issued.id_token,

@@ -11,6 +11,7 @@
 
 use axum::http::StatusCode;
 use tailpass_verify::dpop::Proof;
+use tailpass_verify::verifier::BEARER;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -203,7 +204,7 @@ pub async fn refresh(
     Ok(TokenResponse {
         expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: BEARER,
         scope: Some(scopes.joined()),
         refresh_token: Some(replacement.expose().to_owned()),
         id_token: issued.id_token,

@@ -11,6 +11,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
+use tailpass_verify::verifier::{BEARER, DPOP};
 
 use super::error::{Code, Error};
 
@@ -179,7 +180,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        authorization(parts, "Bearer")
+        authorization(parts, BEARER)
             .map(|t| Bearer(t.to_owned()))
             .ok_or_else(|| Error::invalid_token("a bearer token is required"))
     }
@@ -206,13 +207,13 @@ impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        if let Some(token) = authorization(parts, "DPoP") {
+        if let Some(token) = authorization(parts, DPOP) {
             return Ok(AccessToken {
                 token: token.to_owned(),
                 dpop: true,
             });
         }
-        authorization(parts, "Bearer")
+        authorization(parts, BEARER)
             .map(|t| AccessToken {
                 token: t.to_owned(),
                 dpop: false,

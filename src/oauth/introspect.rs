@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use tailpass_verify::verifier::{BEARER, DPOP};
 use tailpass_verify::{AccessClaims, UnixTime};
 
 use super::error::Error;
@@ -168,9 +169,9 @@ pub async fn introspect(
 
 fn active_access(claims: &AccessClaims) -> Response {
     let token_type = if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
-        "DPoP"
+        DPOP
     } else {
-        "Bearer"
+        BEARER
     };
     let body = ActiveAccess {
         active: true,

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 pub use tailpass_verify::feed::{FeedEvent, Snapshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
@@ -37,7 +38,7 @@ impl From<&Revocation> for FeedEvent {
     fn from(r: &Revocation) -> FeedEvent {
         FeedEvent {
             seq: r.seq,
-            kind: r.kind.as_str().to_owned(),
+            kind: r.kind.into(),
             value: r.value.clone(),
             revoked_at: r.revoked_at,
             until: r.until,
@@ -53,7 +54,7 @@ fn live(state: &AppState, r: &Revocation, now: UnixTime) -> bool {
         .plus(state.settings.max_token_lifetime + crate::tokens::LEEWAY);
     let blocking = r.lifted_at.is_none()
         && r.until.is_none_or(|u| now < u)
-        && matches!(r.kind.as_str(), "node" | "user");
+        && matches!(r.kind, RevocationKind::Node | RevocationKind::User);
     now < horizon || blocking
 }
 

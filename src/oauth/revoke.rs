@@ -16,8 +16,8 @@ use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::client_auth;
 use crate::secret::Secret;
 use crate::session::{self, Reason, Selection, Session};
-use crate::store::RevocationKind;
 use crate::tokens;
+use tailpass_verify::feed::RevocationKind;
 
 /// The request.
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Thumbprint, UnixTime};
 
 use crate::audit::{AuditEvent, EventKind};
@@ -169,47 +170,6 @@ pub enum Rotation {
     Inactive(RefreshFamily),
     /// No such token.
     Unknown,
-}
-
-/// What a revocation matches (docs/design.md "Contracts": revocation feed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevocationKind {
-    /// A run id: the run and every run exchanged from it.
-    Run,
-    /// A node's stable id.
-    Node,
-    /// A user's login.
-    User,
-    /// One token's `jti`.
-    Jti,
-    /// A refresh family id.
-    Family,
-}
-
-impl RevocationKind {
-    /// The feed's name for the kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RevocationKind::Run => "run",
-            RevocationKind::Node => "node",
-            RevocationKind::User => "user",
-            RevocationKind::Jti => "jti",
-            RevocationKind::Family => "family",
-        }
-    }
-
-    /// Parses the feed's name for the kind.
-    pub fn parse(name: &str) -> Option<RevocationKind> {
-        match name {
-            "run" => Some(RevocationKind::Run),
-            "node" => Some(RevocationKind::Node),
-            "user" => Some(RevocationKind::User),
-            "jti" => Some(RevocationKind::Jti),
-            "family" => Some(RevocationKind::Family),
-            _ => None,
-        }
-    }
 }
 
 /// A revocation: tokens matching `kind`/`value` issued at or before `revoked_at` are refused.

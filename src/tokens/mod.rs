@@ -17,8 +17,6 @@ pub mod mint;
 pub use tailpass_verify::verifier::ACCESS_TYP;
 /// `typ` of ID tokens.
 pub const ID_TYP: &str = "JWT";
-/// `typ` of back-channel logout tokens (OIDC Back-Channel Logout §2.4).
-pub const LOGOUT_TYP: &str = "logout+jwt";
 /// Clock skew tolerated when reading tokens: the same as any verifier's default.
 pub use tailpass_verify::verifier::DEFAULT_LEEWAY as LEEWAY;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use futures_util::StreamExt as _;
 use serde_json::json;
 use tailpass_verify::claims::RunClaims;
@@ -70,11 +70,10 @@ fn run(id: &str) -> AccessClaims {
     }
 }
 
-#[tokio::test]
-async fn the_follower_resumes_after_a_dropped_connection() {
+/// Serves an issuer with no keys whose revocation feed is `feed`; its base URL.
+async fn issuer(feed: MethodRouter) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let feed = Arc::new(Feed::default());
     let discovery = json!({
         "issuer": base,
         "jwks_uri": format!("{base}/jwks"),
@@ -89,9 +88,15 @@ async fn the_follower_resumes_after_a_dropped_connection() {
             }),
         )
         .route("/jwks", get(|| async { axum::Json(json!({"keys": []})) }))
-        .route("/revocations", get(revocations))
-        .with_state(feed.clone());
+        .route("/revocations", feed);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn the_follower_resumes_after_a_dropped_connection() {
+    let feed = Arc::new(Feed::default());
+    let base = issuer(get(revocations).with_state(feed.clone())).await;
 
     let remote = Arc::new(
         RemoteVerifier::discover(reqwest::Client::new(), Verifier::new(&base, "aud"))
@@ -115,4 +120,31 @@ async fn the_follower_resumes_after_a_dropped_connection() {
     assert!(list.check(&run("r2")).is_err(), "from the resumed stream");
     assert!(list.check(&run("r3")).is_ok());
     follower.abort();
+}
+
+#[tokio::test]
+async fn a_feed_naming_a_kind_the_verifier_does_not_know_refuses_every_token() {
+    let revoked_at = UnixTime::now().0;
+    // A newer issuer's snapshot: a known kind, and one this verifier has never heard of.
+    let snapshot = json!({"seq": 2, "events": [
+        {"seq": 1, "kind": "run", "value": "r1", "revoked_at": revoked_at},
+        {"seq": 2, "kind": "kid", "value": "k-old", "revoked_at": revoked_at}
+    ]});
+    let base = issuer(get(move || {
+        let s = snapshot.clone();
+        async move { axum::Json(s) }
+    }))
+    .await;
+
+    let remote = RemoteVerifier::discover(reqwest::Client::new(), Verifier::new(&base, "aud"))
+        .await
+        .unwrap();
+    remote.load_revocations().await.unwrap();
+    let list = remote.verifier().revocations();
+    assert_eq!(list.seq(), 2, "the snapshot was read, not refused");
+    let refused = list.check(&run("r3")).unwrap_err();
+    assert!(
+        refused.to_string().contains("\"kid\""),
+        "a token matching nothing known is refused: {refused}"
+    );
 }

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::remote::RemoteVerifier;
-use crate::verifier::{Presented, VerifyError};
+use crate::verifier::{BEARER, Presented, VerifyError};
 use crate::{AccessClaims, UnixTime};
 
 /// The stable id of the node presenting the request, set by an earlier layer.
@@ -66,7 +66,7 @@ impl IntoResponse for Unauthorized {
         let reason = self.0.to_string();
         let body = serde_json::json!({"error": code, "error_description": reason});
         let challenge = format!(
-            "Bearer error=\"{code}\", error_description=\"{}\"",
+            "{BEARER} error=\"{code}\", error_description=\"{}\"",
             reason.replace(['"', '\\'], "'")
         );
         let mut response = (status, axum::Json(body)).into_response();

@@ -279,7 +279,11 @@ pub struct IdClaims {
 /// The event member of a logout token (OIDC Back-Channel Logout §2.4).
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
-/// An OIDC Back-Channel Logout token (`typ: logout+jwt`).
+/// `typ` of back-channel logout tokens (OIDC Back-Channel Logout §2.4): the issuer signs with
+/// it, and a relying party reading [`LogoutClaims`] checks it.
+pub const LOGOUT_TYP: &str = "logout+jwt";
+
+/// An OIDC Back-Channel Logout token (`typ` [`LOGOUT_TYP`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogoutClaims {
     /// Issuer.

@@ -29,13 +29,134 @@ pub const DEFAULT_MAX_LIFETIME: u64 = 86_400;
 /// kept this much longer than the tokens they match.
 pub const MAX_LEEWAY: u64 = 300;
 
+/// What a revocation matches (docs/design.md "Contracts": revocation feed): the kinds this
+/// crate knows. Defined here, with the feed's shapes, so that the issuer stores, broadcasts and
+/// checks revocations through the very type verifiers match tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationKind {
+    /// A run id: the run and every run exchanged from it.
+    Run,
+    /// A node's stable id.
+    Node,
+    /// A user's login.
+    User,
+    /// One token's `jti`.
+    Jti,
+    /// A refresh family id (a token's `sid`).
+    Family,
+}
+
+impl RevocationKind {
+    /// Every kind.
+    pub const ALL: [RevocationKind; 5] = [
+        RevocationKind::Jti,
+        RevocationKind::Family,
+        RevocationKind::Run,
+        RevocationKind::Node,
+        RevocationKind::User,
+    ];
+
+    /// The feed's name for the kind (its JSON value, and the store's column text).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Run => "run",
+            RevocationKind::Node => "node",
+            RevocationKind::User => "user",
+            RevocationKind::Jti => "jti",
+            RevocationKind::Family => "family",
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of the [`RevocationKind`]s this crate knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revocation kind {0:?}")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for RevocationKind {
+    type Err = UnknownKind;
+
+    /// Parses the feed's name for a kind, exactly as [`RevocationKind::as_str`] writes it.
+    fn from_str(name: &str) -> Result<RevocationKind, UnknownKind> {
+        RevocationKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| UnknownKind(name.to_owned()))
+    }
+}
+
+/// An event's `kind` as it arrives: one this crate knows, or one a newer issuer added.
+///
+/// A verifier cannot tell which tokens an unknown kind revokes, so a list holding one refuses
+/// every token until the verifier is upgraded (docs/design.md "Contracts": revocation feed);
+/// keeping the name, rather than failing to parse the event, is what lets it do so. On the wire
+/// it is the bare name (`"run"`, …), the same as [`RevocationKind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FeedKind {
+    /// A kind this crate knows.
+    Known(RevocationKind),
+    /// A kind this crate does not know, by its name.
+    Unknown(String),
+}
+
+impl FeedKind {
+    /// The kind a name on the feed means: known if this crate knows it.
+    pub fn named(name: &str) -> FeedKind {
+        match name.parse::<RevocationKind>() {
+            Ok(kind) => FeedKind::Known(kind),
+            Err(UnknownKind(name)) => FeedKind::Unknown(name),
+        }
+    }
+
+    /// The feed's name for the kind.
+    pub fn as_str(&self) -> &str {
+        match self {
+            FeedKind::Known(kind) => kind.as_str(),
+            FeedKind::Unknown(name) => name,
+        }
+    }
+}
+
+impl From<RevocationKind> for FeedKind {
+    fn from(kind: RevocationKind) -> FeedKind {
+        FeedKind::Known(kind)
+    }
+}
+
+impl std::fmt::Display for FeedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FeedKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FeedKind, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(FeedKind::named(&name))
+    }
+}
+
 /// One event of the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEvent {
     /// Its position in the feed.
     pub seq: u64,
-    /// `run`, `node`, `user`, `jti` or `family`.
-    pub kind: String,
+    /// What it matches: `run`, `node`, `user`, `jti` or `family`, or a kind a newer issuer
+    /// added.
+    pub kind: FeedKind,
     /// What it matches.
     pub value: String,
     /// Tokens with `iat <= revoked_at` are refused.
@@ -56,42 +177,55 @@ pub struct Snapshot {
 
 /// Every `(kind, value)` that revokes `claims`: its jti, its session, its run and every
 /// ancestor run (parent, root, and each run in the `act` chain), its node and its user.
-pub fn candidates(claims: &AccessClaims) -> Vec<(&'static str, &str)> {
-    let mut out: Vec<(&'static str, &str)> = vec![("jti", &claims.jti)];
+pub fn candidates(claims: &AccessClaims) -> Vec<(RevocationKind, &str)> {
+    let mut out: Vec<(RevocationKind, &str)> = vec![(RevocationKind::Jti, &claims.jti)];
     if let Some(sid) = &claims.sid {
-        out.push(("family", sid));
+        out.push((RevocationKind::Family, sid));
     }
     let run = &claims.run;
     for id in [&run.run_id, &run.parent_run_id, &run.root_run_id]
         .into_iter()
         .flatten()
     {
-        out.push(("run", id));
+        out.push((RevocationKind::Run, id));
     }
     let mut actor = run.act.as_ref();
     while let Some(a) = actor {
         if let Some(id) = &a.run_id {
-            out.push(("run", id));
+            out.push((RevocationKind::Run, id));
         }
         actor = a.act.as_deref();
     }
     if let Some(node) = claims.cnf.as_ref().and_then(|c| c.tailnet_node.as_deref()) {
-        out.push(("node", node));
+        out.push((RevocationKind::Node, node));
     }
     if let Some(login) = &claims.profile.preferred_username {
-        out.push(("user", login));
+        out.push((RevocationKind::User, login));
     }
     out
 }
 
-/// Which revocation refused a token.
+/// Why a verifier's copy of the feed refuses a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the token's {kind} {value} was revoked")]
-pub struct Revoked {
-    /// The matching kind.
-    pub kind: String,
-    /// The matching value.
-    pub value: String,
+pub enum Revoked {
+    /// Occurs when one of the token's [`candidates`] was revoked after it was issued.
+    #[error("the token's {kind} {value} was revoked")]
+    Matched {
+        /// The matching kind.
+        kind: RevocationKind,
+        /// The matching value.
+        value: String,
+    },
+    /// Occurs when the feed sent a kind this verifier does not know: it cannot tell which
+    /// tokens that revokes, so it refuses them all until upgraded.
+    #[error(
+        "the revocation feed sent a kind this verifier does not know ({0:?}); every token is \
+         refused until it is upgraded"
+    )]
+    UnknownKind(String),
+    /// Occurs when the copy cannot be read (a thread panicked while changing it).
+    #[error("the revocation list is unavailable")]
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -102,8 +236,9 @@ struct Entries {
     /// The earliest time an entry can be forgotten (`None`: no entry).
     next_expiry: Option<UnixTime>,
     /// Kind → value → when. Two levels so that checking a token looks up borrowed strings and
-    /// allocates nothing.
-    revoked_at: HashMap<String, HashMap<String, UnixTime>>,
+    /// allocates nothing. Unknown kinds are kept too, by name, to refuse every token while
+    /// they last.
+    revoked_at: HashMap<FeedKind, HashMap<String, UnixTime>>,
 }
 
 impl Entries {
@@ -140,8 +275,19 @@ impl Entries {
         self.next_expiry = next;
     }
 
-    fn get(&self, kind: &str, value: &str) -> Option<UnixTime> {
-        self.revoked_at.get(kind)?.get(value).copied()
+    fn get(&self, kind: RevocationKind, value: &str) -> Option<UnixTime> {
+        self.revoked_at
+            .get(&FeedKind::Known(kind))?
+            .get(value)
+            .copied()
+    }
+
+    /// A kind held that this crate does not know, if any.
+    fn unknown_kind(&self) -> Option<&str> {
+        self.revoked_at.keys().find_map(|kind| match kind {
+            FeedKind::Unknown(name) => Some(name.as_str()),
+            FeedKind::Known(_) => None,
+        })
     }
 
     fn len(&self) -> usize {
@@ -280,21 +426,22 @@ impl RevocationList {
         self.len() == 0
     }
 
-    /// The revocation that refuses `claims`, if any. A poisoned lock refuses every token.
+    /// The revocation that refuses `claims`, if any. A poisoned lock, or an entry of a kind
+    /// this crate does not know, refuses every token.
     pub fn check(&self, claims: &AccessClaims) -> Result<(), Revoked> {
         let Ok(entries) = self.entries.read() else {
-            return Err(Revoked {
-                kind: "list".into(),
-                value: "unavailable".into(),
-            });
+            return Err(Revoked::Unavailable);
         };
         if entries.revoked_at.is_empty() {
             return Ok(());
         }
+        if let Some(name) = entries.unknown_kind() {
+            return Err(Revoked::UnknownKind(name.to_owned()));
+        }
         for (kind, value) in candidates(claims) {
             if entries.get(kind, value).is_some_and(|at| claims.iat <= at) {
-                return Err(Revoked {
-                    kind: kind.to_owned(),
+                return Err(Revoked::Matched {
+                    kind,
                     value: value.to_owned(),
                 });
             }
@@ -340,7 +487,7 @@ mod tests {
     fn event(seq: u64, kind: &str, value: &str, at: u64) -> FeedEvent {
         FeedEvent {
             seq,
-            kind: kind.into(),
+            kind: FeedKind::named(kind),
             value: value.into(),
             revoked_at: UnixTime(at),
             until: None,
@@ -360,8 +507,11 @@ mod tests {
             let list = RevocationList::new();
             list.apply(&event(1, kind, value, 100));
             assert_eq!(
-                list.check(&token(100)).unwrap_err().value,
-                value,
+                list.check(&token(100)),
+                Err(Revoked::Matched {
+                    kind: kind.parse().unwrap(),
+                    value: value.into()
+                }),
                 "{kind} {value}"
             );
             assert!(list.check(&token(101)).is_ok(), "issued after: {kind}");
@@ -400,5 +550,58 @@ mod tests {
         assert!(list.check(&token(50)).is_ok());
         assert!(list.wait_for_seq(9, std::time::Duration::from_millis(1)));
         assert!(!list.wait_for_seq(10, std::time::Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn kinds_keep_their_wire_names_and_unknown_ones_survive_parsing() {
+        for kind in RevocationKind::ALL {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, serde_json::json!(kind.as_str()));
+            assert_eq!(kind.as_str().parse::<RevocationKind>(), Ok(kind));
+            assert_eq!(serde_json::to_value(FeedKind::from(kind)).unwrap(), json);
+        }
+        assert_eq!(
+            "Run".parse::<RevocationKind>(),
+            Err(UnknownKind("Run".into()))
+        );
+        let text = r#"{"seq":4,"kind":"kid","value":"k1","revoked_at":100}"#;
+        let event: FeedEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(event.kind, FeedKind::Unknown("kid".into()));
+        assert_eq!(serde_json::to_string(&event).unwrap(), text);
+        let known: FeedEvent =
+            serde_json::from_str(r#"{"seq":5,"kind":"run","value":"r1","revoked_at":100}"#)
+                .unwrap();
+        assert_eq!(known.kind, FeedKind::Known(RevocationKind::Run));
+    }
+
+    #[test]
+    fn a_kind_this_verifier_does_not_know_refuses_every_token_until_it_is_gone() {
+        let list = RevocationList::with_max_lifetime(600);
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
+            "seq": 2,
+            "events": [
+                {"seq": 1, "kind": "run", "value": "unrelated", "revoked_at": 100},
+                {"seq": 2, "kind": "kid", "value": "k1", "revoked_at": 100}
+            ]
+        }))
+        .unwrap();
+        list.apply_snapshot(&snapshot);
+        assert_eq!(
+            list.check(&token(5_000)),
+            Err(Revoked::UnknownKind("kid".into())),
+            "even a token issued later, matching nothing known"
+        );
+        list.apply_snapshot(&Snapshot {
+            seq: 3,
+            events: vec![event(1, "run", "unrelated", 100)],
+        });
+        assert!(list.check(&token(5_000)).is_ok(), "a snapshot without it");
+        list.apply(&event(4, "audience", "gw", 1_000));
+        assert!(list.check(&token(5_000)).is_err(), "an event of one, too");
+        list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY));
+        assert!(
+            list.check(&token(5_000)).is_ok(),
+            "forgotten once no token it could match is valid"
+        );
     }
 }

@@ -12,6 +12,12 @@ use crate::{AccessClaims, Alg, Jws, UnixTime, VerifyingKey};
 
 /// `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TYP: &str = "at+jwt";
+/// The `Authorization` scheme of an access token bound to nothing, and its `token_type` in
+/// token and introspection answers (RFC 6750 §2.1, §6.1.1). Schemes compare case-insensitively.
+pub const BEARER: &str = "Bearer";
+/// The `Authorization` scheme of a DPoP-bound access token, and its `token_type` (RFC 9449
+/// §7.1, §5).
+pub const DPOP: &str = "DPoP";
 
 /// Clock skew tolerated by default, seconds.
 pub const DEFAULT_LEEWAY: u64 = 30;
@@ -141,9 +147,9 @@ impl Presented<'_> {
             .split_once(' ')
             .ok_or(VerifyError::Scheme("malformed Authorization header"))?;
         let token = token.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
+        if scheme.eq_ignore_ascii_case(BEARER) {
             Ok((token, false))
-        } else if scheme.eq_ignore_ascii_case("dpop") {
+        } else if scheme.eq_ignore_ascii_case(DPOP) {
             Ok((token, true))
         } else {
             Err(VerifyError::Scheme(

@@ -15,10 +15,11 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
+use tailpass_verify::feed::RevocationKind;
 
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation,
-    RevocationKind, Rotation, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
+    Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -197,9 +198,10 @@ fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
 fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
     Ok(Revocation {
         seq: u64::try_from(row.seq).unwrap_or(0),
-        kind: RevocationKind::parse(&row.kind).ok_or_else(|| {
-            StoreError::Corrupt(format!("unknown revocation kind {:?}", row.kind))
-        })?,
+        kind: row
+            .kind
+            .parse::<RevocationKind>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         value: row.value,
         revoked_at: from_time(row.revoked_at),
         until: row.until.map(from_time),
