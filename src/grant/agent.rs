@@ -78,13 +78,6 @@ pub fn lifetime(
     Ok(lifetime.min(state.settings.max_token_lifetime).max(1))
 }
 
-fn rate(state: &AppState, key: &str, per_minute: u32) -> Result<(), Error> {
-    state
-        .rate
-        .check(key, per_minute, state.now())
-        .map_err(Error::rate_limited)
-}
-
 fn denial(now: UnixTime, reason: &str) -> AuditEvent {
     AuditEvent::new(now, EventKind::AgentToken, Outcome::Denied).because(reason)
 }
@@ -119,7 +112,7 @@ pub async fn agent(
                 .peer
                 .map(|ip| format!("addr:{ip}"))
                 .unwrap_or_else(|| "addr:unknown".into());
-            rate(state, &key, state.settings.rate_limit)?;
+            super::within_rate(state, &key, state.settings.rate_limit)?;
             state.audit.record(denial(now, &e.to_string())).await?;
             return Err(Error::invalid_client("the caller is not on the tailnet"));
         }
@@ -140,7 +133,7 @@ pub async fn agent(
         .ok()
         .and_then(|g| g.tokens_per_minute)
         .unwrap_or(state.settings.rate_limit);
-    rate(
+    super::within_rate(
         state,
         &format!("node:{}", identity.node.stable_id),
         per_minute,
@@ -251,7 +244,7 @@ pub async fn client(
             "this client may not use client_credentials",
         ));
     }
-    rate(
+    super::within_rate(
         state,
         &format!("client:{}", client.client_id),
         state.settings.rate_limit,

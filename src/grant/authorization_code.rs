@@ -405,11 +405,7 @@ async fn check_request(
         format!("authorize-user:{user_key}"),
         format!("authorize-client:{}", client.client_id.0),
     ] {
-        if state
-            .rate
-            .check(&key, state.settings.rate_limit, state.now())
-            .is_err()
-        {
+        if super::within_rate(state, &key, state.settings.rate_limit).is_err() {
             return Err(denied(
                 "temporarily_unavailable",
                 "too many authorization requests; try again in a minute",
@@ -715,14 +711,11 @@ pub async fn redeem(
             "this client may not use the authorization code grant",
         ));
     }
-    state
-        .rate
-        .check(
-            &format!("code-client:{}", client.client_id.0),
-            state.settings.rate_limit,
-            state.now(),
-        )
-        .map_err(Error::rate_limited)?;
+    super::within_rate(
+        state,
+        &format!("code-client:{}", client.client_id.0),
+        state.settings.rate_limit,
+    )?;
     let presented = request
         .code
         .ok_or_else(|| Error::invalid_request("code is required"))?;

@@ -26,10 +26,6 @@ const LOGIN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offlin
 /// OIDC's standard scopes for claims this server has no source for: ignored, not refused.
 const UNSERVED_STANDARD_SCOPES: [&str; 2] = ["address", "phone"];
 
-/// No restrictions: the claims of a login whose resources no agent rule decides.
-static NO_CLAIMS: std::collections::BTreeMap<String, serde_json::Value> =
-    std::collections::BTreeMap::new();
-
 /// A set of scopes, in request order, without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scopes(pub Vec<String>);
@@ -156,6 +152,15 @@ pub fn check_login(
     Ok(extra)
 }
 
+/// Takes one request from `key`'s budget of `per_minute`, by the server's clock; a spent
+/// budget is 429 with `Retry-After`. Shared by every grant and endpoint that rate-limits.
+pub fn within_rate(state: &AppState, key: &str, per_minute: u32) -> Result<(), Error> {
+    state
+        .rate
+        .check(key, per_minute, state.now())
+        .map_err(Error::rate_limited)
+}
+
 /// Mints a person's access token (and ID token for `openid`), re-checking policy first: who
 /// may log in to the client and which resources, as the client and grants stand now.
 pub fn issue_login(
@@ -188,7 +193,7 @@ pub fn issue_login(
         groups: &extra.groups,
         extra: &extra.claims,
         userinfo_extra: &extra.userinfo,
-        restrictions: restricted.as_ref().map_or(&NO_CLAIMS, |g| &*g.claims),
+        restrictions: restricted.as_ref().map(|g| &*g.claims),
         auth_time: grant.auth_time,
         sid: grant.sid,
         nonce: grant.nonce,

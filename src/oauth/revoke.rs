@@ -42,14 +42,11 @@ pub async fn revoke(
     )?;
     let client = client_auth::authenticate(&state.clients, &presented).await?;
     // Each revocation is a durable write and a feed event: bounded per client.
-    state
-        .rate
-        .check(
-            &format!("revoke:{}", client.client_id.0),
-            state.settings.rate_limit,
-            state.now(),
-        )
-        .map_err(Error::rate_limited)?;
+    crate::grant::within_rate(
+        &state,
+        &format!("revoke:{}", client.client_id.0),
+        state.settings.rate_limit,
+    )?;
     let token = form
         .token
         .as_deref()

@@ -47,11 +47,6 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Whether `selector` names the caller.
-pub fn selects(selector: &Selector, identity: &Identity, policy: &PolicyFile) -> bool {
-    selector.selects(identity, policy)
-}
-
 /// A candidate rule for a caller, with the rank it has for that caller.
 struct Candidate<'p> {
     rank: u8,
@@ -388,6 +383,20 @@ mod tests {
         Selector::parse(s).unwrap()
     }
 
+    /// The decision for one audience and the rule's own scopes.
+    fn for_audience(
+        identity: &Identity,
+        p: &PolicyFile,
+        audience: &str,
+    ) -> Result<Granted, Denied> {
+        decide(
+            identity,
+            p,
+            DEFAULT_CAPABILITY,
+            ask(&[audience.to_owned()], None),
+        )
+    }
+
     fn ask<'a>(audiences: &'a [String], scopes: Option<&'a [String]>) -> Ask<'a> {
         Ask { audiences, scopes }
     }
@@ -396,18 +405,18 @@ mod tests {
     fn selectors() {
         let p = policy("[groups]\nsre = [\"alice@example.com\"]\n");
         let node = ci(serde_json::json!({}));
-        assert!(selects(&sel("tag:ci"), &node, &p));
-        assert!(selects(&sel("node:nBuildBot42CNTRL"), &node, &p));
+        assert!(sel("tag:ci").selects(&node, &p));
+        assert!(sel("node:nBuildBot42CNTRL").selects(&node, &p));
         assert!(
-            !selects(&sel("buildbot-42.tail1234.ts.net"), &node, &p),
+            !sel("buildbot-42.tail1234.ts.net").selects(&node, &p),
             "never by name"
         );
-        assert!(!selects(&sel("tag:prod"), &node, &p));
-        assert!(selects(&sel("group:sre"), &alice(), &p));
-        assert!(selects(&sel("alice@example.com"), &alice(), &p));
-        assert!(!selects(&sel("group:sre"), &node, &p));
+        assert!(!sel("tag:prod").selects(&node, &p));
+        assert!(sel("group:sre").selects(&alice(), &p));
+        assert!(sel("alice@example.com").selects(&alice(), &p));
+        assert!(!sel("group:sre").selects(&node, &p));
         assert!(
-            !selects(&sel("tag:ci+fed:github"), &node, &p),
+            !sel("tag:ci+fed:github").selects(&node, &p),
             "a + join needs both halves"
         );
     }
@@ -477,23 +486,11 @@ mod tests {
         );
         let node = ci(serde_json::json!({}));
         // The gateway is decided by the tag rule although the catch-all comes first in the file.
-        let g = decide(
-            &node,
-            &p,
-            DEFAULT_CAPABILITY,
-            ask(&["https://gw".into()], None),
-        )
-        .unwrap();
+        let g = for_audience(&node, &p, "https://gw").unwrap();
         assert_eq!(g.origin, Origin::File(2));
         assert_eq!(g.claims["models"], serde_json::json!(["small"]));
         // Docs alone comes from the catch-all.
-        let g = decide(
-            &node,
-            &p,
-            DEFAULT_CAPABILITY,
-            ask(&["https://docs".into()], None),
-        )
-        .unwrap();
+        let g = for_audience(&node, &p, "https://docs").unwrap();
         assert_eq!(g.origin, Origin::File(1));
         // Both in one token would let the catch-all's (absent) restrictions cover the gateway.
         let both = ["https://docs".to_owned(), "https://gw".to_owned()];
@@ -506,12 +503,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            decide(
-                &node,
-                &p,
-                DEFAULT_CAPABILITY,
-                ask(&["https://other".into()], None)
-            ),
+            for_audience(&node, &p, "https://other"),
             Err(Denied::Audience { .. })
         ));
     }
@@ -596,7 +588,7 @@ mod tests {
             serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["*"], "claims": {"sub": "root"}}]}),
         );
         assert!(matches!(
-            decide(&sneaky, &p, DEFAULT_CAPABILITY, ask(&["x".into()], None)),
+            for_audience(&sneaky, &p, "x"),
             Err(Denied::NoRule(_))
         ));
         // A file rule for the tag outranks an unscoped grant; a grant naming the tag comes
@@ -606,24 +598,12 @@ mod tests {
             {"audiences": ["https://gw"], "max_lifetime": 7},
             {"src": ["tag:ci"], "audiences": ["https://gw"], "max_lifetime": 9}
         ]}));
-        let g = decide(
-            &node,
-            &p,
-            DEFAULT_CAPABILITY,
-            ask(&["https://gw".into()], None),
-        )
-        .unwrap();
+        let g = for_audience(&node, &p, "https://gw").unwrap();
         assert_eq!((g.origin, g.max_lifetime), (Origin::Tailnet(2), Some(9)));
         let mut plain = ci(
             serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["https://gw"], "max_lifetime": 7}]}),
         );
-        let g = decide(
-            &plain,
-            &p,
-            DEFAULT_CAPABILITY,
-            ask(&["https://gw".into()], None),
-        )
-        .unwrap();
+        let g = for_audience(&plain, &p, "https://gw").unwrap();
         assert_eq!(g.origin, Origin::File(1), "a grant without src ranks last");
         plain.caps = Default::default();
         assert!(decide(&plain, &PolicyFile::default(), DEFAULT_CAPABILITY, ANYTHING).is_err());

@@ -93,7 +93,7 @@ pub struct Login<'a> {
     /// The claims of the agent rule deciding the resources (a gateway's `models`, `quota`):
     /// a person's token for a resource carries the restrictions an agent's would. They win
     /// over `userinfo_extra` on a shared name.
-    pub restrictions: &'a BTreeMap<String, Value>,
+    pub restrictions: Option<&'a BTreeMap<String, Value>>,
     /// When the user authenticated.
     pub auth_time: UnixTime,
     /// The session, which is also the refresh family.
@@ -126,11 +126,9 @@ impl Login<'_> {
             aud.push(issuer.to_owned());
         }
         let mut extra = self.userinfo_extra.clone();
-        extra.extend(
-            self.restrictions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        if let Some(restrictions) = self.restrictions {
+            extra.extend(restrictions.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         AccessClaims {
             iss: issuer.to_owned(),
             sub: self.subject(),
