@@ -111,13 +111,13 @@ fn main() {
                 async move {
                     let request = AgentRequest {
                         audiences: vec![GATEWAY.to_owned()],
-                        scope: Some("llm:chat"),
+                        scope: Some("llm:chat".to_owned()),
                         expires_in: None,
-                        run_label: Some("bench"),
-                        proof: None,
-                        peer: None,
+                        run_label: Some("bench".to_owned()),
                     };
-                    agent(&state, Ok(identity), request).await.unwrap();
+                    agent(&state.grants(), Ok(identity), None, &request, None)
+                        .await
+                        .unwrap();
                 }
             }
         };

@@ -204,6 +204,53 @@ impl AppState {
     pub fn now(&self) -> UnixTime {
         self.clock.now()
     }
+
+    /// What ending a session borrows.
+    pub fn sessions(&self) -> crate::session::Ctx<'_> {
+        crate::session::Ctx {
+            store: self.store.as_ref(),
+            revocations: &self.revocations,
+            clients: &self.clients,
+            backchannel: &self.backchannel,
+            audit: &self.audit,
+            default_alg: self.settings.default_id_token_alg(),
+        }
+    }
+
+    /// What the grants borrow.
+    pub fn grants(&self) -> crate::grant::Context<'_> {
+        let settings = &self.settings;
+        crate::grant::Context {
+            issuer: &self.issuer,
+            keys: &self.keys,
+            store: self.store.as_ref(),
+            audit: &self.audit,
+            revocations: &self.revocations,
+            clock: self.clock.as_ref(),
+            identity: self.identity.as_ref(),
+            clients: &self.clients,
+            rate: crate::grant::Rate {
+                limiter: &self.rate,
+                per_minute: settings.rate_limit,
+            },
+            policy: crate::grant::Policy {
+                file: &settings.policy,
+                capability: &settings.agent_capability,
+            },
+            lifetimes: crate::grant::Lifetimes {
+                token: settings.token_lifetime,
+                agent_token: settings.agent_token_lifetime,
+                refresh: settings.refresh_lifetime,
+                max_token: settings.max_token_lifetime,
+            },
+            signing: crate::grant::Signing {
+                access: settings.signing_alg,
+                id_token: settings.default_id_token_alg(),
+            },
+            sessions: self.sessions(),
+            consent_key: &self.consent_key,
+        }
+    }
 }
 
 /// The public HTTP application: OAuth endpoints, the admin API, health.

@@ -127,6 +127,14 @@ impl Outcome {
     }
 }
 
+/// A typed reason for refusing a request: its text is what the caller and the audit log are
+/// told, and its label (`snake_case`, one of a fixed set per type) names it in metrics, so
+/// that their label sets stay bounded and never carry identifiers.
+pub trait Refusal: std::fmt::Display {
+    /// The label.
+    fn label(&self) -> &'static str;
+}
+
 /// One audit event. Never holds a secret or a token: only their identifiers (`jti`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -139,6 +147,10 @@ pub struct AuditEvent {
     /// Why it was denied or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The refusal's typed reason, a short `snake_case` label from a bounded set (see
+    /// [`Refusal`]): what metrics count denials by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
     /// The user's login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -188,6 +200,7 @@ impl AuditEvent {
             event,
             outcome,
             reason: None,
+            refusal: None,
             user: None,
             node_id: None,
             node_name: None,
@@ -219,6 +232,13 @@ impl AuditEvent {
         self
     }
 
+    /// Sets the reason from a typed refusal: its text, and its label.
+    pub fn refused(mut self, refusal: &dyn Refusal) -> AuditEvent {
+        self.reason = Some(refusal.to_string());
+        self.refusal = Some(refusal.label().to_owned());
+        self
+    }
+
     /// Sets the client.
     pub fn client(mut self, client_id: impl Into<String>) -> AuditEvent {
         self.client_id = Some(client_id.into());
@@ -241,6 +261,7 @@ impl AuditEvent {
     fn bounded(mut self) -> AuditEvent {
         for field in [
             &mut self.reason,
+            &mut self.refusal,
             &mut self.user,
             &mut self.node_id,
             &mut self.node_name,
@@ -385,7 +406,7 @@ impl AuditLog {
         let event = event.bounded();
         if event.is_unidentified_denial() {
             self.metrics
-                .event(event.event, event.outcome, event.reason.as_deref());
+                .event(event.event, event.outcome, event.refusal.as_deref());
             let minute = event.time.0 / 60;
             let reason = event.reason.as_deref().unwrap_or("denied");
             let finished = match self.aggregate.lock() {
@@ -456,7 +477,7 @@ async fn writer(
                 .iter()
                 .filter(|e| e.event != EventKind::DeniedAggregate)
             {
-                metrics.event(event.event, event.outcome, event.reason.as_deref());
+                metrics.event(event.event, event.outcome, event.refusal.as_deref());
             }
         }
         if let Err(e) = &result {

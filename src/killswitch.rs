@@ -78,7 +78,7 @@ pub async fn revoke(state: &AppState, target: &Target, actor: &str) -> Result<Re
         .await?;
     let sessions_ended = match target.kind {
         RevocationKind::Node | RevocationKind::User => session::end(
-            state.into(),
+            state.sessions(),
             Selection::AllOf(target.kind, &target.value),
             Reason::KillSwitch,
             now,

@@ -104,20 +104,6 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// A denial reason reduced to a bounded label: its leading plain words, no identifiers.
-pub fn reason_class(reason: &str) -> String {
-    let words: Vec<&str> = reason
-        .split_whitespace()
-        .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
-        .take(5)
-        .collect();
-    if words.is_empty() {
-        "other".into()
-    } else {
-        words.join(" ").to_ascii_lowercase()
-    }
-}
-
 /// Values read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
@@ -140,8 +126,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one committed audit event.
-    pub fn event(&self, event: EventKind, outcome: Outcome, reason: Option<&str>) {
+    /// Counts one committed audit event; a denial by its refusal's label (`other` without one),
+    /// which comes from a typed reason and so never carries an identifier.
+    pub fn event(&self, event: EventKind, outcome: Outcome, refusal: Option<&str>) {
         if let Ok(mut events) = self.events.lock() {
             *events.entry((event, outcome)).or_insert(0) += 1;
         }
@@ -149,7 +136,7 @@ impl Metrics {
             self.denials.add(
                 vec![
                     event.as_str().to_owned(),
-                    reason.map(reason_class).unwrap_or_else(|| "other".into()),
+                    refusal.unwrap_or("other").to_owned(),
                 ],
                 1,
             );
@@ -282,15 +269,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_lose_their_identifiers() {
-        assert_eq!(
-            reason_class("no rule allows node nBuildBot42CNTRL (tag:ci)"),
-            "no rule allows node"
-        );
-        assert_eq!(reason_class("42 is not a reason"), "other");
-    }
-
-    #[test]
     fn label_sets_are_bounded() {
         let counters = Counters::default();
         for i in 0..(MAX_SERIES * 2) {
@@ -321,18 +299,16 @@ mod tests {
         let m = Metrics::default();
         m.event(EventKind::AgentToken, Outcome::Success, None);
         m.event(EventKind::AgentToken, Outcome::Success, None);
-        m.event(
-            EventKind::AgentToken,
-            Outcome::Denied,
-            Some("no rule allows node n1"),
-        );
+        m.event(EventKind::AgentToken, Outcome::Denied, Some("no_rule"));
+        m.event(EventKind::Refresh, Outcome::Denied, None);
         let text = m.render(&Gauges::default());
         assert!(
             text.contains("tailpass_events_total{event=\"agent_token\",outcome=\"success\"} 2")
         );
-        assert!(text.contains(
-            "tailpass_denials_total{event=\"agent_token\",reason=\"no rule allows node\"} 1"
-        ));
+        assert!(
+            text.contains("tailpass_denials_total{event=\"agent_token\",reason=\"no_rule\"} 1")
+        );
+        assert!(text.contains("tailpass_denials_total{event=\"refresh\",reason=\"other\"} 1"));
     }
 
     #[test]

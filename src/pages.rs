@@ -9,7 +9,7 @@ use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::grant::authorization_code::ConsentRequest;
+use crate::grant::authorize::ConsentRequest;
 use crate::oauth::error::Error;
 
 const CSP: &str =

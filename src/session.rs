@@ -13,7 +13,6 @@
 use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Alg, UnixTime};
 
-use crate::app::AppState;
 use crate::audit::{AuditError, AuditEvent, AuditLog, EventKind, Outcome};
 use crate::backchannel::Backchannel;
 use crate::clients::{ClientId, Clients};
@@ -38,19 +37,6 @@ pub struct Ctx<'a> {
     /// The server's ID token algorithm, for clients that chose none (logout tokens are signed
     /// as the client's ID tokens are).
     pub default_alg: Alg,
-}
-
-impl<'a> From<&'a AppState> for Ctx<'a> {
-    fn from(state: &'a AppState) -> Ctx<'a> {
-        Ctx {
-            store: state.store.as_ref(),
-            revocations: &state.revocations,
-            clients: &state.clients,
-            backchannel: &state.backchannel,
-            audit: &state.audit,
-            default_alg: state.settings.default_id_token_alg(),
-        }
-    }
 }
 
 /// One session, by what is known of it without reading the store again.

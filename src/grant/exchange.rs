@@ -15,13 +15,12 @@ use tailpass_verify::claims::{Actor, Confirmation, RunClaims};
 use tailpass_verify::dpop::Proof;
 use tailpass_verify::{AccessClaims, Audience};
 
-use super::agent::{issue_run_token, lifetime, run_label};
-use super::{Scopes, TokenResponse};
-use crate::app::AppState;
+use super::agent::{AgentRequest, issue_run_token, lifetime};
+use super::error::ExchangeError;
+use super::{Context, Scopes, TokenResponse};
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::http::peer::CallerError;
 use crate::identity::Identity;
-use crate::oauth::error::{Code, Error};
 use crate::policy::agent::{self, Ask};
 use crate::tokens::{self, mint};
 
@@ -30,51 +29,35 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// RFC 8693 §3: a JWT.
 pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-/// A token exchange request.
-#[derive(Debug, Clone)]
-pub struct ExchangeRequest<'a> {
+/// A token exchange request, as parsed from the token endpoint's form: the token types are
+/// checked there (only access tokens are exchanged and issued).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeRequest {
     /// The parent token.
-    pub subject_token: Option<&'a str>,
-    /// Its type.
-    pub subject_token_type: Option<&'a str>,
+    pub subject_token: String,
     /// A token of the actor, optional.
-    pub actor_token: Option<&'a str>,
-    /// Its type.
-    pub actor_token_type: Option<&'a str>,
-    /// Only access tokens are issued.
-    pub requested_token_type: Option<&'a str>,
-    /// Narrower audiences.
-    pub audiences: Vec<String>,
-    /// Narrower scopes.
-    pub scope: Option<&'a str>,
-    /// Requested lifetime.
-    pub expires_in: Option<&'a str>,
-    /// The child run's label.
-    pub run_label: Option<&'a str>,
-    /// A checked DPoP proof.
-    pub proof: Option<Proof>,
+    pub actor_token: Option<String>,
+    /// The child's audiences, scopes, lifetime and run label: narrower than the parent's.
+    pub child: AgentRequest,
 }
 
-fn invalid_grant(description: impl Into<std::borrow::Cow<'static, str>>) -> Error {
-    Error::new(Code::InvalidGrant, description)
-}
-
-fn token_type_ok(t: Option<&str>) -> bool {
+/// Whether a token type names a token this server can read back (RFC 8693 §3).
+pub fn token_type_ok(t: Option<&str>) -> bool {
     matches!(t, Some(ACCESS_TOKEN_TYPE) | Some(JWT_TYPE))
 }
 
 /// Reads a presented token and checks that the caller may present it.
 fn presented(
-    state: &AppState,
+    ctx: &Context<'_>,
     token: &str,
     presenter: &Presenter<'_>,
 ) -> Result<AccessClaims, String> {
     let claims = tokens::read_access(
         token,
-        &state.keys,
-        &state.revocations,
-        state.issuer.url(),
-        state.now(),
+        ctx.keys,
+        ctx.revocations,
+        ctx.issuer.url(),
+        ctx.now(),
     )
     .map_err(|e| e.to_string())?;
     if claims
@@ -89,75 +72,52 @@ fn presented(
     Ok(claims)
 }
 
-/// Exchanges `request.subject_token` for a child token for the caller.
+/// Exchanges `request.subject_token` for a child token for the caller; `proof` is the
+/// request's checked DPoP proof, which a key-bound parent requires and the child is bound to.
 pub async fn exchange(
-    state: &AppState,
+    ctx: &Context<'_>,
     caller: Result<Arc<Identity>, CallerError>,
-    request: ExchangeRequest<'_>,
-) -> Result<TokenResponse, Error> {
-    let now = state.now();
+    request: &ExchangeRequest,
+    proof: Option<&Proof>,
+) -> Result<TokenResponse, ExchangeError> {
+    let now = ctx.now();
     let identity = match caller {
         Ok(identity) => identity,
-        Err(CallerError::Unavailable) => return Err(Error::from(CallerError::Unavailable)),
-        Err(_) => return Err(Error::invalid_client("the caller is not on the tailnet")),
+        Err(CallerError::Unavailable) => return Err(ExchangeError::IdentityUnavailable),
+        Err(_) => return Err(ExchangeError::NotOnTailnet),
     };
-    let deny = |reason: String| {
+    let refuse = |refusal: ExchangeError| {
         let identity = identity.clone();
         async move {
             let event = AuditEvent::new(now, EventKind::TokenExchange, Outcome::Denied)
                 .by(&identity)
-                .because(reason.clone());
-            state.audit.record(event).await.map(|()| reason)
+                .refused(&refusal);
+            match ctx.audit.record(event).await {
+                Ok(()) => refusal,
+                Err(e) => e.into(),
+            }
         }
     };
-    let subject_token = request
-        .subject_token
-        .ok_or_else(|| Error::invalid_request("subject_token is required"))?;
-    if !token_type_ok(request.subject_token_type) {
-        return Err(Error::invalid_request(format!(
-            "subject_token_type must be {ACCESS_TOKEN_TYPE}"
-        )));
-    }
-    if request
-        .requested_token_type
-        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
-    {
-        return Err(Error::invalid_request(format!(
-            "only {ACCESS_TOKEN_TYPE} can be requested"
-        )));
-    }
-    let jkt = request.proof.as_ref().map(|p| p.jkt.clone());
+    let jkt = proof.map(|p| p.jkt.clone());
     let presenter = Presenter {
         node: Some(&identity.node.stable_id.0),
         dpop_jkt: jkt.as_ref(),
     };
-    let parent = match presented(state, subject_token, &presenter) {
+    let parent = match presented(ctx, &request.subject_token, &presenter) {
         Ok(parent) => parent,
-        Err(reason) => {
-            return Err(invalid_grant(
-                deny(format!("subject_token: {reason}")).await?,
-            ));
-        }
+        Err(reason) => return Err(refuse(ExchangeError::Subject(reason)).await),
     };
-    let actor_sub = match request.actor_token {
-        Some(token) => {
-            if !token_type_ok(request.actor_token_type) {
-                return Err(Error::invalid_request(format!(
-                    "actor_token_type must be {ACCESS_TOKEN_TYPE}"
-                )));
-            }
-            match presented(state, token, &presenter) {
-                Ok(actor) => actor.sub,
-                Err(reason) => {
-                    return Err(invalid_grant(deny(format!("actor_token: {reason}")).await?));
-                }
-            }
-        }
+    let actor_sub = match &request.actor_token {
+        Some(token) => match presented(ctx, token, &presenter) {
+            Ok(actor) => actor.sub,
+            Err(reason) => return Err(refuse(ExchangeError::Actor(reason)).await),
+        },
         None => match &identity.user {
             Some(user) => tokens::user_subject(user.id),
             None => tokens::node_subject(&identity.node.stable_id),
         },
     };
+    let request = &request.child;
 
     // Narrowing: never more than the parent had.
     let audiences = if request.audiences.is_empty() {
@@ -166,51 +126,41 @@ pub async fn exchange(
         request.audiences.clone()
     };
     if let Some(wider) = audiences.iter().find(|a| !parent.aud.contains(a)) {
-        let reason = deny(format!(
-            "widening refused: audience {wider} is not in the parent token"
-        ))
-        .await?;
-        return Err(Error::new(Code::InvalidTarget, reason));
+        return Err(refuse(ExchangeError::WiderAudience(wider.clone())).await);
     }
     let parent_scopes = Scopes::parse(parent.scope.as_deref());
-    let scopes = match request.scope {
-        Some(_) => Scopes::parse(request.scope),
+    let scopes = match &request.scope {
+        Some(scope) => Scopes::parse(Some(scope)),
         None => parent_scopes.clone(),
     };
     if let Some(wider) = scopes.0.iter().find(|s| !parent_scopes.has(s)) {
-        let reason = deny(format!(
-            "widening refused: scope {wider} is not in the parent token"
-        ))
-        .await?;
-        return Err(Error::new(Code::InvalidScope, reason));
+        return Err(refuse(ExchangeError::WiderScope(wider.clone())).await);
     }
     // And never more than the caller's own rules allow now.
     let granted = match agent::decide(
         &identity,
-        &state.settings.policy,
-        &state.settings.agent_capability,
+        ctx.policy.file,
+        ctx.policy.capability,
         Ask {
             audiences: &audiences,
             scopes: Some(&scopes.0),
         },
     ) {
         Ok(granted) => granted,
-        Err(e) => {
-            let code = super::agent::denied_error(&e).code();
-            return Err(Error::new(code, deny(e.to_string()).await?));
-        }
+        Err(e) => return Err(refuse(e.into()).await),
     };
-    if let Some(hit) = state.revocations.blocks_issuance(&identity, now) {
-        return Err(Error::access_denied(deny(hit.to_string()).await?));
+    if let Some(hit) = ctx.revocations.blocks_issuance(&identity, now) {
+        return Err(refuse(ExchangeError::Revoked(hit.to_string())).await);
     }
     let remaining = parent.exp.since(now);
     if remaining == 0 {
-        return Err(invalid_grant(
-            deny("the parent token has expired".into()).await?,
-        ));
+        return Err(refuse(ExchangeError::ParentExpired).await);
     }
-    let lifetime = lifetime(state, request.expires_in, granted.max_lifetime)?.min(remaining);
-    let label = run_label(request.run_label)?.or_else(|| parent.run.run_label.clone());
+    let lifetime = lifetime(ctx, request.expires_in, granted.max_lifetime).min(remaining);
+    let label = request
+        .run_label
+        .clone()
+        .or_else(|| parent.run.run_label.clone());
     let parent_run = parent.run.run_id.clone();
     let root_run = parent
         .run
@@ -219,7 +169,7 @@ pub async fn exchange(
         .or_else(|| parent_run.clone());
     let (jti, run_id) = tokens::new_run_token_ids();
     let claims = AccessClaims {
-        iss: state.issuer.url().to_owned(),
+        iss: ctx.issuer.url().to_owned(),
         sub: parent.sub.clone(),
         aud: Audience(audiences.clone()),
         exp: now.plus(lifetime),
@@ -255,5 +205,5 @@ pub async fn exchange(
     let event = AuditEvent::new(now, EventKind::TokenExchange, Outcome::Success)
         .by(&identity)
         .detail(format!("by {}", granted.origin));
-    issue_run_token(state, &claims, event, lifetime, Some(ACCESS_TOKEN_TYPE)).await
+    issue_run_token(ctx, &claims, event, lifetime, Some(ACCESS_TOKEN_TYPE)).await
 }

@@ -1,13 +1,13 @@
 //! The grants: what each way of getting a token checks and issues, one file each. Endpoint
-//! handlers in `oauth` parse and answer; the decisions live here.
+//! handlers in `oauth` parse and answer; the decisions live here, as functions of a
+//! [`Context`] borrowed from the server's state, each returning its own error enum
+//! ([`error`]).
 
 use serde::Serialize;
 use tailpass_verify::{AccessClaims, UnixTime};
 
-use crate::app::AppState;
 use crate::clients::Client;
 use crate::identity::Identity;
-use crate::oauth::error::{Code, Error};
 use crate::policy::agent as agent_policy;
 use crate::policy::{login, tsidp};
 use crate::tokens::mint::{self, Login};
@@ -15,10 +15,16 @@ use crate::tokens::{ACCESS_TYP, ID_TYP};
 
 pub mod agent;
 pub mod authorization_code;
+pub mod authorize;
+mod context;
+pub mod error;
 pub mod exchange;
 #[cfg(test)]
 mod flows;
 pub mod refresh;
+
+pub use context::{Context, Lifetimes, Policy, Rate, Signing};
+use error::{IssueError, LoginRefused};
 
 /// Scopes a person may request at `/authorize`: OIDC's, `groups`, and `offline_access`.
 const LOGIN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
@@ -137,46 +143,34 @@ pub struct LoginGrant<'a> {
 /// Checks that `identity` may log in to `client` and get `resources`, as the client and the
 /// identity's grants stand now, and returns the extra claims its tokens carry.
 pub fn check_login(
-    state: &AppState,
+    ctx: &Context<'_>,
     client: &Client,
     identity: &Identity,
     resources: &[String],
-) -> Result<login::ExtraClaims, Error> {
+) -> Result<login::ExtraClaims, LoginRefused> {
     let grants = tsidp::grants(identity);
-    let extra = login::claims(identity, &state.settings.policy, &grants)
-        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
-    login::may_log_in(client, identity, &state.settings.policy, &extra.groups)
-        .map_err(|e| Error::new(Code::InvalidGrant, e.to_string()))?;
-    login::check_resources(resources, client, identity, &grants)
-        .map_err(|e| Error::new(Code::InvalidTarget, e.to_string()))?;
+    let extra = login::claims(identity, ctx.policy.file, &grants)?;
+    login::may_log_in(client, identity, ctx.policy.file, &extra.groups)?;
+    login::check_resources(resources, client, identity, &grants)?;
     Ok(extra)
-}
-
-/// Takes one request from `key`'s budget of `per_minute`, by the server's clock; a spent
-/// budget is 429 with `Retry-After`. Shared by every grant and endpoint that rate-limits.
-pub fn within_rate(state: &AppState, key: &str, per_minute: u32) -> Result<(), Error> {
-    state
-        .rate
-        .check(key, per_minute, state.now())
-        .map_err(Error::rate_limited)
 }
 
 /// Mints a person's access token (and ID token for `openid`), re-checking policy first: who
 /// may log in to the client and which resources, as the client and grants stand now.
 pub fn issue_login(
-    state: &AppState,
+    ctx: &Context<'_>,
     client: &Client,
     grant: LoginGrant<'_>,
-) -> Result<Issued, Error> {
-    let extra = check_login(state, client, grant.identity, grant.resources)?;
+) -> Result<Issued, IssueError> {
+    let extra = check_login(ctx, client, grant.identity, grant.resources)?;
     let restricted = agent_policy::decide_resources(
         grant.identity,
-        &state.settings.policy,
-        &state.settings.agent_capability,
+        ctx.policy.file,
+        ctx.policy.capability,
         grant.resources,
     )
-    .map_err(|e| agent::denied_error(&e))?;
-    let now = state.now();
+    .map_err(LoginRefused::from)?;
+    let now = ctx.now();
     let random_jti;
     let access_jti = match grant.access_jti {
         Some(jti) => jti,
@@ -197,27 +191,20 @@ pub fn issue_login(
         auth_time: grant.auth_time,
         sid: grant.sid,
         nonce: grant.nonce,
-        issuer_host: state.issuer.host(),
+        issuer_host: ctx.issuer.host(),
         access_jti,
     };
     let lifetime = match restricted.as_ref().and_then(|g| g.max_lifetime) {
-        Some(cap) => state.settings.token_lifetime.min(cap),
-        None => state.settings.token_lifetime,
+        Some(cap) => ctx.lifetimes.token.min(cap),
+        None => ctx.lifetimes.token,
     };
-    let claims = login.access_claims(state.issuer.url(), now, lifetime);
-    let access_token = state
-        .keys
-        .sign_jwt(state.settings.signing_alg, ACCESS_TYP, &claims)?;
+    let claims = login.access_claims(ctx.issuer.url(), now, lifetime);
+    let access_token = ctx.keys.sign_jwt(ctx.signing.access, ACCESS_TYP, &claims)?;
     let id_token = if grant.scopes.has("openid") {
-        let alg = client.id_token_alg(state.settings.default_id_token_alg());
+        let alg = client.id_token_alg(ctx.signing.id_token);
         let at_hash = mint::at_hash(alg, &access_token);
-        let id_claims = login.id_claims(
-            state.issuer.url(),
-            now,
-            state.settings.token_lifetime,
-            Some(at_hash),
-        );
-        Some(state.keys.sign_jwt(alg, ID_TYP, &id_claims)?)
+        let id_claims = login.id_claims(ctx.issuer.url(), now, ctx.lifetimes.token, Some(at_hash));
+        Some(ctx.keys.sign_jwt(alg, ID_TYP, &id_claims)?)
     } else {
         None
     };

@@ -4,11 +4,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use url::Url;
 
+use super::error::{Error, description_chars};
 use super::input::{Body, Form, Query, parse_form};
 use super::paths;
 use crate::app::AppState;
-use crate::grant::authorization_code::{self, AuthorizeParams, Outcome};
+use crate::grant::authorize::{self, AuthorizeParams, Outcome, Redirect};
 use crate::http::guard::SameOrigin;
 use crate::http::peer::{Caller, MaybeCaller};
 use crate::pages;
@@ -20,24 +22,64 @@ fn accepts_html(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-fn respond(outcome: Outcome, headers: &HeaderMap, status: StatusCode) -> Response {
-    match outcome {
-        Outcome::Show(error) => pages::error_for(accepts_html(headers), error),
-        Outcome::Consent(request) => pages::consent(&request, paths::AUTHORIZE_CONSENT),
-        Outcome::Redirect(location) => match HeaderValue::from_str(&location) {
-            Ok(location) => {
-                let mut response = status.into_response();
-                response.headers_mut().insert(header::LOCATION, location);
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                response
-            }
-            Err(_) => {
-                crate::oauth::error::Error::invalid_request("the redirect URI cannot be used")
-                    .into_response()
-            }
-        },
+/// The redirect back to the client: `pairs`, then `state` and `iss` (RFC 9207).
+fn redirect_to(redirect: &Redirect, iss: &str, pairs: &[(&str, &str)]) -> Result<String, Error> {
+    // Registered URIs were parsed at registration; this fails for none of them.
+    let mut url = Url::parse(&redirect.uri)
+        .map_err(|_| Error::invalid_request("the redirect URI is not a URL"))?;
+    {
+        let mut query = url.query_pairs_mut();
+        for (name, value) in pairs {
+            query.append_pair(name, value);
+        }
+        if let Some(state) = &redirect.state {
+            query.append_pair("state", state);
+        }
+        query.append_pair("iss", iss);
+    }
+    Ok(url.to_string())
+}
+
+fn respond(
+    state: &AppState,
+    outcome: Outcome,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> Response {
+    let location = match outcome {
+        Outcome::Show(shown) => return pages::error_for(accepts_html(headers), shown.into()),
+        Outcome::Consent(request) => return pages::consent(&request, paths::AUTHORIZE_CONSENT),
+        Outcome::Code { redirect, code } => {
+            redirect_to(&redirect, state.issuer.url(), &[("code", code.expose())])
+        }
+        Outcome::Refused {
+            redirect,
+            refusal,
+            shown,
+        } => {
+            let description = match shown {
+                Some(shown) => shown.into(),
+                None => refusal.to_string().into(),
+            };
+            let description = description_chars(description);
+            let pairs = [
+                ("error", refusal.code().as_str()),
+                ("error_description", &description),
+            ];
+            redirect_to(&redirect, state.issuer.url(), &pairs)
+        }
+    };
+    match location.map(|l| HeaderValue::from_str(&l)) {
+        Ok(Ok(location)) => {
+            let mut response = status.into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(Err(_)) => Error::invalid_request("the redirect URI cannot be used").into_response(),
+        Err(e) => pages::error_for(accepts_html(headers), e),
     }
 }
 
@@ -48,8 +90,8 @@ pub async fn get(
     MaybeCaller(caller): MaybeCaller,
     Query(params): Query<AuthorizeParams>,
 ) -> Response {
-    let outcome = authorization_code::authorize(&state, caller, params, false).await;
-    respond(outcome, &headers, StatusCode::FOUND)
+    let outcome = authorize::authorize(&state.grants(), caller, params, false).await;
+    respond(&state, outcome, &headers, StatusCode::FOUND)
 }
 
 /// `POST /authorize` (form-encoded, OIDC Core §3.1.2.1).
@@ -59,8 +101,8 @@ pub async fn post(
     MaybeCaller(caller): MaybeCaller,
     Form(params): Form<AuthorizeParams>,
 ) -> Response {
-    let outcome = authorization_code::authorize(&state, caller, params, false).await;
-    respond(outcome, &headers, StatusCode::SEE_OTHER)
+    let outcome = authorize::authorize(&state.grants(), caller, params, false).await;
+    respond(&state, outcome, &headers, StatusCode::SEE_OTHER)
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +128,7 @@ pub async fn consent(
         Err(e) => return pages::error_for(accepts_html(&headers), e),
     };
     let approve = answer.decision == "approve";
-    let outcome =
-        authorization_code::consent(&state, identity, params, &answer.consent_token, approve).await;
-    respond(outcome, &headers, StatusCode::SEE_OTHER)
+    let ctx = state.grants();
+    let outcome = authorize::consent(&ctx, identity, params, &answer.consent_token, approve).await;
+    respond(&state, outcome, &headers, StatusCode::SEE_OTHER)
 }

@@ -4,6 +4,7 @@
 //! It advertises only what this server implements: relying parties configure themselves from
 //! it, and a capability listed but missing fails them at the worst moment.
 
+use crate::clients::GrantType;
 use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
@@ -92,10 +93,10 @@ pub fn document(state: &AppState) -> Metadata {
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
         grant_types_supported: vec![
-            "authorization_code",
-            "refresh_token",
-            "client_credentials",
-            crate::oauth::token::TOKEN_EXCHANGE,
+            GrantType::AuthorizationCode.as_str(),
+            GrantType::RefreshToken.as_str(),
+            GrantType::ClientCredentials.as_str(),
+            GrantType::TokenExchange.as_str(),
         ],
         subject_types_supported: vec!["public"],
         id_token_signing_alg_values_supported: state.keys.enabled().iter().copied().collect(),

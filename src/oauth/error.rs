@@ -12,6 +12,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::grant::error::{
+    AgentError, AuthorizeError, ExchangeError, Fault, LoginRefused, RedeemError, RefreshError,
+    Shown,
+};
+use crate::policy::agent::Denied;
+
 /// An error code and the status it is sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -53,6 +59,14 @@ pub enum Code {
     PayloadTooLarge,
     /// Something failed on the server's side (500).
     ServerError,
+    /// A silent authorization needs the person signed in (OIDC Core §3.1.2.6).
+    LoginRequired,
+    /// A silent authorization needs the person's consent (OIDC Core §3.1.2.6).
+    ConsentRequired,
+    /// Request objects are not supported (OIDC Core §3.1.2.6).
+    RequestNotSupported,
+    /// Request objects by reference are not supported (OIDC Core §3.1.2.6).
+    RequestUriNotSupported,
 }
 
 impl Code {
@@ -78,6 +92,10 @@ impl Code {
             Code::TemporarilyUnavailable => "temporarily_unavailable",
             Code::NotFound => "not_found",
             Code::ServerError => "server_error",
+            Code::LoginRequired => "login_required",
+            Code::ConsentRequired => "consent_required",
+            Code::RequestNotSupported => "request_not_supported",
+            Code::RequestUriNotSupported => "request_uri_not_supported",
         }
     }
 
@@ -326,6 +344,161 @@ impl From<crate::session::EndError> for Error {
 impl From<crate::keys::KeyError> for Error {
     fn from(e: crate::keys::KeyError) -> Error {
         Error::server_error(&e)
+    }
+}
+
+// The grants' refusals, mapped to the wire here and nowhere else. Each arm names the code; the
+// description is the refusal's text.
+
+impl From<Fault> for Error {
+    fn from(e: Fault) -> Error {
+        Error::server_error(&e)
+    }
+}
+
+/// The code of an agent policy refusal (docs/design.md "Contracts": agent grant request).
+fn denied_code(e: &Denied) -> Code {
+    match e {
+        Denied::NoRule(_) => Code::UnauthorizedClient,
+        Denied::Audience { .. }
+        | Denied::NoAudience(_)
+        | Denied::Split { .. }
+        | Denied::Unruled { .. } => Code::InvalidTarget,
+        Denied::Scope { .. } => Code::InvalidScope,
+    }
+}
+
+impl From<LoginRefused> for Error {
+    fn from(e: LoginRefused) -> Error {
+        let code = match &e {
+            LoginRefused::Claims(_) | LoginRefused::NotAllowed(_) => Code::InvalidGrant,
+            LoginRefused::Resource(_) => Code::InvalidTarget,
+            LoginRefused::Policy(denied) => denied_code(denied),
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<AgentError> for Error {
+    fn from(e: AgentError) -> Error {
+        let code = match &e {
+            AgentError::NotOnTailnet => return Error::invalid_client(e.to_string()),
+            AgentError::IdentityUnavailable => Code::TemporarilyUnavailable,
+            AgentError::RateLimited(retry_after) => return Error::rate_limited(*retry_after),
+            AgentError::Denied(denied) => denied_code(denied),
+            AgentError::Revoked(_) => Code::AccessDenied,
+            AgentError::GrantNotAllowed => Code::UnauthorizedClient,
+            AgentError::NoAudience | AgentError::Resource { .. } => Code::InvalidTarget,
+            AgentError::Scopes => Code::InvalidScope,
+            AgentError::Fault(fault) => return Error::server_error(fault),
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<ExchangeError> for Error {
+    fn from(e: ExchangeError) -> Error {
+        let code = match &e {
+            ExchangeError::NotOnTailnet => return Error::invalid_client(e.to_string()),
+            ExchangeError::IdentityUnavailable => Code::TemporarilyUnavailable,
+            ExchangeError::Subject(_) | ExchangeError::Actor(_) | ExchangeError::ParentExpired => {
+                Code::InvalidGrant
+            }
+            ExchangeError::WiderAudience(_) => Code::InvalidTarget,
+            ExchangeError::WiderScope(_) => Code::InvalidScope,
+            ExchangeError::Denied(denied) => denied_code(denied),
+            ExchangeError::Revoked(_) => Code::AccessDenied,
+            ExchangeError::Fault(fault) => return Error::server_error(fault),
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<RefreshError> for Error {
+    fn from(e: RefreshError) -> Error {
+        let code = match e {
+            RefreshError::Login(refused) => return refused.into(),
+            RefreshError::Fault(fault) => return Error::server_error(&fault),
+            RefreshError::GrantNotAllowed => Code::UnauthorizedClient,
+            RefreshError::Unknown
+            | RefreshError::Inactive
+            | RefreshError::Revoked(_)
+            | RefreshError::Gone
+            | RefreshError::Reused => Code::InvalidGrant,
+            // RFC 9449 §5: at the token endpoint, a proof problem is a 400.
+            RefreshError::KeyRequired => {
+                return Error::new(Code::InvalidDpopProof, e.to_string())
+                    .with_status(StatusCode::BAD_REQUEST);
+            }
+            RefreshError::WiderScope => Code::InvalidScope,
+            RefreshError::WiderResources => Code::InvalidTarget,
+            RefreshError::IdentityUnavailable => Code::TemporarilyUnavailable,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<RedeemError> for Error {
+    fn from(e: RedeemError) -> Error {
+        let code = match e {
+            RedeemError::Login(refused) => return refused.into(),
+            RedeemError::Fault(fault) => return Error::server_error(&fault),
+            RedeemError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
+            RedeemError::GrantNotAllowed => Code::UnauthorizedClient,
+            RedeemError::Invalid
+            | RedeemError::Replayed
+            | RedeemError::OtherClient
+            | RedeemError::RedirectUri
+            | RedeemError::Pkce(_)
+            | RedeemError::Revoked(_) => Code::InvalidGrant,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl AuthorizeError {
+    /// The code an authorization refusal is redirected with (RFC 6749 §4.1.2.1, OIDC Core
+    /// §3.1.2.6).
+    pub fn code(&self) -> Code {
+        match self {
+            AuthorizeError::RequestObject => Code::RequestNotSupported,
+            AuthorizeError::RequestUri => Code::RequestUriNotSupported,
+            AuthorizeError::ResponseType => Code::UnsupportedResponseType,
+            AuthorizeError::NoResponseType
+            | AuthorizeError::ResponseMode
+            | AuthorizeError::IdTokenHint(_)
+            | AuthorizeError::Pkce(_)
+            | AuthorizeError::PromptNone
+            | AuthorizeError::Nonce
+            | AuthorizeError::MaxAge => Code::InvalidRequest,
+            AuthorizeError::GrantNotAllowed => Code::UnauthorizedClient,
+            AuthorizeError::IdentityUnavailable | AuthorizeError::RateLimited => {
+                Code::TemporarilyUnavailable
+            }
+            AuthorizeError::LoginRequired(_) | AuthorizeError::OtherAccount => Code::LoginRequired,
+            AuthorizeError::NotOnTailnet(_)
+            | AuthorizeError::NoLogin(_)
+            | AuthorizeError::Revoked(_)
+            | AuthorizeError::NotAllowed(_)
+            | AuthorizeError::Declined => Code::AccessDenied,
+            AuthorizeError::Scope(_) => Code::InvalidScope,
+            AuthorizeError::Claims(_) | AuthorizeError::Fault(_) => Code::ServerError,
+            AuthorizeError::ConsentRequired => Code::ConsentRequired,
+            AuthorizeError::Resource(_) => Code::InvalidTarget,
+        }
+    }
+}
+
+impl From<Shown> for Error {
+    fn from(e: Shown) -> Error {
+        match e {
+            Shown::BadConsent => Error::access_denied(e.to_string()),
+            Shown::Fault(fault) => Error::server_error(&fault),
+            Shown::NoClientId
+            | Shown::UnknownClient
+            | Shown::NoRedirectUri
+            | Shown::UnregisteredRedirectUri => Error::invalid_request(e.to_string()),
+        }
     }
 }
 

@@ -14,6 +14,11 @@ use serde::de::DeserializeOwned;
 use tailpass_verify::verifier::{BEARER, DPOP};
 
 use super::error::{Code, Error};
+use crate::clients::GrantType;
+use crate::grant::agent::{AgentRequest, MAX_LABEL};
+use crate::grant::authorization_code::CodeRequest;
+use crate::grant::exchange::{self, ACCESS_TOKEN_TYPE, ExchangeRequest};
+use crate::grant::refresh::RefreshRequest;
 
 /// A form body (`application/x-www-form-urlencoded`).
 #[derive(Debug, Clone)]
@@ -63,17 +68,22 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// A form body's bytes: the media type checked, the size bounded.
+async fn form_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Error> {
+    if media_type(&req).as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(Error::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let Body(bytes) = Body::from_request(req, state).await?;
+    Ok(bytes)
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Form<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if media_type(&req).as_deref() != Some("application/x-www-form-urlencoded") {
-            return Err(Error::invalid_request(
-                "the body must be application/x-www-form-urlencoded",
-            ));
-        }
-        let Body(bytes) = Body::from_request(req, state).await?;
-        parse_form(&bytes).map(Form)
+        parse_form(&form_bytes(req, state).await?).map(Form)
     }
 }
 
@@ -219,5 +229,325 @@ impl<S: Send + Sync> FromRequestParts<S> for AccessToken {
                 dpop: false,
             })
             .ok_or_else(|| Error::invalid_token("an access token is required"))
+    }
+}
+
+/// A token request (`POST /token`), tagged on `grant_type`, each grant's parameters typed and
+/// checked here. A missing `grant_type` or one not supported is refused at once; a grant's
+/// missing or malformed parameter is kept as its `invalid_request` (RFC 6749 §5.2), which the
+/// endpoint answers only once the client has authenticated, so that a caller who cannot
+/// learns nothing about the rest of its request.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `client_id` and `client_secret` from the body (RFC 6749 §2.3.1), if sent there.
+    pub client_id: Option<String>,
+    /// See `client_id`.
+    pub client_secret: Option<String>,
+    /// The grant type asked for.
+    pub grant_type: GrantType,
+    /// The grant's parameters, or why they are refused.
+    pub grant: Result<GrantRequest, Error>,
+}
+
+/// The grant a token request asks for (RFC 6749 §4.1.3, §4.4.2, §6; RFC 8693 §2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRequest {
+    /// `authorization_code`.
+    AuthorizationCode(CodeRequest),
+    /// `refresh_token`.
+    RefreshToken(RefreshRequest),
+    /// `client_credentials`: the agent grant without client authentication, a confidential
+    /// client's own token with it.
+    ClientCredentials(AgentRequest),
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`.
+    TokenExchange(ExchangeRequest),
+}
+
+/// Every parameter any grant takes, as sent (RFC 6749, RFC 7636, RFC 8707, RFC 8693,
+/// docs/design.md "Contracts"). Only `resource` and `audience` may repeat.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+    #[serde(default)]
+    resource: Vec<String>,
+    #[serde(default)]
+    audience: Vec<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    expires_in: Option<String>,
+    run_label: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    actor_token: Option<String>,
+    actor_token_type: Option<String>,
+    requested_token_type: Option<String>,
+}
+
+fn required(value: Option<String>, name: &'static str) -> Result<String, Error> {
+    value.ok_or_else(|| Error::invalid_request(format!("{name} is required")))
+}
+
+impl TokenForm {
+    /// `resource` and `audience` together, in order, without repeats.
+    fn audiences(&mut self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for a in self.resource.drain(..).chain(self.audience.drain(..)) {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        all
+    }
+
+    /// The parameters an agent-style request shares with token exchange.
+    fn agent(&mut self) -> Result<AgentRequest, Error> {
+        let expires_in = match self.expires_in.as_deref() {
+            Some(text) => Some(text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::invalid_request("expires_in must be a positive number of seconds")
+            })?),
+            None => None,
+        };
+        let run_label = match self.run_label.take() {
+            Some(l) if l.chars().count() > MAX_LABEL || l.chars().any(char::is_control) => {
+                return Err(Error::invalid_request(format!(
+                    "run_label must be at most {MAX_LABEL} printable characters"
+                )));
+            }
+            label => label,
+        };
+        Ok(AgentRequest {
+            audiences: self.audiences(),
+            scope: self.scope.take(),
+            expires_in,
+            run_label,
+        })
+    }
+
+    fn exchange(mut self) -> Result<ExchangeRequest, Error> {
+        let subject_token = required(self.subject_token.take(), "subject_token")?;
+        if !exchange::token_type_ok(self.subject_token_type.as_deref()) {
+            return Err(Error::invalid_request(format!(
+                "subject_token_type must be {ACCESS_TOKEN_TYPE}"
+            )));
+        }
+        if self
+            .requested_token_type
+            .as_deref()
+            .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+        {
+            return Err(Error::invalid_request(format!(
+                "only {ACCESS_TOKEN_TYPE} can be requested"
+            )));
+        }
+        if self.actor_token.is_some() && !exchange::token_type_ok(self.actor_token_type.as_deref())
+        {
+            return Err(Error::invalid_request(format!(
+                "actor_token_type must be {ACCESS_TOKEN_TYPE}"
+            )));
+        }
+        Ok(ExchangeRequest {
+            subject_token,
+            actor_token: self.actor_token.take(),
+            child: self.agent()?,
+        })
+    }
+}
+
+impl TokenRequest {
+    /// Parses a token request's form body.
+    pub fn parse(bytes: &[u8]) -> Result<TokenRequest, Error> {
+        let mut form: TokenForm = parse_form(bytes)?;
+        let name = required(form.grant_type.take(), "grant_type")?;
+        let grant_type = GrantType::parse(&name).ok_or_else(|| {
+            Error::new(
+                Code::UnsupportedGrantType,
+                format!("grant_type {name:?} is not supported"),
+            )
+        })?;
+        let client_id = form.client_id.take();
+        let client_secret = form.client_secret.take();
+        let grant = match grant_type {
+            GrantType::AuthorizationCode => (|| {
+                Ok(GrantRequest::AuthorizationCode(CodeRequest {
+                    code: required(form.code.take(), "code")?,
+                    redirect_uri: required(form.redirect_uri.take(), "redirect_uri")?,
+                    code_verifier: form.code_verifier.take(),
+                }))
+            })(),
+            GrantType::RefreshToken => {
+                required(form.refresh_token.take(), "refresh_token").map(|refresh_token| {
+                    GrantRequest::RefreshToken(RefreshRequest {
+                        refresh_token,
+                        scope: form.scope.take(),
+                        resources: std::mem::take(&mut form.resource),
+                    })
+                })
+            }
+            GrantType::ClientCredentials => form.agent().map(GrantRequest::ClientCredentials),
+            GrantType::TokenExchange => form.exchange().map(GrantRequest::TokenExchange),
+        };
+        Ok(TokenRequest {
+            client_id,
+            client_secret,
+            grant_type,
+            grant,
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for TokenRequest {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        TokenRequest::parse(&form_bytes(req, state).await?)
+    }
+}
+
+#[cfg(test)]
+mod token_request_tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<GrantRequest, Error> {
+        TokenRequest::parse(body.as_bytes())?.grant
+    }
+
+    #[test]
+    fn each_grant_type_parses_into_its_variant_with_typed_fields() {
+        let code = TokenRequest::parse(
+            b"grant_type=authorization_code&code=c&redirect_uri=https://a/cb&code_verifier=v&client_id=x",
+        )
+        .unwrap();
+        assert_eq!(code.client_id.as_deref(), Some("x"));
+        assert_eq!(code.grant_type, GrantType::AuthorizationCode);
+        assert_eq!(
+            code.grant.unwrap(),
+            GrantRequest::AuthorizationCode(CodeRequest {
+                code: "c".into(),
+                redirect_uri: "https://a/cb".into(),
+                code_verifier: Some("v".into()),
+            })
+        );
+        let agent = parse(
+            "grant_type=client_credentials&resource=a&audience=b&audience=a&expires_in=60&run_label=r1",
+        )
+        .unwrap();
+        assert_eq!(
+            agent,
+            GrantRequest::ClientCredentials(AgentRequest {
+                audiences: vec!["a".into(), "b".into()],
+                scope: None,
+                expires_in: Some(60),
+                run_label: Some("r1".into()),
+            })
+        );
+        let exchange = parse(&format!(
+            "grant_type={}&subject_token=t&subject_token_type={ACCESS_TOKEN_TYPE}&scope=read",
+            GrantType::TokenExchange.as_str()
+        ))
+        .unwrap();
+        let GrantRequest::TokenExchange(exchange) = exchange else {
+            panic!("not an exchange: {exchange:?}");
+        };
+        assert_eq!(exchange.subject_token, "t");
+        assert_eq!(exchange.child.scope.as_deref(), Some("read"));
+        assert_eq!(
+            parse("grant_type=refresh_token&refresh_token=r").unwrap(),
+            GrantRequest::RefreshToken(RefreshRequest {
+                refresh_token: "r".into(),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn a_grants_parameter_errors_wait_for_client_authentication() {
+        let request =
+            TokenRequest::parse(b"grant_type=authorization_code&client_id=x&client_secret=s")
+                .unwrap();
+        assert_eq!(request.client_secret.as_deref(), Some("s"));
+        assert_eq!(
+            request.grant.unwrap_err().description(),
+            Some("code is required")
+        );
+    }
+
+    #[test]
+    fn missing_or_malformed_parameters_are_named() {
+        let cases = [
+            ("code=c", Code::InvalidRequest, "grant_type is required"),
+            (
+                "grant_type=password",
+                Code::UnsupportedGrantType,
+                "password",
+            ),
+            (
+                "grant_type=authorization_code&redirect_uri=x",
+                Code::InvalidRequest,
+                "code is required",
+            ),
+            (
+                "grant_type=authorization_code&code=c",
+                Code::InvalidRequest,
+                "redirect_uri is required",
+            ),
+            (
+                "grant_type=refresh_token",
+                Code::InvalidRequest,
+                "refresh_token is required",
+            ),
+            (
+                "grant_type=client_credentials&expires_in=0",
+                Code::InvalidRequest,
+                "expires_in",
+            ),
+            (
+                "grant_type=client_credentials&expires_in=ten",
+                Code::InvalidRequest,
+                "expires_in",
+            ),
+            (
+                "grant_type=client_credentials&run_label=a%0Ab",
+                Code::InvalidRequest,
+                "run_label",
+            ),
+            (
+                "grant_type=urn:ietf:params:oauth:grant-type:token-exchange",
+                Code::InvalidRequest,
+                "subject_token is required",
+            ),
+            (
+                "grant_type=urn:ietf:params:oauth:grant-type:token-exchange&subject_token=t&subject_token_type=x",
+                Code::InvalidRequest,
+                "subject_token_type",
+            ),
+            (
+                "grant_type=client_credentials&scope=a&scope=b",
+                Code::InvalidRequest,
+                "repeated",
+            ),
+        ];
+        for (body, code, needle) in cases {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.code(), code, "{body}");
+            assert!(e.description().unwrap().contains(needle), "{body}: {e}");
+        }
+        let long = format!(
+            "grant_type=client_credentials&run_label={}",
+            "x".repeat(MAX_LABEL + 1)
+        );
+        assert!(parse(&long).is_err());
+        let longest = format!(
+            "grant_type=client_credentials&run_label={}",
+            "é".repeat(MAX_LABEL)
+        );
+        assert!(
+            parse(&longest).is_ok(),
+            "the limit counts characters, not bytes"
+        );
     }
 }

@@ -139,7 +139,7 @@ async fn logout(
                 identity: (*identity).clone(),
             };
             session::end(
-                state.into(),
+                state.sessions(),
                 session::Selection::One(&ended),
                 session::Reason::Logout,
                 state.now(),

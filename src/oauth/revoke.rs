@@ -42,11 +42,13 @@ pub async fn revoke(
     )?;
     let client = client_auth::authenticate(&state.clients, &presented).await?;
     // Each revocation is a durable write and a feed event: bounded per client.
-    crate::grant::within_rate(
-        &state,
-        &format!("revoke:{}", client.client_id.0),
-        state.settings.rate_limit,
-    )?;
+    state
+        .grants()
+        .within_rate(
+            &format!("revoke:{}", client.client_id.0),
+            state.settings.rate_limit,
+        )
+        .map_err(Error::rate_limited)?;
     let token = form
         .token
         .as_deref()
@@ -92,7 +94,7 @@ pub async fn revoke(
         // The client decided this end itself: its session is not told back (see
         // `session::Reason::tells_relying_party`).
         session::end(
-            (&state).into(),
+            state.sessions(),
             Selection::One(&Session::from(&family)),
             Reason::ClientRevoked,
             now,

@@ -11,98 +11,30 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
-use super::error::{Code, Error};
-use super::input::Form;
+use super::error::Error;
+use super::input::{GrantRequest, TokenRequest};
 use super::paths;
 use crate::app::AppState;
 use crate::client_auth::{self, Presented};
+use crate::clients::GrantType;
 use crate::dpop;
-use crate::grant::TokenResponse;
-use crate::grant::agent::{self, AgentRequest};
-use crate::grant::authorization_code::{self, CodeRequest};
-use crate::grant::exchange::{self, ExchangeRequest};
-use crate::grant::refresh::{self, RefreshRequest};
+use crate::grant::{TokenResponse, agent, authorization_code, exchange, refresh};
 use crate::http::guard::is_same_origin;
 use crate::http::peer::{self, Conn};
-
-/// The token exchange grant type (RFC 8693 §2.1).
-pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-
-/// Every parameter any grant takes (RFC 6749, RFC 7636, RFC 8707, RFC 8693, docs/design.md
-/// "Contracts"). Only `resource` and `audience` may repeat.
-#[derive(Debug, Default, Deserialize)]
-pub struct TokenForm {
-    grant_type: Option<String>,
-    code: Option<String>,
-    redirect_uri: Option<String>,
-    code_verifier: Option<String>,
-    refresh_token: Option<String>,
-    scope: Option<String>,
-    #[serde(default)]
-    resource: Vec<String>,
-    #[serde(default)]
-    audience: Vec<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    expires_in: Option<String>,
-    run_label: Option<String>,
-    subject_token: Option<String>,
-    subject_token_type: Option<String>,
-    actor_token: Option<String>,
-    actor_token_type: Option<String>,
-    requested_token_type: Option<String>,
-}
-
-/// The grants, by `grant_type`.
-enum Grant {
-    AuthorizationCode,
-    Refresh,
-    ClientCredentials,
-    TokenExchange,
-}
-
-impl TokenForm {
-    fn grant(&self) -> Result<Grant, Error> {
-        match self.grant_type.as_deref() {
-            Some("authorization_code") => Ok(Grant::AuthorizationCode),
-            Some("refresh_token") => Ok(Grant::Refresh),
-            Some("client_credentials") => Ok(Grant::ClientCredentials),
-            Some(TOKEN_EXCHANGE) => Ok(Grant::TokenExchange),
-            Some(other) => Err(Error::new(
-                Code::UnsupportedGrantType,
-                format!("grant_type {other:?} is not supported"),
-            )),
-            None => Err(Error::invalid_request("grant_type is required")),
-        }
-    }
-
-    /// `resource` and `audience` together, in order, without repeats.
-    fn audiences(&self) -> Vec<String> {
-        let mut all: Vec<String> = Vec::new();
-        for a in self.resource.iter().chain(&self.audience) {
-            if !all.contains(a) {
-                all.push(a.clone());
-            }
-        }
-        all
-    }
-}
 
 /// `POST /token`.
 pub async fn token(
     State(state): State<AppState>,
     conn: Option<Extension<Conn>>,
     headers: HeaderMap,
-    Form(form): Form<TokenForm>,
+    request: TokenRequest,
 ) -> Response {
-    let grant = match form.grant() {
-        Ok(grant) => grant,
-        Err(error) => return error.into_response(),
-    };
-    let browser_safe = matches!(grant, Grant::AuthorizationCode | Grant::Refresh);
-    match exchange_for(&state, conn.map(|c| c.0), &headers, &form, grant).await {
+    let browser_safe = matches!(
+        request.grant_type,
+        GrantType::AuthorizationCode | GrantType::RefreshToken
+    );
+    match exchange_for(&state, conn.map(|c| c.0), &headers, &request).await {
         Ok(body) => {
             let mut response = super::no_store(StatusCode::OK, &body);
             if browser_safe {
@@ -153,13 +85,12 @@ async fn exchange_for(
     state: &AppState,
     conn: Option<Conn>,
     headers: &HeaderMap,
-    form: &TokenForm,
-    grant: Grant,
+    request: &TokenRequest,
 ) -> Result<TokenResponse, Error> {
     let dpop = proof(state, headers)?;
-    let response = grant_for(state, conn, headers, form, grant, dpop.clone()).await?;
+    let response = grant_for(state, conn, headers, request, dpop.as_ref()).await?;
     if let Some(proof) = &dpop {
-        let holder = match (&form.client_id, conn.and_then(|c| c.remote)) {
+        let holder = match (&request.client_id, conn.and_then(|c| c.remote)) {
             (Some(id), _) => format!("client:{id}"),
             (None, Some(addr)) => format!("addr:{}", addr.ip()),
             (None, None) => format!("jkt:{}", proof.jkt),
@@ -175,18 +106,18 @@ async fn exchange_for(
     Ok(response)
 }
 
+/// Authenticates the client where the grant needs one, and runs the grant.
 async fn grant_for(
     state: &AppState,
     conn: Option<Conn>,
     headers: &HeaderMap,
-    form: &TokenForm,
-    grant: Grant,
-    dpop: Option<tailpass_verify::dpop::Proof>,
+    request: &TokenRequest,
+    proof: Option<&tailpass_verify::dpop::Proof>,
 ) -> Result<TokenResponse, Error> {
     let presented = client_auth::presented(
         headers,
-        form.client_id.as_deref(),
-        form.client_secret.as_deref(),
+        request.client_id.as_deref(),
+        request.client_secret.as_deref(),
     )?;
     let same_origin = || {
         if is_same_origin(headers, state.issuer.origin()) {
@@ -197,62 +128,40 @@ async fn grant_for(
             ))
         }
     };
-    match grant {
-        Grant::AuthorizationCode => {
-            let client = client_auth::authenticate(&state.clients, &presented).await?;
-            let request = CodeRequest {
-                code: form.code.as_deref(),
-                redirect_uri: form.redirect_uri.as_deref(),
-                code_verifier: form.code_verifier.as_deref(),
-                proof: dpop.clone(),
-            };
-            authorization_code::redeem(state, &client, request).await
-        }
-        Grant::Refresh => {
-            let client = client_auth::authenticate(&state.clients, &presented).await?;
-            let request = RefreshRequest {
-                refresh_token: form.refresh_token.as_deref(),
-                scope: form.scope.as_deref(),
-                resources: &form.resource,
-                proof: dpop.clone(),
-            };
-            refresh::refresh(state, &client, request).await
-        }
-        Grant::ClientCredentials => {
-            let request = AgentRequest {
-                audiences: form.audiences(),
-                scope: form.scope.as_deref(),
-                expires_in: form.expires_in.as_deref(),
-                run_label: form.run_label.as_deref(),
-                proof: dpop.clone(),
-                peer: conn.and_then(|c| c.remote).map(|a| a.ip()),
-            };
-            if presented == Presented::Nothing {
-                same_origin()?;
-                let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
-                agent::agent(state, caller, request).await
-            } else {
-                let client = client_auth::authenticate(&state.clients, &presented).await?;
-                agent::client(state, &client, request).await
-            }
-        }
-        Grant::TokenExchange => {
+    // The client authenticates (or, for grants on the caller's network identity, the request
+    // is same-origin) before the grant's own parameters are looked at.
+    let client = match (request.grant_type, &presented) {
+        (GrantType::TokenExchange, _) | (GrantType::ClientCredentials, Presented::Nothing) => {
             same_origin()?;
-            let request = ExchangeRequest {
-                subject_token: form.subject_token.as_deref(),
-                subject_token_type: form.subject_token_type.as_deref(),
-                actor_token: form.actor_token.as_deref(),
-                actor_token_type: form.actor_token_type.as_deref(),
-                requested_token_type: form.requested_token_type.as_deref(),
-                audiences: form.audiences(),
-                scope: form.scope.as_deref(),
-                expires_in: form.expires_in.as_deref(),
-                run_label: form.run_label.as_deref(),
-                proof: dpop.clone(),
-            };
-            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
-            exchange::exchange(state, caller, request).await
+            None
         }
+        _ => Some(client_auth::authenticate(&state.clients, &presented).await?),
+    };
+    let grant = request.grant.as_ref().map_err(Clone::clone)?;
+    let ctx = state.grants();
+    let ctx = &ctx;
+    match (grant, client) {
+        (GrantRequest::AuthorizationCode(code), Some(client)) => {
+            Ok(authorization_code::redeem(ctx, &client, code, proof).await?)
+        }
+        (GrantRequest::RefreshToken(token), Some(client)) => {
+            Ok(refresh::refresh(ctx, &client, token, proof).await?)
+        }
+        (GrantRequest::ClientCredentials(agent_request), Some(client)) => {
+            Ok(agent::client(ctx, &client, agent_request, proof).await?)
+        }
+        (GrantRequest::ClientCredentials(agent_request), None) => {
+            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
+            let address = conn.and_then(|c| c.remote).map(|a| a.ip());
+            Ok(agent::agent(ctx, caller, address, agent_request, proof).await?)
+        }
+        (GrantRequest::TokenExchange(exchange_request), _) => {
+            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
+            Ok(exchange::exchange(ctx, caller, exchange_request, proof).await?)
+        }
+        (_, None) => Err(Error::server_error(
+            &"a grant that needs a client was not given one",
+        )),
     }
 }
 

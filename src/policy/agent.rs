@@ -202,6 +202,20 @@ pub enum Denied {
     },
 }
 
+impl Denied {
+    /// The refusal's label, for metrics: the variant, never its values.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Denied::NoRule(_) => "no_rule",
+            Denied::Audience { .. } => "audience",
+            Denied::NoAudience(_) => "no_audience",
+            Denied::Split { .. } => "split",
+            Denied::Unruled { .. } => "unruled",
+            Denied::Scope { .. } => "scope",
+        }
+    }
+}
+
 /// A caller as rules name it, for messages: `node nX (tag:ci)` or `alice@example.com`.
 pub fn describe(identity: &Identity) -> String {
     match &identity.user {

@@ -27,7 +27,7 @@ async fn counters_move_with_a_flow_and_strangers_cannot_read_them() {
     let (status, before) = scrape(&server, ALICE).await;
     assert_eq!(status, 200);
     let issued = "tailpass_events_total{event=\"agent_token\",outcome=\"success\"}";
-    let denied = "tailpass_denials_total{event=\"agent_token\",reason=\"the caller is not on\"}";
+    let denied = "tailpass_denials_total{event=\"agent_token\",reason=\"not_on_tailnet\"}";
     let token_requests = "tailpass_http_request_duration_seconds_count{endpoint=\"/token\"}";
 
     for _ in 0..2 {

@@ -45,6 +45,8 @@ struct Context<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     user: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     node_id: Option<Cow<'a, str>>,
@@ -69,6 +71,7 @@ impl<'a> Context<'a> {
             event: e.event,
             outcome: e.outcome,
             reason: borrow(&e.reason),
+            refusal: borrow(&e.refusal),
             user: borrow(&e.user),
             node_id: borrow(&e.node_id),
             node_name: borrow(&e.node_name),
@@ -102,6 +105,7 @@ impl Row {
                 event: context.event,
                 outcome: context.outcome,
                 reason: owned(context.reason),
+                refusal: owned(context.refusal),
                 user: owned(context.user),
                 node_id: owned(context.node_id),
                 node_name: owned(context.node_name),
