@@ -317,13 +317,14 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
         assert!(call().await.unwrap().status().is_success());
         let start = Instant::now();
         tailpass::killswitch::revoke(
-            &state,
+            state.sessions(),
             &tailpass::killswitch::Target {
                 kind: RevocationKind::Run,
                 value: run,
                 until: None,
             },
             "bench",
+            state.now(),
         )
         .await
         .unwrap();

@@ -12,11 +12,9 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
-use crate::app::AppState;
-use crate::audit::{AuditEvent, EventKind, Outcome};
-use crate::oauth::error::Error;
-use crate::session::{self, Reason, Selection};
-use crate::store::Revocation;
+use crate::audit::{AuditError, AuditEvent, EventKind, Outcome};
+use crate::session::{self, EndError, Reason, Selection};
+use crate::store::{Revocation, StoreError};
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,46 +37,62 @@ pub struct Report {
     pub sessions_ended: usize,
 }
 
-fn check(target: &Target) -> Result<(), Error> {
+/// Why a revocation or lift was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// Occurs when the value is empty, too long or not printable.
+    #[error("the value to revoke must be 1 to 512 printable characters")]
+    Value,
+    /// Occurs when a refresh family is named: those end through `/revoke` or logout.
+    #[error("refresh families are revoked through /revoke or logout")]
+    Family,
+    /// Occurs when `until` is given for a kind other than node or user.
+    #[error("until applies to node and user revocations")]
+    Until,
+    /// Occurs when the store or the revocation index cannot be written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Occurs when the audit log cannot record it.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Occurs when the sessions cannot be ended.
+    #[error(transparent)]
+    Sessions(#[from] EndError),
+}
+
+fn check(target: &Target) -> Result<(), KillError> {
     if target.value.is_empty()
         || target.value.len() > 512
         || target.value.chars().any(char::is_control)
     {
-        return Err(Error::invalid_request(
-            "the value to revoke must be 1 to 512 printable characters",
-        ));
+        return Err(KillError::Value);
     }
     if target.kind == RevocationKind::Family {
-        return Err(Error::invalid_request(
-            "refresh families are revoked through /revoke or logout",
-        ));
+        return Err(KillError::Family);
     }
     if target.until.is_some() && !matches!(target.kind, RevocationKind::Node | RevocationKind::User)
     {
-        return Err(Error::invalid_request(
-            "until applies to node and user revocations",
-        ));
+        return Err(KillError::Until);
     }
     Ok(())
 }
 
-/// Revokes `target` on behalf of `actor`.
-pub async fn revoke(state: &AppState, target: &Target, actor: &str) -> Result<Report, Error> {
+/// Revokes `target` at `now` on behalf of `actor`. It borrows what ending sessions does: the
+/// store, the index, the audit log and back-channel logout.
+pub async fn revoke(
+    ctx: session::Ctx<'_>,
+    target: &Target,
+    actor: &str,
+    now: UnixTime,
+) -> Result<Report, KillError> {
     check(target)?;
-    let now = state.now();
-    let revocation = state
+    let revocation = ctx
         .revocations
-        .revoke(
-            state.store.as_ref(),
-            target.kind,
-            &target.value,
-            now,
-            target.until,
-        )
+        .revoke(ctx.store, target.kind, &target.value, now, target.until)
         .await?;
     let sessions_ended = match target.kind {
         RevocationKind::Node | RevocationKind::User => session::end(
-            state.sessions(),
+            ctx,
             Selection::AllOf(target.kind, &target.value),
             Reason::KillSwitch,
             now,
@@ -100,24 +114,24 @@ pub async fn revoke(state: &AppState, target: &Target, actor: &str) -> Result<Re
         RevocationKind::Jti => event.jti = Some(target.value.clone()),
         RevocationKind::Family => {}
     }
-    state.audit.record(event).await?;
+    ctx.audit.record(event).await?;
     Ok(Report {
         revocation,
         sessions_ended,
     })
 }
 
-/// Allows new tokens for a node or user again. Tokens revoked stay revoked.
+/// Allows new tokens for a node or user again at `now`. Tokens revoked stay revoked.
 pub async fn lift(
-    state: &AppState,
+    ctx: session::Ctx<'_>,
     target: &Target,
     actor: &str,
-) -> Result<Vec<Revocation>, Error> {
+    now: UnixTime,
+) -> Result<Vec<Revocation>, KillError> {
     check(target)?;
-    let now = state.now();
-    let lifted = state
+    let lifted = ctx
         .revocations
-        .lift(state.store.as_ref(), target.kind, &target.value, now)
+        .lift(ctx.store, target.kind, &target.value, now)
         .await?;
     let event =
         AuditEvent::new(now, EventKind::RevocationLifted, Outcome::Success).detail(format!(
@@ -126,6 +140,6 @@ pub async fn lift(
             target.value,
             lifted.len()
         ));
-    state.audit.record(event).await?;
+    ctx.audit.record(event).await?;
     Ok(lifted)
 }

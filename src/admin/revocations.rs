@@ -18,7 +18,7 @@ pub(super) async fn revoke(
     admin: Admin,
     Json(target): Json<Target>,
 ) -> Result<Response, Error> {
-    let report = killswitch::revoke(&state, &target, &admin.actor).await?;
+    let report = killswitch::revoke(state.sessions(), &target, &admin.actor, state.now()).await?;
     Ok((StatusCode::CREATED, axum::Json(report)).into_response())
 }
 
@@ -29,7 +29,7 @@ pub(super) async fn lift(
     Json(target): Json<Target>,
 ) -> Result<axum::Json<Vec<Revocation>>, Error> {
     Ok(axum::Json(
-        killswitch::lift(&state, &target, &admin.actor).await?,
+        killswitch::lift(state.sessions(), &target, &admin.actor, state.now()).await?,
     ))
 }
 

@@ -503,7 +503,7 @@ async fn revoke(
         value: value.clone(),
         until: None,
     };
-    match killswitch::revoke(&state, &target, &admin.actor).await {
+    match killswitch::revoke(state.sessions(), &target, &admin.actor, state.now()).await {
         Ok(_) => {
             let filter = match kind {
                 RevocationKind::Run => "run",
@@ -520,7 +520,7 @@ async fn revoke(
             };
             Redirect::to(&to).into_response()
         }
-        Err(e) => failed(e),
+        Err(e) => failed(e.into()),
     }
 }
 

@@ -425,3 +425,99 @@ async fn tokens_signed_before_a_rotation_still_verify_until_the_retired_key_is_d
     f.keys.maintain().unwrap();
     assert!(f.keys.published(&kid(&before).unwrap()).unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_refusal_is_audited_with_its_typed_label() {
+    let f = fixture(LIFETIMES).await;
+    f.agent(&["https://elsewhere.example"]).await.unwrap_err();
+    let filter = crate::store::AuditFilter {
+        node: Some("nBuildBot42CNTRL".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let events = f.store.audit(&filter).await.unwrap();
+    let denied = events
+        .iter()
+        .map(|r| &r.event)
+        .find(|e| e.outcome == crate::audit::Outcome::Denied)
+        .expect("the refusal is recorded");
+    assert_eq!(denied.refusal.as_deref(), Some("audience"));
+    assert!(
+        denied
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("https://elsewhere.example")),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn introspection_tells_a_client_only_of_its_own_tokens() {
+    use super::introspect::{self, Asker, Introspection};
+    let f = fixture(LIFETIMES).await;
+    let code = f.code().await;
+    let issued = f.redeem(&code).await.unwrap();
+    let refresh = issued.refresh_token.unwrap();
+    let ask = |asker, token: &str| {
+        let ctx = f.ctx();
+        let token = token.to_owned();
+        async move {
+            introspect::introspect(&ctx, asker, &token, None)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(
+        ask(Asker::Client("app"), &issued.access_token).await,
+        Introspection::Access(_)
+    ));
+    assert!(matches!(
+        ask(Asker::Client("other"), &issued.access_token).await,
+        Introspection::Inactive
+    ));
+    assert!(matches!(
+        ask(Asker::Trusted, &refresh).await,
+        Introspection::Refresh(ref family) if family.client_id.0 == "app"
+    ));
+    assert!(matches!(
+        ask(Asker::Client("other"), &refresh).await,
+        Introspection::Inactive
+    ));
+    assert!(
+        !introspect::may_introspect(&f.ctx(), &f.ci),
+        "no allow_introspect rule"
+    );
+}
+
+#[tokio::test]
+async fn a_client_revoking_its_refresh_token_ends_the_session_and_another_clients_cannot() {
+    let f = fixture(LIFETIMES).await;
+    let code = f.code().await;
+    let issued = f.redeem(&code).await.unwrap();
+    let refresh = issued.refresh_token.unwrap();
+    let mut other = (*f.client).clone();
+    other.client_id = ClientId("other".into());
+    super::revoke::revoke(&f.ctx(), &other, &refresh)
+        .await
+        .unwrap();
+    super::revoke::revoke(&f.ctx(), &other, &issued.access_token)
+        .await
+        .unwrap();
+    f.claims(&issued.access_token);
+    super::revoke::revoke(&f.ctx(), &f.client, &refresh)
+        .await
+        .unwrap();
+    let refused = f.refresh(&refresh).await.unwrap_err();
+    assert!(matches!(refused, RefreshError::Inactive), "{refused:?}");
+    assert!(
+        crate::tokens::read_access(
+            &issued.access_token,
+            &f.keys,
+            &f.revocations,
+            f.issuer.url(),
+            f.clock.now(),
+        )
+        .is_err(),
+        "the session's access token goes with it"
+    );
+}

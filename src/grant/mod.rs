@@ -21,7 +21,9 @@ pub mod error;
 pub mod exchange;
 #[cfg(test)]
 mod flows;
+pub mod introspect;
 pub mod refresh;
+pub mod revoke;
 
 pub use context::{Context, Lifetimes, Policy, Rate, Signing};
 use error::{IssueError, LoginRefused};

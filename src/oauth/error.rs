@@ -16,6 +16,8 @@ use crate::grant::error::{
     AgentError, AuthorizeError, ExchangeError, Fault, LoginRefused, RedeemError, RefreshError,
     Shown,
 };
+use crate::grant::revoke::RevokeError;
+use crate::killswitch::KillError;
 use crate::policy::agent::Denied;
 
 /// An error code and the status it is sent with.
@@ -453,6 +455,28 @@ impl From<RedeemError> for Error {
             | RedeemError::Revoked(_) => Code::InvalidGrant,
         };
         Error::new(code, e.to_string())
+    }
+}
+
+impl From<RevokeError> for Error {
+    fn from(e: RevokeError) -> Error {
+        match e {
+            RevokeError::RateLimited(retry_after) => Error::rate_limited(retry_after),
+            RevokeError::Fault(fault) => Error::server_error(&fault),
+        }
+    }
+}
+
+impl From<KillError> for Error {
+    fn from(e: KillError) -> Error {
+        match e {
+            KillError::Value | KillError::Family | KillError::Until => {
+                Error::invalid_request(e.to_string())
+            }
+            KillError::Store(e) => Error::server_error(&e),
+            KillError::Audit(e) => Error::server_error(&e),
+            KillError::Sessions(e) => Error::server_error(&e),
+        }
     }
 }
 

@@ -1,12 +1,10 @@
-//! `POST /introspect` (RFC 7662).
+//! `POST /introspect` (RFC 7662): who asks, and the answer's shape; what the token is, is
+//! decided by `grant::introspect`.
 //!
-//! Two kinds of caller may ask. An authenticated confidential client learns about a token
-//! only if the token was issued to it or names it as an audience. A tailnet caller whose rule
-//! has `allow_introspect` (a gateway, say) learns about any token; it is identified by the
-//! connection, so cross-site requests are refused. Anything else is `invalid_client`. For an
-//! unknown, expired, revoked or someone else's token the answer is `{"active": false}` and
-//! nothing more. Revocations show at once: access tokens are checked against the revocation
-//! index, refresh tokens against their family.
+//! Two kinds of caller may ask: an authenticated confidential client, or a tailnet caller
+//! whose rule has `allow_introspect` (a gateway, say), identified by the connection, so
+//! cross-site requests are refused. Anything else is `invalid_client`. An inactive token is
+//! answered `{"active": false}` and nothing more.
 
 use axum::Extension;
 use axum::extract::State;
@@ -20,10 +18,9 @@ use super::error::Error;
 use super::input::Form;
 use crate::app::AppState;
 use crate::client_auth::{self, Presented};
+use crate::grant::introspect::{self, Asker, Introspection};
 use crate::http::guard::is_same_origin;
 use crate::http::peer::{self, Conn};
-use crate::policy::agent;
-use crate::secret::Secret;
 use crate::tokens;
 
 /// The request.
@@ -75,26 +72,19 @@ pub async fn introspect(
         form.client_id.as_deref(),
         form.client_secret.as_deref(),
     )?;
-    // `None`: a caller allowed to introspect any token.
+    let ctx = state.grants();
     let client = match presented {
         Presented::Secret { .. } => {
             Some(client_auth::authenticate(&state.clients, &presented).await?)
         }
         Presented::Nothing if is_same_origin(&headers, state.issuer.origin()) => {
-            let allowed = peer::identify(
+            let caller = peer::identify(
                 state.identity.as_ref(),
                 conn.as_ref().map(|c| &c.0),
                 &headers,
             )
-            .await
-            .is_ok_and(|identity| {
-                agent::may_introspect(
-                    &identity,
-                    &state.settings.policy,
-                    &state.settings.agent_capability,
-                )
-            });
-            if !allowed {
+            .await;
+            if !caller.is_ok_and(|identity| introspect::may_introspect(&ctx, &identity)) {
                 return Err(Error::invalid_client(
                     "introspection requires client authentication or an allow_introspect rule",
                 ));
@@ -111,37 +101,26 @@ pub async fn introspect(
         .token
         .as_deref()
         .ok_or_else(|| Error::invalid_request("token is required"))?;
-    let caller = client.as_ref().map(|c| c.client_id.0.as_str());
-    let inactive = || super::no_store(StatusCode::OK, &Inactive { active: false });
-    let now = state.now();
-
-    // RFC 7662 §2.1: the hint is only a hint; try the other kind when it does not fit.
-    let refresh_first = form.token_type_hint.as_deref() == Some("refresh_token");
-    let as_access = || {
-        tokens::read_access(
-            token,
-            &state.keys,
-            &state.revocations,
-            state.issuer.url(),
-            now,
-        )
-        .ok()
-        .filter(|c| caller.is_none_or(|id| c.client_id == id || c.aud.contains(id)))
+    let asker = match &client {
+        Some(client) => Asker::Client(&client.client_id.0),
+        None => Asker::Trusted,
     };
-    if !refresh_first && let Some(claims) = as_access() {
-        return Ok(active_access(&claims));
-    }
-    if let Some((family, spent)) = state
-        .store
-        .family_of(&Secret::from_presented(token).hash())
-        .await?
-    {
-        let live = family.is_live(now)
-            && !spent
-            && !state
-                .revocations
-                .family_revoked(&family.id, family.created_at);
-        if live && caller.is_none_or(|id| family.client_id.0 == id) {
+    let found = introspect::introspect(&ctx, asker, token, form.token_type_hint.as_deref()).await?;
+    Ok(match found {
+        Introspection::Access(claims) => {
+            let token_type = if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
+                DPOP
+            } else {
+                BEARER
+            };
+            let body = ActiveAccess {
+                active: true,
+                token_type,
+                claims: &claims,
+            };
+            super::no_store(StatusCode::OK, &body)
+        }
+        Introspection::Refresh(family) => {
             let body = ActiveRefresh {
                 active: true,
                 token_type: "refresh_token",
@@ -157,26 +136,8 @@ pub async fn introspect(
                 iat: family.created_at,
                 exp: family.expires_at,
             };
-            return Ok(super::no_store(StatusCode::OK, &body));
+            super::no_store(StatusCode::OK, &body)
         }
-        return Ok(inactive());
-    }
-    if refresh_first && let Some(claims) = as_access() {
-        return Ok(active_access(&claims));
-    }
-    Ok(inactive())
-}
-
-fn active_access(claims: &AccessClaims) -> Response {
-    let token_type = if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some()) {
-        DPOP
-    } else {
-        BEARER
-    };
-    let body = ActiveAccess {
-        active: true,
-        token_type,
-        claims,
-    };
-    super::no_store(StatusCode::OK, &body)
+        Introspection::Inactive => super::no_store(StatusCode::OK, &Inactive { active: false }),
+    })
 }

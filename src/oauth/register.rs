@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Code, Error};
 use super::input::{Bearer, Body, Path};
 use crate::app::AppState;
-use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::audit::{AuditEvent, EventKind, Outcome, Refusal};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
 };
@@ -79,6 +79,27 @@ fn management_error(e: ClientsError) -> Error {
     }
 }
 
+/// Why a registration was refused, as the audit log and metrics name it.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The caller holds no tsidp grant with `allow_dcr`.
+    #[error("the caller has no allow_dcr grant")]
+    NoGrant,
+    /// The metadata breaks the registration rules.
+    #[error(transparent)]
+    Metadata(MetadataError),
+}
+
+impl Refusal for Refused {
+    fn label(&self) -> &'static str {
+        match self {
+            Refused::NoGrant => "no_dcr_grant",
+            Refused::Metadata(MetadataError::RedirectUri(_)) => "redirect_uri",
+            Refused::Metadata(MetadataError::Metadata(_)) => "metadata",
+        }
+    }
+}
+
 /// `POST /register`.
 pub async fn register(
     State(state): State<AppState>,
@@ -92,17 +113,14 @@ pub async fn register(
         .as_ref()
         .map(|u| u.login.clone())
         .unwrap_or_else(|| caller.node.name.clone());
+    let refuse = |refusal: Refused| {
+        AuditEvent::new(now, EventKind::ClientRegistered, Outcome::Denied)
+            .by(&caller)
+            .refused(&refusal)
+    };
     if !tsidp::may_register(&caller) {
-        let reason = "the caller has no allow_dcr grant";
-        state
-            .audit
-            .record(
-                AuditEvent::new(now, EventKind::ClientRegistered, Outcome::Denied)
-                    .by(&caller)
-                    .because(reason),
-            )
-            .await?;
-        return Err(Error::access_denied(reason));
+        state.audit.record(refuse(Refused::NoGrant)).await?;
+        return Err(Error::access_denied(Refused::NoGrant.to_string()));
     }
     let metadata: ClientMetadata = parse_metadata(&body)?;
     let valid = match metadata.validate(&state.settings.metadata_rules(Registrant::SelfRegistered))
@@ -111,11 +129,7 @@ pub async fn register(
         Err(e) => {
             state
                 .audit
-                .record(
-                    AuditEvent::new(now, EventKind::ClientRegistered, Outcome::Denied)
-                        .by(&caller)
-                        .because(e.to_string()),
-                )
+                .record(refuse(Refused::Metadata(e.clone())))
                 .await?;
             return Err(metadata_error(e));
         }
