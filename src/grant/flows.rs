@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use clap::Parser as _;
 use tailpass_verify::UnixTime;
 
 use super::authorization_code::{self, AuthorizeParams, CodeRequest, Outcome};
@@ -54,11 +53,11 @@ async fn fixture(extra: &[&str]) -> Fixture {
     .map(|s| (*s).to_owned())
     .collect();
     argv.extend(extra.iter().map(|s| (*s).to_owned()));
-    let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
-    let crate::cli::Command::Serve(args) = cli.command else {
-        unreachable!()
-    };
-    let settings = crate::config::resolve(&cli.global, &args).unwrap();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (global, args) =
+        crate::config::options::parse_for_test::<crate::config::ServeOptions>("serve", &argv)
+            .unwrap();
+    let settings = crate::config::resolve(&global, &args).unwrap();
     let clock = Arc::new(ManualClock::new(UnixTime(1_800_000_000)));
     let identity = Arc::new(LocalTable::from_file(&table).unwrap());
     let issuer = crate::issuer::Issuer::new(&url::Url::parse("http://127.0.0.1:8765").unwrap());
