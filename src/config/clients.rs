@@ -10,7 +10,7 @@ use super::{ConfigError, Settings, invalid};
 use crate::clients::{Client, ClientId, ClientMetadata, ClientOrigin, Registrant};
 use crate::secret::SecretHash;
 
-/// A static client in the file (`[[client]]`), as written; [`static_clients`] validates it.
+/// A static client in the file (`[[client]]`), as written; validated into a [`Client`] at start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntry {

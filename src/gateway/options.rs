@@ -158,7 +158,7 @@ impl GatewaySettings {
         args: &GatewayOptions,
     ) -> Result<(GatewaySettings, GatewayIdentity), ConfigError> {
         let (file_global, file) = file::load::<GatewayOptions>(global.config.as_deref())?;
-        let dev = global.dev || file_global.dev;
+        let dev = global.clone().over(file_global).dev;
         let options = args.clone().over(file);
         let required = |name: &str| {
             invalid(format!(
