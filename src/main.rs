@@ -7,7 +7,8 @@ use clap::Parser as _;
 /// assembly), where it measured faster than the system allocator (see the README's figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tailpass::cli::{Cli, Command, LogFormat};
+use tailpass::cli::{Cli, Command};
+use tailpass::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -62,7 +63,9 @@ async fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from),
         Command::Gateway(args) => {
             init_logging(LogFormat::Text);
-            tailpass::gateway::run(&cli.global, &args).await
+            tailpass::gateway::run(&cli.global, &args)
+                .await
+                .map_err(anyhow::Error::from)
         }
         Command::Policy { action } => {
             init_logging(LogFormat::Text);

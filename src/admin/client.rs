@@ -16,9 +16,8 @@ use tower::ServiceExt as _;
 use url::Url;
 
 use crate::app::{self, AppState};
-use crate::cli::GlobalArgs;
 use crate::clock::SystemClock;
-use crate::config::{self, Paths};
+use crate::config::{self, GlobalOptions, Paths};
 use crate::http::peer::{Conn, Listener};
 use crate::http::unix_client::{self, UnixHttpError, UnixRequest};
 use crate::identity::local::LocalTable;
@@ -42,7 +41,7 @@ pub enum AdminClientError {
 /// A client of the admin API.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
-    global: GlobalArgs,
+    global: GlobalOptions,
     paths: Paths,
 }
 
@@ -59,7 +58,7 @@ pub struct Answer {
 
 impl AdminClient {
     /// A client for the state directory the global flags name.
-    pub fn new(global: &GlobalArgs) -> Result<AdminClient, config::ConfigError> {
+    pub fn new(global: &GlobalOptions) -> Result<AdminClient, config::ConfigError> {
         Ok(AdminClient {
             global: global.clone(),
             paths: config::resolve_paths(global)?,

@@ -9,7 +9,8 @@ use tailpass_verify::feed::RevocationKind;
 use super::{CommandError, fail};
 use crate::admin::client::{AdminClient, Answer};
 use crate::admin::{AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RotateRequest};
-use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, GlobalArgs, KeysAction, RevokeArgs};
+use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
+use crate::config::GlobalOptions;
 use crate::keys::KeyInfo;
 use crate::killswitch::{Report, Target};
 use crate::store::{AuditRecord, Revocation};
@@ -37,7 +38,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CommandError> {
 }
 
 /// `tailpass keys …`.
-pub async fn keys(global: &GlobalArgs, action: KeysAction) -> Result<(), CommandError> {
+pub async fn keys(global: &GlobalOptions, action: KeysAction) -> Result<(), CommandError> {
     let admin = AdminClient::new(global).map_err(fail)?;
     let (answer, json) = match action {
         KeysAction::List { json } => (
@@ -82,7 +83,7 @@ pub async fn keys(global: &GlobalArgs, action: KeysAction) -> Result<(), Command
 }
 
 /// `tailpass clients …`.
-pub async fn clients(global: &GlobalArgs, action: ClientsAction) -> Result<(), CommandError> {
+pub async fn clients(global: &GlobalOptions, action: ClientsAction) -> Result<(), CommandError> {
     let admin = AdminClient::new(global).map_err(fail)?;
     match action {
         ClientsAction::Add(args) => add_client(&admin, args).await,
@@ -161,7 +162,7 @@ async fn add_client(admin: &AdminClient, args: ClientAddArgs) -> Result<(), Comm
 }
 
 /// `tailpass revoke`.
-pub async fn revoke(global: &GlobalArgs, args: RevokeArgs) -> Result<(), CommandError> {
+pub async fn revoke(global: &GlobalOptions, args: RevokeArgs) -> Result<(), CommandError> {
     let (kind, value) = match (&args.run, &args.node, &args.user, &args.jti) {
         (Some(v), _, _, _) => (RevocationKind::Run, v.clone()),
         (_, Some(v), _, _) => (RevocationKind::Node, v.clone()),
@@ -209,7 +210,7 @@ pub async fn revoke(global: &GlobalArgs, args: RevokeArgs) -> Result<(), Command
 }
 
 /// `tailpass audit`.
-pub async fn audit(global: &GlobalArgs, args: AuditArgs) -> Result<(), CommandError> {
+pub async fn audit(global: &GlobalOptions, args: AuditArgs) -> Result<(), CommandError> {
     let query = AuditQuery {
         run: args.run,
         node: args.node,

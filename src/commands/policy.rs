@@ -9,7 +9,8 @@ use axum::http::Method;
 use super::{CommandError, fail};
 use crate::admin::PREFIX;
 use crate::admin::client::AdminClient;
-use crate::cli::{GlobalArgs, PolicyAction, PolicyExplainArgs};
+use crate::cli::{PolicyAction, PolicyExplainArgs};
+use crate::config::GlobalOptions;
 use crate::policy::agent::DEFAULT_CAPABILITY;
 use crate::policy::explain::{self, Decision, ExplainRequest, Explanation};
 use crate::policy::file::PolicyFile;
@@ -24,7 +25,7 @@ pub enum Verdict {
 }
 
 /// Runs `tailpass policy …`. An `Err` is bad input (exit status 2).
-pub async fn policy(global: &GlobalArgs, action: PolicyAction) -> Result<Verdict, CommandError> {
+pub async fn policy(global: &GlobalOptions, action: PolicyAction) -> Result<Verdict, CommandError> {
     match action {
         PolicyAction::Explain(args) => explain(global, args).await,
         PolicyAction::Check { file } => {
@@ -48,7 +49,7 @@ pub async fn policy(global: &GlobalArgs, action: PolicyAction) -> Result<Verdict
     }
 }
 
-async fn explain(global: &GlobalArgs, args: PolicyExplainArgs) -> Result<Verdict, CommandError> {
+async fn explain(global: &GlobalOptions, args: PolicyExplainArgs) -> Result<Verdict, CommandError> {
     let request = ExplainRequest {
         caller: args.caller,
         audience: args.audience,

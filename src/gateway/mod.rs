@@ -31,11 +31,13 @@ pub mod body;
 pub mod endpoints;
 pub mod headers;
 pub mod meter;
+pub mod options;
 pub mod proxy;
 pub mod quota;
 
 pub use endpoints::Api;
 pub use headers::Auth;
+pub use options::{GatewayIdentity, GatewayOptions};
 
 /// Runs metered at once (distinct root runs with unexpired tokens).
 const MAX_RUNS: usize = 100_000;
@@ -74,15 +76,6 @@ impl UpstreamSettings {
             paths: Vec::new(),
             pin_headers: Vec::new(),
         }
-    }
-}
-
-/// The header an API reads its key from.
-fn default_auth(api: Api) -> Auth {
-    match api {
-        Api::Openai => Auth::Bearer,
-        Api::Anthropic => Auth::XApiKey,
-        Api::Gemini => Auth::XGoogApiKey,
     }
 }
 
@@ -154,6 +147,12 @@ pub enum GatewayError {
     /// Occurs when the HTTP client cannot be built.
     #[error("http client: {0}")]
     Client(String),
+    /// Occurs when the options or the configuration file are refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Occurs when the identity table (`--identity-file`) cannot be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::local::LocalTableError),
 }
 
 /// What the proxy handler shares.
@@ -252,206 +251,11 @@ fn read_key(
         .map_err(|e| GatewayError::Key(shown, e))
 }
 
-/// The gateway's TOML file (`--config`): its flags' names in snake_case, plus the global
-/// flags, which it accepts and does not use.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GatewayFile {
-    listen: Option<SocketAddr>,
-    public_url: Option<url::Url>,
-    issuer: Option<url::Url>,
-    audience: Option<String>,
-    upstream: Option<url::Url>,
-    upstream_key_file: Option<PathBuf>,
-    upstream_api: Option<Api>,
-    upstream_auth: Option<Auth>,
-    upstream_paths: Option<Vec<String>>,
-    upstream_pin_headers: Option<std::collections::BTreeMap<String, String>>,
-    default_max_tokens: Option<u64>,
-    allow_unrestricted: Option<bool>,
-    max_feed_staleness: Option<crate::config::FileDuration>,
-    max_token_lifetime: Option<crate::config::FileDuration>,
-    source_address: Option<IpAddr>,
-    identity: Option<crate::cli::IdentityKind>,
-    identity_file: Option<PathBuf>,
-    tailscaled_socket: Option<PathBuf>,
-    audit_file: Option<PathBuf>,
-    dev: Option<bool>,
-    state_dir: Option<PathBuf>,
-    keys_dir: Option<PathBuf>,
-}
-
-/// Where presenting nodes' identities come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GatewayIdentity {
-    /// tailscaled's LocalAPI socket.
-    Tailscaled(PathBuf),
-    /// A WhoIs table file.
-    Local(PathBuf),
-    /// `--dev`: every loopback caller is the OS user's node.
-    Dev,
-}
-
-impl GatewaySettings {
-    /// Resolves flags (environment included) over the `--config` file; the settings and the
-    /// identity source to use.
-    pub fn resolve(
-        global: &crate::cli::GlobalArgs,
-        args: &crate::cli::GatewayArgs,
-    ) -> anyhow::Result<(GatewaySettings, GatewayIdentity)> {
-        use crate::cli::IdentityKind;
-        let file: GatewayFile = match &global.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => GatewayFile::default(),
-        };
-        let _ = (&file.state_dir, &file.keys_dir);
-        let required = |name: &str| {
-            anyhow::anyhow!("--{name} is required (flag, TAILPASS_ variable or config file)")
-        };
-        let listen = args
-            .listen
-            .or(file.listen)
-            .ok_or_else(|| required("listen"))?;
-        let trimmed = |u: &url::Url| u.as_str().trim_end_matches('/').to_owned();
-        let seconds = |flag: Option<u64>,
-                       from_file: &Option<crate::config::FileDuration>,
-                       key: &str,
-                       default: u64| match (flag, from_file) {
-            (Some(secs), _) => anyhow::Ok(secs),
-            (None, Some(d)) => Ok(d.seconds(key)?),
-            (None, None) => Ok(default),
-        };
-        let issuer = args
-            .issuer
-            .as_ref()
-            .or(file.issuer.as_ref())
-            .map(trimmed)
-            .ok_or_else(|| required("issuer"))?;
-        let audience = args
-            .audience
-            .clone()
-            .or(file.audience.clone())
-            .ok_or_else(|| required("audience"))?;
-        let api = args.upstream_api.or(file.upstream_api).unwrap_or_default();
-        let paths = if args.upstream_paths.is_empty() {
-            file.upstream_paths.clone().unwrap_or_default()
-        } else {
-            args.upstream_paths.clone()
-        };
-        let pins: Vec<(String, String)> = if args.upstream_pin_headers.is_empty() {
-            file.upstream_pin_headers
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect()
-        } else {
-            args.upstream_pin_headers
-                .iter()
-                .map(|pin| {
-                    pin.split_once('=')
-                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("--upstream-pin-headers {pin:?}: expected NAME=VALUE")
-                        })
-                })
-                .collect::<anyhow::Result<_>>()?
-        };
-        let upstream = UpstreamSettings {
-            base_url: args
-                .upstream
-                .as_ref()
-                .or(file.upstream.as_ref())
-                .map(trimmed)
-                .ok_or_else(|| required("upstream"))?,
-            key_file: args
-                .upstream_key_file
-                .clone()
-                .or(file.upstream_key_file)
-                .ok_or_else(|| required("upstream-key-file"))?,
-            api,
-            auth: args
-                .upstream_auth
-                .or(file.upstream_auth)
-                .unwrap_or_else(|| default_auth(api)),
-            paths: paths
-                .iter()
-                .map(|p| {
-                    endpoints::Endpoint::parse(p)
-                        .map_err(|e| anyhow::anyhow!("upstream_paths: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?,
-            pin_headers: pins
-                .iter()
-                .map(|(n, v)| headers::parse_pin(n, v).map_err(|e| anyhow::anyhow!(e)))
-                .collect::<anyhow::Result<_>>()?,
-        };
-        let settings = GatewaySettings {
-            listen,
-            public_url: args
-                .public_url
-                .as_ref()
-                .or(file.public_url.as_ref())
-                .map(trimmed)
-                .unwrap_or_else(|| format!("http://{listen}")),
-            issuer,
-            audience,
-            upstream,
-            source_address: args.source_address.or(file.source_address),
-            audit_file: args.audit_file.clone().or(file.audit_file),
-            default_max_tokens: args
-                .default_max_tokens
-                .or(file.default_max_tokens)
-                .unwrap_or(DEFAULT_MAX_TOKENS),
-            allow_unrestricted: args.allow_unrestricted || file.allow_unrestricted.unwrap_or(false),
-            max_feed_staleness: seconds(
-                args.max_feed_staleness,
-                &file.max_feed_staleness,
-                "max_feed_staleness",
-                DEFAULT_MAX_FEED_STALENESS,
-            )?,
-            max_token_lifetime: seconds(
-                args.max_token_lifetime,
-                &file.max_token_lifetime,
-                "max_token_lifetime",
-                tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
-            )?,
-        };
-        let dev = global.dev || file.dev.unwrap_or(false);
-        let identity_file = args.identity_file.clone().or(file.identity_file);
-        let identity = match (args.identity.or(file.identity), identity_file) {
-            (Some(IdentityKind::Local) | None, Some(path)) => GatewayIdentity::Local(path),
-            (Some(IdentityKind::Local) | None, None) if dev => GatewayIdentity::Dev,
-            (Some(IdentityKind::Local), None) => {
-                anyhow::bail!("--identity local needs --identity-file")
-            }
-            (None | Some(IdentityKind::Tailscaled), None) => GatewayIdentity::Tailscaled(
-                args.tailscaled_socket
-                    .clone()
-                    .or(file.tailscaled_socket)
-                    .unwrap_or_else(|| PathBuf::from(crate::identity::tailscaled::DEFAULT_SOCKET)),
-            ),
-            (Some(IdentityKind::Tsnet), _) => {
-                anyhow::bail!(
-                    "the gateway asks tailscaled or a local table; tsnet is not supported"
-                )
-            }
-            (Some(IdentityKind::Tailscaled), Some(_)) => {
-                anyhow::bail!("--identity-file only applies to --identity local")
-            }
-        };
-        Ok((settings, identity))
-    }
-}
-
 /// `tailpass gateway`: starts, serves until SIGINT or SIGTERM, stops.
 pub async fn run(
-    global: &crate::cli::GlobalArgs,
-    args: &crate::cli::GatewayArgs,
-) -> anyhow::Result<()> {
+    global: &crate::config::GlobalOptions,
+    args: &GatewayOptions,
+) -> Result<(), GatewayError> {
     let (settings, identity) = GatewaySettings::resolve(global, args)?;
     let identity: Arc<dyn IdentitySource> = match identity {
         GatewayIdentity::Local(file) => {
@@ -554,17 +358,16 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::config::{ConfigError, IdentityKind};
 
-    fn resolve(argv: &[&str]) -> anyhow::Result<(GatewaySettings, GatewayIdentity)> {
-        let cli = Cli::try_parse_from(argv)?;
-        let Command::Gateway(args) = cli.command else {
-            anyhow::bail!("not the gateway command")
-        };
-        GatewaySettings::resolve(&cli.global, &args)
+    /// `ARGV` (whose subcommand must be `gateway`), resolved; a refusal of the command line
+    /// itself is an error too.
+    fn resolve(argv: &[&str]) -> Result<(GatewaySettings, GatewayIdentity), ConfigError> {
+        let (global, args) =
+            crate::config::options::parse_for_test::<GatewayOptions>("gateway", argv)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        GatewaySettings::resolve(&global, &args)
     }
 
     /// A config file holding `text`, and its path.
@@ -578,14 +381,15 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let file: GatewayFile =
-            toml::from_str(include_str!("../../deploy/gateway.example.toml")).unwrap();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.example.toml");
+        let (_, file) = crate::config::file::load::<GatewayOptions>(Some(&path)).unwrap();
         assert_eq!(
             file.upstream.as_ref().unwrap().as_str(),
             "https://api.openai.com/"
         );
         assert_eq!(file.upstream_api, Some(Api::Openai));
-        assert_eq!(file.identity, Some(crate::cli::IdentityKind::Tailscaled));
+        assert_eq!(file.identity, Some(IdentityKind::Tailscaled));
     }
 
     #[test]

@@ -1,49 +1,41 @@
-//! Server settings: raw flags, environment and TOML file merged into one validated
-//! [`Settings`] ("parse, don't validate": nothing downstream re-checks these).
+//! Settings: the options of a command, declared once in [`options`] (flag, environment
+//! variable, TOML key, default, help), layered and validated into one [`Settings`] ("parse,
+//! don't validate": nothing downstream re-checks these).
 //!
-//! Precedence is flag, then environment (clap reads both), then the file, then `--dev`
-//! defaults, then built-in defaults. Combinations that would be unsafe — plain HTTP on a
-//! non-loopback address, a proxy listener reachable from the network — are refused here with a
-//! message saying what to do instead.
+//! Layering is the same for every command with a file: flag, then environment (clap reads
+//! both), then the file ([`file::load`]), then `--dev` defaults, then built-in defaults.
+//! Combinations that would be unsafe — plain HTTP on a non-loopback address, a proxy listener
+//! reachable from the network — are refused here with a message saying what to do instead.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::Deserialize;
-use tailpass_verify::{Alg, UnixTime};
+use tailpass_verify::Alg;
 use url::Url;
 
-use crate::cli::{GlobalArgs, IdentityKind, LogFormat, ServeArgs, parse_duration};
 use crate::clients::redirect::RedirectRules;
-use crate::clients::{Client, ClientId, ClientMetadata, ClientOrigin, MetadataRules, Registrant};
+use crate::clients::{Client, MetadataRules, Registrant};
 use crate::policy::file::PolicyFile;
-use crate::secret::SecretHash;
 
-/// Where state lives by default outside `--dev`.
-const DEFAULT_STATE_DIR: &str = "/var/lib/tailpass";
-/// `--dev`'s listen address.
-const DEV_LISTEN: &str = "127.0.0.1:8765";
+pub mod clients;
+pub mod duration;
+pub mod file;
+pub mod options;
+
+pub use duration::Seconds;
+pub use file::FileError;
+pub use options::{GlobalOptions, IdentityKind, LogFormat, ServeOptions};
+
+use clients::static_clients;
+use options::{DEFAULT_STATE_DIR, DEV_KEYS_DIR, DEV_LISTEN, DEV_STATE_DIR};
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Occurs when the configuration file cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Occurs when the file is not valid TOML or has unknown keys.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The TOML error.
-        message: String,
-    },
+    /// Occurs when the configuration file cannot be read, parsed, or has unknown keys.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Occurs when settings contradict each other or are unsafe.
     #[error("{0}")]
     Invalid(String),
@@ -51,109 +43,6 @@ pub enum ConfigError {
 
 fn invalid(message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(message.into())
-}
-
-/// A duration in the file: seconds, or a string such as `"15m"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum FileDuration {
-    Seconds(u64),
-    Text(String),
-}
-
-impl FileDuration {
-    /// The duration in seconds; `key` names it in the error.
-    pub(crate) fn seconds(&self, key: &str) -> Result<u64, ConfigError> {
-        match self {
-            FileDuration::Seconds(n) => Ok(*n),
-            FileDuration::Text(text) => {
-                parse_duration(text).map_err(|e| invalid(format!("{key}: {e}")))
-            }
-        }
-    }
-}
-
-/// A static client in the file (`[[client]]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileClient {
-    client_id: String,
-    #[serde(default)]
-    client_name: Option<String>,
-    /// The SHA-256 (hex) of the secret; the file never holds a secret in clear.
-    #[serde(default)]
-    secret_sha256: Option<SecretHash>,
-    #[serde(default)]
-    token_endpoint_auth_method: Option<String>,
-    #[serde(default)]
-    redirect_uris: Vec<String>,
-    #[serde(default)]
-    post_logout_redirect_uris: Vec<String>,
-    #[serde(default)]
-    grant_types: Option<Vec<String>>,
-    #[serde(default)]
-    id_token_signed_response_alg: Option<String>,
-    #[serde(default)]
-    resources: Vec<String>,
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    backchannel_logout_uri: Option<String>,
-    #[serde(default)]
-    backchannel_logout_session_required: Option<bool>,
-}
-
-/// The TOML file: the flags of `serve` and the global flags, plus `[[client]]` tables.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    state_dir: Option<PathBuf>,
-    keys_dir: Option<PathBuf>,
-    dev: Option<bool>,
-    listen: Option<SocketAddr>,
-    issuer: Option<Url>,
-    proxy_listen: Option<SocketAddr>,
-    signing_alg: Option<String>,
-    no_rs256: Option<bool>,
-    enable_alg: Option<Vec<String>>,
-    identity: Option<IdentityKind>,
-    identity_file: Option<PathBuf>,
-    tailscaled_socket: Option<PathBuf>,
-    hostname: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    token_lifetime: Option<FileDuration>,
-    max_token_lifetime: Option<FileDuration>,
-    refresh_lifetime: Option<FileDuration>,
-    key_rotation_interval: Option<FileDuration>,
-    audit_retention: Option<FileDuration>,
-    allow_http_redirect_uris: Option<bool>,
-    policy: Option<PathBuf>,
-    agent_capability: Option<String>,
-    agent_token_lifetime: Option<FileDuration>,
-    rate_limit: Option<u32>,
-    feed_reserved_slots: Option<usize>,
-    dpop_nonce: Option<bool>,
-    audit_file: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    #[serde(default)]
-    client: Vec<FileClient>,
-}
-
-impl FileConfig {
-    fn load(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
-        let Some(path) = path else {
-            return Ok(FileConfig::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    }
 }
 
 /// Where caller identities come from, resolved.
@@ -281,30 +170,30 @@ impl Settings {
     }
 }
 
-/// Resolves the paths alone, for commands other than `serve`.
-pub fn resolve_paths(global: &GlobalArgs) -> Result<Paths, ConfigError> {
-    let file = FileConfig::load(global.config.as_deref())?;
-    Ok(paths(global, &file))
+/// Resolves the paths alone, for commands other than `serve` that share its state (their
+/// `--config` is `serve`'s file).
+pub fn resolve_paths(global: &GlobalOptions) -> Result<Paths, ConfigError> {
+    let (file, _) = file::load::<ServeOptions>(global.config.as_deref())?;
+    Ok(paths(global.clone().over(file)))
 }
 
-fn paths(global: &GlobalArgs, file: &FileConfig) -> Paths {
-    let dev = global.dev || file.dev.unwrap_or(false);
-    let state_dir = global
-        .state_dir
-        .clone()
-        .or_else(|| file.state_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(if dev { ".tailpass" } else { DEFAULT_STATE_DIR }));
-    let keys_dir = global
-        .keys_dir
-        .clone()
-        .or_else(|| file.keys_dir.clone())
-        .unwrap_or_else(|| {
-            if dev {
-                PathBuf::from("keys")
-            } else {
-                state_dir.join("keys")
-            }
-        });
+/// The directories, from the global options already layered over the file's.
+fn paths(global: GlobalOptions) -> Paths {
+    let dev = global.dev;
+    let state_dir = global.state_dir.unwrap_or_else(|| {
+        PathBuf::from(if dev {
+            DEV_STATE_DIR
+        } else {
+            DEFAULT_STATE_DIR
+        })
+    });
+    let keys_dir = global.keys_dir.unwrap_or_else(|| {
+        if dev {
+            PathBuf::from(DEV_KEYS_DIR)
+        } else {
+            state_dir.join("keys")
+        }
+    });
     Paths {
         dev,
         state_dir,
@@ -312,76 +201,50 @@ fn paths(global: &GlobalArgs, file: &FileConfig) -> Paths {
     }
 }
 
-/// Merges flags, environment, file and defaults into the settings of `serve`.
-pub fn resolve(global: &GlobalArgs, args: &ServeArgs) -> Result<Settings, ConfigError> {
+/// Layers flags, environment, file and defaults into the settings of `serve`.
+pub fn resolve(global: &GlobalOptions, args: &ServeOptions) -> Result<Settings, ConfigError> {
     resolve_for(global, args, true)
 }
 
 /// The settings CLI commands need when no server is running and they open the state
 /// themselves: like `serve`'s, but an issuer is not required.
-pub fn resolve_offline(global: &GlobalArgs) -> Result<Settings, ConfigError> {
-    resolve_for(global, &ServeArgs::default(), false)
+pub fn resolve_offline(global: &GlobalOptions) -> Result<Settings, ConfigError> {
+    resolve_for(global, &ServeOptions::default(), false)
 }
 
 fn resolve_for(
-    global: &GlobalArgs,
-    args: &ServeArgs,
+    global: &GlobalOptions,
+    args: &ServeOptions,
     serving: bool,
 ) -> Result<Settings, ConfigError> {
-    let file = FileConfig::load(global.config.as_deref())?;
-    let paths = paths(global, &file);
+    let (file_global, file) = file::load::<ServeOptions>(global.config.as_deref())?;
+    let paths = paths(global.clone().over(file_global));
     let dev = paths.dev;
+    let options = args.clone().over(file);
 
-    let signing_alg = match (&args.signing_alg, &file.signing_alg) {
-        (Some(alg), _) => *alg,
-        (None, Some(name)) => name
-            .parse()
-            .map_err(|e: tailpass_verify::alg::UnknownAlg| invalid(format!("signing_alg: {e}")))?,
-        (None, None) => Alg::ES256,
-    };
-    let no_rs256 = args.no_rs256 || file.no_rs256.unwrap_or(false);
+    let signing_alg = options.signing_alg();
     let mut algs = BTreeSet::from([signing_alg]);
-    if !no_rs256 {
+    if !options.no_rs256 {
         algs.insert(Alg::RS256);
     }
-    if !args.enable_algs.is_empty() {
-        algs.extend(args.enable_algs.iter().copied());
-    } else {
-        for name in file.enable_alg.iter().flatten() {
-            algs.insert(
-                name.parse()
-                    .map_err(|e: tailpass_verify::alg::UnknownAlg| {
-                        invalid(format!("enable_alg: {e}"))
-                    })?,
-            );
-        }
-    }
+    algs.extend(options.enable_alg.iter().copied());
 
-    let issuer = args.issuer.clone().or(file.issuer.clone());
+    let issuer = options.issuer.clone();
     if serving && !dev && issuer.is_none() {
         return Err(invalid(
             "--issuer is required (or use --dev to try tailpass locally)",
         ));
     }
-    let listen = match (args.listen.or(file.listen), &issuer) {
+    let listen = match (options.listen, &issuer) {
         (Some(listen), _) => listen,
         (None, Some(url)) if !dev => default_listen(url)?,
-        (None, _) => DEV_LISTEN
-            .parse()
-            .map_err(|_| invalid("internal: bad dev listen address"))?,
+        (None, _) => DEV_LISTEN,
     };
     if let Some(url) = &issuer {
         check_issuer(url)?;
     }
 
-    let identity_file = args.identity_file.clone().or(file.identity_file.clone());
-    let socket = args
-        .tailscaled_socket
-        .clone()
-        .or(file.tailscaled_socket.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::identity::tailscaled::DEFAULT_SOCKET));
-    let kind = args.identity.or(file.identity);
-    let identity = match (kind, identity_file) {
+    let identity = match (options.identity, options.identity_file.clone()) {
         (Some(IdentityKind::Local) | None, Some(path)) => IdentitySettings::Local(path),
         (Some(IdentityKind::Local), None) if dev => IdentitySettings::Dev,
         (Some(IdentityKind::Local), None) => {
@@ -389,25 +252,19 @@ fn resolve_for(
         }
         (None, None) if dev => IdentitySettings::Dev,
         (None | Some(IdentityKind::Tailscaled), None) => {
-            IdentitySettings::Tailscaled(socket.clone())
+            IdentitySettings::Tailscaled(options.tailscaled_socket())
         }
         (Some(IdentityKind::Tailscaled | IdentityKind::Tsnet), Some(_)) => {
             return Err(invalid("--identity-file only applies to --identity local"));
         }
         (Some(IdentityKind::Tsnet), None) => IdentitySettings::Tsnet {
-            hostname: args
-                .hostname
-                .clone()
-                .or(file.hostname.clone())
-                .unwrap_or_else(|| "tailpass".to_owned()),
+            hostname: options.hostname(),
         },
     };
     // A build without the `tsnet` feature refuses `--identity tsnet` when it starts; the
     // settings themselves are checked the same way in every build.
 
-    let tls_cert = args.tls_cert.clone().or(file.tls_cert.clone());
-    let tls_key = args.tls_key.clone().or(file.tls_key.clone());
-    let tls = match (tls_cert, tls_key) {
+    let tls = match (options.tls_cert.clone(), options.tls_key.clone()) {
         (Some(cert), Some(key)) => Some(TlsSettings::Files { cert, key }),
         (None, None) => match &identity {
             IdentitySettings::Tailscaled(socket) if !listen.ip().is_loopback() => {
@@ -424,7 +281,7 @@ fn resolve_for(
              or listen on loopback behind `tailscale serve` with --proxy-listen"
         )));
     }
-    let proxy_listen = args.proxy_listen.or(file.proxy_listen);
+    let proxy_listen = options.proxy_listen;
     if let Some(proxy) = proxy_listen
         && !proxy.ip().is_loopback()
     {
@@ -434,44 +291,11 @@ fn resolve_for(
         )));
     }
 
-    let seconds =
-        |flag: Option<u64>, from_file: &Option<FileDuration>, key: &str, default: u64| match (
-            flag, from_file,
-        ) {
-            (Some(n), _) => Ok(n),
-            (None, Some(d)) => d.seconds(key),
-            (None, None) => Ok(default),
-        };
-    let token_lifetime = seconds(
-        args.token_lifetime,
-        &file.token_lifetime,
-        "token_lifetime",
-        3_600,
-    )?;
-    let max_token_lifetime = seconds(
-        args.max_token_lifetime,
-        &file.max_token_lifetime,
-        "max_token_lifetime",
-        86_400,
-    )?;
-    let refresh_lifetime = seconds(
-        args.refresh_lifetime,
-        &file.refresh_lifetime,
-        "refresh_lifetime",
-        30 * 86_400,
-    )?;
-    let rotation = seconds(
-        args.key_rotation_interval,
-        &file.key_rotation_interval,
-        "key_rotation_interval",
-        90 * 86_400,
-    )?;
-    let audit_retention = seconds(
-        args.audit_retention,
-        &file.audit_retention,
-        "audit_retention",
-        0,
-    )?;
+    let token_lifetime = options.token_lifetime().secs();
+    let max_token_lifetime = options.max_token_lifetime().secs();
+    let refresh_lifetime = options.refresh_lifetime().secs();
+    let rotation = options.key_rotation_interval().secs();
+    let audit_retention = options.audit_retention().secs();
     if token_lifetime == 0 || token_lifetime > max_token_lifetime {
         return Err(invalid(format!(
             "token_lifetime ({token_lifetime}s) must be positive and at most max_token_lifetime ({max_token_lifetime}s)"
@@ -481,9 +305,6 @@ fn resolve_for(
         return Err(invalid("refresh_lifetime must be positive"));
     }
 
-    let redirect_rules = RedirectRules {
-        allow_http: args.allow_http_redirect_uris || file.allow_http_redirect_uris.unwrap_or(false),
-    };
     let mut settings = Settings {
         paths,
         listen,
@@ -498,38 +319,28 @@ fn resolve_for(
         refresh_lifetime,
         key_rotation_interval: (rotation > 0).then_some(rotation),
         audit_retention: (audit_retention > 0).then_some(audit_retention),
-        redirect_rules,
-        log_format: args
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text),
-        policy: match args.policy.as_ref().or(file.policy.as_ref()) {
+        redirect_rules: RedirectRules {
+            allow_http: options.allow_http_redirect_uris,
+        },
+        log_format: options.log_format(),
+        policy: match &options.policy {
             Some(path) => PolicyFile::load(path).map_err(|e| invalid(e.to_string()))?,
             None => PolicyFile::default(),
         },
-        agent_capability: args
-            .agent_capability
-            .clone()
-            .or(file.agent_capability.clone())
-            .unwrap_or_else(|| crate::policy::agent::DEFAULT_CAPABILITY.to_owned()),
-        agent_token_lifetime: seconds(
-            args.agent_token_lifetime,
-            &file.agent_token_lifetime,
-            "agent_token_lifetime",
-            900,
-        )?
-        .clamp(1, max_token_lifetime),
-        rate_limit: args.rate_limit.or(file.rate_limit).unwrap_or(600),
-        feed_reserved_slots: args
-            .feed_reserved_slots
-            .or(file.feed_reserved_slots)
-            .unwrap_or(64)
+        agent_capability: options.agent_capability(),
+        agent_token_lifetime: options
+            .agent_token_lifetime()
+            .secs()
+            .clamp(1, max_token_lifetime),
+        rate_limit: options.rate_limit(),
+        feed_reserved_slots: options
+            .feed_reserved_slots()
             .min(crate::oauth::revocation_feed::MAX_SUBSCRIBERS),
-        dpop_nonce: args.dpop_nonce || file.dpop_nonce.unwrap_or(false),
-        audit_file: args.audit_file.clone().or(file.audit_file.clone()),
+        dpop_nonce: options.dpop_nonce,
+        audit_file: options.audit_file.clone(),
         static_clients: Vec::new(),
     };
-    settings.static_clients = static_clients(&file.client, &settings)?;
+    settings.static_clients = static_clients(&options.client, &settings)?;
     Ok(settings)
 }
 
@@ -563,82 +374,17 @@ fn check_issuer(url: &Url) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn static_clients(entries: &[FileClient], settings: &Settings) -> Result<Vec<Client>, ConfigError> {
-    let rules = settings.metadata_rules(Registrant::Operator);
-    let mut seen = BTreeSet::new();
-    let mut clients = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let id = &entry.client_id;
-        if id.is_empty() || !seen.insert(id.clone()) {
-            return Err(invalid(format!(
-                "[[client]] {id:?}: client_id must be unique and non-empty"
-            )));
-        }
-        let meta = ClientMetadata {
-            redirect_uris: Some(entry.redirect_uris.clone()),
-            token_endpoint_auth_method: entry.token_endpoint_auth_method.clone(),
-            // Operators' clients refresh unless told otherwise; RFC 7591's default (code only)
-            // is for self-registration.
-            grant_types: Some(
-                entry
-                    .grant_types
-                    .clone()
-                    .unwrap_or_else(|| vec!["authorization_code".into(), "refresh_token".into()]),
-            ),
-            response_types: None,
-            client_name: entry.client_name.clone(),
-            id_token_signed_response_alg: entry.id_token_signed_response_alg.clone(),
-            post_logout_redirect_uris: Some(entry.post_logout_redirect_uris.clone()),
-            backchannel_logout_uri: entry.backchannel_logout_uri.clone(),
-            backchannel_logout_session_required: entry.backchannel_logout_session_required,
-            resources: Some(entry.resources.clone()),
-            jwks_uri: None,
-            jwks: None,
-        }
-        .validate(&rules)
-        .map_err(|e| invalid(format!("[[client]] {id:?}: {e}")))?;
-        let mut client = Client::from_metadata(
-            ClientId(id.clone()),
-            meta,
-            ClientOrigin::Config,
-            UnixTime(0),
-            Some("config".into()),
-        );
-        match (client.is_public(), &entry.secret_sha256) {
-            (true, Some(_)) => {
-                return Err(invalid(format!(
-                    "[[client]] {id:?}: a public client has no secret_sha256"
-                )));
-            }
-            (false, None) => {
-                return Err(invalid(format!(
-                    "[[client]] {id:?}: secret_sha256 is required (the SHA-256 hex of the secret; \
-                     `printf %s SECRET | sha256sum`), or token_endpoint_auth_method = \"none\""
-                )));
-            }
-            _ => {}
-        }
-        client.secret_sha256 = entry.secret_sha256.clone();
-        client.users = entry.users.clone();
-        clients.push(client);
-    }
-    Ok(clients)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
-    use clap::Parser as _;
 
+    /// `tailpass ARGV` (whose subcommand must be `serve`), resolved.
     fn serve(argv: &[&str]) -> Result<Settings, ConfigError> {
         let mut full = vec!["tailpass"];
         full.extend_from_slice(argv);
-        let cli = Cli::try_parse_from(full).map_err(|e| invalid(e.to_string()))?;
-        match cli.command {
-            Command::Serve(args) => resolve(&cli.global, &args),
-            _ => Err(invalid("not serve")),
-        }
+        let (global, args) = options::parse_for_test::<ServeOptions>("serve", &full)
+            .map_err(|e| invalid(e.to_string()))?;
+        resolve(&global, &args)
     }
 
     fn with_file(toml: &str, argv: &[&str]) -> Result<Settings, ConfigError> {
@@ -760,6 +506,27 @@ mod tests {
     }
 
     #[test]
+    fn bad_durations_name_the_setting() {
+        let err = serve(&["serve", "--dev", "--refresh-lifetime", "1w"]).unwrap_err();
+        assert!(err.to_string().contains("--refresh-lifetime"), "{err}");
+        let err = with_file("refresh_lifetime = \"2 weeks\"\n", &["serve", "--dev"]).unwrap_err();
+        assert!(err.to_string().contains("refresh_lifetime"), "{err}");
+        let s = with_file(
+            "refresh_lifetime = 86400\nagent_token_lifetime = \"30s\"\n",
+            &["serve", "--dev", "--key-rotation-interval", "7d"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.refresh_lifetime,
+                s.agent_token_lifetime,
+                s.key_rotation_interval
+            ),
+            (86_400, 30, Some(604_800))
+        );
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors() {
         let err = with_file("listne = \"127.0.0.1:1\"\n", &["serve", "--dev"]).unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
@@ -798,7 +565,7 @@ mod tests {
 
     #[test]
     fn the_example_configuration_is_valid() {
-        let example = include_str!("../deploy/tailpass.example.toml");
+        let example = include_str!("../../deploy/tailpass.example.toml");
         let s = with_file(example, &["serve"]).unwrap();
         assert_eq!(s.issuer.unwrap().as_str(), "https://idp.tail1234.ts.net/");
         assert!(matches!(s.tls, Some(TlsSettings::Tailscaled(_))));
