@@ -13,7 +13,7 @@ use axum::routing::get;
 use tailpass_verify::UnixTime;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
+use crate::audit_log::AuditLog;
 use crate::backchannel::Backchannel;
 use crate::clients::Clients;
 use crate::clock::Clock;

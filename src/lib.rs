@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod audit_log;
 pub mod backchannel;
 pub mod cli;
 pub mod client_auth;

@@ -14,7 +14,8 @@ use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Alg, UnixTime};
 
 use crate::app::AppState;
-use crate::audit::{AuditError, AuditEvent, AuditLog, EventKind, Outcome};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::audit_log::{AuditError, AuditLog};
 use crate::backchannel::Backchannel;
 use crate::clients::{ClientId, Clients};
 use crate::identity::Identity;

@@ -305,8 +305,8 @@ impl IntoResponse for Error {
 }
 
 // Failures of the server's own parts become `server_error`, their cause logged, never sent.
-impl From<crate::audit::AuditError> for Error {
-    fn from(e: crate::audit::AuditError) -> Error {
+impl From<crate::audit_log::AuditError> for Error {
+    fn from(e: crate::audit_log::AuditError) -> Error {
         Error::server_error(&e)
     }
 }
