@@ -75,7 +75,7 @@ pub struct Shared {
     /// Request rates by node, client or address.
     pub rate: Arc<crate::ratelimit::RateLimiter>,
     /// Revocation feed subscriber slots.
-    pub feed_slots: crate::oauth::revocation_feed::FeedSlots,
+    pub feed_slots: crate::revocation::FeedSlots,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -172,8 +172,7 @@ impl AppState {
             ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
-        let feed_slots =
-            crate::oauth::revocation_feed::FeedSlots::new(settings.feed_reserved_slots);
+        let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
         Ok((
             AppState(Arc::new(Shared {
                 issuer: Arc::new(issuer),

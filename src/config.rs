@@ -524,7 +524,7 @@ fn resolve_for(
             .feed_reserved_slots
             .or(file.feed_reserved_slots)
             .unwrap_or(64)
-            .min(crate::oauth::revocation_feed::MAX_SUBSCRIBERS),
+            .min(crate::revocation::MAX_SUBSCRIBERS),
         dpop_nonce: args.dpop_nonce || file.dpop_nonce.unwrap_or(false),
         audit_file: args.audit_file.clone().or(file.audit_file.clone()),
         static_clients: Vec::new(),
