@@ -233,7 +233,7 @@ pub fn body_limit() -> DefaultBodyLimit {
 /// `GET /metrics`: for tailnet peers (a Prometheus on the tailnet), in Prometheus text format.
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
-    crate::http::peer::Caller(_): crate::http::peer::Caller,
+    crate::oauth::caller::Caller(_): crate::oauth::caller::Caller,
 ) -> impl axum::response::IntoResponse {
     let mut keys: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
     for info in state.keys.list().unwrap_or_default() {

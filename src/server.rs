@@ -19,10 +19,10 @@ use crate::app::{self, AppState, OpenError};
 use crate::clock::Clock;
 use crate::config::{IdentitySettings, Settings, TlsSettings};
 use crate::http::listen;
-use crate::http::peer::Listener;
 use crate::http::tls::{self, TlsError};
 use crate::identity::IdentitySource;
 use crate::identity::local::{LocalTable, LocalTableError};
+use crate::identity::peer::Listener;
 use crate::identity::tailscaled::{LocalApi, Tailscaled};
 use crate::oauth::paths;
 

@@ -19,9 +19,9 @@ use crate::app::{self, AppState};
 use crate::cli::GlobalArgs;
 use crate::clock::SystemClock;
 use crate::config::{self, Paths};
-use crate::http::peer::{Conn, Listener};
-use crate::http::unix_client::{self, UnixHttpError, UnixRequest};
 use crate::identity::local::LocalTable;
+use crate::identity::peer::{Conn, Listener};
+use crate::unix_http::{self, UnixHttpError, UnixRequest};
 
 /// The largest admin answer read.
 const MAX_ANSWER: usize = 16 << 20;
@@ -82,7 +82,7 @@ impl AdminClient {
             max_answer: MAX_ANSWER,
             timeout: CALL_TIMEOUT,
         };
-        match unix_client::send(&self.paths.admin_socket(), request).await {
+        match unix_http::send(&self.paths.admin_socket(), request).await {
             Ok((status, body)) => Ok(Answer {
                 status,
                 body,

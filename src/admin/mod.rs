@@ -13,8 +13,8 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 
 use crate::app::AppState;
-use crate::http::guard::is_same_origin;
-use crate::http::peer::{Caller, Conn, Listener};
+use crate::identity::peer::{Conn, Listener};
+use crate::oauth::caller::{Caller, is_same_origin};
 use crate::oauth::error::Error;
 use crate::policy::tsidp;
 

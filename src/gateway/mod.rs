@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::http::peer::Listener;
 use crate::identity::IdentitySource;
+use crate::identity::peer::Listener;
 
 pub mod admission;
 pub mod body;

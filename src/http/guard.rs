@@ -1,22 +1,18 @@
-//! Request guards that do not depend on who the caller is.
+//! Request guards every route gets, whatever the caller:
 //!
 //! - **Host** (DNS rebinding): a request must name the issuer's host. Otherwise a page on
 //!   `evil.example` whose name an attacker re-points at a tailnet address could reach tailpass
-//!   with the victim's ambient identity.
-//! - **Same origin** (ambient authority): network identity is attached to every request from a
-//!   node, like a cookie, so an endpoint that acts on the caller's identity refuses requests
-//!   that `Sec-Fetch-Site` or `Origin` mark as coming from another site. Requests from
-//!   programs (no such headers) pass: they are not a browser being steered.
+//!   with the victim's ambient identity. (The same-origin check, which endpoints acting on
+//!   that identity add, is `oauth::caller::SameOrigin`.)
 //! - **Response headers** every answer carries.
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::peer::{Conn, Listener};
 use crate::app::AppState;
+use crate::identity::peer::{Conn, Listener};
 use crate::oauth::error::Error;
 
 /// Paths answered whatever the `Host`: orchestrators probe health by pod IP.
@@ -64,84 +60,4 @@ pub async fn response_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     response
-}
-
-/// Proof that a request is not a cross-site browser request. Endpoints that act on the
-/// caller's network identity take this extractor.
-#[derive(Debug, Clone, Copy)]
-pub struct SameOrigin;
-
-/// Whether the request's fetch metadata and `Origin` allow acting on ambient identity.
-pub fn is_same_origin(headers: &axum::http::HeaderMap, origin: &str) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        // `same-site` is not enough: every node of a tailnet shares the registrable domain
-        // `<tailnet>.ts.net`, so another app on the tailnet is "same-site".
-        if !matches!(site.to_str(), Ok("same-origin") | Ok("none")) {
-            return false;
-        }
-    }
-    match headers.get(header::ORIGIN) {
-        Some(value) => value.to_str().is_ok_and(|v| v == origin),
-        None => true,
-    }
-}
-
-impl FromRequestParts<AppState> for SameOrigin {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        if is_same_origin(&parts.headers, state.issuer.origin()) {
-            Ok(SameOrigin)
-        } else {
-            Err(Error::access_denied(
-                "cross-site request refused: this endpoint acts on the caller's network identity",
-            ))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::Request;
-
-    fn headers(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
-        let mut req = Request::builder().uri("/register");
-        for (k, v) in pairs {
-            req = req.header(*k, *v);
-        }
-        req.body(()).unwrap().into_parts().0.headers
-    }
-
-    const ORIGIN: &str = "https://idp.tail1234.ts.net";
-
-    #[test]
-    fn programs_and_same_origin_pages_pass() {
-        assert!(is_same_origin(&headers(&[]), ORIGIN));
-        assert!(is_same_origin(
-            &headers(&[("sec-fetch-site", "same-origin"), ("origin", ORIGIN)]),
-            ORIGIN
-        ));
-        assert!(is_same_origin(
-            &headers(&[("sec-fetch-site", "none")]),
-            ORIGIN
-        ));
-    }
-
-    #[test]
-    fn other_sites_are_refused() {
-        assert!(!is_same_origin(
-            &headers(&[("sec-fetch-site", "cross-site")]),
-            ORIGIN
-        ));
-        assert!(!is_same_origin(
-            &headers(&[("sec-fetch-site", "same-site")]),
-            ORIGIN
-        ));
-        assert!(!is_same_origin(
-            &headers(&[("origin", "https://evil.tail1234.ts.net")]),
-            ORIGIN
-        ));
-        assert!(!is_same_origin(&headers(&[("origin", "null")]), ORIGIN));
-    }
 }

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::peer::{Conn, Listener};
+use crate::identity::peer::{Conn, Listener};
 
 /// Connections served at once per listener; past it, accepting waits.
 const MAX_CONNECTIONS: usize = 4_096;

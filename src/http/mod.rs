@@ -1,6 +1,5 @@
-//! HTTP plumbing shared by every route: connection facts and caller identity ([`peer`]),
-//! request guards ([`guard`]), listeners and TLS ([`listen`], [`tls`]), and the unix-socket
-//! client ([`unix_client`]).
+//! HTTP plumbing shared by every route: request guards ([`guard`]), listeners and TLS
+//! ([`listen`], [`tls`]), and the middleware every route gets.
 
 use std::any::Any;
 
@@ -17,9 +16,7 @@ use crate::oauth::error::{Code, Error};
 
 pub mod guard;
 pub mod listen;
-pub mod peer;
 pub mod tls;
-pub mod unix_client;
 
 /// Wraps routes with what every request goes through, outermost first: panic catching,
 /// tracing (method and path only — never the query, which may carry codes), security headers,

@@ -9,8 +9,7 @@ use super::input::{Body, Form, Query, parse_form};
 use super::paths;
 use crate::app::AppState;
 use crate::grant::authorization_code::{self, AuthorizeParams, Outcome};
-use crate::http::guard::SameOrigin;
-use crate::http::peer::{Caller, MaybeCaller};
+use crate::oauth::caller::{Caller, MaybeCaller, SameOrigin};
 use crate::pages;
 
 fn accepts_html(headers: &HeaderMap) -> bool {

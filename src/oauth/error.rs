@@ -304,6 +304,19 @@ impl IntoResponse for Error {
     }
 }
 
+// A request without a tailnet identity is refused (403), or 503 when the source is down.
+impl From<crate::identity::peer::CallerError> for Error {
+    fn from(e: crate::identity::peer::CallerError) -> Error {
+        use crate::identity::peer::CallerError;
+        match e {
+            CallerError::Unavailable => Error::unavailable(
+                "the tailnet identity of the caller cannot be determined right now",
+            ),
+            other => Error::access_denied(other.to_string()),
+        }
+    }
+}
+
 // Failures of the server's own parts become `server_error`, their cause logged, never sent.
 impl From<crate::audit_log::AuditError> for Error {
     fn from(e: crate::audit_log::AuditError) -> Error {

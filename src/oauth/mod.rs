@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::app::AppState;
 
 pub mod authorize;
+pub mod caller;
 pub mod discovery;
 pub mod error;
 pub mod input;

@@ -18,8 +18,7 @@ use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
 };
-use crate::http::guard::SameOrigin;
-use crate::http::peer::Caller;
+use crate::oauth::caller::{Caller, SameOrigin};
 use crate::oauth::{no_store, paths};
 use crate::policy::tsidp;
 

@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use super::error::Error;
 use super::input::Query;
 use crate::app::AppState;
-use crate::http::peer::Caller;
+use crate::oauth::caller::Caller;
 use crate::store::Revocation;
 
 impl From<&Revocation> for FeedEvent {

@@ -24,8 +24,8 @@ use crate::grant::agent::{self, AgentRequest};
 use crate::grant::authorization_code::{self, CodeRequest};
 use crate::grant::exchange::{self, ExchangeRequest};
 use crate::grant::refresh::{self, RefreshRequest};
-use crate::http::guard::is_same_origin;
-use crate::http::peer::{self, Conn};
+use crate::identity::peer::{self, Conn};
+use crate::oauth::caller::is_same_origin;
 
 /// The token exchange grant type (RFC 8693 §2.1).
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

@@ -22,7 +22,7 @@ use super::input::AccessToken;
 use super::paths;
 use crate::app::AppState;
 use crate::dpop;
-use crate::http::peer::{self, Conn};
+use crate::identity::peer::{self, Conn};
 use crate::tokens;
 
 /// The userinfo response.
