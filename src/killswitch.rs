@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::oauth::error::Error;
 use crate::session::{self, Reason, Selection};
+use crate::state::AppState;
 use crate::store::Revocation;
 
 /// What to revoke.

@@ -6,7 +6,6 @@
 //! jobs on tagged nodes that hold no secret at all. See `ARCHITECTURE.md` for the map.
 
 pub mod admin;
-pub mod app;
 pub mod audit;
 pub mod audit_log;
 pub mod backchannel;
@@ -35,6 +34,7 @@ pub mod revocation;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod unix_http;

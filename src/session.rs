@@ -13,13 +13,13 @@
 use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Alg, UnixTime};
 
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::audit_log::{AuditError, AuditLog};
 use crate::backchannel::Backchannel;
 use crate::clients::{ClientId, Clients};
 use crate::identity::Identity;
 use crate::revocation::Revocations;
+use crate::state::AppState;
 use crate::store::{RefreshFamily, Store, StoreError};
 use crate::tokens::user_subject;
 

@@ -15,12 +15,12 @@ use hyper::body::Bytes;
 use tower::ServiceExt as _;
 use url::Url;
 
-use crate::app::{self, AppState};
 use crate::cli::GlobalArgs;
 use crate::clock::SystemClock;
 use crate::config::{self, Paths};
 use crate::identity::local::LocalTable;
 use crate::identity::peer::{Conn, Listener};
+use crate::state::AppState;
 use crate::unix_http::{self, UnixHttpError, UnixRequest};
 
 /// The largest admin answer read.
@@ -114,7 +114,7 @@ impl AdminClient {
         )
         .await
         .map_err(|e| offline(&e))?;
-        let router = app::admin_socket_router(state);
+        let router = crate::http::router::admin_socket_router(state);
         let mut request = Request::builder().method(method).uri(path);
         if body.is_some() {
             request = request.header("content-type", "application/json");

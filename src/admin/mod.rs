@@ -12,11 +12,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 
-use crate::app::AppState;
 use crate::identity::peer::{Conn, Listener};
 use crate::oauth::caller::{Caller, is_same_origin};
 use crate::oauth::error::Error;
 use crate::policy::tsidp;
+use crate::state::AppState;
 
 mod audit;
 pub mod client;

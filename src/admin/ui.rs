@@ -19,7 +19,6 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::clients::{self, ClientEdit, ClientView, NewClient};
 use super::csrf;
-use crate::app::AppState;
 use crate::audit::EventKind;
 use crate::killswitch::{self, Target};
 use crate::oauth::caller::{Caller, is_same_origin};
@@ -27,6 +26,7 @@ use crate::oauth::error::Error;
 use crate::oauth::input::Path;
 use crate::pages;
 use crate::policy::tsidp;
+use crate::state::AppState;
 use crate::store::{AuditFilter, AuditRecord};
 
 /// The UI's routes.

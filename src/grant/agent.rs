@@ -15,7 +15,6 @@ use tailpass_verify::verifier::{BEARER, DPOP};
 use tailpass_verify::{AccessClaims, Audience, UnixTime};
 
 use super::{Scopes, TokenResponse};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{Client, GrantType};
 use crate::identity::Identity;
@@ -23,6 +22,7 @@ use crate::identity::peer::CallerError;
 use crate::oauth::error::{Code, Error};
 use crate::policy::agent::{self, Ask, Denied};
 use crate::secret::random_token;
+use crate::state::AppState;
 use crate::tokens::{self, ACCESS_TYP, mint};
 
 /// The longest `run_label` kept.

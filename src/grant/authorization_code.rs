@@ -24,7 +24,6 @@ use tailpass_verify::verifier::BEARER;
 use url::Url;
 
 use super::{Scopes, TokenResponse};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome as AuditOutcome};
 use crate::clients::{Client, ClientOrigin, GrantType};
 use crate::identity::Identity;
@@ -35,6 +34,7 @@ use crate::policy::{login, tsidp};
 use crate::secret::SecretHash;
 use crate::secret::{Secret, random_token};
 use crate::session::{Reason, Selection, Session};
+use crate::state::AppState;
 use crate::store::{AuthCode, Consent, Redemption, RefreshFamily};
 use crate::tokens;
 

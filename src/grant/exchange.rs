@@ -17,12 +17,12 @@ use tailpass_verify::{AccessClaims, Audience};
 
 use super::agent::{issue_run_token, lifetime, run_label};
 use super::{Scopes, TokenResponse};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::identity::Identity;
 use crate::identity::peer::CallerError;
 use crate::oauth::error::{Code, Error};
 use crate::policy::agent::{self, Ask};
+use crate::state::AppState;
 use crate::tokens::{self, mint};
 
 /// RFC 8693 §3: an access token.

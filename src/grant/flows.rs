@@ -8,13 +8,13 @@ use tailpass_verify::UnixTime;
 
 use super::authorization_code::{self, AuthorizeParams, CodeRequest, Outcome};
 use super::refresh::{self, RefreshRequest};
-use crate::app::AppState;
 use crate::clients::Client;
 use crate::clock::{Clock, ManualClock};
 use crate::identity::Identity;
 use crate::identity::local::LocalTable;
 use crate::identity::whois::WhoIsResponse;
 use crate::oauth::error::Code;
+use crate::state::AppState;
 
 const REDIRECT: &str = "https://app.example/cb";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";

@@ -4,12 +4,12 @@
 use serde::Serialize;
 use tailpass_verify::{AccessClaims, UnixTime};
 
-use crate::app::AppState;
 use crate::clients::Client;
 use crate::identity::Identity;
 use crate::oauth::error::{Code, Error};
 use crate::policy::agent as agent_policy;
 use crate::policy::{login, tsidp};
+use crate::state::AppState;
 use crate::tokens::mint::{self, Login};
 use crate::tokens::{ACCESS_TYP, ID_TYP};
 

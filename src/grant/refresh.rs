@@ -17,13 +17,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{LoginGrant, Scopes, TokenResponse, check_login, issue_login};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{Client, GrantType};
 use crate::identity::{Identity, WhoisError};
 use crate::oauth::error::{Code, Error};
 use crate::secret::Secret;
 use crate::session::{self, Reason, Selection, Session};
+use crate::state::AppState;
 use crate::store::{RefreshFamily, Rotation};
 
 /// A token request of the refresh grant.

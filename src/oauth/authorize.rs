@@ -7,10 +7,10 @@ use serde::Deserialize;
 
 use super::input::{Body, Form, Query, parse_form};
 use super::paths;
-use crate::app::AppState;
 use crate::grant::authorization_code::{self, AuthorizeParams, Outcome};
 use crate::oauth::caller::{Caller, MaybeCaller, SameOrigin};
 use crate::pages;
+use crate::state::AppState;
 
 fn accepts_html(headers: &HeaderMap) -> bool {
     headers

@@ -15,9 +15,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 
 use super::error::Error;
-use crate::app::AppState;
 use crate::identity::Identity;
 use crate::identity::peer::{CallerError, Conn, identify};
+use crate::state::AppState;
 
 /// The identity resolved for this request, cached in its extensions so that several
 /// extractors ask WhoIs once.

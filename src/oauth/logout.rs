@@ -15,12 +15,12 @@ use url::Url;
 
 use super::error::Error;
 use super::input::{Form, Query};
-use crate::app::AppState;
 use crate::identity::Identity;
 use crate::identity::peer::CallerError;
 use crate::oauth::caller::MaybeCaller;
 use crate::pages;
 use crate::session;
+use crate::state::AppState;
 use crate::tokens;
 
 /// The logout request.

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Code, Error};
 use super::input::{Bearer, Body, Path};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::clients::{
     AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
@@ -21,6 +20,7 @@ use crate::clients::{
 use crate::oauth::caller::{Caller, SameOrigin};
 use crate::oauth::{no_store, paths};
 use crate::policy::tsidp;
+use crate::state::AppState;
 
 /// A registration response (RFC 7591 §3.2.1, RFC 7592 §3).
 #[derive(Debug, Serialize)]

@@ -27,8 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast};
 
 use super::error::Error;
 use super::input::Query;
-use crate::app::AppState;
 use crate::oauth::caller::Caller;
+use crate::state::AppState;
 use crate::store::Revocation;
 
 impl From<&Revocation> for FeedEvent {

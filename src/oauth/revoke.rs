@@ -11,11 +11,11 @@ use serde::Deserialize;
 
 use super::error::Error;
 use super::input::Form;
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::client_auth;
 use crate::secret::Secret;
 use crate::session::{self, Reason, Selection, Session};
+use crate::state::AppState;
 use crate::tokens;
 use tailpass_verify::feed::RevocationKind;
 

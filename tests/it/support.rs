@@ -289,7 +289,7 @@ impl TestServer {
         self.running.as_ref().unwrap()
     }
 
-    pub fn state(&self) -> &tailpass::app::AppState {
+    pub fn state(&self) -> &tailpass::state::AppState {
         self.running().state().unwrap()
     }
 

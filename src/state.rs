@@ -1,15 +1,13 @@
-//! The application state every handler shares, how it is opened, and the router over it.
+//! The application state every handler shares, and how it is opened: keys, store, revocation
+//! index, audit writer, logout sender and the caches of the issuer, held in one place. The
+//! routers over it are `http::router`'s.
 //!
 //! State is injected, never global: a test builds its own with a temporary directory, a local
 //! identity table and a manual clock. Each part owns its own synchronization; there is no
 //! lock around the whole.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use tailpass_verify::UnixTime;
 use tokio::task::JoinHandle;
 
@@ -24,11 +22,6 @@ use crate::keys::{KeyError, KeyRing, KeySettings};
 use crate::revocation::Revocations;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-
-/// The largest request body read (forms, registration metadata).
-pub const BODY_LIMIT: usize = 64 * 1024;
-/// How long a request may take, body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler can reach: one shared allocation, so the per-request clones axum makes
 /// cost one atomic increment.
@@ -203,52 +196,4 @@ impl AppState {
     pub fn now(&self) -> UnixTime {
         self.clock.now()
     }
-}
-
-/// The public HTTP application: OAuth endpoints, the admin API, health.
-pub fn router(state: AppState) -> Router {
-    let routes = crate::oauth::routes()
-        .merge(crate::admin::routes())
-        .merge(crate::admin::ui::routes())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
-    crate::http::layers(routes, state)
-}
-
-/// What the admin socket serves: the admin API and health.
-pub fn admin_socket_router(state: AppState) -> Router {
-    let routes = crate::admin::routes().route("/healthz", get(healthz));
-    crate::http::layers(routes, state)
-}
-
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
-}
-
-/// Applies the body limit used by every router.
-pub fn body_limit() -> DefaultBodyLimit {
-    DefaultBodyLimit::max(BODY_LIMIT)
-}
-
-/// `GET /metrics`: for tailnet peers (a Prometheus on the tailnet), in Prometheus text format.
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    crate::oauth::caller::Caller(_): crate::oauth::caller::Caller,
-) -> impl axum::response::IntoResponse {
-    let mut keys: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
-    for info in state.keys.list().unwrap_or_default() {
-        *keys.entry(info.entry.state.as_str()).or_insert(0) += 1;
-    }
-    let gauges = crate::metrics::Gauges {
-        keys: keys.into_iter().collect(),
-        revocations: state.revocations.len() as u64,
-        feed_subscribers: state.feed_slots.in_use() as u64,
-    };
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(&gauges),
-    )
 }
