@@ -10,7 +10,6 @@ pub mod audit;
 pub mod audit_log;
 pub mod backchannel;
 pub mod cli;
-pub mod client_auth;
 pub mod clients;
 pub mod clock;
 pub mod commands;

@@ -5,7 +5,8 @@
 //! live WhoIs carries the `allow_admin_ui` grant (refused cross-site), and on the admin unix
 //! socket `STATE_DIR/admin.sock`, whose file mode (0600) is the credential. The CLI speaks to
 //! the socket, so a change made from the command line goes through the running server and its
-//! caches; with no server running it drives the same router in-process ([`client`]).
+//! caches; with no server running it drives the same router in-process
+//! (`commands::admin_client`).
 
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -19,7 +20,6 @@ use crate::policy::tsidp;
 use crate::state::AppState;
 
 mod audit;
-pub mod client;
 pub mod clients;
 mod csrf;
 pub mod keys;

@@ -18,9 +18,9 @@ use tailpass_verify::{AccessClaims, UnixTime};
 
 use super::error::Error;
 use super::input::Form;
-use crate::client_auth::{self, Presented};
 use crate::identity::peer::{self, Conn};
 use crate::oauth::caller::is_same_origin;
+use crate::oauth::client_auth::{self, Presented};
 use crate::policy::agent;
 use crate::secret::Secret;
 use crate::state::AppState;

@@ -13,6 +13,7 @@ use crate::state::AppState;
 
 pub mod authorize;
 pub mod caller;
+pub mod client_auth;
 pub mod discovery;
 pub mod error;
 pub mod input;

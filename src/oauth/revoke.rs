@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::error::Error;
 use super::input::Form;
 use crate::audit::{AuditEvent, EventKind, Outcome};
-use crate::client_auth;
+use crate::oauth::client_auth;
 use crate::secret::Secret;
 use crate::session::{self, Reason, Selection, Session};
 use crate::state::AppState;

@@ -16,7 +16,6 @@ use serde::Deserialize;
 use super::error::{Code, Error};
 use super::input::Form;
 use super::paths;
-use crate::client_auth::{self, Presented};
 use crate::dpop;
 use crate::grant::TokenResponse;
 use crate::grant::agent::{self, AgentRequest};
@@ -25,6 +24,7 @@ use crate::grant::exchange::{self, ExchangeRequest};
 use crate::grant::refresh::{self, RefreshRequest};
 use crate::identity::peer::{self, Conn};
 use crate::oauth::caller::is_same_origin;
+use crate::oauth::client_auth::{self, Presented};
 use crate::state::AppState;
 
 /// The token exchange grant type (RFC 8693 §2.1).
