@@ -6,10 +6,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::input::{Body, Form, Query, parse_form};
+use super::page;
 use super::paths;
 use crate::grant::authorization_code::{self, AuthorizeParams, Outcome};
 use crate::oauth::caller::{Caller, MaybeCaller, SameOrigin};
-use crate::pages;
 use crate::state::AppState;
 
 fn accepts_html(headers: &HeaderMap) -> bool {
@@ -21,8 +21,8 @@ fn accepts_html(headers: &HeaderMap) -> bool {
 
 fn respond(outcome: Outcome, headers: &HeaderMap, status: StatusCode) -> Response {
     match outcome {
-        Outcome::Show(error) => pages::error_for(accepts_html(headers), error),
-        Outcome::Consent(request) => pages::consent(&request, paths::AUTHORIZE_CONSENT),
+        Outcome::Show(error) => page::error_for(accepts_html(headers), error),
+        Outcome::Consent(request) => page::consent(&request, paths::AUTHORIZE_CONSENT),
         Outcome::Redirect(location) => match HeaderValue::from_str(&location) {
             Ok(location) => {
                 let mut response = status.into_response();
@@ -82,7 +82,7 @@ pub async fn consent(
         .and_then(|p| parse_form::<Answer>(&body).map(|a| (p, a)));
     let (params, answer) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) => return pages::error_for(accepts_html(&headers), e),
+        Err(e) => return page::error_for(accepts_html(&headers), e),
     };
     let approve = answer.decision == "approve";
     let outcome =

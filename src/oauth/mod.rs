@@ -20,6 +20,7 @@ pub mod input;
 pub mod introspect;
 pub mod jwks;
 pub mod logout;
+pub mod page;
 pub mod register;
 pub mod revocation_feed;
 pub mod revoke;
