@@ -122,8 +122,8 @@ fn proof(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<tailpass_verify::dpop::Proof>, Error> {
-    let Some(header) =
-        dpop::proof_header(headers).map_err(|e| e.with_status(StatusCode::BAD_REQUEST))?
+    let Some(header) = dpop::proof_header(headers)
+        .map_err(|e| Error::from(e).with_status(StatusCode::BAD_REQUEST))?
     else {
         return Ok(None);
     };
@@ -138,6 +138,7 @@ fn proof(
         state.now(),
     )
     .map(Some)
+    .map_err(Error::from)
     .map_err(|e| {
         if e.status() == StatusCode::UNAUTHORIZED {
             e.with_status(StatusCode::BAD_REQUEST)
@@ -164,13 +165,15 @@ async fn exchange_for(
             (None, Some(addr)) => format!("addr:{}", addr.ip()),
             (None, None) => format!("jkt:{}", proof.jkt),
         };
-        dpop::remember(&state.dpop_replay, &holder, proof, state.now()).map_err(|e| {
-            if e.status() == StatusCode::UNAUTHORIZED {
-                e.with_status(StatusCode::BAD_REQUEST)
-            } else {
-                e
-            }
-        })?;
+        dpop::remember(&state.dpop_replay, &holder, proof, state.now())
+            .map_err(Error::from)
+            .map_err(|e| {
+                if e.status() == StatusCode::UNAUTHORIZED {
+                    e.with_status(StatusCode::BAD_REQUEST)
+                } else {
+                    e
+                }
+            })?;
     }
     Ok(response)
 }
