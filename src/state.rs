@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::audit_log::AuditLog;
 use crate::backchannel::Backchannel;
-use crate::clients::Clients;
+use crate::client_registry::Clients;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::identity::IdentitySource;

@@ -9,9 +9,10 @@ use tailpass_verify::{Alg, UnixTime};
 
 use super::Admin;
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::client_registry::ClientsError;
 use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, GrantType, MetadataError,
-    Registrant, ValidMetadata,
+    AuthMethod, Client, ClientMetadata, ClientOrigin, GrantType, MetadataError, Registrant,
+    ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
 use crate::oauth::input::{Json, Path};

@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::error::{Code, Error};
 use super::input::{Bearer, Body, Path};
 use crate::audit::{AuditEvent, EventKind, Outcome};
-use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
-};
+use crate::client_registry::ClientsError;
+use crate::clients::{AuthMethod, Client, ClientMetadata, ClientOrigin, MetadataError, Registrant};
 use crate::oauth::caller::{Caller, SameOrigin};
 use crate::oauth::{no_store, paths};
 use crate::policy::tsidp;
