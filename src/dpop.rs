@@ -18,7 +18,6 @@ use tailpass_verify::dpop::{self, DpopError, Proof, ProofRequest, ReplayCache};
 use tailpass_verify::{Alg, Thumbprint, UnixTime};
 
 use crate::keys::{SigningError, SigningKey};
-use crate::oauth::error::{Code, Error};
 use crate::secret::random_token;
 
 /// The request header carrying a proof.
@@ -91,21 +90,44 @@ impl Nonces {
     }
 }
 
+/// Why a request's DPoP proof is refused, or cannot be used up. Endpoints answer each as
+/// RFC 9449 says (`oauth::error` maps them once).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// Occurs when a request carries more than one `DPoP` header (§4.3).
+    #[error("more than one DPoP header")]
+    SeveralHeaders,
+    /// Occurs when the `DPoP` header is not text.
+    #[error("the DPoP header is not text")]
+    NotText,
+    /// Occurs when the proof does not check (signature, claims, time), or was used before.
+    #[error(transparent)]
+    Invalid(DpopError),
+    /// Occurs when proofs must carry a fresh server nonce and this one does not: the client
+    /// retries with `nonce` (§8).
+    #[error("a fresh DPoP nonce is required")]
+    NonceRequired {
+        /// The nonce to retry with.
+        nonce: String,
+    },
+    /// Occurs when the replay cache is full: refusing is safer than forgetting.
+    #[error(transparent)]
+    CacheFull(DpopError),
+    /// Occurs when one holder has as many proofs remembered as it may; it retries once its
+    /// oldest proofs have aged out ([`MAX_AGE`] + [`SKEW`]).
+    #[error(transparent)]
+    HolderFull(DpopError),
+}
+
 /// The proof a request carries, if any. More than one `DPoP` header is an error (§4.3).
-pub fn proof_header(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+pub fn proof_header(headers: &HeaderMap) -> Result<Option<&str>, ProofError> {
     let mut values = headers.get_all(HEADER).iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(Error::new(
-            Code::InvalidDpopProof,
-            "more than one DPoP header",
-        ));
+        return Err(ProofError::SeveralHeaders);
     }
     first
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| Error::new(Code::InvalidDpopProof, "the DPoP header is not text"))
-        })
+        .map(|v| v.to_str().map_err(|_| ProofError::NotText))
         .transpose()
 }
 
@@ -120,7 +142,7 @@ pub fn check_request(
     nonces: &Nonces,
     replay: &ReplayCache,
     now: UnixTime,
-) -> Result<Proof, Error> {
+) -> Result<Proof, ProofError> {
     let request = ProofRequest {
         method,
         url,
@@ -129,19 +151,14 @@ pub fn check_request(
         max_age: MAX_AGE,
         skew: SKEW,
     };
-    let proof = dpop::check_proof(proof, &request)
-        .map_err(|e| Error::new(Code::InvalidDpopProof, e.to_string()))?;
+    let proof = dpop::check_proof(proof, &request).map_err(ProofError::Invalid)?;
     if nonces.required() && !proof.nonce.as_deref().is_some_and(|n| nonces.valid(n, now)) {
-        return Err(
-            Error::new(Code::UseDpopNonce, "a fresh DPoP nonce is required")
-                .with_dpop_nonce(nonces.issue(now)),
-        );
+        return Err(ProofError::NonceRequired {
+            nonce: nonces.issue(now),
+        });
     }
     if replay.seen(&proof) {
-        return Err(Error::new(
-            Code::InvalidDpopProof,
-            DpopError::Replay.to_string(),
-        ));
+        return Err(ProofError::Invalid(DpopError::Replay));
     }
     Ok(proof)
 }
@@ -154,13 +171,13 @@ pub fn remember(
     holder: &str,
     proof: &Proof,
     now: UnixTime,
-) -> Result<(), Error> {
+) -> Result<(), ProofError> {
     replay
         .remember_for(holder, proof, now)
         .map_err(|e| match e {
-            DpopError::CacheFull => Error::unavailable(e.to_string()),
-            DpopError::HolderFull => Error::rate_limited(MAX_AGE + SKEW),
-            other => Error::new(Code::InvalidDpopProof, other.to_string()),
+            DpopError::CacheFull => ProofError::CacheFull(e),
+            DpopError::HolderFull => ProofError::HolderFull(e),
+            other => ProofError::Invalid(other),
         })
 }
 
@@ -311,7 +328,7 @@ mod tests {
         assert!(replay.is_empty(), "checking records nothing");
         remember(&replay, "node:n1", &checked, now).unwrap();
         let again = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap_err();
-        assert!(again.description().unwrap().contains("replayed"));
+        assert!(again.to_string().contains("replayed"));
         assert!(
             remember(&replay, "node:n1", &checked, now).is_err(),
             "a raced twin"

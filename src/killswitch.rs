@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
-use crate::audit::{AuditError, AuditEvent, EventKind, Outcome};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::audit_log::AuditError;
 use crate::session::{self, EndError, Reason, Selection};
 use crate::store::{Revocation, StoreError};
 

@@ -6,11 +6,11 @@
 //! jobs on tagged nodes that hold no secret at all. See `ARCHITECTURE.md` for the map.
 
 pub mod admin;
-pub mod app;
 pub mod audit;
+pub mod audit_log;
 pub mod backchannel;
 pub mod cli;
-pub mod client_auth;
+pub mod client_registry;
 pub mod clients;
 pub mod clock;
 pub mod commands;
@@ -34,5 +34,7 @@ pub mod revocation;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod unix_http;

@@ -1,6 +1,9 @@
 //! Server-rendered HTML pages (templates in `templates/`, checked at compile time): the
 //! consent page and a message page for errors shown to people and for logout.
 //!
+//! A leaf view layer: pages take plain view values and return their rendering failure
+//! (`askama::Error`) to the caller, which decides how to answer it (`oauth::page`).
+//!
 //! Every page is sent with a Content-Security-Policy that forbids scripts and framing
 //! (`frame-ancestors 'none'`: a page that takes an action must not be clickjacked) and with
 //! `Cache-Control: no-store`.
@@ -9,13 +12,35 @@ use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::grant::authorize::ConsentRequest;
-use crate::oauth::error::Error;
-
 const CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The consent page.
+/// What the consent page shows, and the form it posts back.
+#[derive(Debug, Clone, Copy)]
+pub struct Consent<'a> {
+    /// The client's name as registered (empty: the page shows its id).
+    pub client_name: &'a str,
+    /// The client id.
+    pub client_id: &'a str,
+    /// Who registered the client, for a self-registered one.
+    pub registered_by: Option<&'a str>,
+    /// Where the code will go.
+    pub redirect_uri: &'a str,
+    /// The scopes asked for.
+    pub scopes: &'a [String],
+    /// The resources asked for.
+    pub resources: &'a [String],
+    /// The person asked.
+    pub login: &'a str,
+    /// The request, posted back as hidden fields.
+    pub params: &'a [(&'static str, String)],
+    /// The form's proof that this server showed it.
+    pub token: &'a str,
+    /// Where the form posts.
+    pub action: &'a str,
+}
+
+/// The consent page's template.
 #[derive(Template)]
 #[template(path = "consent.html")]
 struct ConsentPage<'a> {
@@ -40,78 +65,58 @@ struct MessagePage<'a> {
     code: Option<&'a str>,
 }
 
-/// A rendered page with the headers every page gets (CSP without scripts, no framing,
-/// no caching), or `server_error` when rendering failed.
-pub fn html(status: StatusCode, rendered: Result<String, askama::Error>) -> Response {
-    match rendered {
-        Ok(body) => {
-            let mut response = (status, body).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
-            );
-            headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(e) => Error::server_error(&e).into_response(),
-    }
+/// A rendered page with the headers every page gets: CSP without scripts, no framing, no
+/// caching.
+pub fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
-/// Renders the consent page, posting back to `action`.
-pub fn consent(request: &ConsentRequest, action: &str) -> Response {
+/// Renders the consent page.
+pub fn consent(view: &Consent<'_>) -> Result<Response, askama::Error> {
     let page = ConsentPage {
-        client_name: if request.client_name.is_empty() {
-            &request.client_id
+        client_name: if view.client_name.is_empty() {
+            view.client_id
         } else {
-            &request.client_name
+            view.client_name
         },
-        client_id: &request.client_id,
-        registered_by: request.registered_by.as_deref(),
-        redirect_uri: &request.redirect_uri,
-        scopes: &request.scopes,
-        resources: &request.resources,
-        login: &request.login,
-        params: &request.params,
-        token: &request.token,
-        action,
+        client_id: view.client_id,
+        registered_by: view.registered_by,
+        redirect_uri: view.redirect_uri,
+        scopes: view.scopes,
+        resources: view.resources,
+        login: view.login,
+        params: view.params,
+        token: view.token,
+        action: view.action,
     };
-    html(StatusCode::OK, page.render())
+    Ok(html(StatusCode::OK, page.render()?))
 }
 
 /// Renders a message page.
-pub fn message(status: StatusCode, title: &str, message: &str, code: Option<&str>) -> Response {
-    html(
-        status,
-        MessagePage {
-            title,
-            message,
-            code,
-        }
-        .render(),
-    )
-}
-
-/// Shows an OAuth error to a person: an HTML page for browsers, the JSON error otherwise.
-pub fn error_for(accepts_html: bool, error: Error) -> Response {
-    if !accepts_html {
-        return error.into_response();
-    }
-    let description = error
-        .description()
-        .unwrap_or("The request could not be completed.")
-        .to_owned();
-    message(
-        error.status(),
-        "Sign-in failed",
-        &description,
-        Some(error.code().as_str()),
-    )
+pub fn message(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    code: Option<&str>,
+) -> Result<Response, askama::Error> {
+    let page = MessagePage {
+        title,
+        message,
+        code,
+    };
+    Ok(html(status, page.render()?))
 }
 
 #[cfg(test)]
@@ -120,18 +125,19 @@ mod tests {
 
     #[test]
     fn consent_page_escapes_what_registrants_control() {
-        let request = ConsentRequest {
-            client_name: "<script>alert(1)</script>".into(),
-            client_id: "c1".into(),
-            registered_by: Some("mallory@example.com".into()),
-            redirect_uri: "https://evil.example/cb?a=\"><b>".into(),
-            scopes: vec!["openid".into()],
-            resources: vec![],
-            login: "alice@example.com".into(),
-            params: vec![("state", "\"><img src=x>".into())],
-            token: "t".into(),
+        let view = Consent {
+            client_name: "<script>alert(1)</script>",
+            client_id: "c1",
+            registered_by: Some("mallory@example.com"),
+            redirect_uri: "https://evil.example/cb?a=\"><b>",
+            scopes: &["openid".into()],
+            resources: &[],
+            login: "alice@example.com",
+            params: &[("state", "\"><img src=x>".into())],
+            token: "t",
+            action: "/authorize/consent",
         };
-        let response = consent(&request, "/authorize/consent");
+        let response = consent(&view).unwrap();
         assert_eq!(response.headers()[header::CONTENT_SECURITY_POLICY], CSP);
         let body = futures_body(response);
         assert!(!body.contains("<script>"), "{body}");

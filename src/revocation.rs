@@ -12,13 +12,15 @@ use std::sync::{Arc, RwLock};
 
 use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{AccessClaims, UnixTime};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use crate::identity::Identity;
 use crate::store::{Revocation, Store, StoreError};
 
 /// How many feed events a slow subscriber may fall behind before it must resynchronize.
 const FEED_BUFFER: usize = 1_024;
+/// Revocation feed streams served at once; past it, 503.
+pub const MAX_SUBSCRIBERS: usize = 1_024;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -230,6 +232,41 @@ impl Revocations {
 /// Shared handle.
 pub type SharedRevocations = Arc<Revocations>;
 
+/// The revocation feed's stream slots: [`MAX_SUBSCRIBERS`] in all, of which some are kept
+/// for peers whose rule allows introspection (gateways), so any other tailnet peer opening
+/// streams cannot leave a gateway without its feed.
+#[derive(Debug, Clone)]
+pub struct FeedSlots {
+    open: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+}
+
+impl FeedSlots {
+    /// Slots with `reserved` of them kept for privileged peers.
+    pub fn new(reserved: usize) -> FeedSlots {
+        let reserved = reserved.min(MAX_SUBSCRIBERS);
+        FeedSlots {
+            open: Arc::new(Semaphore::new(MAX_SUBSCRIBERS - reserved)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+        }
+    }
+
+    /// A slot for a subscriber: from the shared ones, then, for a privileged peer, from the
+    /// reserved ones.
+    pub fn acquire(&self, privileged: bool) -> Option<OwnedSemaphorePermit> {
+        self.open.clone().try_acquire_owned().ok().or_else(|| {
+            privileged
+                .then(|| self.reserved.clone().try_acquire_owned().ok())
+                .flatten()
+        })
+    }
+
+    /// Streams being served.
+    pub fn in_use(&self) -> usize {
+        MAX_SUBSCRIBERS - self.open.available_permits() - self.reserved.available_permits()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +393,23 @@ mod tests {
         let reloaded = Revocations::load(&store).await.unwrap();
         assert!(reloaded.blocks_issuance(&identity, UnixTime(401)).is_none());
         assert_eq!(reloaded.last_seq(), list.last_seq());
+    }
+
+    #[test]
+    fn reserved_slots_are_kept_for_privileged_peers() {
+        let slots = FeedSlots::new(2);
+        let taken: Vec<_> = std::iter::from_fn(|| slots.acquire(false)).collect();
+        assert_eq!(
+            taken.len(),
+            MAX_SUBSCRIBERS - 2,
+            "others fill only the shared slots"
+        );
+        assert!(slots.acquire(false).is_none());
+        let gateway = [slots.acquire(true), slots.acquire(true)];
+        assert!(gateway.iter().all(Option::is_some));
+        assert!(slots.acquire(true).is_none());
+        assert_eq!(slots.in_use(), MAX_SUBSCRIBERS);
+        drop(taken);
+        assert_eq!(slots.in_use(), 2);
     }
 }

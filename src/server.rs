@@ -15,16 +15,16 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::app::{self, AppState, OpenError};
 use crate::clock::Clock;
 use crate::config::{IdentitySettings, Settings, TlsSettings};
 use crate::http::listen;
-use crate::http::peer::Listener;
 use crate::http::tls::{self, TlsError};
 use crate::identity::IdentitySource;
 use crate::identity::local::{LocalTable, LocalTableError};
+use crate::identity::peer::Listener;
 use crate::identity::tailscaled::{LocalApi, Tailscaled};
 use crate::oauth::paths;
+use crate::state::{AppState, OpenError, Tasks};
 
 /// How often keys are checked for scheduled rotation and expiry.
 const KEY_UPKEEP: Duration = Duration::from_secs(60);
@@ -75,7 +75,7 @@ pub struct Running {
     state: Option<AppState>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    background: Option<app::Tasks>,
+    background: Option<Tasks>,
 }
 
 impl Running {
@@ -239,7 +239,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
     let (state, background) = AppState::open(settings.clone(), issuer, identity, clock).await?;
     let admin = admin_listener(&socket_path).await?;
 
-    let router = app::router(state.clone());
+    let router = crate::http::router::router(state.clone());
     let mut tasks = vec![tokio::spawn(listen::serve_tcp(
         main,
         tls.map(TlsAcceptor::from),
@@ -269,7 +269,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
     }
     tasks.push(tokio::spawn(listen::serve_unix(
         admin,
-        app::admin_socket_router(state.clone()),
+        crate::http::router::admin_socket_router(state.clone()),
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(upkeep(state.clone(), shutdown.clone())));
@@ -386,27 +386,8 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             paths::TOKEN
         );
     }
-    wait_for_signal().await;
+    listen::wait_for_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
 }

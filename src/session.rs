@@ -13,9 +13,11 @@
 use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{Alg, UnixTime};
 
-use crate::audit::{AuditError, AuditEvent, AuditLog, EventKind, Outcome};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::audit_log::{AuditError, AuditLog};
 use crate::backchannel::Backchannel;
-use crate::clients::{ClientId, Clients};
+use crate::client_registry::Clients;
+use crate::clients::ClientId;
 use crate::identity::Identity;
 use crate::revocation::Revocations;
 use crate::store::{RefreshFamily, Store, StoreError};

@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 
 use super::Admin;
-use crate::app::AppState;
 use crate::oauth::error::Error;
 use crate::oauth::input::Query;
+use crate::state::AppState;
 use crate::store::{AuditFilter, AuditRecord};
 
 /// The query parameters.

@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::{Alg, UnixTime};
 
 use super::Admin;
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::client_registry::ClientsError;
 use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, GrantType, MetadataError,
-    Registrant, ValidMetadata,
+    AuthMethod, Client, ClientMetadata, ClientOrigin, GrantType, MetadataError, Registrant,
+    ValidMetadata,
 };
 use crate::oauth::error::{Code, Error};
 use crate::oauth::input::{Json, Path};
+use crate::state::AppState;
 
 /// A client as the admin API shows it: everything but the secret's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

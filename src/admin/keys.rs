@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use tailpass_verify::Alg;
 
 use super::Admin;
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::keys::{KeyError, KeyInfo};
 use crate::oauth::error::Error;
 use crate::oauth::input::Json;
+use crate::state::AppState;
 
 pub(super) async fn list_keys(
     State(state): State<AppState>,

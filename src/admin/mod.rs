@@ -5,21 +5,21 @@
 //! live WhoIs carries the `allow_admin_ui` grant (refused cross-site), and on the admin unix
 //! socket `STATE_DIR/admin.sock`, whose file mode (0600) is the credential. The CLI speaks to
 //! the socket, so a change made from the command line goes through the running server and its
-//! caches; with no server running it drives the same router in-process ([`client`]).
+//! caches; with no server running it drives the same router in-process
+//! (`commands::admin_client`).
 
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 
-use crate::app::AppState;
-use crate::http::guard::is_same_origin;
-use crate::http::peer::{Caller, Conn, Listener};
+use crate::identity::peer::{Conn, Listener};
+use crate::oauth::caller::{Caller, is_same_origin};
 use crate::oauth::error::Error;
 use crate::policy::tsidp;
+use crate::state::AppState;
 
 mod audit;
-pub mod client;
 pub mod clients;
 mod csrf;
 pub mod keys;

@@ -6,11 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::State;
 
 use super::Admin;
-use crate::app::AppState;
 use crate::identity::WhoisError;
 use crate::oauth::error::Error;
 use crate::oauth::input::Json;
 use crate::policy::explain::{self, ExplainRequest, Explanation};
+use crate::state::AppState;
 
 /// Explains the agent decision for `request.caller`: a peer address is resolved through the
 /// identity source as a connection from it would be; a selector gets a stand-in caller.

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::Admin;
-use crate::app::AppState;
 use crate::killswitch::{self, Target};
 use crate::oauth::error::Error;
 use crate::oauth::input::Json;
+use crate::state::AppState;
 use crate::store::Revocation;
 
 /// `POST /admin/api/revocations`.

@@ -19,15 +19,14 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::clients::{self, ClientEdit, ClientView, NewClient};
 use super::csrf;
-use crate::app::AppState;
 use crate::audit::EventKind;
-use crate::http::guard::is_same_origin;
-use crate::http::peer::Caller;
 use crate::killswitch::{self, Target};
+use crate::oauth::caller::{Caller, is_same_origin};
 use crate::oauth::error::Error;
 use crate::oauth::input::Path;
 use crate::pages;
 use crate::policy::tsidp;
+use crate::state::AppState;
 use crate::store::{AuditFilter, AuditRecord};
 
 /// The UI's routes.
@@ -46,12 +45,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn refused(status: StatusCode, why: &str) -> Response {
-    pages::message(status, "Administration", why, None)
+    crate::oauth::page::message(status, "Administration", why, None)
 }
 
 fn failed(e: Error) -> Response {
     let why = e.description().unwrap_or("the request failed").to_owned();
-    pages::message(e.status(), "Administration", &why, Some(e.code().as_str()))
+    crate::oauth::page::message(e.status(), "Administration", &why, Some(e.code().as_str()))
 }
 
 /// An administrator using the UI, with the CSRF token for their forms.
@@ -152,7 +151,7 @@ fn utc(t: UnixTime) -> String {
 }
 
 fn page(rendered: Result<String, askama::Error>) -> Response {
-    pages::html(StatusCode::OK, rendered)
+    crate::oauth::page::rendered(rendered.map(|body| pages::html(StatusCode::OK, body)))
 }
 
 #[derive(Template)]

@@ -1,4 +1,5 @@
-//! Relying parties: what each registered client is, and the registry that finds them.
+//! Relying parties: what each registered client is. The registry that finds and changes them
+//! over the store is `client_registry`.
 //!
 //! Clients come from three places — the configuration file (static, read-only), the admin API
 //! and CLI, and dynamic registration (RFC 7591) — and share one type, [`Client`]. A client's
@@ -7,16 +8,12 @@
 //! This module does not authenticate requests at the token endpoint; it only answers whether
 //! a presented secret is the client's ([`Client::secret_matches`]).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tailpass_verify::{Alg, UnixTime};
 
-use crate::secret::{Secret, SecretHash, random_token};
-use crate::store::{Store, StoreError};
+use crate::secret::{SecretHash, random_token};
 
 pub mod metadata;
 pub mod redirect;
@@ -265,158 +262,6 @@ impl Client {
             resources: Some(self.resources.clone()),
             jwks_uri: None,
             jwks: None,
-        }
-    }
-}
-
-/// A client just created or given a new secret, with the secrets in clear for the one
-/// response that shows them.
-#[derive(Debug)]
-pub struct Issued {
-    /// The client as stored.
-    pub client: Client,
-    /// The client secret, for confidential clients.
-    pub secret: Option<Secret>,
-    /// The RFC 7592 registration access token, for dynamic clients.
-    pub registration_token: Option<Secret>,
-}
-
-/// Why a registry operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientsError {
-    /// Occurs when the client does not exist.
-    #[error("no such client")]
-    NotFound,
-    /// Occurs when trying to change a client defined in the configuration file.
-    #[error("client {0} is defined in the configuration file; edit the file instead")]
-    Static(ClientId),
-    /// Occurs when the store fails.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// How long a stored client is served from memory before it is read again. Changes made
-/// through this process take effect at once; the delay only bounds how long another replica's
-/// change can go unseen.
-const CACHE_TTL: Duration = Duration::from_secs(5);
-/// The most clients kept in memory.
-const CACHE_SIZE: usize = 4_096;
-
-/// Finds and changes clients: static ones from the configuration, the rest in the store.
-pub struct Clients {
-    statics: HashMap<ClientId, Arc<Client>>,
-    store: Arc<dyn Store>,
-    cache: RwLock<HashMap<ClientId, (Arc<Client>, Instant)>>,
-}
-
-impl fmt::Debug for Clients {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Clients")
-            .field("statics", &self.statics.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Clients {
-    /// A registry over `store`, with `statics` from the configuration taking precedence.
-    pub fn new(statics: Vec<Client>, store: Arc<dyn Store>) -> Clients {
-        Clients {
-            statics: statics
-                .into_iter()
-                .map(|c| (c.client_id.clone(), Arc::new(c)))
-                .collect(),
-            store,
-            cache: RwLock::new(HashMap::new()),
-        }
-    }
-
-    /// The client with this id.
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
-        let key = ClientId(id.to_owned());
-        if let Some(found) = self.statics.get(&key) {
-            return Ok(Some(found.clone()));
-        }
-        if let Some((client, at)) = self.cache.read().ok().and_then(|c| c.get(&key).cloned())
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(Some(client));
-        }
-        let found = self.store.client(&key).await?.map(Arc::new);
-        if let (Some(client), Ok(mut cache)) = (&found, self.cache.write()) {
-            if cache.len() >= CACHE_SIZE {
-                cache.clear();
-            }
-            cache.insert(key, (client.clone(), Instant::now()));
-        }
-        Ok(found)
-    }
-
-    fn forget(&self, id: &ClientId) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.remove(id);
-        }
-    }
-
-    /// Every client, static ones first.
-    pub async fn list(&self) -> Result<Vec<Client>, StoreError> {
-        let mut all: Vec<Client> = self.statics.values().map(|c| (**c).clone()).collect();
-        all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        all.extend(self.store.clients().await?);
-        Ok(all)
-    }
-
-    /// Registers a new client from validated metadata and its access rule `users` (empty:
-    /// any tailnet user), generating its id, its secret (unless public) and, for dynamic
-    /// registration, its registration access token. One write: a client never exists, even
-    /// for a moment or after a failure, without the access rule it was created with.
-    pub async fn create(
-        &self,
-        meta: ValidMetadata,
-        users: Vec<String>,
-        origin: ClientOrigin,
-        now: UnixTime,
-        created_by: Option<String>,
-    ) -> Result<Issued, ClientsError> {
-        let mut client = Client::from_metadata(ClientId::generate(), meta, origin, now, created_by);
-        client.users = users;
-        let secret = (!client.is_public()).then(Secret::generate);
-        client.secret_sha256 = secret.as_ref().map(Secret::hash);
-        let registration_token = (origin == ClientOrigin::Dynamic).then(Secret::generate);
-        client.registration_token_sha256 = registration_token.as_ref().map(Secret::hash);
-        self.store.insert_client(&client).await?;
-        Ok(Issued {
-            client,
-            secret,
-            registration_token,
-        })
-    }
-
-    /// Replaces a stored client (not a static one).
-    pub async fn update(&self, client: &Client) -> Result<(), ClientsError> {
-        if self.statics.contains_key(&client.client_id) {
-            return Err(ClientsError::Static(client.client_id.clone()));
-        }
-        self.forget(&client.client_id);
-        if self.store.update_client(client).await? {
-            self.forget(&client.client_id);
-            Ok(())
-        } else {
-            Err(ClientsError::NotFound)
-        }
-    }
-
-    /// Deletes a stored client (not a static one).
-    pub async fn delete(&self, id: &str) -> Result<(), ClientsError> {
-        let key = ClientId(id.to_owned());
-        if self.statics.contains_key(&key) {
-            return Err(ClientsError::Static(key));
-        }
-        self.forget(&key);
-        if self.store.delete_client(&key).await? {
-            self.forget(&key);
-            Ok(())
-        } else {
-            Err(ClientsError::NotFound)
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The operator's commands — `keys`, `clients`, `revoke`, `audit` — over the admin API
-//! ([`crate::admin::client`]), printing its answer for people or, with `--json`, for scripts.
+//! ([`super::admin_client`]), printing its answer for people or, with `--json`, for scripts.
 
 use axum::http::Method;
 use serde::de::DeserializeOwned;
@@ -7,9 +7,9 @@ use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
 use super::{CommandError, fail};
-use crate::admin::client::{AdminClient, Answer};
 use crate::admin::{AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RotateRequest};
 use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
+use crate::commands::admin_client::{AdminClient, Answer};
 use crate::config::GlobalOptions;
 use crate::keys::KeyInfo;
 use crate::killswitch::{Report, Target};

@@ -1,8 +1,9 @@
 //! What each CLI command does, on top of the library: the operator's commands through the
-//! admin API ([`admin`]), the agent's `tailpass token` ([`token`]), and `tailpass verify`
-//! ([`verify`]).
+//! admin API ([`admin`], over the admin socket or in-process: [`admin_client`]), the agent's
+//! `tailpass token` ([`token`]), and `tailpass verify` ([`verify`]).
 
 pub mod admin;
+pub mod admin_client;
 pub mod policy;
 pub mod token;
 pub mod verify;

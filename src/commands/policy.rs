@@ -8,8 +8,8 @@ use axum::http::Method;
 
 use super::{CommandError, fail};
 use crate::admin::PREFIX;
-use crate::admin::client::AdminClient;
 use crate::cli::{PolicyAction, PolicyExplainArgs};
+use crate::commands::admin_client::AdminClient;
 use crate::config::GlobalOptions;
 use crate::policy::agent::DEFAULT_CAPABILITY;
 use crate::policy::explain::{self, Decision, ExplainRequest, Explanation};

@@ -335,7 +335,7 @@ fn resolve_for(
         rate_limit: options.rate_limit(),
         feed_reserved_slots: options
             .feed_reserved_slots()
-            .min(crate::oauth::revocation_feed::MAX_SUBSCRIBERS),
+            .min(crate::revocation::MAX_SUBSCRIBERS),
         dpop_nonce: options.dpop_nonce,
         audit_file: options.audit_file.clone(),
         static_clients: Vec::new(),

@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::http::peer::Listener;
 use crate::identity::IdentitySource;
+use crate::identity::peer::Listener;
 
 pub mod admission;
 pub mod body;
@@ -268,9 +268,27 @@ pub async fn run(
     };
     let running = start(settings, identity, Arc::new(crate::clock::SystemClock)).await?;
     tracing::info!(addr = %running.addr(), "gateway listening");
-    crate::server::wait_for_signal().await;
+    crate::http::listen::wait_for_signal().await;
     running.shutdown().await;
     Ok(())
+}
+
+/// How long a call may take until its answer starts: an upstream that does not stream
+/// answers only once the whole generation is done, so this is minutes, not seconds.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The shared HTTP layers, as the gateway takes them. No `Host` name is required, only a
+/// single `Host`: the gateway is reached by address or by whichever name the tailnet gives it
+/// and knows none of them, and nothing it does rests on ambient authority (every call carries
+/// a token, which a rebinding page does not have). No route latency: calls are metered by
+/// [`meter`]. Bodies are bounded by [`admission::MAX_REQUEST`].
+fn layers() -> crate::http::Layers {
+    crate::http::Layers {
+        metrics: None,
+        host: None,
+        body_limit: admission::MAX_REQUEST,
+        time_limit: CALL_TIMEOUT,
+    }
 }
 
 /// Starts the gateway: reads the key, discovers the issuer, follows its feed, listens.
@@ -337,6 +355,7 @@ pub async fn start(
         )
         .fallback(any(proxy::proxy))
         .with_state(state);
+    let app = layers().apply(app);
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();

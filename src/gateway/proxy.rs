@@ -16,7 +16,7 @@ use super::admission::{Admitted, Refusal, admit};
 use super::headers::{HOP_BY_HOP, upstream_headers};
 use super::meter::{CallRecord, Meter, UsageScanner};
 use super::{GatewayState, Shared};
-use crate::http::peer::{Conn, identify};
+use crate::identity::peer::{Conn, identify};
 
 /// Any request under the gateway's prefix: the token verified, the call admitted, forwarded.
 pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {

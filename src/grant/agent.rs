@@ -16,10 +16,11 @@ use tailpass_verify::{AccessClaims, Audience};
 
 use super::error::AgentError;
 use super::{Context, Scopes, TokenResponse};
-use crate::audit::{AuditError, AuditEvent, EventKind, Outcome};
+use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::audit_log::AuditError;
 use crate::clients::{Client, GrantType};
-use crate::http::peer::CallerError;
 use crate::identity::Identity;
+use crate::identity::peer::CallerError;
 use crate::keys::KeyError;
 use crate::policy::agent::{self, Ask};
 use crate::secret::random_token;

@@ -4,8 +4,8 @@
 
 use tailpass_verify::{Alg, UnixTime};
 
-use crate::audit::AuditLog;
-use crate::clients::Clients;
+use crate::audit_log::AuditLog;
+use crate::client_registry::Clients;
 use crate::clock::Clock;
 use crate::identity::IdentitySource;
 use crate::issuer::Issuer;

@@ -3,7 +3,8 @@
 //! [`Refusal`]) names it in metrics. The token endpoint maps each enum to its OAuth error
 //! once, in `oauth::error`; no grant knows the wire codes.
 
-use crate::audit::{AuditError, Refusal};
+use crate::audit::Refusal;
+use crate::audit_log::AuditError;
 use crate::keys::KeyError;
 use crate::policy::agent::Denied;
 use crate::policy::login::{ClaimConflict, LoginDenied, TargetDenied};

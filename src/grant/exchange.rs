@@ -19,8 +19,8 @@ use super::agent::{AgentRequest, issue_run_token, lifetime};
 use super::error::ExchangeError;
 use super::{Context, Scopes, TokenResponse};
 use crate::audit::{AuditEvent, EventKind, Outcome};
-use crate::http::peer::CallerError;
 use crate::identity::Identity;
+use crate::identity::peer::CallerError;
 use crate::policy::agent::{self, Ask};
 use crate::tokens::{self, mint};
 

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::peer::{Conn, Listener};
+use crate::identity::peer::{Conn, Listener};
 
 /// Connections served at once per listener; past it, accepting waits.
 const MAX_CONNECTIONS: usize = 4_096;
@@ -204,4 +204,23 @@ pub async fn serve_tsnet(
         }
     }
     drain(graceful).await;
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub mod local;
+pub mod peer;
 pub mod tailscaled;
 #[cfg(feature = "tsnet")]
 pub mod tsnet;

@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 
 use super::whois::WhoIsResponse;
 use super::{Identity, IdentitySource, WhoisError};
-use crate::http::unix_client::{self, UnixHttpError, UnixRequest};
+use crate::unix_http::{self, UnixHttpError, UnixRequest};
 
 /// The default path of tailscaled's LocalAPI socket on Linux.
 pub const DEFAULT_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
@@ -79,7 +79,7 @@ impl LocalApi {
             max_answer: MAX_ANSWER,
             timeout: CALL_TIMEOUT,
         };
-        Ok(unix_client::send(&self.socket, request).await?)
+        Ok(unix_http::send(&self.socket, request).await?)
     }
 
     /// Asks tailscaled who is behind `peer`. `Ok(None)` means the address is no tailnet node.

@@ -8,12 +8,12 @@ use url::Url;
 
 use super::error::{Error, description_chars};
 use super::input::{Body, Form, Query, parse_form};
+use super::page;
 use super::paths;
-use crate::app::AppState;
 use crate::grant::authorize::{self, AuthorizeParams, Outcome, Redirect};
-use crate::http::guard::SameOrigin;
-use crate::http::peer::{Caller, MaybeCaller};
-use crate::pages;
+use crate::oauth::caller::SameOrigin;
+use crate::oauth::caller::{Caller, MaybeCaller};
+use crate::state::AppState;
 
 fn accepts_html(headers: &HeaderMap) -> bool {
     headers
@@ -47,8 +47,8 @@ fn respond(
     status: StatusCode,
 ) -> Response {
     let location = match outcome {
-        Outcome::Show(shown) => return pages::error_for(accepts_html(headers), shown.into()),
-        Outcome::Consent(request) => return pages::consent(&request, paths::AUTHORIZE_CONSENT),
+        Outcome::Show(shown) => return page::error_for(accepts_html(headers), shown.into()),
+        Outcome::Consent(request) => return page::consent(&request, paths::AUTHORIZE_CONSENT),
         Outcome::Code { redirect, code } => {
             redirect_to(&redirect, state.issuer.url(), &[("code", code.expose())])
         }
@@ -79,7 +79,7 @@ fn respond(
             response
         }
         Ok(Err(_)) => Error::invalid_request("the redirect URI cannot be used").into_response(),
-        Err(e) => pages::error_for(accepts_html(headers), e),
+        Err(e) => page::error_for(accepts_html(headers), e),
     }
 }
 
@@ -125,7 +125,7 @@ pub async fn consent(
         .and_then(|p| parse_form::<Answer>(&body).map(|a| (p, a)));
     let (params, answer) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) => return pages::error_for(accepts_html(&headers), e),
+        Err(e) => return page::error_for(accepts_html(&headers), e),
     };
     let approve = answer.decision == "approve";
     let ctx = state.grants();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tailpass_verify::Alg;
 
 use super::paths;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The metadata document.
 #[derive(Debug, Serialize)]

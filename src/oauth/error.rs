@@ -324,9 +324,40 @@ impl IntoResponse for Error {
     }
 }
 
+// A request without a tailnet identity is refused (403), or 503 when the source is down.
+impl From<crate::identity::peer::CallerError> for Error {
+    fn from(e: crate::identity::peer::CallerError) -> Error {
+        use crate::identity::peer::CallerError;
+        match e {
+            CallerError::Unavailable => Error::unavailable(
+                "the tailnet identity of the caller cannot be determined right now",
+            ),
+            other => Error::access_denied(other.to_string()),
+        }
+    }
+}
+
+// RFC 9449: a refused proof is `invalid_dpop_proof` (401; endpoints that answer 400 say so),
+// a missing nonce `use_dpop_nonce` with the nonce to retry with, a full replay cache 503 and
+// a holder over its share 429.
+impl From<crate::dpop::ProofError> for Error {
+    fn from(e: crate::dpop::ProofError) -> Error {
+        use crate::dpop::{MAX_AGE, ProofError, SKEW};
+        match e {
+            ProofError::NonceRequired { nonce } => {
+                Error::new(Code::UseDpopNonce, "a fresh DPoP nonce is required")
+                    .with_dpop_nonce(nonce)
+            }
+            ProofError::CacheFull(inner) => Error::unavailable(inner.to_string()),
+            ProofError::HolderFull(_) => Error::rate_limited(MAX_AGE + SKEW),
+            other => Error::new(Code::InvalidDpopProof, other.to_string()),
+        }
+    }
+}
+
 // Failures of the server's own parts become `server_error`, their cause logged, never sent.
-impl From<crate::audit::AuditError> for Error {
-    fn from(e: crate::audit::AuditError) -> Error {
+impl From<crate::audit_log::AuditError> for Error {
+    fn from(e: crate::audit_log::AuditError) -> Error {
         Error::server_error(&e)
     }
 }

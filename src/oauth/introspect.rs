@@ -16,11 +16,11 @@ use tailpass_verify::{AccessClaims, UnixTime};
 
 use super::error::Error;
 use super::input::Form;
-use crate::app::AppState;
-use crate::client_auth::{self, Presented};
 use crate::grant::introspect::{self, Asker, Introspection};
-use crate::http::guard::is_same_origin;
-use crate::http::peer::{self, Conn};
+use crate::identity::peer::{self, Conn};
+use crate::oauth::caller::is_same_origin;
+use crate::oauth::client_auth::{self, Presented};
+use crate::state::AppState;
 use crate::tokens;
 
 /// The request.

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::error::Error;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Serves the key set. Public and cacheable for a few minutes: next keys are published well
 /// before they sign, so a cached copy is never missing a key in use.

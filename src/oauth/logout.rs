@@ -15,11 +15,12 @@ use url::Url;
 
 use super::error::Error;
 use super::input::{Form, Query};
-use crate::app::AppState;
-use crate::http::peer::{CallerError, MaybeCaller};
+use super::page;
 use crate::identity::Identity;
-use crate::pages;
+use crate::identity::peer::CallerError;
+use crate::oauth::caller::MaybeCaller;
 use crate::session;
+use crate::state::AppState;
 use crate::tokens;
 
 /// The logout request.
@@ -70,13 +71,13 @@ fn respond(result: Result<Done, Error>, headers: &HeaderMap) -> Response {
             }
             Err(_) => Error::invalid_request("unusable post_logout_redirect_uri").into_response(),
         },
-        Ok(Done::Page(client)) => pages::message(
+        Ok(Done::Page(client)) => page::message(
             StatusCode::OK,
             "Signed out",
             &format!("You are signed out of {client}."),
             None,
         ),
-        Err(error) => pages::error_for(html, error),
+        Err(error) => page::error_for(html, error),
     }
 }
 

@@ -9,15 +9,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub mod authorize;
+pub mod caller;
+pub mod client_auth;
 pub mod discovery;
 pub mod error;
 pub mod input;
 pub mod introspect;
 pub mod jwks;
 pub mod logout;
+pub mod page;
 pub mod register;
 pub mod revocation_feed;
 pub mod revoke;

@@ -13,15 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Code, Error};
 use super::input::{Bearer, Body, Path};
-use crate::app::AppState;
 use crate::audit::{AuditEvent, EventKind, Outcome, Refusal};
-use crate::clients::{
-    AuthMethod, Client, ClientMetadata, ClientOrigin, ClientsError, MetadataError, Registrant,
-};
-use crate::http::guard::SameOrigin;
-use crate::http::peer::Caller;
+use crate::client_registry::ClientsError;
+use crate::clients::{AuthMethod, Client, ClientMetadata, ClientOrigin, MetadataError, Registrant};
+use crate::oauth::caller::{Caller, SameOrigin};
 use crate::oauth::{no_store, paths};
 use crate::policy::tsidp;
+use crate::state::AppState;
 
 /// A registration response (RFC 7591 §3.2.1, RFC 7592 §3).
 #[derive(Debug, Serialize)]

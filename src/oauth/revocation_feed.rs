@@ -23,16 +23,13 @@ use serde::Deserialize;
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 pub use tailpass_verify::feed::{FeedEvent, Snapshot};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 
 use super::error::Error;
 use super::input::Query;
-use crate::app::AppState;
-use crate::http::peer::Caller;
+use crate::oauth::caller::Caller;
+use crate::state::AppState;
 use crate::store::Revocation;
-
-/// Streams served at once; past it, 503.
-pub const MAX_SUBSCRIBERS: usize = 1_024;
 
 impl From<&Revocation> for FeedEvent {
     fn from(r: &Revocation) -> FeedEvent {
@@ -204,62 +201,4 @@ fn events(
             }
         }
     })
-}
-
-/// The stream slots: [`MAX_SUBSCRIBERS`] in all, of which some are kept for peers whose rule
-/// allows introspection (gateways), so any other tailnet peer opening streams cannot leave a
-/// gateway without its feed.
-#[derive(Debug, Clone)]
-pub struct FeedSlots {
-    open: Arc<Semaphore>,
-    reserved: Arc<Semaphore>,
-}
-
-impl FeedSlots {
-    /// Slots with `reserved` of them kept for privileged peers.
-    pub fn new(reserved: usize) -> FeedSlots {
-        let reserved = reserved.min(MAX_SUBSCRIBERS);
-        FeedSlots {
-            open: Arc::new(Semaphore::new(MAX_SUBSCRIBERS - reserved)),
-            reserved: Arc::new(Semaphore::new(reserved)),
-        }
-    }
-
-    /// A slot for a subscriber: from the shared ones, then, for a privileged peer, from the
-    /// reserved ones.
-    pub fn acquire(&self, privileged: bool) -> Option<OwnedSemaphorePermit> {
-        self.open.clone().try_acquire_owned().ok().or_else(|| {
-            privileged
-                .then(|| self.reserved.clone().try_acquire_owned().ok())
-                .flatten()
-        })
-    }
-
-    /// Streams being served.
-    pub fn in_use(&self) -> usize {
-        MAX_SUBSCRIBERS - self.open.available_permits() - self.reserved.available_permits()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserved_slots_are_kept_for_privileged_peers() {
-        let slots = FeedSlots::new(2);
-        let taken: Vec<_> = std::iter::from_fn(|| slots.acquire(false)).collect();
-        assert_eq!(
-            taken.len(),
-            MAX_SUBSCRIBERS - 2,
-            "others fill only the shared slots"
-        );
-        assert!(slots.acquire(false).is_none());
-        let gateway = [slots.acquire(true), slots.acquire(true)];
-        assert!(gateway.iter().all(Option::is_some));
-        assert!(slots.acquire(true).is_none());
-        assert_eq!(slots.in_use(), MAX_SUBSCRIBERS);
-        drop(taken);
-        assert_eq!(slots.in_use(), 2);
-    }
 }

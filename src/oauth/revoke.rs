@@ -7,9 +7,9 @@ use serde::Deserialize;
 
 use super::error::Error;
 use super::input::Form;
-use crate::app::AppState;
-use crate::client_auth;
+use crate::oauth::client_auth;
 use crate::grant::revoke;
+use crate::state::AppState;
 
 /// The request.
 #[derive(Debug, Deserialize)]

@@ -15,13 +15,13 @@ use axum::response::{IntoResponse, Response};
 use super::error::Error;
 use super::input::{GrantRequest, TokenRequest};
 use super::paths;
-use crate::app::AppState;
-use crate::client_auth::{self, Presented};
 use crate::clients::GrantType;
 use crate::dpop;
 use crate::grant::{TokenResponse, agent, authorization_code, exchange, refresh};
-use crate::http::guard::is_same_origin;
-use crate::http::peer::{self, Conn};
+use crate::identity::peer::{self, Conn};
+use crate::oauth::caller::is_same_origin;
+use crate::oauth::client_auth::{self, Presented};
+use crate::state::AppState;
 
 /// `POST /token`.
 pub async fn token(
@@ -54,8 +54,8 @@ fn proof(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<tailpass_verify::dpop::Proof>, Error> {
-    let Some(header) =
-        dpop::proof_header(headers).map_err(|e| e.with_status(StatusCode::BAD_REQUEST))?
+    let Some(header) = dpop::proof_header(headers)
+        .map_err(|e| Error::from(e).with_status(StatusCode::BAD_REQUEST))?
     else {
         return Ok(None);
     };
@@ -70,6 +70,7 @@ fn proof(
         state.now(),
     )
     .map(Some)
+    .map_err(Error::from)
     .map_err(|e| {
         if e.status() == StatusCode::UNAUTHORIZED {
             e.with_status(StatusCode::BAD_REQUEST)
@@ -95,13 +96,15 @@ async fn exchange_for(
             (None, Some(addr)) => format!("addr:{}", addr.ip()),
             (None, None) => format!("jkt:{}", proof.jkt),
         };
-        dpop::remember(&state.dpop_replay, &holder, proof, state.now()).map_err(|e| {
-            if e.status() == StatusCode::UNAUTHORIZED {
-                e.with_status(StatusCode::BAD_REQUEST)
-            } else {
-                e
-            }
-        })?;
+        dpop::remember(&state.dpop_replay, &holder, proof, state.now())
+            .map_err(Error::from)
+            .map_err(|e| {
+                if e.status() == StatusCode::UNAUTHORIZED {
+                    e.with_status(StatusCode::BAD_REQUEST)
+                } else {
+                    e
+                }
+            })?;
     }
     Ok(response)
 }

@@ -20,9 +20,9 @@ use tailpass_verify::claims::{Profile, RunClaims, TailnetClaims};
 use super::error::{Code, Error, Scheme};
 use super::input::AccessToken;
 use super::paths;
-use crate::app::AppState;
 use crate::dpop;
-use crate::http::peer::{self, Conn};
+use crate::identity::peer::{self, Conn};
+use crate::state::AppState;
 use crate::tokens;
 
 /// The userinfo response.

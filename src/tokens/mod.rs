@@ -39,36 +39,12 @@ pub fn client_subject(client_id: &str) -> String {
 /// identifier reserve (every agent token and exchange needs both; see
 /// [`crate::secret::fill_identifier`]).
 ///
-/// A run id is 128 random bits (unguessable, never reused) after a millisecond timestamp, all
-/// in lowercase Crockford base32 (36 characters). The timestamp makes ids sort by creation, so
-/// the audit log's run index grows at its end rather than touching random pages on every
-/// commit; it says nothing a token's `iat` does not already say.
+/// The run id's format is [`crate::secret::run_id`]'s.
 pub fn new_run_token_ids() -> (String, String) {
     let mut random = [[0u8; 16]; 2];
     crate::secret::fill_identifier(random.as_flattened_mut());
     let [jti, run] = random;
-    (URL_SAFE_NO_PAD.encode(jti), run_id_from(run))
-}
-
-fn run_id_from(random: [u8; 16]) -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    let mut id = String::with_capacity(36);
-    // 48 bits of time in 10 digits (50 bits), then 128 random bits in 26 digits (130 bits).
-    push_base32(&mut id, millis & ((1 << 48) - 1), 10);
-    push_base32(&mut id, u128::from_be_bytes(random), 26);
-    id
-}
-
-/// Appends the low `digits * 5` bits of `value`, most significant first.
-fn push_base32(out: &mut String, value: u128, digits: u32) {
-    const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    for i in (0..digits).rev() {
-        let index = usize::try_from((value >> (i * 5)) & 31).unwrap_or(0);
-        out.push(char::from(CROCKFORD.get(index).copied().unwrap_or(b'0')));
-    }
+    (URL_SAFE_NO_PAD.encode(jti), crate::secret::run_id(run))
 }
 
 /// Why an access token presented to this server is not accepted.

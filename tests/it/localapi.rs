@@ -235,7 +235,7 @@ async fn tls_from_tailscaleds_certificate() {
     let served = tokio::spawn(tailpass::http::listen::serve_tcp(
         listener,
         Some(tokio_rustls::TlsAcceptor::from(config)),
-        tailpass::http::peer::Listener::Main,
+        tailpass::identity::peer::Listener::Main,
         app,
         token.clone(),
     ));

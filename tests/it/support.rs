@@ -289,7 +289,7 @@ impl TestServer {
         self.running.as_ref().unwrap()
     }
 
-    pub fn state(&self) -> &tailpass::app::AppState {
+    pub fn state(&self) -> &tailpass::state::AppState {
         self.running().state().unwrap()
     }
 
@@ -340,7 +340,7 @@ pub async fn admin(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let request = tailpass::http::unix_client::UnixRequest {
+    let request = tailpass::unix_http::UnixRequest {
         method,
         path,
         host: "tailpass-admin",
@@ -348,10 +348,9 @@ pub async fn admin(
         max_answer: 1 << 20,
         timeout: std::time::Duration::from_secs(30),
     };
-    let (status, bytes) =
-        tailpass::http::unix_client::send(server.running().admin_socket(), request)
-            .await
-            .unwrap();
+    let (status, bytes) = tailpass::unix_http::send(server.running().admin_socket(), request)
+        .await
+        .unwrap();
     let value = if bytes.is_empty() {
         serde_json::Value::Null
     } else {

@@ -765,7 +765,11 @@ async fn runs_are_found_through_their_zones_and_nothing_else_is() {
     // Real run ids, minted together so that most share their zone prefix; each job writes its
     // zones, and a later job names one of the runs again (its revocation).
     let runs: Vec<String> = (0..300)
-        .map(|_| crate::tokens::new_run_token_ids().1)
+        .map(|_| {
+            let mut random = [0u8; 16];
+            crate::secret::fill_identifier(&mut random);
+            crate::secret::run_id(random)
+        })
         .collect();
     for chunk in runs.chunks(100) {
         let batch: Vec<AuditEvent> = chunk.iter().map(|r| full_event(1_000, r)).collect();

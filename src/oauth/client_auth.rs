@@ -10,7 +10,8 @@ use axum::http::header::AUTHORIZATION;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::clients::{Client, Clients};
+use crate::client_registry::Clients;
+use crate::clients::Client;
 use crate::oauth::error::Error;
 
 /// What a request presented to identify its client.

@@ -1,5 +1,7 @@
-//! Who is on the other end of a request: the connection facts the accept loop records, and the
-//! extractors that turn them into a tailnet [`Identity`].
+//! Who is on the other end of a request: the connection facts the accept loop records
+//! ([`Conn`]), and [`identify`], which weighs how a connection arrived and asks the identity
+//! source about its peer. The issuer's extractors (`oauth::caller`) and the gateway both call
+//! it.
 //!
 //! The identity comes from the connection's peer address, asked of the identity source. The
 //! one exception is the proxy listener that exists for `tailscale serve`: there every
@@ -10,13 +12,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 
-use crate::app::AppState;
-use crate::identity::{Arrival, Identity, IdentitySource, WhoisError};
-use crate::oauth::error::Error;
+use super::{Arrival, Identity, IdentitySource, WhoisError};
 
 /// The header tailscaled adds to requests that arrived through Funnel.
 pub const FUNNEL_HEADER: &str = "tailscale-funnel-request";
@@ -66,17 +64,6 @@ pub enum CallerError {
     Unavailable,
 }
 
-impl From<CallerError> for Error {
-    fn from(e: CallerError) -> Error {
-        match e {
-            CallerError::Unavailable => Error::unavailable(
-                "the tailnet identity of the caller cannot be determined right now",
-            ),
-            other => Error::access_denied(other.to_string()),
-        }
-    }
-}
-
 /// The address to ask WhoIs about.
 fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, CallerError> {
     let conn = conn.copied().ok_or(CallerError::NotOnTailnet)?;
@@ -103,14 +90,9 @@ fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, 
     }
 }
 
-/// The identity resolved for this request, cached in its extensions so that several
-/// extractors ask WhoIs once.
-#[derive(Clone)]
-struct Resolved(Result<Arc<Identity>, CallerError>);
-
 /// The identity behind a request, from its connection facts and headers, asked of `source`.
-/// Handlers that need it only for some requests call this instead of taking [`Caller`]; the
-/// gateway, which has no [`AppState`], calls it with its own source.
+/// Handlers that need it only for some requests call this instead of taking the `Caller`
+/// extractor; the gateway, which has no issuer state, calls it with its own source.
 pub async fn identify(
     source: &dyn IdentitySource,
     conn: Option<&Conn>,
@@ -136,50 +118,11 @@ pub async fn identify(
     })
 }
 
-async fn resolve(parts: &mut Parts, state: &AppState) -> Result<Arc<Identity>, CallerError> {
-    if let Some(Resolved(done)) = parts.extensions.get::<Resolved>() {
-        return done.clone();
-    }
-    let result = identify(
-        state.identity.as_ref(),
-        parts.extensions.get::<Conn>(),
-        &parts.headers,
-    )
-    .await;
-    parts.extensions.insert(Resolved(result.clone()));
-    result
-}
-
-/// The caller's tailnet identity; requests without one are refused (403, or 503 when the
-/// identity source is down).
-#[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Identity>);
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        resolve(parts, state).await.map(Caller).map_err(Error::from)
-    }
-}
-
-/// The caller's identity or why there is none, for handlers that answer the absence
-/// themselves (the agent grant answers `invalid_client`).
-#[derive(Debug, Clone)]
-pub struct MaybeCaller(pub Result<Arc<Identity>, CallerError>);
-
-impl FromRequestParts<AppState> for MaybeCaller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        Ok(MaybeCaller(resolve(parts, state).await))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::Request;
+    use axum::http::request::Parts;
 
     fn address(parts: &Parts) -> Result<SocketAddr, CallerError> {
         peer_address(parts.extensions.get::<Conn>(), &parts.headers)

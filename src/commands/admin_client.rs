@@ -15,12 +15,12 @@ use hyper::body::Bytes;
 use tower::ServiceExt as _;
 use url::Url;
 
-use crate::app::{self, AppState};
 use crate::clock::SystemClock;
 use crate::config::{self, GlobalOptions, Paths};
-use crate::http::peer::{Conn, Listener};
-use crate::http::unix_client::{self, UnixHttpError, UnixRequest};
 use crate::identity::local::LocalTable;
+use crate::identity::peer::{Conn, Listener};
+use crate::state::AppState;
+use crate::unix_http::{self, UnixHttpError, UnixRequest};
 
 /// The largest admin answer read.
 const MAX_ANSWER: usize = 16 << 20;
@@ -81,7 +81,7 @@ impl AdminClient {
             max_answer: MAX_ANSWER,
             timeout: CALL_TIMEOUT,
         };
-        match unix_client::send(&self.paths.admin_socket(), request).await {
+        match unix_http::send(&self.paths.admin_socket(), request).await {
             Ok((status, body)) => Ok(Answer {
                 status,
                 body,
@@ -113,7 +113,7 @@ impl AdminClient {
         )
         .await
         .map_err(|e| offline(&e))?;
-        let router = app::admin_socket_router(state);
+        let router = crate::http::router::admin_socket_router(state);
         let mut request = Request::builder().method(method).uri(path);
         if body.is_some() {
             request = request.header("content-type", "application/json");

@@ -1,21 +1,19 @@
-//! The application state every handler shares, how it is opened, and the router over it.
+//! The application state every handler shares, and how it is opened: keys, store, revocation
+//! index, audit writer, logout sender and the caches of the issuer, held in one place. The
+//! routers over it are `http::router`'s.
 //!
 //! State is injected, never global: a test builds its own with a temporary directory, a local
 //! identity table and a manual clock. Each part owns its own synchronization; there is no
 //! lock around the whole.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use tailpass_verify::UnixTime;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
+use crate::audit_log::AuditLog;
 use crate::backchannel::Backchannel;
-use crate::clients::Clients;
+use crate::client_registry::Clients;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::identity::IdentitySource;
@@ -24,11 +22,6 @@ use crate::keys::{KeyError, KeyRing, KeySettings};
 use crate::revocation::Revocations;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-
-/// The largest request body read (forms, registration metadata).
-pub const BODY_LIMIT: usize = 64 * 1024;
-/// How long a request may take, body included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler can reach: one shared allocation, so the per-request clones axum makes
 /// cost one atomic increment.
@@ -75,7 +68,7 @@ pub struct Shared {
     /// Request rates by node, client or address.
     pub rate: Arc<crate::ratelimit::RateLimiter>,
     /// Revocation feed subscriber slots.
-    pub feed_slots: crate::oauth::revocation_feed::FeedSlots,
+    pub feed_slots: crate::revocation::FeedSlots,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -172,8 +165,7 @@ impl AppState {
             ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
-        let feed_slots =
-            crate::oauth::revocation_feed::FeedSlots::new(settings.feed_reserved_slots);
+        let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
         Ok((
             AppState(Arc::new(Shared {
                 issuer: Arc::new(issuer),
@@ -251,52 +243,4 @@ impl AppState {
             consent_key: &self.consent_key,
         }
     }
-}
-
-/// The public HTTP application: OAuth endpoints, the admin API, health.
-pub fn router(state: AppState) -> Router {
-    let routes = crate::oauth::routes()
-        .merge(crate::admin::routes())
-        .merge(crate::admin::ui::routes())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
-    crate::http::layers(routes, state)
-}
-
-/// What the admin socket serves: the admin API and health.
-pub fn admin_socket_router(state: AppState) -> Router {
-    let routes = crate::admin::routes().route("/healthz", get(healthz));
-    crate::http::layers(routes, state)
-}
-
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
-}
-
-/// Applies the body limit used by every router.
-pub fn body_limit() -> DefaultBodyLimit {
-    DefaultBodyLimit::max(BODY_LIMIT)
-}
-
-/// `GET /metrics`: for tailnet peers (a Prometheus on the tailnet), in Prometheus text format.
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    crate::http::peer::Caller(_): crate::http::peer::Caller,
-) -> impl axum::response::IntoResponse {
-    let mut keys: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
-    for info in state.keys.list().unwrap_or_default() {
-        *keys.entry(info.entry.state.as_str()).or_insert(0) += 1;
-    }
-    let gauges = crate::metrics::Gauges {
-        keys: keys.into_iter().collect(),
-        revocations: state.revocations.len() as u64,
-        feed_subscribers: state.feed_slots.in_use() as u64,
-    };
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(&gauges),
-    )
 }
