@@ -71,36 +71,36 @@ impl AuthMethod {
     }
 }
 
-/// A grant a client may use.
+/// A grant a client may use. Its registered name ([`GrantType::as_str`]) is written once: it
+/// is what registration metadata, stored records, discovery and `/token`'s `grant_type` use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum GrantType {
     /// The authorization code grant.
-    #[serde(rename = "authorization_code")]
     AuthorizationCode,
     /// Refresh tokens.
-    #[serde(rename = "refresh_token")]
     RefreshToken,
     /// Client credentials with the client's secret.
-    #[serde(rename = "client_credentials")]
     ClientCredentials,
     /// RFC 8693 token exchange.
-    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
     TokenExchange,
 }
 
 impl GrantType {
+    /// Every grant type, in the order discovery lists them.
+    pub const ALL: [GrantType; 4] = [
+        GrantType::AuthorizationCode,
+        GrantType::RefreshToken,
+        GrantType::ClientCredentials,
+        GrantType::TokenExchange,
+    ];
+
     /// Parses the grant type's registered name.
     pub fn parse(name: &str) -> Option<GrantType> {
-        match name {
-            "authorization_code" => Some(GrantType::AuthorizationCode),
-            "refresh_token" => Some(GrantType::RefreshToken),
-            "client_credentials" => Some(GrantType::ClientCredentials),
-            "urn:ietf:params:oauth:grant-type:token-exchange" => Some(GrantType::TokenExchange),
-            _ => None,
-        }
+        GrantType::ALL.into_iter().find(|g| g.as_str() == name)
     }
 
-    /// The registered name.
+    /// The registered name (RFC 6749 §4, RFC 8693 §2.1).
     pub fn as_str(self) -> &'static str {
         match self {
             GrantType::AuthorizationCode => "authorization_code",
@@ -108,6 +108,20 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
+    }
+}
+
+impl TryFrom<String> for GrantType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<GrantType, String> {
+        GrantType::parse(&name).ok_or_else(|| format!("unknown grant type {name:?}"))
+    }
+}
+
+impl From<GrantType> for &'static str {
+    fn from(grant: GrantType) -> &'static str {
+        grant.as_str()
     }
 }
 
@@ -263,5 +277,23 @@ impl Client {
             jwks_uri: None,
             jwks: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GrantType;
+
+    #[test]
+    fn a_grant_types_name_parses_serializes_and_deserializes_as_one() {
+        for grant in GrantType::ALL {
+            assert_eq!(GrantType::parse(grant.as_str()), Some(grant));
+            let json = serde_json::to_string(&grant).unwrap();
+            assert_eq!(json, format!("\"{}\"", grant.as_str()));
+            assert_eq!(serde_json::from_str::<GrantType>(&json).unwrap(), grant);
+        }
+        assert_eq!(GrantType::parse("password"), None);
+        let unknown = serde_json::from_str::<GrantType>("\"implicit\"").unwrap_err();
+        assert!(unknown.to_string().contains("implicit"), "{unknown}");
     }
 }

@@ -92,12 +92,7 @@ pub fn document(state: &AppState) -> Metadata {
         scopes_supported: vec!["openid", "profile", "email", "groups", "offline_access"],
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: vec![
-            GrantType::AuthorizationCode.as_str(),
-            GrantType::RefreshToken.as_str(),
-            GrantType::ClientCredentials.as_str(),
-            GrantType::TokenExchange.as_str(),
-        ],
+        grant_types_supported: GrantType::ALL.map(GrantType::as_str).to_vec(),
         subject_types_supported: vec!["public"],
         id_token_signing_alg_values_supported: state.keys.enabled().iter().copied().collect(),
         token_endpoint_auth_methods_supported: vec![

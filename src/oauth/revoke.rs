@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::error::Error;
 use super::input::Form;
-use crate::oauth::client_auth;
 use crate::grant::revoke;
+use crate::oauth::client_auth;
 use crate::state::AppState;
 
 /// The request.
