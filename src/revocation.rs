@@ -7,7 +7,7 @@
 //! the revocation feed. The index refreshes from the store, so replicas sharing a database
 //! converge.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use tailpass_verify::feed::RevocationKind;
@@ -19,6 +19,11 @@ use crate::store::{Revocation, Store, StoreError};
 
 /// How many feed events a slow subscriber may fall behind before it must resynchronize.
 const FEED_BUFFER: usize = 1_024;
+/// How often the server reads back revocations other replicas made.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Own revocations remembered between two reads of the store; past it the oldest are
+/// forgotten, at worst announced twice on the feed (a verifier applies an event idempotently).
+const MAX_UNPOLLED: usize = 4_096;
 /// Revocation feed streams served at once; past it, 503.
 pub const MAX_SUBSCRIBERS: usize = 1_024;
 
@@ -33,6 +38,13 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Index {
     last_seq: u64,
+    /// The highest sequence number read back from the store by [`Revocations::refresh`]: the
+    /// next read starts after it. Revocations this process made itself may be above it with
+    /// others' still below (other replicas), so it is kept apart from `last_seq`.
+    polled_seq: u64,
+    /// Sequence numbers above `polled_seq` this process applied itself: a read that returns
+    /// them again neither re-applies nor re-announces them. Bounded by [`MAX_UNPOLLED`].
+    unpolled: BTreeSet<u64>,
     entries: HashMap<(RevocationKind, String), Entry>,
 }
 
@@ -110,14 +122,23 @@ impl Revocations {
         Ok(list)
     }
 
-    /// Applies revocations stored since the last look (by another replica, say).
+    /// Applies revocations stored since the last read (by another replica, say), and
+    /// announces them on the feed. The server calls it every [`POLL_EVERY`], so a revocation
+    /// made by any replica reaches every replica's index and feed within about that.
     pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let since = self.last_seq();
-        let fresh = store.revocations_since(since).await?;
+        let since = self.index.read().map(|i| i.polled_seq).unwrap_or(0);
+        let read = store.revocations_since(since).await?;
+        let mut fresh = Vec::with_capacity(read.len());
         if let Ok(mut index) = self.index.write() {
-            for r in &fresh {
-                index.apply(r);
+            for r in read {
+                index.polled_seq = index.polled_seq.max(r.seq);
+                if !index.unpolled.remove(&r.seq) {
+                    index.apply(&r);
+                    fresh.push(r);
+                }
             }
+            let polled = index.polled_seq;
+            index.unpolled.retain(|seq| *seq > polled);
         }
         for r in fresh {
             let _ = self.changes.send(r);
@@ -142,6 +163,12 @@ impl Revocations {
         let revocation = store.insert_revocation(kind, value, now, until).await?;
         if let Ok(mut index) = self.index.write() {
             index.apply(&revocation);
+            if revocation.seq > index.polled_seq {
+                index.unpolled.insert(revocation.seq);
+                if index.unpolled.len() > MAX_UNPOLLED {
+                    index.unpolled.pop_first();
+                }
+            }
         }
         let _ = self.changes.send(revocation.clone());
         Ok(revocation)
@@ -280,6 +307,51 @@ mod tests {
             "act": {"sub": "node:n1", "run_id": "r1", "act": {"sub": "node:n0", "run_id": "r0"}}
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replica_reads_back_what_others_revoked_once_whatever_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        // Two replicas' indexes over one store.
+        let a = Revocations::load(&store).await.unwrap();
+        let b = Revocations::load(&store).await.unwrap();
+        let mut a_feed = a.subscribe();
+        let mut b_feed = b.subscribe();
+        let at = UnixTime(1_000);
+        a.revoke(&store, RevocationKind::Run, "r1", at, None)
+            .await
+            .unwrap();
+        // B revokes after A, so its own revocation is above A's, which it has not read yet.
+        b.revoke(&store, RevocationKind::Run, "r2", at, None)
+            .await
+            .unwrap();
+        b.refresh(&store).await.unwrap();
+        a.refresh(&store).await.unwrap();
+        let mut seen_by_b = Vec::new();
+        while let Ok(r) = b_feed.try_recv() {
+            seen_by_b.push(r.value);
+        }
+        let mut seen_by_a = Vec::new();
+        while let Ok(r) = a_feed.try_recv() {
+            seen_by_a.push(r.value);
+        }
+        assert_eq!(
+            seen_by_b,
+            ["r2", "r1"],
+            "each once: its own at once, A's when read"
+        );
+        assert_eq!(seen_by_a, ["r1", "r2"]);
+        for list in [&a, &b] {
+            for run in ["r1", "r2"] {
+                let mut c = claims(1_000);
+                c.run.run_id = Some(run.into());
+                c.run.parent_run_id = None;
+                c.run.root_run_id = None;
+                c.run.act = None;
+                assert!(list.check(&c).is_some(), "{run} refused everywhere");
+            }
+        }
     }
 
     #[tokio::test]

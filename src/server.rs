@@ -313,14 +313,22 @@ async fn serve_embedded(
     match node {}
 }
 
-/// Scheduled key rotation, retired-key expiry and store purging.
+/// Scheduled key rotation, retired-key expiry, store purging, and reading back the revocations
+/// other replicas made.
 async fn upkeep(state: AppState, shutdown: CancellationToken) {
     let mut keys_tick = tokio::time::interval(KEY_UPKEEP);
     let mut purge_tick = tokio::time::interval(PURGE_EVERY);
     let mut aggregate_tick = tokio::time::interval(AGGREGATE_EVERY);
+    let mut revocations_tick = tokio::time::interval(crate::revocation::POLL_EVERY);
+    revocations_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = revocations_tick.tick() => {
+                if let Err(e) = state.revocations.refresh(state.store.as_ref()).await {
+                    tracing::warn!(error = %e, "could not read back revocations");
+                }
+            }
             _ = aggregate_tick.tick() => {
                 if let Err(e) = state.audit.flush_aggregates(Some(state.now())).await {
                     tracing::error!(error = %e, "could not write the denial aggregate");
