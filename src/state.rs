@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::identity::IdentitySource;
 use crate::issuer::Issuer;
-use crate::keys::{KeyError, KeyRing, KeySettings};
+use crate::keys::{Kek, KeyError, KeyRing, KeySettings};
 use crate::revocation::Revocations;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -138,16 +138,23 @@ impl AppState {
             rotation_interval: settings.key_rotation_interval,
         };
         let keys_dir = settings.paths.keys_dir.clone();
+        let kek_file = settings.paths.key_encryption_key_file.clone();
         let key_clock = clock.clone();
-        let keys =
-            tokio::task::spawn_blocking(move || KeyRing::open(&keys_dir, key_settings, key_clock))
-                .await
-                .map_err(|e| {
-                    OpenError::Keys(KeyError::Io {
-                        path: "key loading task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                })??;
+        let keys = tokio::task::spawn_blocking(move || {
+            let kek = kek_file.as_deref().map(Kek::read).transpose()?;
+            KeyRing::open_in(
+                crate::keys::storage::open_dir(&keys_dir, kek)?,
+                key_settings,
+                key_clock,
+            )
+        })
+        .await
+        .map_err(|e| {
+            OpenError::Keys(KeyError::Io {
+                path: "key loading task".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })??;
         let keys = Arc::new(keys);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
         let revocations = Arc::new(Revocations::load(store.as_ref()).await?);

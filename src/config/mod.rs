@@ -84,6 +84,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// The keys directory.
     pub keys_dir: PathBuf,
+    /// The key-encryption key sealing the keys at rest, if they are sealed.
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 impl Paths {
@@ -198,6 +200,7 @@ fn paths(global: GlobalOptions) -> Paths {
         dev,
         state_dir,
         keys_dir,
+        key_encryption_key_file: global.key_encryption_key_file,
     }
 }
 

@@ -129,6 +129,10 @@ options! {
         /// Signing keys directory [default: STATE_DIR/keys, or ./keys with --dev].
         #[arg(long, global = true, env = "TAILPASS_KEYS_DIR", value_name = "DIR")]
         pub keys_dir: Option<PathBuf>,
+        /// Seal the private keys at rest under this key-encryption key (AES-256-GCM): a file
+        /// of mode 0600 holding 32 random bytes, base64 on one line (`tailpass keys new-kek`).
+        #[arg(long, global = true, env = "TAILPASS_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+        pub key_encryption_key_file: Option<PathBuf>,
         /// Development mode: local identity (every loopback caller is you, with admin rights),
         /// SQLite in ./.tailpass, keys in ./keys, http://127.0.0.1:8765. Explicit flags win.
         #[arg(long, global = true, env = "TAILPASS_DEV")]

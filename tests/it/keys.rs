@@ -206,3 +206,104 @@ async fn a_corrupt_key_file_stops_start_up_and_is_not_replaced() {
     assert!(err.contains(&active) && err.contains("corrupt"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a key at all");
 }
+
+/// The `kid` of a compact JWS's header.
+fn kid_of(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn revoking_a_kid_drops_it_refuses_what_it_signed_and_another_key_signs() {
+    use crate::agents::{mint, server};
+    use crate::support::{CI, GATEWAY, GATEWAY_NODE, json};
+
+    let (server, _dir) = server(&[]).await;
+    let (_, body) = mint(&server, CI, &[("audience", GATEWAY)]).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let kid = kid_of(&token);
+    let introspect = |token: String| {
+        let request = server
+            .peer(GATEWAY_NODE)
+            .post(server.url("/introspect"))
+            .form(&[("token", token)]);
+        async move { json(request.send().await.unwrap()).await.1 }
+    };
+    let userinfo = |token: String| {
+        let request = server
+            .peer(CI)
+            .get(server.url("/userinfo"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(introspect(token.clone()).await["active"], true);
+    assert_eq!(userinfo(token.clone()).await, 200);
+
+    let (status, revoked) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/revoke",
+        Some(serde_json::json!({"kid": kid})),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revocation"]["revocation"]["kind"], "kid");
+    let published: Vec<String> = jwks(&server)
+        .await
+        .keys
+        .iter()
+        .filter_map(|k| k.kid.clone())
+        .collect();
+    assert!(!published.contains(&kid), "gone from the JWKS at once");
+    assert_eq!(
+        kids(&jwks(&server).await, Alg::ES256).len(),
+        2,
+        "active and next"
+    );
+
+    assert_eq!(
+        introspect(token.clone()).await,
+        serde_json::json!({"active": false})
+    );
+    assert_eq!(userinfo(token.clone()).await, 401);
+    // The feed carries it for every verifier.
+    let (_, feed) = json(
+        server
+            .peer(GATEWAY_NODE)
+            .get(server.url("/revocations?since=0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "kid" && e["value"] == kid.as_str()),
+        "{feed}"
+    );
+
+    let (_, body) = mint(&server, CI, &[("audience", GATEWAY)]).await;
+    let fresh = body["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(kid_of(&fresh), kid, "another key signs");
+    assert_eq!(introspect(fresh.clone()).await["active"], true);
+    assert_eq!(userinfo(fresh).await, 200);
+
+    let (status, _) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/revoke",
+        Some(serde_json::json!({"kid": kid})),
+    )
+    .await;
+    assert_eq!(status, 400, "an unknown kid is refused");
+}
