@@ -191,6 +191,14 @@ options! {
         /// --dev].
         #[arg(long, env = "TAILPASS_IDENTITY", value_enum)]
         pub identity: Option<IdentityKind>,
+        /// How long a WhoIs may take before the request answers temporarily_unavailable (503),
+        /// e.g. 2s [default: 2s].
+        #[arg(long, env = "TAILPASS_IDENTITY_TIMEOUT", value_name = "DURATION")]
+        pub identity_timeout: Option<Seconds> = Seconds(2),
+        /// A listener serving only /healthz and /readyz, with no identity and no Host check,
+        /// for orchestrators' probes.
+        #[arg(long, env = "TAILPASS_HEALTH_LISTEN", value_name = "ADDR:PORT")]
+        pub health_listen: Option<SocketAddr>,
         /// The identity table for --identity local: {"<ip>": <WhoIs answer>, ...}.
         #[arg(long, env = "TAILPASS_IDENTITY_FILE", value_name = "FILE")]
         pub identity_file: Option<PathBuf>,

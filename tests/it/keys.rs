@@ -307,3 +307,82 @@ async fn revoking_a_kid_drops_it_refuses_what_it_signed_and_another_key_signs() 
     .await;
     assert_eq!(status, 400, "an unknown kid is refused");
 }
+
+/// A key-encryption key file (mode 0600) in `dir`.
+fn kek_file(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let line = tailpass::keys::Kek::generate_line().unwrap();
+    std::fs::write(&path, format!("{}\n", *line)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn key_files(server_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(server_dir.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "manifest.json")
+        .collect()
+}
+
+#[tokio::test]
+async fn sealed_keys_serve_the_same_jwks_and_rewrap_to_a_new_key_encryption_key() {
+    let kek_dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        kek_file(kek_dir.path(), "old.kek"),
+        kek_file(kek_dir.path(), "new.kek"),
+    );
+    let server = TestServer::with_args(&["--key-encryption-key-file", &old]).await;
+    let before = jwks(&server).await;
+    assert_eq!(before.keys.len(), 4, "active and next per algorithm");
+    let dir = server.stop().await;
+    let files = key_files(dir.path());
+    assert!(
+        files.iter().all(|n| n.ends_with(".1.sealed")),
+        "the plain keys were sealed: {files:?}"
+    );
+    let table = dir.path().join("peers.json");
+    let table = table.to_str().unwrap().to_owned();
+    let server = TestServer::in_dir(
+        dir,
+        &["--key-encryption-key-file", &old],
+        &["--identity-file", &table],
+    )
+    .await;
+    assert_eq!(jwks(&server).await, before);
+
+    let (status, body) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/rewrap",
+        Some(serde_json::json!({"new_key_encryption_key_file": new})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A tailnet administrator cannot make the server read a file of their choosing.
+    let over_http = peer(ALICE)
+        .post(server.url("/admin/api/keys/rewrap"))
+        .header("origin", server.url(""))
+        .json(&serde_json::json!({"new_key_encryption_key_file": new}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_http.status(), 403);
+    let dir = server.stop().await;
+    assert!(
+        key_files(dir.path())
+            .iter()
+            .all(|n| n.ends_with(".2.sealed"))
+    );
+    let server = TestServer::in_dir(
+        dir,
+        &["--key-encryption-key-file", &new],
+        &["--identity-file", &table],
+    )
+    .await;
+    assert_eq!(
+        jwks(&server).await,
+        before,
+        "the same keys, under the new key"
+    );
+}
