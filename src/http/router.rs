@@ -89,7 +89,7 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: 200 while the store answers, else 503 saying so (docs/design.md
-/// "Contracts": health). Discovery, JWKS and `/healthz` do not depend on it.
+/// "Contracts": health and unavailability). Discovery, JWKS and `/healthz` do not depend on it.
 async fn readyz(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     match state.store_ready().await {
         Ok(()) => (

@@ -1,5 +1,5 @@
-//! An identity source with a deadline (docs/design.md "Contracts": an identity source that does
-//! not answer within `--identity-timeout` gives `temporarily_unavailable`).
+//! An identity source with a deadline: one that does not answer within `--identity-timeout`
+//! gives `temporarily_unavailable` (docs/design.md "Contracts": health and unavailability).
 //!
 //! Every WhoIs the server makes — the `Caller` extractor, `identify`, a refresh re-resolving
 //! its person — goes through the state's one source, so wrapping it once bounds them all: a
