@@ -32,6 +32,8 @@ pub enum EventKind {
     ClientDeleted,
     /// Signing keys were rotated.
     KeysRotated,
+    /// Signing keys were re-sealed under a new key-encryption key.
+    KeysRewrapped,
     /// A request for an authorization code (`/authorize`).
     Authorize,
     /// A user approved a dynamically registered client.
@@ -64,6 +66,7 @@ impl EventKind {
             EventKind::ClientUpdated => "client_updated",
             EventKind::ClientDeleted => "client_deleted",
             EventKind::KeysRotated => "keys_rotated",
+            EventKind::KeysRewrapped => "keys_rewrapped",
             EventKind::Authorize => "authorize",
             EventKind::Consent => "consent",
             EventKind::CodeExchanged => "code_exchanged",
@@ -304,6 +307,7 @@ mod tests {
             ClientUpdated,
             ClientDeleted,
             KeysRotated,
+            KeysRewrapped,
             Authorize,
             Consent,
             CodeExchanged,

@@ -33,7 +33,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the identity provider.
     Serve(Box<ServeOptions>),
-    /// List or rotate signing keys.
+    /// List, rotate or revoke signing keys, or manage their key-encryption key.
     Keys {
         /// The keys action.
         #[command(subcommand)]
@@ -206,6 +206,22 @@ pub enum KeysAction {
         /// Only this algorithm [default: every enabled one].
         #[arg(long, value_parser = parse_alg)]
         alg: Option<Alg>,
+    },
+    /// Revoke a compromised key: dropped from the JWKS at once (replaced if it was signing),
+    /// and every token it signed refused through the revocation feed.
+    Revoke {
+        /// The key's id.
+        kid: String,
+    },
+    /// Print a new key-encryption key (32 random bytes, base64 on one line): save it to a
+    /// file of mode 0600 and give it as --key-encryption-key-file.
+    NewKek,
+    /// Re-seal every stored key under a new key-encryption key (the current one is
+    /// --key-encryption-key-file).
+    Rewrap {
+        /// The new key-encryption key's file (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        new_key_encryption_key_file: PathBuf,
     },
 }
 

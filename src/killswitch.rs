@@ -1,5 +1,5 @@
 //! The kill switch: `tailpass revoke --run | --node | --user | --jti` and the admin API behind
-//! it.
+//! it, and the revocation of a signing key's `kid` that `tailpass keys revoke` publishes.
 //!
 //! Revoking is durable first (the store), then visible at once to this server (the revocation
 //! index: introspection, userinfo, exchange) and, through the revocation feed, to every
@@ -47,6 +47,10 @@ pub enum KillError {
     /// Occurs when a refresh family is named: those end through `/revoke` or logout.
     #[error("refresh families are revoked through /revoke or logout")]
     Family,
+    /// Occurs when a `kid` is named: a signing key is revoked through `tailpass keys revoke`,
+    /// which also takes it out of the JWKS and stops it signing.
+    #[error("signing keys are revoked through `tailpass keys revoke` (/admin/api/keys/revoke)")]
+    Kid,
     /// Occurs when `until` is given for a kind other than node or user.
     #[error("until applies to node and user revocations")]
     Until,
@@ -61,15 +65,19 @@ pub enum KillError {
     Sessions(#[from] EndError),
 }
 
-fn check(target: &Target) -> Result<(), KillError> {
-    if target.value.is_empty()
-        || target.value.len() > 512
-        || target.value.chars().any(char::is_control)
-    {
+fn check_value(value: &str) -> Result<(), KillError> {
+    if value.is_empty() || value.len() > 512 || value.chars().any(char::is_control) {
         return Err(KillError::Value);
     }
-    if target.kind == RevocationKind::Family {
-        return Err(KillError::Family);
+    Ok(())
+}
+
+fn check(target: &Target) -> Result<(), KillError> {
+    check_value(&target.value)?;
+    match target.kind {
+        RevocationKind::Family => return Err(KillError::Family),
+        RevocationKind::Kid => return Err(KillError::Kid),
+        _ => {}
     }
     if target.until.is_some() && !matches!(target.kind, RevocationKind::Node | RevocationKind::User)
     {
@@ -87,6 +95,34 @@ pub async fn revoke(
     now: UnixTime,
 ) -> Result<Report, KillError> {
     check(target)?;
+    record(ctx, target, actor, now).await
+}
+
+/// Publishes the revocation of every token the key `kid` signed, at `now`, on behalf of
+/// `actor`: stored, in the index, on the feed, audited. The caller has already taken the key
+/// out of the key ring, so that it signs nothing after `now`.
+pub async fn revoke_kid(
+    ctx: session::Ctx<'_>,
+    kid: &str,
+    actor: &str,
+    now: UnixTime,
+) -> Result<Report, KillError> {
+    check_value(kid)?;
+    let target = Target {
+        kind: RevocationKind::Kid,
+        value: kid.to_owned(),
+        until: None,
+    };
+    record(ctx, &target, actor, now).await
+}
+
+/// Persists a checked revocation, updates the index, ends what sessions it ends and audits it.
+async fn record(
+    ctx: session::Ctx<'_>,
+    target: &Target,
+    actor: &str,
+    now: UnixTime,
+) -> Result<Report, KillError> {
     let revocation = ctx
         .revocations
         .revoke(ctx.store, target.kind, &target.value, now, target.until)
@@ -113,7 +149,7 @@ pub async fn revoke(
         RevocationKind::Node => event.node_id = Some(target.value.clone()),
         RevocationKind::User => event.user = Some(target.value.clone()),
         RevocationKind::Jti => event.jti = Some(target.value.clone()),
-        RevocationKind::Family => {}
+        RevocationKind::Family | RevocationKind::Kid => {}
     }
     ctx.audit.record(event).await?;
     Ok(Report {

@@ -212,12 +212,13 @@ impl Revocations {
         self.changes.subscribe()
     }
 
-    /// Whether an access token is revoked, and by what.
-    pub fn check(&self, claims: &AccessClaims) -> Option<Hit> {
+    /// Whether an access token with `claims`, signed by the key `kid` (its header's), is
+    /// revoked, and by what.
+    pub fn check(&self, claims: &AccessClaims, kid: Option<&str>) -> Option<Hit> {
         let index = self.index.read().ok()?;
         let iat = claims.iat;
         // One definition of what revokes a token, shared with every verifier.
-        tailpass_verify::feed::candidates(claims)
+        tailpass_verify::feed::candidates(claims, kid)
             .into_iter()
             .find(|(kind, value)| index.matches(*kind, value, iat))
             .map(|(kind, value)| Hit {
@@ -349,8 +350,26 @@ mod tests {
                 c.run.parent_run_id = None;
                 c.run.root_run_id = None;
                 c.run.act = None;
-                assert!(list.check(&c).is_some(), "{run} refused everywhere");
+                assert!(list.check(&c, None).is_some(), "{run} refused everywhere");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kid_revokes_what_its_key_signed_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        let list = Revocations::load(&store).await.unwrap();
+        list.revoke(&store, RevocationKind::Kid, "k1", UnixTime(1_000), None)
+            .await
+            .unwrap();
+        for list in [list, Revocations::load(&store).await.unwrap()] {
+            assert_eq!(
+                list.check(&claims(1_000), Some("k1")).map(|h| h.kind),
+                Some(RevocationKind::Kid)
+            );
+            assert_eq!(list.check(&claims(1_000), Some("k2")), None, "another key");
+            assert_eq!(list.check(&claims(1_001), Some("k1")), None, "signed after");
         }
     }
 
@@ -367,17 +386,17 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = SqliteStore::open_in(dir.path()).await.unwrap();
             let list = Revocations::load(&store).await.unwrap();
-            assert_eq!(list.check(&claims(1_000)), None);
+            assert_eq!(list.check(&claims(1_000), None), None);
             list.revoke(&store, kind, value, UnixTime(1_000), None)
                 .await
                 .unwrap();
             assert_eq!(
-                list.check(&claims(1_000)).map(|h| h.kind),
+                list.check(&claims(1_000), None).map(|h| h.kind),
                 Some(kind),
                 "{value}"
             );
             assert_eq!(
-                list.check(&claims(1_001)),
+                list.check(&claims(1_001), None),
                 None,
                 "a token issued after is not matched"
             );
@@ -424,7 +443,7 @@ mod tests {
         assert_eq!(list.len(), 2, "a standing node block and a recent run stay");
         let mut recent = claims(5_000);
         recent.run.run_id = Some("r-recent".into());
-        assert!(list.check(&recent).is_some());
+        assert!(list.check(&recent, None).is_some());
     }
 
     #[tokio::test]

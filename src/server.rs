@@ -71,6 +71,7 @@ pub enum ServeError {
 pub struct Running {
     addr: SocketAddr,
     proxy_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
     admin_socket: PathBuf,
     state: Option<AppState>,
     shutdown: CancellationToken,
@@ -87,6 +88,11 @@ impl Running {
     /// The proxy listener's address.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy_addr
+    }
+
+    /// The probes' listener's address (`--health-listen`).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The admin socket's path.
@@ -234,6 +240,11 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
         None => None,
     };
     let proxy_addr = proxy.as_ref().and_then(|l| l.local_addr().ok());
+    let health = match settings.health_listen {
+        Some(health) => Some(bind(health).await?),
+        None => None,
+    };
+    let health_addr = health.as_ref().and_then(|l| l.local_addr().ok());
 
     let socket_path = settings.paths.admin_socket();
     let (state, background) = AppState::open(settings.clone(), issuer, identity, clock).await?;
@@ -253,6 +264,15 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
             None,
             Listener::Proxy,
             router.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(health) = health {
+        tasks.push(tokio::spawn(listen::serve_tcp(
+            health,
+            None,
+            Listener::Health,
+            crate::http::router::health_router(state.clone()),
             shutdown.clone(),
         )));
     }
@@ -278,6 +298,7 @@ pub async fn start(settings: Settings, clock: Arc<dyn Clock>) -> Result<Running,
     Ok(Running {
         addr,
         proxy_addr,
+        health_addr,
         admin_socket: socket_path,
         state: Some(state),
         shutdown,

@@ -29,7 +29,7 @@ pub mod ui;
 
 pub use audit::AuditQuery;
 pub use clients::{ClientView, CreatedClient, NewClient};
-pub use keys::RotateRequest;
+pub use keys::{RevokeKeyRequest, RevokedKey, RewrapRequest, RotateRequest};
 
 /// The admin API's path prefix on the HTTP listener and the socket.
 pub const PREFIX: &str = "/admin/api";
@@ -46,11 +46,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        if parts
-            .extensions
-            .get::<Conn>()
-            .is_some_and(|c| c.listener == Listener::AdminSocket)
-        {
+        if via_socket(parts) {
             return Ok(Admin {
                 actor: "admin-socket".into(),
             });
@@ -74,6 +70,37 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// Whether the request came over the admin socket, whose file mode is the credential.
+fn via_socket(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<Conn>()
+        .is_some_and(|c| c.listener == Listener::AdminSocket)
+}
+
+/// Proof that the request came over the admin socket, for operations that name files on the
+/// server's host (a rewrap's new key-encryption key): a tailnet administrator must not pick
+/// which of the server's files it reads.
+#[derive(Debug, Clone)]
+pub struct SocketAdmin {
+    /// Who, for the audit log.
+    pub actor: String,
+}
+
+impl FromRequestParts<AppState> for SocketAdmin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Error> {
+        if via_socket(parts) {
+            Ok(SocketAdmin {
+                actor: "admin-socket".into(),
+            })
+        } else {
+            Err(Error::access_denied("only over the admin socket"))
+        }
+    }
+}
+
 /// The admin routes, mounted under [`PREFIX`].
 pub fn routes() -> Router<AppState> {
     Router::new().nest(
@@ -92,6 +119,8 @@ pub fn routes() -> Router<AppState> {
             .route("/clients/{client_id}/secret", post(clients::new_secret))
             .route("/keys", get(keys::list_keys))
             .route("/keys/rotate", post(keys::rotate_keys))
+            .route("/keys/revoke", post(keys::revoke_key))
+            .route("/keys/rewrap", post(keys::rewrap_keys))
             .route(
                 "/revocations",
                 get(revocations::list).post(revocations::revoke),

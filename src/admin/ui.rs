@@ -492,7 +492,7 @@ async fn revoke(
         .kind
         .parse::<RevocationKind>()
         .ok()
-        .filter(|k| *k != RevocationKind::Family)
+        .filter(|k| !matches!(k, RevocationKind::Family | RevocationKind::Kid))
     else {
         return refused(StatusCode::BAD_REQUEST, "Unknown kind of revocation.");
     };
@@ -508,7 +508,7 @@ async fn revoke(
                 RevocationKind::Run => "run",
                 RevocationKind::Node => "node",
                 RevocationKind::User => "user",
-                RevocationKind::Jti | RevocationKind::Family => "",
+                RevocationKind::Jti | RevocationKind::Family | RevocationKind::Kid => "",
             };
             let to = if filter.is_empty() {
                 "/admin/audit".to_owned()

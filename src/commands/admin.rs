@@ -7,11 +7,14 @@ use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
 use super::{CommandError, fail};
-use crate::admin::{AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RotateRequest};
+use crate::admin::{
+    AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RevokeKeyRequest, RevokedKey,
+    RewrapRequest, RotateRequest,
+};
 use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
 use crate::commands::admin_client::{AdminClient, Answer};
 use crate::config::GlobalOptions;
-use crate::keys::KeyInfo;
+use crate::keys::{Kek, KeyInfo};
 use crate::killswitch::{Report, Target};
 use crate::store::{AuditRecord, Revocation};
 
@@ -39,8 +42,23 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CommandError> {
 
 /// `tailpass keys …`.
 pub async fn keys(global: &GlobalOptions, action: KeysAction) -> Result<(), CommandError> {
+    if let KeysAction::NewKek = action {
+        // Printed to stdout only, for the operator to save; it is written nowhere.
+        println!("{}", *Kek::generate_line().map_err(fail)?);
+        return Ok(());
+    }
     let admin = AdminClient::new(global).map_err(fail)?;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .call(Method::POST, &format!("{PREFIX}/keys/{path}"), Some(body))
+                .await
+                .map_err(fail)
+        }
+    };
     let (answer, json) = match action {
+        KeysAction::NewKek => return Ok(()),
         KeysAction::List { json } => (
             admin
                 .call(Method::GET, &format!("{PREFIX}/keys"), None)
@@ -50,14 +68,16 @@ pub async fn keys(global: &GlobalOptions, action: KeysAction) -> Result<(), Comm
         ),
         KeysAction::Rotate { alg } => {
             let body = serde_json::to_value(RotateRequest { alg }).map_err(fail)?;
-            (
-                admin
-                    .call(Method::POST, &format!("{PREFIX}/keys/rotate"), Some(body))
-                    .await
-                    .map_err(fail)?,
-                false,
-            )
+            (post("rotate", body).await?, false)
         }
+        KeysAction::Revoke { kid } => {
+            let body = serde_json::to_value(RevokeKeyRequest { kid }).map_err(fail)?;
+            let revoked: RevokedKey = decode(&post("revoke", body).await?)?;
+            return print_json(&revoked);
+        }
+        KeysAction::Rewrap {
+            new_key_encryption_key_file: file,
+        } => return rewrap(post, file).await,
     };
     let keys: Vec<KeyInfo> = decode(&answer)?;
     if json {
@@ -79,6 +99,28 @@ pub async fn keys(global: &GlobalOptions, action: KeysAction) -> Result<(), Comm
             since.0
         );
     }
+    Ok(())
+}
+
+/// `tailpass keys rewrap`: the new key checked here first, then named to the server by its
+/// absolute path (the server reads it itself; the key never crosses the socket).
+async fn rewrap<F, A>(post: F, file: std::path::PathBuf) -> Result<(), CommandError>
+where
+    F: Fn(&'static str, serde_json::Value) -> A,
+    A: std::future::Future<Output = Result<Answer, CommandError>>,
+{
+    Kek::read(&file).map_err(fail)?;
+    let file = std::fs::canonicalize(&file).map_err(fail)?;
+    let body = serde_json::to_value(RewrapRequest {
+        new_key_encryption_key_file: file.clone(),
+    })
+    .map_err(fail)?;
+    decode::<serde_json::Value>(&post("rewrap", body).await?)?;
+    eprintln!(
+        "Every key is now sealed under {}. Point --key-encryption-key-file (or \
+         key_encryption_key_file) at it before the next start; the old key no longer opens them.",
+        file.display()
+    );
     Ok(())
 }
 

@@ -26,7 +26,9 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CommandError> {
         args.token.trim().to_owned()
     };
     // Unverified, only to pick defaults: nothing printed comes from here.
-    let unverified: Option<AccessClaims> = Jws::parse(&token).ok().and_then(|j| j.claims().ok());
+    let parsed = Jws::parse(&token).ok();
+    let unverified: Option<AccessClaims> = parsed.as_ref().and_then(|j| j.claims().ok());
+    let kid = parsed.and_then(|j| j.header.kid);
     let issuer = match (&args.issuer, &unverified) {
         (Some(issuer), _) => issuer.as_str().trim_end_matches('/').to_owned(),
         (None, Some(claims)) => claims.iss.clone(),
@@ -72,7 +74,7 @@ pub async fn verify(args: VerifyArgs) -> Result<(), CommandError> {
             Some(claims) => remote
                 .verifier()
                 .revocations()
-                .check(&claims)
+                .check(&claims, kid.as_deref())
                 .map(|()| claims)
                 .map_err(tailpass_verify::VerifyError::from),
             None => Err(tailpass_verify::VerifyError::Missing),

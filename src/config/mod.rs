@@ -84,6 +84,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// The keys directory.
     pub keys_dir: PathBuf,
+    /// The key-encryption key sealing the keys at rest, if they are sealed.
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 impl Paths {
@@ -115,6 +117,10 @@ pub struct Settings {
     pub algs: BTreeSet<Alg>,
     /// Identity source.
     pub identity: IdentitySettings,
+    /// How long a WhoIs may take.
+    pub identity_timeout: std::time::Duration,
+    /// The probes' listener (`/healthz`, `/readyz`).
+    pub health_listen: Option<SocketAddr>,
     /// TLS, or `None` for plain HTTP on loopback.
     pub tls: Option<TlsSettings>,
     /// Access and ID token lifetime, seconds.
@@ -198,6 +204,7 @@ fn paths(global: GlobalOptions) -> Paths {
         dev,
         state_dir,
         keys_dir,
+        key_encryption_key_file: global.key_encryption_key_file,
     }
 }
 
@@ -304,6 +311,10 @@ fn resolve_for(
     if refresh_lifetime == 0 {
         return Err(invalid("refresh_lifetime must be positive"));
     }
+    let identity_timeout = options.identity_timeout().secs();
+    if identity_timeout == 0 {
+        return Err(invalid("identity_timeout must be positive"));
+    }
 
     let mut settings = Settings {
         paths,
@@ -313,6 +324,8 @@ fn resolve_for(
         signing_alg,
         algs,
         identity,
+        identity_timeout: std::time::Duration::from_secs(identity_timeout),
+        health_listen: options.health_listen,
         tls,
         token_lifetime,
         max_token_lifetime,

@@ -129,6 +129,10 @@ options! {
         /// Signing keys directory [default: STATE_DIR/keys, or ./keys with --dev].
         #[arg(long, global = true, env = "TAILPASS_KEYS_DIR", value_name = "DIR")]
         pub keys_dir: Option<PathBuf>,
+        /// Seal the private keys at rest under this key-encryption key (AES-256-GCM): a file
+        /// of mode 0600 holding 32 random bytes, base64 on one line (`tailpass keys new-kek`).
+        #[arg(long, global = true, env = "TAILPASS_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+        pub key_encryption_key_file: Option<PathBuf>,
         /// Development mode: local identity (every loopback caller is you, with admin rights),
         /// SQLite in ./.tailpass, keys in ./keys, http://127.0.0.1:8765. Explicit flags win.
         #[arg(long, global = true, env = "TAILPASS_DEV")]
@@ -187,6 +191,14 @@ options! {
         /// --dev].
         #[arg(long, env = "TAILPASS_IDENTITY", value_enum)]
         pub identity: Option<IdentityKind>,
+        /// How long a WhoIs may take before the request answers temporarily_unavailable (503),
+        /// e.g. 2s [default: 2s].
+        #[arg(long, env = "TAILPASS_IDENTITY_TIMEOUT", value_name = "DURATION")]
+        pub identity_timeout: Option<Seconds> = Seconds(2),
+        /// A listener serving only /healthz and /readyz, with no identity and no Host check,
+        /// for orchestrators' probes.
+        #[arg(long, env = "TAILPASS_HEALTH_LISTEN", value_name = "ADDR:PORT")]
+        pub health_listen: Option<SocketAddr>,
         /// The identity table for --identity local: {"<ip>": <WhoIs answer>, ...}.
         #[arg(long, env = "TAILPASS_IDENTITY_FILE", value_name = "FILE")]
         pub identity_file: Option<PathBuf>,

@@ -1,5 +1,6 @@
-//! The issuer's routers: every OAuth, admin and UI route, `/healthz` and `/metrics`, behind the
-//! shared layers ([`super::layers`]) with the issuer's limits and `Host`.
+//! The issuer's routers: every OAuth, admin and UI route, `/healthz`, `/readyz` and `/metrics`,
+//! behind the shared layers ([`super::layers`]) with the issuer's limits and `Host`; and the
+//! probes' router of `--health-listen`, with health alone.
 
 use std::time::Duration;
 
@@ -22,19 +23,36 @@ pub fn router(state: AppState) -> Router {
     let routes = crate::oauth::routes()
         .merge(crate::admin::routes())
         .merge(crate::admin::ui::routes())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
-    serve(routes, state)
+        .merge(health());
+    serve(routes.route("/metrics", get(metrics)), state)
 }
 
 /// What the admin socket serves: the admin API and health.
 pub fn admin_socket_router(state: AppState) -> Router {
-    let routes = crate::admin::routes().route("/healthz", get(healthz));
-    serve(routes, state)
+    serve(crate::admin::routes().merge(health()), state)
 }
 
-/// Routes over `state`, with OAuth errors for unknown paths and methods, in the issuer's
-/// layers: its metrics, its `Host`, its limits.
+/// What `--health-listen` serves: `/healthz` and `/readyz` only, for orchestrators' probes,
+/// which reach the server by an address of their own: no identity, and no `Host` check (only
+/// that there is at most one).
+pub fn health_router(state: AppState) -> Router {
+    let layers = Layers {
+        metrics: None,
+        host: None,
+        body_limit: BODY_LIMIT,
+        time_limit: REQUEST_TIMEOUT,
+    };
+    wrap(health(), state, &layers)
+}
+
+/// The health routes: liveness and readiness.
+fn health() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// Routes over `state` in the issuer's layers: its metrics, its `Host`, its limits.
 fn serve(routes: Router<AppState>, state: AppState) -> Router {
     let layers = Layers {
         metrics: Some(state.metrics.clone()),
@@ -42,6 +60,11 @@ fn serve(routes: Router<AppState>, state: AppState) -> Router {
         body_limit: BODY_LIMIT,
         time_limit: REQUEST_TIMEOUT,
     };
+    wrap(routes, state, &layers)
+}
+
+/// Routes over `state`, with OAuth errors for unknown paths and methods, in `layers`.
+fn wrap(routes: Router<AppState>, state: AppState, layers: &Layers) -> Router {
     layers.apply(
         routes
             .fallback(not_found)
@@ -63,6 +86,21 @@ async fn method_not_allowed() -> Error {
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 while the store answers, else 503 saying so (docs/design.md
+/// "Contracts": health and unavailability). Discovery, JWKS and `/healthz` do not depend on it.
+async fn readyz(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    match state.store_ready().await {
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        ),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "store": reason})),
+        ),
+    }
 }
 
 /// `GET /metrics`: for tailnet peers (a Prometheus on the tailnet), in Prometheus text format.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bounded;
 pub mod local;
 pub mod peer;
 pub mod tailscaled;

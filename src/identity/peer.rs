@@ -30,6 +30,8 @@ pub enum Listener {
     Tailnet,
     /// The admin unix socket: no tailnet identity; file permissions are the credential.
     AdminSocket,
+    /// The probes' listener (`--health-listen`): health only, no identity.
+    Health,
 }
 
 /// Facts about a request's connection, attached by the accept loop.
@@ -86,7 +88,9 @@ fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, 
             let ip: IpAddr = last.parse().map_err(|_| CallerError::NoForwardedFor)?;
             Ok(SocketAddr::new(ip, 0))
         }
-        Listener::AdminSocket => Err(CallerError::NotOnTailnet),
+        // Neither vouches for anyone: the socket's mode is its credential, and probes get
+        // health only.
+        Listener::AdminSocket | Listener::Health => Err(CallerError::NotOnTailnet),
     }
 }
 

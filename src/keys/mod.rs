@@ -18,10 +18,15 @@ use tailpass_verify::{Alg, Jwk, JwkSet, UnixTime, VerifyingKey};
 use crate::clock::Clock;
 
 mod dir;
+pub mod kek;
+mod sealed;
 mod signing;
+pub mod storage;
 
 pub use dir::{KeyEntry, KeyState};
+pub use kek::{Kek, KekError};
 pub use signing::{SigningError, SigningKey};
+pub use storage::KeyStorage;
 
 use dir::KeyDir;
 
@@ -62,9 +67,19 @@ pub enum KeyError {
     /// Occurs when asked to sign with or rotate an algorithm that is not enabled.
     #[error("algorithm {0} is not enabled")]
     NotEnabled(Alg),
+    /// Occurs when no key has this `kid`.
+    #[error("no key has kid {0}")]
+    UnknownKid(String),
     /// Occurs when key generation or signing fails.
     #[error(transparent)]
     Signing(#[from] SigningError),
+    /// Occurs when the keys are sealed and no key-encryption key, or the wrong one, is given,
+    /// or a rewrap is asked of keys that are not sealed.
+    #[error("{0}")]
+    Sealing(String),
+    /// Occurs when the key-encryption key cannot be read, or sealing fails.
+    #[error(transparent)]
+    Kek(#[from] KekError),
     /// Occurs when the key ring's lock was poisoned by a panic elsewhere.
     #[error("key ring state is unavailable")]
     Poisoned,
@@ -128,7 +143,7 @@ impl KeySet {
 
 /// The server's signing keys.
 pub struct KeyRing {
-    dir: KeyDir,
+    storage: Box<dyn KeyStorage>,
     settings: KeySettings,
     clock: Arc<dyn Clock>,
     current: RwLock<Arc<KeySet>>,
@@ -139,7 +154,7 @@ pub struct KeyRing {
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing")
-            .field("dir", &self.dir.path())
+            .field("storage", &self.storage.location())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -157,14 +172,22 @@ impl KeyRing {
         settings: KeySettings,
         clock: Arc<dyn Clock>,
     ) -> Result<KeyRing, KeyError> {
-        let dir = KeyDir::open(path)?;
-        let entries = dir.read_manifest()?.unwrap_or_default();
+        KeyRing::open_in(Box::new(KeyDir::open(path)?), settings, clock)
+    }
+
+    /// Like [`KeyRing::open`], on any [`KeyStorage`] (sealed keys, say).
+    pub fn open_in(
+        storage: Box<dyn KeyStorage>,
+        settings: KeySettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<KeyRing, KeyError> {
+        let entries = storage.read_manifest()?.unwrap_or_default();
         let mut keys = HashMap::new();
         for entry in &entries {
-            keys.insert(entry.kid.clone(), Arc::new(dir.read_key(entry)?));
+            keys.insert(entry.kid.clone(), Arc::new(storage.read_key(entry)?));
         }
         let ring = KeyRing {
-            dir,
+            storage,
             settings,
             clock,
             current: RwLock::new(Arc::new(KeySet::build(entries.clone(), keys.clone()))),
@@ -274,6 +297,54 @@ impl KeyRing {
         self.list()
     }
 
+    /// Drops the key `kid` at once — from the JWKS, the verifying keys and storage — for a
+    /// compromised key (docs/design.md "Contracts": revocation feed, `kid`). An active key is
+    /// first replaced by rotating its algorithm; a next key gets a new next key. The caller
+    /// publishes the `kid` revocation, which refuses what it signed. Blocking (RSA
+    /// generation).
+    pub fn revoke(&self, kid: &str) -> Result<Vec<KeyInfo>, KeyError> {
+        {
+            let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+            let set = self.snapshot()?;
+            let mut entries = set.entries.clone();
+            let mut keys = set.keys.clone();
+            let now = self.clock.now();
+            let entry = entries
+                .iter()
+                .find(|e| e.kid == kid)
+                .cloned()
+                .ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))?;
+            if entry.state == KeyState::Active {
+                self.rotate_one(entry.alg, &mut entries, &mut keys, now)?;
+            }
+            entries.retain(|e| e.kid != kid);
+            keys.remove(kid);
+            if self.settings.enabled.contains(&entry.alg) {
+                self.fill(entry.alg, &mut entries, &mut keys, now)?;
+            }
+            // The manifest first: a crash after it leaves a stray file, never a listed key
+            // without one.
+            self.commit(entries, keys)?;
+            self.storage.remove_key(kid)?;
+            tracing::warn!(%kid, alg = %entry.alg, "signing key revoked and dropped");
+        }
+        self.list()
+    }
+
+    /// Re-seals every stored key under `new` (docs/design.md "Contracts": key storage), and
+    /// seals new keys under it from now on. Refused unless the keys are sealed and the current
+    /// key-encryption key opens every one. Blocking.
+    pub fn rewrap(&self, new: Kek) -> Result<(), KeyError> {
+        let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+        let set = self.snapshot()?;
+        self.storage.rewrap(&set.entries, new)?;
+        tracing::info!(
+            keys = set.entries.len(),
+            "keys re-sealed under a new key-encryption key"
+        );
+        Ok(())
+    }
+
     /// Periodic upkeep: rotates keys whose interval has passed and drops retired keys whose
     /// tokens have all expired. Returns whether anything changed. Blocking.
     pub fn maintain(&self) -> Result<bool, KeyError> {
@@ -368,7 +439,7 @@ impl KeyRing {
         keys: &mut HashMap<String, Arc<SigningKey>>,
     ) -> Result<KeyEntry, KeyError> {
         let (key, der) = SigningKey::generate(alg)?;
-        self.dir.write_key(&key.kid().0, &der)?;
+        self.storage.write_key(&key.kid().0, &der)?;
         tracing::info!(%alg, kid = %key.kid(), ?state, "generated signing key");
         let entry = KeyEntry {
             kid: key.kid().0.clone(),
@@ -397,7 +468,7 @@ impl KeyRing {
             .map(|e| e.kid.clone())
             .collect();
         for kid in &expired {
-            self.dir.remove_key(kid)?;
+            self.storage.remove_key(kid)?;
             keys.remove(kid);
             tracing::info!(%kid, "retired key no longer published; deleted");
         }
@@ -411,7 +482,7 @@ impl KeyRing {
         entries: Vec<KeyEntry>,
         keys: HashMap<String, Arc<SigningKey>>,
     ) -> Result<(), KeyError> {
-        self.dir.write_manifest(&entries)?;
+        self.storage.write_manifest(&entries)?;
         let mut keys = keys;
         keys.retain(|kid, _| entries.iter().any(|e| &e.kid == kid));
         let set = Arc::new(KeySet::build(entries, keys));
@@ -624,6 +695,31 @@ mod tests {
         assert!(matches!(
             open(tmp.path(), &[Alg::ES256], &clock),
             Err(KeyError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn revoking_the_active_key_drops_it_and_another_key_signs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UnixTime(1_000_000)));
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        let revoked = ring.active(Alg::ES256).unwrap().kid().0.clone();
+        ring.revoke(&revoked).unwrap();
+        assert!(ring.published(&revoked).unwrap().is_none());
+        assert!(ring.verifying_key(&revoked).unwrap().is_none());
+        assert!(!tmp.path().join(format!("{revoked}.pem")).exists());
+        let active = ring.active(Alg::ES256).unwrap().kid().0.clone();
+        assert_ne!(active, revoked);
+        let states: Vec<_> = ring.list().unwrap().iter().map(|k| k.entry.state).collect();
+        assert_eq!(states.len(), 2, "an active and a new next key: {states:?}");
+        assert!(states.contains(&KeyState::Next));
+        // Reopening keeps it gone.
+        drop(ring);
+        let ring = open(tmp.path(), &[Alg::ES256], &clock).unwrap();
+        assert!(ring.published(&revoked).unwrap().is_none());
+        assert!(matches!(
+            ring.revoke(&revoked),
+            Err(KeyError::UnknownKid(_))
         ));
     }
 

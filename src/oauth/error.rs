@@ -501,7 +501,7 @@ impl From<RevokeError> for Error {
 impl From<KillError> for Error {
     fn from(e: KillError) -> Error {
         match e {
-            KillError::Value | KillError::Family | KillError::Until => {
+            KillError::Value | KillError::Family | KillError::Kid | KillError::Until => {
                 Error::invalid_request(e.to_string())
             }
             KillError::Store(e) => Error::server_error(&e),

@@ -69,7 +69,7 @@ pub fn read_access(
     issuer: &str,
     now: UnixTime,
 ) -> Result<AccessClaims, TokenError> {
-    let claims =
+    let (claims, kid) =
         read_signed::<AccessClaims>(token, keys, issuer, ACCESS_TYP, now, |c| Registered {
             iss: &c.iss,
             aud: &c.aud,
@@ -77,13 +77,14 @@ pub fn read_access(
             iat: c.iat,
             nbf: c.nbf,
         })?;
-    if let Some(hit) = revocations.check(&claims) {
+    if let Some(hit) = revocations.check(&claims, Some(&kid)) {
         return Err(TokenError::Revoked(hit));
     }
     Ok(claims)
 }
 
-/// Reads a token of type `typ` this server signed, checking signature, type, issuer and time.
+/// Reads a token of type `typ` this server signed, checking signature, type, issuer and time;
+/// its claims and the `kid` of the key that signed it.
 pub fn read_signed<C: serde::de::DeserializeOwned>(
     token: &str,
     keys: &KeyRing,
@@ -91,14 +92,14 @@ pub fn read_signed<C: serde::de::DeserializeOwned>(
     typ: &'static str,
     now: UnixTime,
     registered: impl Fn(&C) -> Registered<'_>,
-) -> Result<C, ValidationError> {
+) -> Result<(C, String), ValidationError> {
     let jws = Jws::parse(token)?;
     let kid = jws.header.kid.clone().unwrap_or_default();
     let key = keys
         .verifying_key(&kid)
         .ok()
         .flatten()
-        .ok_or(ValidationError::UnknownKey(kid))?;
+        .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
     jws.verify(&key)?;
     let claims: C = jws.claims()?;
     let expect = Expect {
@@ -108,7 +109,7 @@ pub fn read_signed<C: serde::de::DeserializeOwned>(
         leeway: LEEWAY,
     };
     validate::check(&jws, registered(&claims), &expect, now)?;
-    Ok(claims)
+    Ok((claims, kid))
 }
 
 /// Reads an ID token this server issued, as an `id_token_hint`: signature, type and issuer,

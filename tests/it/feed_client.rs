@@ -116,9 +116,15 @@ async fn the_follower_resumes_after_a_dropped_connection() {
         vec![None, Some("5".to_owned())],
         "the second connection resumed after the snapshot's sequence"
     );
-    assert!(list.check(&run("r1")).is_err(), "kept from the snapshot");
-    assert!(list.check(&run("r2")).is_err(), "from the resumed stream");
-    assert!(list.check(&run("r3")).is_ok());
+    assert!(
+        list.check(&run("r1"), None).is_err(),
+        "kept from the snapshot"
+    );
+    assert!(
+        list.check(&run("r2"), None).is_err(),
+        "from the resumed stream"
+    );
+    assert!(list.check(&run("r3"), None).is_ok());
     follower.abort();
 }
 
@@ -128,7 +134,7 @@ async fn a_feed_naming_a_kind_the_verifier_does_not_know_refuses_every_token() {
     // A newer issuer's snapshot: a known kind, and one this verifier has never heard of.
     let snapshot = json!({"seq": 2, "events": [
         {"seq": 1, "kind": "run", "value": "r1", "revoked_at": revoked_at},
-        {"seq": 2, "kind": "kid", "value": "k-old", "revoked_at": revoked_at}
+        {"seq": 2, "kind": "client", "value": "c-old", "revoked_at": revoked_at}
     ]});
     let base = issuer(get(move || {
         let s = snapshot.clone();
@@ -142,9 +148,9 @@ async fn a_feed_naming_a_kind_the_verifier_does_not_know_refuses_every_token() {
     remote.load_revocations().await.unwrap();
     let list = remote.verifier().revocations();
     assert_eq!(list.seq(), 2, "the snapshot was read, not refused");
-    let refused = list.check(&run("r3")).unwrap_err();
+    let refused = list.check(&run("r3"), None).unwrap_err();
     assert!(
-        refused.to_string().contains("\"kid\""),
+        refused.to_string().contains("\"client\""),
         "a token matching nothing known is refused: {refused}"
     );
 }

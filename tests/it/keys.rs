@@ -206,3 +206,183 @@ async fn a_corrupt_key_file_stops_start_up_and_is_not_replaced() {
     assert!(err.contains(&active) && err.contains("corrupt"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a key at all");
 }
+
+/// The `kid` of a compact JWS's header.
+fn kid_of(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn revoking_a_kid_drops_it_refuses_what_it_signed_and_another_key_signs() {
+    use crate::agents::{mint, server};
+    use crate::support::{CI, GATEWAY, GATEWAY_NODE, json};
+
+    let (server, _dir) = server(&[]).await;
+    let (_, body) = mint(&server, CI, &[("audience", GATEWAY)]).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let kid = kid_of(&token);
+    let introspect = |token: String| {
+        let request = server
+            .peer(GATEWAY_NODE)
+            .post(server.url("/introspect"))
+            .form(&[("token", token)]);
+        async move { json(request.send().await.unwrap()).await.1 }
+    };
+    let userinfo = |token: String| {
+        let request = server
+            .peer(CI)
+            .get(server.url("/userinfo"))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(introspect(token.clone()).await["active"], true);
+    assert_eq!(userinfo(token.clone()).await, 200);
+
+    let (status, revoked) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/revoke",
+        Some(serde_json::json!({"kid": kid})),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["revocation"]["revocation"]["kind"], "kid");
+    let published: Vec<String> = jwks(&server)
+        .await
+        .keys
+        .iter()
+        .filter_map(|k| k.kid.clone())
+        .collect();
+    assert!(!published.contains(&kid), "gone from the JWKS at once");
+    assert_eq!(
+        kids(&jwks(&server).await, Alg::ES256).len(),
+        2,
+        "active and next"
+    );
+
+    assert_eq!(
+        introspect(token.clone()).await,
+        serde_json::json!({"active": false})
+    );
+    assert_eq!(userinfo(token.clone()).await, 401);
+    // The feed carries it for every verifier.
+    let (_, feed) = json(
+        server
+            .peer(GATEWAY_NODE)
+            .get(server.url("/revocations?since=0"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "kid" && e["value"] == kid.as_str()),
+        "{feed}"
+    );
+
+    let (_, body) = mint(&server, CI, &[("audience", GATEWAY)]).await;
+    let fresh = body["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(kid_of(&fresh), kid, "another key signs");
+    assert_eq!(introspect(fresh.clone()).await["active"], true);
+    assert_eq!(userinfo(fresh).await, 200);
+
+    let (status, _) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/revoke",
+        Some(serde_json::json!({"kid": kid})),
+    )
+    .await;
+    assert_eq!(status, 400, "an unknown kid is refused");
+}
+
+/// A key-encryption key file (mode 0600) in `dir`.
+fn kek_file(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    let line = tailpass::keys::Kek::generate_line().unwrap();
+    std::fs::write(&path, format!("{}\n", *line)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn key_files(server_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(server_dir.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "manifest.json")
+        .collect()
+}
+
+#[tokio::test]
+async fn sealed_keys_serve_the_same_jwks_and_rewrap_to_a_new_key_encryption_key() {
+    let kek_dir = tempfile::tempdir().unwrap();
+    let (old, new) = (
+        kek_file(kek_dir.path(), "old.kek"),
+        kek_file(kek_dir.path(), "new.kek"),
+    );
+    let server = TestServer::with_args(&["--key-encryption-key-file", &old]).await;
+    let before = jwks(&server).await;
+    assert_eq!(before.keys.len(), 4, "active and next per algorithm");
+    let dir = server.stop().await;
+    let files = key_files(dir.path());
+    assert!(
+        files.iter().all(|n| n.ends_with(".1.sealed")),
+        "the plain keys were sealed: {files:?}"
+    );
+    let table = dir.path().join("peers.json");
+    let table = table.to_str().unwrap().to_owned();
+    let server = TestServer::in_dir(
+        dir,
+        &["--key-encryption-key-file", &old],
+        &["--identity-file", &table],
+    )
+    .await;
+    assert_eq!(jwks(&server).await, before);
+
+    let (status, body) = admin(
+        &server,
+        Method::POST,
+        "/admin/api/keys/rewrap",
+        Some(serde_json::json!({"new_key_encryption_key_file": new})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A tailnet administrator cannot make the server read a file of their choosing.
+    let over_http = peer(ALICE)
+        .post(server.url("/admin/api/keys/rewrap"))
+        .header("origin", server.url(""))
+        .json(&serde_json::json!({"new_key_encryption_key_file": new}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_http.status(), 403);
+    let dir = server.stop().await;
+    assert!(
+        key_files(dir.path())
+            .iter()
+            .all(|n| n.ends_with(".2.sealed"))
+    );
+    let server = TestServer::in_dir(
+        dir,
+        &["--key-encryption-key-file", &new],
+        &["--identity-file", &table],
+    )
+    .await;
+    assert_eq!(
+        jwks(&server).await,
+        before,
+        "the same keys, under the new key"
+    );
+}

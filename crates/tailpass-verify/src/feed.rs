@@ -45,16 +45,20 @@ pub enum RevocationKind {
     Jti,
     /// A refresh family id (a token's `sid`).
     Family,
+    /// A signing key's `kid`: every token it signed (emergency key revocation), known from the
+    /// token's JWS header.
+    Kid,
 }
 
 impl RevocationKind {
     /// Every kind.
-    pub const ALL: [RevocationKind; 5] = [
+    pub const ALL: [RevocationKind; 6] = [
         RevocationKind::Jti,
         RevocationKind::Family,
         RevocationKind::Run,
         RevocationKind::Node,
         RevocationKind::User,
+        RevocationKind::Kid,
     ];
 
     /// The feed's name for the kind (its JSON value, and the store's column text).
@@ -65,6 +69,7 @@ impl RevocationKind {
             RevocationKind::User => "user",
             RevocationKind::Jti => "jti",
             RevocationKind::Family => "family",
+            RevocationKind::Kid => "kid",
         }
     }
 }
@@ -154,8 +159,8 @@ impl<'de> Deserialize<'de> for FeedKind {
 pub struct FeedEvent {
     /// Its position in the feed.
     pub seq: u64,
-    /// What it matches: `run`, `node`, `user`, `jti` or `family`, or a kind a newer issuer
-    /// added.
+    /// What it matches: `run`, `node`, `user`, `jti`, `family` or `kid`, or a kind a newer
+    /// issuer added.
     pub kind: FeedKind,
     /// What it matches.
     pub value: String,
@@ -175,10 +180,17 @@ pub struct Snapshot {
     pub events: Vec<FeedEvent>,
 }
 
-/// Every `(kind, value)` that revokes `claims`: its jti, its session, its run and every
-/// ancestor run (parent, root, and each run in the `act` chain), its node and its user.
-pub fn candidates(claims: &AccessClaims) -> Vec<(RevocationKind, &str)> {
+/// Every `(kind, value)` that revokes a token with `claims` signed by the key `kid` (its JWS
+/// header's): its jti, its session, its run and every ancestor run (parent, root, and each run
+/// in the `act` chain), its node, its user and its signing key.
+pub fn candidates<'a>(
+    claims: &'a AccessClaims,
+    kid: Option<&'a str>,
+) -> Vec<(RevocationKind, &'a str)> {
     let mut out: Vec<(RevocationKind, &str)> = vec![(RevocationKind::Jti, &claims.jti)];
+    if let Some(kid) = kid {
+        out.push((RevocationKind::Kid, kid));
+    }
     if let Some(sid) = &claims.sid {
         out.push((RevocationKind::Family, sid));
     }
@@ -426,9 +438,10 @@ impl RevocationList {
         self.len() == 0
     }
 
-    /// The revocation that refuses `claims`, if any. A poisoned lock, or an entry of a kind
-    /// this crate does not know, refuses every token.
-    pub fn check(&self, claims: &AccessClaims) -> Result<(), Revoked> {
+    /// The revocation that refuses a token with `claims` signed by `kid` (its header's), if
+    /// any. A poisoned lock, or an entry of a kind this crate does not know, refuses every
+    /// token.
+    pub fn check(&self, claims: &AccessClaims, kid: Option<&str>) -> Result<(), Revoked> {
         let Ok(entries) = self.entries.read() else {
             return Err(Revoked::Unavailable);
         };
@@ -438,7 +451,7 @@ impl RevocationList {
         if let Some(name) = entries.unknown_kind() {
             return Err(Revoked::UnknownKind(name.to_owned()));
         }
-        for (kind, value) in candidates(claims) {
+        for (kind, value) in candidates(claims, kid) {
             if entries.get(kind, value).is_some_and(|at| claims.iat <= at) {
                 return Err(Revoked::Matched {
                     kind,
@@ -507,18 +520,38 @@ mod tests {
             let list = RevocationList::new();
             list.apply(&event(1, kind, value, 100));
             assert_eq!(
-                list.check(&token(100)),
+                list.check(&token(100), None),
                 Err(Revoked::Matched {
                     kind: kind.parse().unwrap(),
                     value: value.into()
                 }),
                 "{kind} {value}"
             );
-            assert!(list.check(&token(101)).is_ok(), "issued after: {kind}");
+            assert!(
+                list.check(&token(101), None).is_ok(),
+                "issued after: {kind}"
+            );
         }
         let list = RevocationList::new();
         list.apply(&event(1, "run", "unrelated", 100));
-        assert!(list.check(&token(1)).is_ok());
+        assert!(list.check(&token(1), None).is_ok());
+    }
+
+    #[test]
+    fn a_kid_revokes_every_older_token_that_key_signed() {
+        let list = RevocationList::new();
+        list.apply(&event(1, "kid", "k1", 100));
+        assert_eq!(
+            list.check(&token(100), Some("k1")),
+            Err(Revoked::Matched {
+                kind: RevocationKind::Kid,
+                value: "k1".into()
+            })
+        );
+        assert!(list.check(&token(100), Some("k2")).is_ok(), "another key");
+        assert!(list.check(&token(101), Some("k1")).is_ok(), "issued after");
+        assert_eq!(FeedKind::named("kid"), FeedKind::Known(RevocationKind::Kid));
+        assert_eq!("kid".parse(), Ok(RevocationKind::Kid));
     }
 
     #[test]
@@ -529,7 +562,7 @@ mod tests {
         let old = token(1_000);
         list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY - 1));
         assert_eq!(list.len(), 2, "a token of the run may still be accepted");
-        assert!(list.check(&old).is_err());
+        assert!(list.check(&old, None).is_err());
         list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY));
         assert_eq!(list.len(), 1, "every token of the run has expired");
         list.forget_expired(UnixTime(1_200 + 600 + MAX_LEEWAY));
@@ -547,7 +580,7 @@ mod tests {
             events: vec![event(9, "node", "nOther", 100)],
         });
         assert_eq!((list.seq(), list.len()), (9, 1));
-        assert!(list.check(&token(50)).is_ok());
+        assert!(list.check(&token(50), None).is_ok());
         assert!(list.wait_for_seq(9, std::time::Duration::from_millis(1)));
         assert!(!list.wait_for_seq(10, std::time::Duration::from_millis(1)));
     }
@@ -564,9 +597,9 @@ mod tests {
             "Run".parse::<RevocationKind>(),
             Err(UnknownKind("Run".into()))
         );
-        let text = r#"{"seq":4,"kind":"kid","value":"k1","revoked_at":100}"#;
+        let text = r#"{"seq":4,"kind":"client","value":"c1","revoked_at":100}"#;
         let event: FeedEvent = serde_json::from_str(text).unwrap();
-        assert_eq!(event.kind, FeedKind::Unknown("kid".into()));
+        assert_eq!(event.kind, FeedKind::Unknown("client".into()));
         assert_eq!(serde_json::to_string(&event).unwrap(), text);
         let known: FeedEvent =
             serde_json::from_str(r#"{"seq":5,"kind":"run","value":"r1","revoked_at":100}"#)
@@ -581,26 +614,32 @@ mod tests {
             "seq": 2,
             "events": [
                 {"seq": 1, "kind": "run", "value": "unrelated", "revoked_at": 100},
-                {"seq": 2, "kind": "kid", "value": "k1", "revoked_at": 100}
+                {"seq": 2, "kind": "client", "value": "c1", "revoked_at": 100}
             ]
         }))
         .unwrap();
         list.apply_snapshot(&snapshot);
         assert_eq!(
-            list.check(&token(5_000)),
-            Err(Revoked::UnknownKind("kid".into())),
+            list.check(&token(5_000), None),
+            Err(Revoked::UnknownKind("client".into())),
             "even a token issued later, matching nothing known"
         );
         list.apply_snapshot(&Snapshot {
             seq: 3,
             events: vec![event(1, "run", "unrelated", 100)],
         });
-        assert!(list.check(&token(5_000)).is_ok(), "a snapshot without it");
+        assert!(
+            list.check(&token(5_000), None).is_ok(),
+            "a snapshot without it"
+        );
         list.apply(&event(4, "audience", "gw", 1_000));
-        assert!(list.check(&token(5_000)).is_err(), "an event of one, too");
+        assert!(
+            list.check(&token(5_000), None).is_err(),
+            "an event of one, too"
+        );
         list.forget_expired(UnixTime(1_000 + 600 + MAX_LEEWAY));
         assert!(
-            list.check(&token(5_000)).is_ok(),
+            list.check(&token(5_000), None).is_ok(),
             "forgotten once no token it could match is valid"
         );
     }

@@ -310,7 +310,7 @@ impl Verifier {
         if lifetime > max {
             return Err(VerifyError::Lifetime { lifetime, max });
         }
-        self.revocations.check(&claims)?;
+        self.revocations.check(&claims, Some(kid))?;
         Ok(claims)
     }
 }

@@ -10,7 +10,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as 
 use serde_json::{Value, json};
 
 use super::*;
-use crate::feed::FeedEvent;
+use crate::feed::{FeedEvent, RevocationKind};
 
 const ISS: &str = "https://idp.example";
 const AUD: &str = "https://gw.example";
@@ -189,4 +189,39 @@ fn a_token_outliving_the_lifetime_ceiling_is_refused() {
         v.verify(&s.keys, &long, &NODE, UnixTime(NOW + 1)),
         Err(VerifyError::Lifetime { .. })
     ));
+}
+
+#[test]
+fn every_token_a_revoked_kid_signed_is_refused() {
+    let s = signer();
+    let token = s.access(json!({}));
+    let list = Arc::new(RevocationList::new());
+    let v = verifier().with_revocations(list.clone());
+    assert!(v.verify(&s.keys, &token, &NODE, UnixTime(NOW + 1)).is_ok());
+    let other: FeedEvent =
+        serde_json::from_value(json!({"seq": 1, "kind": "kid", "value": "k2", "revoked_at": NOW}))
+            .unwrap();
+    list.apply(&other);
+    assert!(
+        v.verify(&s.keys, &token, &NODE, UnixTime(NOW + 1)).is_ok(),
+        "another key's revocation"
+    );
+    let event: FeedEvent =
+        serde_json::from_value(json!({"seq": 2, "kind": "kid", "value": "k1", "revoked_at": NOW}))
+            .unwrap();
+    list.apply(&event);
+    let refused = v.verify(&s.keys, &token, &NODE, UnixTime(NOW + 1));
+    assert!(
+        matches!(
+            &refused,
+            Err(VerifyError::Revoked(crate::feed::Revoked::Matched { kind: RevocationKind::Kid, value })) if value == "k1"
+        ),
+        "{refused:?}"
+    );
+    // Whatever else the token carries: a different run, jti or node changes nothing.
+    let another = s.access(json!({"jti": "j9", "run_id": "r9"}));
+    assert!(
+        v.verify(&s.keys, &another, &NODE, UnixTime(NOW + 1))
+            .is_err()
+    );
 }
