@@ -87,8 +87,9 @@ impl Kek {
         })
     }
 
-    /// Reads the key from `path`: refused if its group or others may read it, or if it is not
-    /// one line of base64 holding exactly 32 bytes.
+    /// Reads the key from `path`: refused if others may read it or its group may write it, or
+    /// if it is not one line of base64 holding exactly 32 bytes. Group read is allowed because
+    /// that is how Kubernetes mounts a Secret for a pod's `fsGroup` (0440); 0600 elsewhere.
     pub fn read(path: &Path) -> Result<Kek, KekError> {
         let shown = || path.display().to_string();
         let io = |source| KekError::Io {
@@ -96,7 +97,7 @@ impl Kek {
             source,
         };
         let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o037 != 0 {
             return Err(KekError::Mode {
                 path: shown(),
                 mode,
@@ -246,7 +247,7 @@ mod tests {
     fn a_file_others_may_read_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let line = Kek::generate_line().unwrap();
-        for mode in [0o640, 0o604, 0o644, 0o660] {
+        for mode in [0o604, 0o644, 0o660, 0o606] {
             let path = write(tmp.path(), "kek", line.as_bytes(), mode);
             let err = Kek::read(&path).unwrap_err();
             assert!(matches!(err, KekError::Mode { .. }), "{mode:o}: {err}");
@@ -254,6 +255,13 @@ mod tests {
         }
         let path = write(tmp.path(), "kek", line.as_bytes(), 0o400);
         assert!(Kek::read(&path).is_ok(), "stricter than 0600 is fine");
+        for mode in [0o440, 0o640] {
+            let path = write(tmp.path(), "kek", line.as_bytes(), mode);
+            assert!(
+                Kek::read(&path).is_ok(),
+                "{mode:o}: a Secret mounted for the pod's group"
+            );
+        }
     }
 
     #[test]
