@@ -140,7 +140,17 @@ mod tests {
 
     #[test]
     fn keys_are_the_field_names_without_skipped_ones() {
-        assert_eq!(keys_of::<GlobalOptions>(), ["state_dir", "keys_dir", "dev"]);
+        assert_eq!(
+            keys_of::<GlobalOptions>(),
+            [
+                "state_dir",
+                "keys_dir",
+                "store",
+                "store_ca_file",
+                "store_pool_size",
+                "dev"
+            ]
+        );
         assert!(keys_of::<ServeOptions>().contains(&"enable_alg"));
     }
 
