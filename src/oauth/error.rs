@@ -596,6 +596,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_other_store_errors_500() {
+        use crate::store::StoreError;
+        let cases = [
+            StoreError::Unavailable("no connection within 5s".into()),
+            StoreError::Backend("disk I/O error".into()),
+        ];
+        let [down, failed] = cases.map(|e| Error::from(Fault::Store(e)).into_response());
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
     fn response_is_json_no_store_with_challenge() {
         let response = Error::invalid_token("token \"expired\"").into_response();
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
