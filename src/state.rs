@@ -20,7 +20,6 @@ use crate::identity::IdentitySource;
 use crate::issuer::Issuer;
 use crate::keys::{Kek, KeyError, KeyRing, KeySettings};
 use crate::revocation::Revocations;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
 /// How long `/readyz` waits for the store.
@@ -159,7 +158,7 @@ impl AppState {
             })
         })??;
         let keys = Arc::new(keys);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.paths.database()).await?);
+        let store: Arc<dyn Store> = crate::store::open(&settings.store).await?;
         let revocations = Arc::new(Revocations::load(store.as_ref()).await?);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let (audit, audit_task) =

@@ -142,7 +142,15 @@ mod tests {
     fn keys_are_the_field_names_without_skipped_ones() {
         assert_eq!(
             keys_of::<GlobalOptions>(),
-            ["state_dir", "keys_dir", "key_encryption_key_file", "dev"]
+            [
+                "state_dir",
+                "keys_dir",
+                "key_encryption_key_file",
+                "store",
+                "store_ca_file",
+                "store_pool_size",
+                "dev"
+            ]
         );
         assert!(keys_of::<ServeOptions>().contains(&"enable_alg"));
     }

@@ -17,6 +17,7 @@ use url::Url;
 use crate::clients::redirect::RedirectRules;
 use crate::clients::{Client, MetadataRules, Registrant};
 use crate::policy::file::PolicyFile;
+use crate::store::{StoreLocation, StoreSettings};
 
 pub mod clients;
 pub mod duration;
@@ -105,6 +106,8 @@ impl Paths {
 pub struct Settings {
     /// Directories.
     pub paths: Paths,
+    /// Where durable state lives.
+    pub store: StoreSettings,
     /// The main listener.
     pub listen: SocketAddr,
     /// The issuer, or `None` in `--dev` to derive it from the bound address.
@@ -208,6 +211,23 @@ fn paths(global: GlobalOptions) -> Paths {
     }
 }
 
+/// The store: `--store` parsed, or the state directory's SQLite file.
+fn store_settings(global: &GlobalOptions, paths: &Paths) -> Result<StoreSettings, ConfigError> {
+    let location = match &global.store {
+        Some(url) => url.parse().map_err(|e| invalid(e.to_string()))?,
+        None => StoreLocation::Sqlite(paths.database()),
+    };
+    let pool_size = global.store_pool_size();
+    if pool_size == 0 {
+        return Err(invalid("--store-pool-size must be at least 1"));
+    }
+    Ok(StoreSettings {
+        location,
+        ca_file: global.store_ca_file.clone(),
+        pool_size,
+    })
+}
+
 /// Layers flags, environment, file and defaults into the settings of `serve`.
 pub fn resolve(global: &GlobalOptions, args: &ServeOptions) -> Result<Settings, ConfigError> {
     resolve_for(global, args, true)
@@ -225,7 +245,9 @@ fn resolve_for(
     serving: bool,
 ) -> Result<Settings, ConfigError> {
     let (file_global, file) = file::load::<ServeOptions>(global.config.as_deref())?;
-    let paths = paths(global.clone().over(file_global));
+    let global = global.clone().over(file_global);
+    let paths = paths(global.clone());
+    let store = store_settings(&global, &paths)?;
     let dev = paths.dev;
     let options = args.clone().over(file);
 
@@ -318,6 +340,7 @@ fn resolve_for(
 
     let mut settings = Settings {
         paths,
+        store,
         listen,
         issuer,
         proxy_listen,
@@ -447,6 +470,43 @@ mod tests {
             PathBuf::from("keys"),
             "--dev keys dir stays"
         );
+    }
+
+    #[test]
+    fn the_store_defaults_to_sqlite_in_the_state_dir_and_is_chosen_by_flag_or_file() {
+        let s = serve(&["serve", "--dev", "--state-dir", "/tmp/s"]).unwrap();
+        assert!(
+            matches!(&s.store.location, StoreLocation::Sqlite(p) if p == std::path::Path::new("/tmp/s/tailpass.db"))
+        );
+        assert_eq!(s.store.pool_size, 16);
+        let s = serve(&["serve", "--dev", "--store", "sqlite:/srv/other.db"]).unwrap();
+        assert!(
+            matches!(&s.store.location, StoreLocation::Sqlite(p) if p == std::path::Path::new("/srv/other.db"))
+        );
+        let s = with_file(
+            "store = \"postgres://tp:hunter2@db.example/tp?sslmode=require\"\nstore_pool_size = 4\n",
+            &["serve", "--dev"],
+        )
+        .unwrap();
+        assert!(matches!(&s.store.location, StoreLocation::Postgres(_)));
+        assert_eq!(s.store.pool_size, 4);
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "settings never show it"
+        );
+        let refused = serve(&[
+            "serve",
+            "--dev",
+            "--store",
+            "postgres://tp:hunter2@db.example/tp?sslmode=maybe",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("--store") && !refused.contains("hunter2"),
+            "{refused}"
+        );
+        assert!(serve(&["serve", "--dev", "--store-pool-size", "0"]).is_err());
     }
 
     #[test]

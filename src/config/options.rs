@@ -15,6 +15,7 @@ use url::Url;
 
 use super::clients::ClientEntry;
 use super::duration::Seconds;
+use crate::store::StoreUrl;
 
 /// How one layer of a setting goes over the layer below (the file's).
 pub trait Layer {
@@ -130,9 +131,21 @@ options! {
         #[arg(long, global = true, env = "TAILPASS_KEYS_DIR", value_name = "DIR")]
         pub keys_dir: Option<PathBuf>,
         /// Seal the private keys at rest under this key-encryption key (AES-256-GCM): a file
-        /// of mode 0600 holding 32 random bytes, base64 on one line (`tailpass keys new-kek`).
+        /// of mode 0600 (or 0440 for a Kubernetes Secret) holding 32 random bytes, base64 on one line (`tailpass keys new-kek`).
         #[arg(long, global = true, env = "TAILPASS_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
         pub key_encryption_key_file: Option<PathBuf>,
+        /// Where durable state lives: sqlite:PATH, or
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|prefer|require, shared by
+        /// replicas [default: sqlite:STATE_DIR/tailpass.db].
+        #[arg(long, global = true, env = "TAILPASS_STORE", value_name = "URL", hide_env_values = true)]
+        pub store: Option<StoreUrl>,
+        /// PEM certificates that verify the database's certificate with sslmode=require,
+        /// instead of the system's roots.
+        #[arg(long, global = true, env = "TAILPASS_STORE_CA_FILE", value_name = "FILE")]
+        pub store_ca_file: Option<PathBuf>,
+        /// Most connections to PostgreSQL this process keeps [default: 16].
+        #[arg(long, global = true, env = "TAILPASS_STORE_POOL_SIZE", value_name = "N")]
+        pub store_pool_size: Option<usize> = crate::store::location::DEFAULT_POOL_SIZE,
         /// Development mode: local identity (every loopback caller is you, with admin rights),
         /// SQLite in ./.tailpass, keys in ./keys, http://127.0.0.1:8765. Explicit flags win.
         #[arg(long, global = true, env = "TAILPASS_DEV")]

@@ -362,11 +362,24 @@ impl From<crate::audit_log::AuditError> for Error {
     }
 }
 
+// A database out of reach is 503 `temporarily_unavailable` with `Retry-After` (the pool
+// reconnects by itself); any other store failure is the server's own.
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Error {
-        Error::server_error(&e)
+        match e {
+            crate::store::StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                let mut refused = Error::unavailable("the database cannot be reached right now");
+                refused.retry_after = Some(STORE_RETRY_AFTER);
+                refused
+            }
+            other => Error::server_error(&other),
+        }
     }
 }
+
+/// Seconds a client is asked to wait when the database cannot be reached.
+const STORE_RETRY_AFTER: u64 = 5;
 
 impl From<crate::session::EndError> for Error {
     fn from(e: crate::session::EndError) -> Error {
@@ -385,7 +398,10 @@ impl From<crate::keys::KeyError> for Error {
 
 impl From<Fault> for Error {
     fn from(e: Fault) -> Error {
-        Error::server_error(&e)
+        match e {
+            Fault::Store(store) => store.into(),
+            other => Error::server_error(&other),
+        }
     }
 }
 
@@ -577,6 +593,20 @@ mod tests {
             Error::rate_limited(3).status(),
             StatusCode::TOO_MANY_REQUESTS
         );
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_other_store_errors_500() {
+        use crate::store::StoreError;
+        let cases = [
+            StoreError::Unavailable("no connection within 5s".into()),
+            StoreError::Backend("disk I/O error".into()),
+        ];
+        let [down, failed] = cases.map(|e| Error::from(Fault::Store(e)).into_response());
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -20,7 +20,12 @@ use crate::clients::{Client, ClientId};
 use crate::identity::Identity;
 use crate::secret::SecretHash;
 
+pub(crate) mod codec;
+pub mod location;
+pub mod postgres;
 pub mod sqlite;
+
+pub use location::{StoreLocation, StoreSettings, StoreUrl};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +36,38 @@ pub enum StoreError {
     /// Occurs when a stored record cannot be decoded (a damaged or foreign database).
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
-    /// Occurs when the database itself fails (I/O, locking, connection).
+    /// Occurs when the database itself fails (I/O, locking, a refused statement).
     #[error("database error: {0}")]
     Backend(String),
+    /// Occurs when the database cannot be reached now (no connection within the pool's
+    /// timeout, a connection lost mid-statement): the request may succeed if retried, and the
+    /// pool reconnects by itself.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The same error, for a second caller (errors carry only text).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::Backend(m) => StoreError::Backend(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        }
+    }
+}
+
+/// Opens the store `settings` name: the SQLite file, or a pool of connections to PostgreSQL
+/// (migrated at open either way).
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &settings.location {
+        StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreLocation::Postgres(target) => Arc::new(
+            postgres::PostgresStore::open(target, settings.ca_file.as_deref(), settings.pool_size)
+                .await?,
+        ),
+    })
 }
 
 /// What an authorization code grants, kept until it is redeemed.
@@ -191,6 +225,26 @@ pub struct Revocation {
     pub lifted_at: Option<UnixTime>,
 }
 
+impl Revocation {
+    /// A revocation just made, numbered `seq`: not lifted.
+    pub fn new(
+        seq: u64,
+        kind: RevocationKind,
+        value: &str,
+        revoked_at: UnixTime,
+        until: Option<UnixTime>,
+    ) -> Revocation {
+        Revocation {
+            seq,
+            kind,
+            value: value.to_owned(),
+            revoked_at,
+            until,
+            lifted_at: None,
+        }
+    }
+}
+
 /// Which audit events to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
@@ -328,3 +382,6 @@ pub trait Store: Send + Sync + 'static {
     /// how many events went.
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError>;
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

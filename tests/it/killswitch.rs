@@ -77,7 +77,7 @@ impl SseReader {
     }
 }
 
-async fn introspect_as_gateway(server: &TestServer, token: &str) -> Value {
+pub async fn introspect_as_gateway(server: &TestServer, token: &str) -> Value {
     read(
         server
             .peer(GATEWAY_NODE)
@@ -89,6 +89,18 @@ async fn introspect_as_gateway(server: &TestServer, token: &str) -> Value {
     )
     .await
     .1
+}
+
+/// Revokes `run` through the admin API.
+pub async fn revoke_run(server: &TestServer, run: &str) {
+    let (status, report) = admin(
+        server,
+        Method::POST,
+        "/admin/api/revocations",
+        Some(json!({"kind": "run", "value": run})),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
 }
 
 #[tokio::test]
@@ -110,14 +122,7 @@ async fn revoking_a_run_kills_parent_and_child_and_the_feed_says_so() {
         assert_eq!(answer["active"], true, "{answer}");
     }
 
-    let (status, report) = admin(
-        &server,
-        Method::POST,
-        "/admin/api/revocations",
-        Some(json!({"kind": "run", "value": run})),
-    )
-    .await;
-    assert_eq!(status, 201, "{report}");
+    revoke_run(&server, &run).await;
     let event = feed.next().await;
     assert_eq!(event.event, "revocation");
     assert_eq!(event.data["kind"], "run");

@@ -27,6 +27,7 @@ mod localapi;
 mod login;
 mod metrics;
 mod peers;
+mod postgres;
 mod register;
 mod sessions;
 mod support;

@@ -12,13 +12,9 @@ use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
 
-use super::{decode, encode, from_time, time};
 use crate::audit::{AuditEvent, EventKind, Outcome};
+use crate::store::codec::{decode, encode, from_seq, from_time, next_seq, seq_floor, time};
 use crate::store::{AuditFilter, AuditRecord, StoreError};
-
-/// The last second whose microseconds fit `seq` with room to spare (9999-12-31T23:59:59Z):
-/// a clock gone wild cannot overflow the sequence.
-const LAST_SECOND: i64 = 253_402_300_799;
 
 /// How many characters of a run id name its zone: a tailpass run id's creation millisecond.
 const ZONE_PREFIX: usize = 10;
@@ -29,11 +25,6 @@ fn zone_prefix(run_id: &str) -> &str {
         .char_indices()
         .nth(ZONE_PREFIX)
         .map_or(run_id, |(end, _)| run_id.get(..end).unwrap_or(run_id))
-}
-
-/// The least `seq` an event at `t` may have.
-fn seq_floor(t: UnixTime) -> i64 {
-    time(t).clamp(0, LAST_SECOND) * 1_000_000
 }
 
 /// The part of an event that repeats across events: everything but time, run, lineage and jti.
@@ -99,7 +90,7 @@ impl Row {
     fn into_record(self, context: Context<'static>) -> AuditRecord {
         let owned = |s: Option<Cow<'static, str>>| s.map(Cow::into_owned);
         AuditRecord {
-            seq: u64::try_from(self.seq).unwrap_or(0),
+            seq: from_seq(self.seq),
             event: AuditEvent {
                 time: from_time(self.time),
                 event: context.event,
@@ -157,7 +148,7 @@ pub(super) fn append(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreE
                 id
             }
         };
-        last = seq_floor(e.time).max(last.saturating_add(1));
+        last = next_seq(e.time, last);
         if let Some(run_id) = &e.run_id {
             let prefix = zone_prefix(run_id);
             // Prefixes arrive almost in order (creation time), so the newest zone usually fits.

@@ -12,11 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
+use super::codec::{decode, encode, from_seq, from_time, time};
 use super::{
     AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
     Store, StoreError,
@@ -44,22 +43,6 @@ const MIGRATIONS: [&str; 6] = [
 #[derive(Debug)]
 pub struct SqliteStore {
     worker: Worker,
-}
-
-fn time(t: UnixTime) -> i64 {
-    i64::try_from(t.0).unwrap_or(i64::MAX)
-}
-
-fn from_time(t: i64) -> UnixTime {
-    UnixTime(u64::try_from(t).unwrap_or(0))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn decode<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -197,7 +180,7 @@ fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
 
 fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
     Ok(Revocation {
-        seq: u64::try_from(row.seq).unwrap_or(0),
+        seq: from_seq(row.seq),
         kind: row
             .kind
             .parse::<RevocationKind>()
@@ -509,14 +492,13 @@ impl Store for SqliteStore {
                 .query_row(params![kind.as_str(), stored, time(revoked_at), until.map(time)], |r| r.get::<_, i64>(0))?)
             })
             .await?;
-        Ok(Revocation {
-            seq: u64::try_from(seq).unwrap_or(0),
+        Ok(Revocation::new(
+            from_seq(seq),
             kind,
-            value: value.to_owned(),
+            value,
             revoked_at,
             until,
-            lifted_at: None,
-        })
+        ))
     }
 
     async fn lift_revocations(
@@ -621,4 +603,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

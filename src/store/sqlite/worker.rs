@@ -56,14 +56,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
-    }
-}
-
 /// Applies the per-connection settings: WAL, `synchronous = FULL` (see the module docs of
 /// `sqlite`), foreign keys, savepoint journals in memory (not temporary files), and a busy
 /// timeout for the rare writer from another process.
@@ -254,7 +246,12 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             let _ = conn.execute_batch("ROLLBACK");
         }
         for reply in replies {
-            reply(committed.as_ref().map(|_| ()).map_err(clone_error));
+            reply(
+                committed
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(StoreError::duplicate),
+            );
         }
     }
 }

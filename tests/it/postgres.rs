@@ -1,0 +1,77 @@
+//! One server on PostgreSQL (`--store postgres://…`), end to end: an agent token minted,
+//! introspected, its run revoked and refused. Runs on a fresh database of the cluster
+//! `TAILPASS_TEST_POSTGRES` names; skipped without it, required with
+//! `TAILPASS_REQUIRE_POSTGRES=1`.
+
+use std::io::Write as _;
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::agents::{mint, server};
+use crate::authorize::claims;
+use crate::killswitch::{introspect_as_gateway, revoke_run};
+use crate::support::{CI, GATEWAY, admin};
+
+/// The cluster's URL, or `None` (said on stderr) without one.
+fn cluster() -> Option<url::Url> {
+    match std::env::var("TAILPASS_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url::Url::parse(&url).unwrap()),
+        _ => {
+            assert!(
+                std::env::var("TAILPASS_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "TAILPASS_REQUIRE_POSTGRES=1 but TAILPASS_TEST_POSTGRES is not set"
+            );
+            let _ = writeln!(std::io::stderr(), "skipped: TAILPASS_TEST_POSTGRES not set");
+            None
+        }
+    }
+}
+
+async fn admin_sql(cluster: &url::Url, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(cluster.as_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = task.await;
+}
+
+#[tokio::test]
+async fn a_server_on_postgres_mints_introspects_and_revokes() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let name = format!("it_{:016x}", rand_suffix());
+    admin_sql(&cluster, &format!("CREATE DATABASE {name}")).await;
+    let mut database = cluster.clone();
+    database.set_path(&name);
+    let (server, _dir) = server(&["--store", database.as_str()]).await;
+
+    let (status, minted) = mint(&server, CI, &[("audience", GATEWAY), ("scope", "llm:chat")]).await;
+    assert_eq!(status, 200, "{minted}");
+    let token = minted["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect_as_gateway(&server, &token).await["active"], true);
+    let run = claims(&token)["run_id"].as_str().unwrap().to_owned();
+    revoke_run(&server, &run).await;
+    assert_eq!(
+        introspect_as_gateway(&server, &token).await,
+        json!({"active": false})
+    );
+    let (status, audit) = admin(&server, Method::GET, "/admin/api/audit?limit=50", None).await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(audit.to_string().contains("agent_token"), "{audit}");
+
+    drop(server.stop().await);
+    admin_sql(&cluster, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// A suffix no other test run picks at the same moment.
+fn rand_suffix() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
