@@ -419,7 +419,10 @@ impl Store for PostgresStore {
                 "UPDATE refresh_families SET revoked_at = $1 \
                  WHERE node_id = $2 AND revoked_at IS NULL AND expires_at > $1 RETURNING data"
             }
-            RevocationKind::Run | RevocationKind::Jti | RevocationKind::Family => {
+            RevocationKind::Run
+            | RevocationKind::Jti
+            | RevocationKind::Family
+            | RevocationKind::Kid => {
                 return Ok(Vec::new());
             }
         };
