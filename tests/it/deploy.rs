@@ -89,7 +89,9 @@ async fn every_environment_variable_in_the_deploy_files_is_one_tailpass_reads() 
     for file in [
         "deploy/Dockerfile",
         "deploy/compose.yaml",
+        "deploy/compose.replicas.yaml",
         "deploy/kubernetes/tailpass.yaml",
+        "deploy/kubernetes/tailpass-replicas.yaml",
     ] {
         let text = read(file);
         for (i, _) in text.match_indices("TAILPASS_") {
@@ -97,8 +99,9 @@ async fn every_environment_variable_in_the_deploy_files_is_one_tailpass_reads() 
                 .chars()
                 .take_while(|c| c.is_ascii_uppercase() || *c == '_')
                 .collect();
+            // A variable whose values are hidden (a URL with a password) shows no `=`.
             assert!(
-                help.contains(&format!("env: {name}=")),
+                help.contains(&format!("env: {name}=")) || help.contains(&format!("env: {name}]")),
                 "{file} sets {name}, which `tailpass serve` does not read"
             );
             checked += 1;
@@ -190,7 +193,12 @@ fn every_deploy_configuration_passes_serve_validation_as_shipped() {
     // The image's own environment comes first; compose and Kubernetes add theirs.
     let image = environment_of(&read("deploy/Dockerfile"));
     assert!(!image.is_empty());
-    for file in ["deploy/compose.yaml", "deploy/kubernetes/tailpass.yaml"] {
+    for file in [
+        "deploy/compose.yaml",
+        "deploy/compose.replicas.yaml",
+        "deploy/kubernetes/tailpass.yaml",
+        "deploy/kubernetes/tailpass-replicas.yaml",
+    ] {
         // Like environment variables, a later value replaces an earlier one.
         let mut env: std::collections::BTreeMap<String, String> = image.iter().cloned().collect();
         let own = environment_of(&read(file));
@@ -212,4 +220,143 @@ fn every_deploy_configuration_passes_serve_validation_as_shipped() {
     argv[0] = "tailpass".into();
     let argv: Vec<String> = argv.iter().map(|w| local_path(w)).collect();
     validate(unit, &argv);
+}
+
+/// Every YAML document of a deploy file.
+fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(&read(path))
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+/// The port of an `ADDR:PORT` value.
+fn port_of(listen: &str) -> &str {
+    listen.rsplit_once(':').map(|(_, port)| port).unwrap()
+}
+
+/// A container's `env` as a map of the plain values, and the names taken from secrets.
+fn container_env(
+    container: &serde_yaml::Value,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let mut plain = std::collections::BTreeMap::new();
+    let mut secret = Vec::new();
+    for var in container["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        match var["value"].as_str() {
+            Some(value) => {
+                plain.insert(name, value.to_owned());
+            }
+            None => {
+                assert!(var["valueFrom"]["secretKeyRef"].is_mapping(), "{name}");
+                secret.push(name);
+            }
+        }
+    }
+    (plain, secret)
+}
+
+#[test]
+fn the_kubernetes_replicas_share_a_store_a_key_encryption_key_and_one_service_name() {
+    let docs = yaml_documents("deploy/kubernetes/tailpass-replicas.yaml");
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
+    let deployment = kind("Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 3);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let budget = kind("PodDisruptionBudget");
+    assert_eq!(&budget["spec"]["selector"]["matchLabels"], labels);
+    assert!(budget["spec"]["minAvailable"].as_u64().unwrap() >= 2);
+
+    let containers = pod["containers"].as_sequence().unwrap();
+    let tailpass = containers.iter().find(|c| c["name"] == "tailpass").unwrap();
+    let (env, from_secrets) = container_env(tailpass);
+    assert!(
+        from_secrets.contains(&"TAILPASS_STORE".to_owned()),
+        "the store URL holds a password"
+    );
+    // Probes reach the health listener, by the port it listens on.
+    let health = port_of(&env["TAILPASS_HEALTH_LISTEN"]);
+    let health_port = tailpass["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == tailpass["readinessProbe"]["httpGet"]["port"])
+        .unwrap();
+    assert_eq!(
+        health_port["containerPort"].as_u64().unwrap().to_string(),
+        health
+    );
+    assert_eq!(tailpass["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(tailpass["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // The key-encryption key comes from a Secret volume, not readable by others.
+    let kek = &env["TAILPASS_KEY_ENCRYPTION_KEY_FILE"];
+    let mount = tailpass["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| kek.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap();
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["secret"]["secretName"].is_string());
+    assert_eq!(volume["secret"]["defaultMode"].as_u64(), Some(0o440));
+    // Each pod's own tailscaled hosts the one Service, proxying to this replica's proxy
+    // listener on loopback.
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tailscale")
+        .unwrap();
+    assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+    let script = sidecar["args"][0].as_str().unwrap();
+    assert!(script.contains("--service=svc:idp"), "{script}");
+    let proxy = &env["TAILPASS_PROXY_LISTEN"];
+    assert!(proxy.starts_with("127.0.0.1:"));
+    assert!(script.contains(&format!("http://{proxy}")), "{script}");
+    assert_eq!(env["TAILPASS_IDENTITY"], "tailscaled");
+}
+
+#[test]
+fn the_compose_replicas_share_one_database_and_each_serves_the_service_through_its_own_node() {
+    let compose = yaml_documents("deploy/compose.replicas.yaml").remove(0);
+    let services = compose["services"].as_mapping().unwrap();
+    let replicas: Vec<&str> = services
+        .keys()
+        .filter_map(|k| k.as_str())
+        .filter(|k| k.starts_with("tailpass-"))
+        .collect();
+    assert!(replicas.len() >= 2, "{replicas:?}");
+    let mut stores = std::collections::BTreeSet::new();
+    for name in replicas {
+        let replica = &services[name];
+        let env = &replica["environment"];
+        let store = env["TAILPASS_STORE"].as_str().unwrap();
+        assert!(store.starts_with("postgres://"), "{name}: {store}");
+        stores.insert(store.to_owned());
+        assert!(env["TAILPASS_KEY_ENCRYPTION_KEY_FILE"].is_string());
+        // The replica shares its node's network namespace, and that node's serve step
+        // proxies the Service to this replica's proxy listener.
+        let node = replica["network_mode"].as_str().unwrap();
+        let serve = services
+            .values()
+            .find(|s| {
+                s["network_mode"] == node
+                    && s["command"][0]
+                        .as_str()
+                        .is_some_and(|c| c.contains("serve"))
+            })
+            .unwrap_or_else(|| panic!("nothing serves {name}'s node"));
+        let command = serve["command"][0].as_str().unwrap();
+        assert!(command.contains("--service=svc:idp"), "{command}");
+        let proxy = env["TAILPASS_PROXY_LISTEN"].as_str().unwrap();
+        assert!(command.contains(&format!("http://{proxy}")), "{command}");
+    }
+    assert_eq!(stores.len(), 1, "one database for every replica");
+    assert!(services.contains_key("postgres"));
 }
