@@ -111,9 +111,9 @@ pub async fn redeem(
             };
             (family, Secret::generate())
         });
-    // The tokens are minted; they go out only if no replay was detected meanwhile. A replay
-    // detected from here on revokes them (the access token by its jti, the family in the
-    // store), one detected before makes this refuse: no order leaves a live family.
+    // The tokens are minted. A replay detected from here on revokes them (the access token by
+    // its jti, the family in the store); one detected before has revoked the jti already, and
+    // the family is then created revoked: no order leaves a live family.
     let first_token = refresh
         .as_ref()
         .map(|(family, token)| (family, token.hash()));
@@ -122,7 +122,10 @@ pub async fn redeem(
         .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now)
         .await?;
     if !completed {
-        return Err(refuse(RedeemError::Replayed).await);
+        // A replay came in meanwhile: it revoked the access token (by its jti) and the family
+        // was created revoked. The first redemption still answers, so that of two racing
+        // redemptions exactly one gets tokens, and they are dead (RFC 6749 §4.1.2).
+        tracing::info!(client = %client.client_id, "a code was replayed while its first redemption completed");
     }
     let refresh_token = refresh.map(|(_, token)| token);
     let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)

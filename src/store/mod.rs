@@ -296,11 +296,12 @@ pub trait Store: Send + Sync + 'static {
     /// named by the code's `sid`, if the first redemption already created it.
     async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
     -> Result<Redemption, StoreError>;
-    /// Finishes a redemption: atomically, unless the code has been replayed meanwhile, creates
-    /// `family` with its first token (when the client gets refresh tokens) and answers true;
-    /// after a replay it creates nothing and answers false, and the tokens minted from the
-    /// code must not be handed out. With [`Store::redeem_code`], a replay racing the first
-    /// redemption leaves no live family in either order.
+    /// Finishes the first redemption of a code: atomically creates `family` with its first
+    /// token (when the client gets refresh tokens) and answers whether the code is still
+    /// unreplayed. After a replay the family is created already revoked (as of the replay), so
+    /// the first redemption still answers — with tokens the replay has revoked — and no order
+    /// of the two leaves a live family (with [`Store::redeem_code`], which revokes a family the
+    /// first redemption already created). False too for a code never redeemed.
     async fn complete_redemption(
         &self,
         code: &SecretHash,

@@ -218,9 +218,14 @@ pub(crate) async fn a_code_replayed_while_its_first_redemption_is_in_flight_leav
             .complete_redemption(&hash, Some((&first, &token)), UnixTime(122))
             .await
             .unwrap(),
-        "the in-flight redemption is refused"
+        "the in-flight redemption learns of the replay"
     );
-    assert_eq!(store.family_of(&token).await.unwrap(), None);
+    let (born_revoked, _) = store.family_of(&token).await.unwrap().unwrap();
+    assert_eq!(
+        born_revoked.revoked_at,
+        Some(UnixTime(121)),
+        "its family is created revoked, as of the replay"
+    );
     assert!(
         !store
             .complete_redemption(&hash, None, UnixTime(122))

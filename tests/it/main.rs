@@ -29,6 +29,7 @@ mod metrics;
 mod peers;
 mod postgres;
 mod register;
+mod replicas;
 mod sessions;
 mod support;
 mod tls;

@@ -14,7 +14,7 @@ use crate::killswitch::{introspect_as_gateway, revoke_run};
 use crate::support::{CI, GATEWAY, admin};
 
 /// The cluster's URL, or `None` (said on stderr) without one.
-fn cluster() -> Option<url::Url> {
+pub fn cluster() -> Option<url::Url> {
     match std::env::var("TAILPASS_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url::Url::parse(&url).unwrap()),
         _ => {
@@ -38,16 +38,45 @@ async fn admin_sql(cluster: &url::Url, sql: &str) {
     let _ = task.await;
 }
 
+/// A fresh database of the cluster, for one test.
+pub struct Database {
+    cluster: url::Url,
+    name: String,
+    /// Its URL, for `--store`.
+    pub url: url::Url,
+}
+
+impl Database {
+    /// Creates a database no other test uses.
+    pub async fn create(cluster: &url::Url) -> Database {
+        let name = format!("it_{:016x}", rand_suffix());
+        admin_sql(cluster, &format!("CREATE DATABASE {name}")).await;
+        let mut url = cluster.clone();
+        url.set_path(&name);
+        Database {
+            cluster: cluster.clone(),
+            name,
+            url,
+        }
+    }
+
+    /// Drops it, whoever is still connected.
+    pub async fn drop(self) {
+        admin_sql(
+            &self.cluster,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_server_on_postgres_mints_introspects_and_revokes() {
     let Some(cluster) = cluster() else {
         return;
     };
-    let name = format!("it_{:016x}", rand_suffix());
-    admin_sql(&cluster, &format!("CREATE DATABASE {name}")).await;
-    let mut database = cluster.clone();
-    database.set_path(&name);
-    let (server, _dir) = server(&["--store", database.as_str()]).await;
+    let database = Database::create(&cluster).await;
+    let (server, _dir) = server(&["--store", database.url.as_str()]).await;
 
     let (status, minted) = mint(&server, CI, &[("audience", GATEWAY), ("scope", "llm:chat")]).await;
     assert_eq!(status, 200, "{minted}");
@@ -64,7 +93,7 @@ async fn a_server_on_postgres_mints_introspects_and_revokes() {
     assert!(audit.to_string().contains("agent_token"), "{audit}");
 
     drop(server.stop().await);
-    admin_sql(&cluster, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    database.drop().await;
 }
 
 /// A suffix no other test run picks at the same moment.

@@ -174,6 +174,8 @@ pub struct TestServer {
     pub clock: Arc<ManualClock>,
     /// The certificate of an HTTPS server, for clients to trust.
     pub ca_pem: Option<String>,
+    /// For a replica reached by the issuer's name: that name, and this replica's address.
+    pub resolve: Option<(String, std::net::SocketAddr)>,
 }
 
 impl TestServer {
@@ -213,6 +215,9 @@ impl TestServer {
     /// A client builder that trusts this server and does not follow redirects.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
         let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if let Some((name, addr)) = &self.resolve {
+            builder = builder.resolve(name, *addr);
+        }
         if let Some(pem) = &self.ca_pem {
             builder = builder
                 .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
@@ -245,9 +250,10 @@ impl TestServer {
             "--keys-dir".into(),
             keys.to_str().unwrap().into(),
             "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
         ];
+        if !extra.iter().any(|a| a == "--listen") {
+            argv.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
         argv.extend(identity.iter().map(|s| s.to_string()));
         argv.extend(extra);
         let cli = Cli::try_parse_from(argv).unwrap();
@@ -266,6 +272,7 @@ impl TestServer {
             dir,
             clock,
             ca_pem: None,
+            resolve: None,
         }
     }
 

@@ -291,18 +291,26 @@ impl Store for PostgresStore {
         // mark) or waits until the family exists (and revokes it).
         let check = tx
             .prepare_cached(
-                "SELECT 1 FROM codes WHERE code_hash = $1 AND redeemed_at IS NOT NULL \
-                 AND replayed_at IS NULL FOR UPDATE",
+                "SELECT replayed_at FROM codes WHERE code_hash = $1 AND redeemed_at IS NOT NULL \
+                 FOR UPDATE",
             )
             .await?;
-        if tx.query_opt(&check, &[&code.to_hex()]).await?.is_none() {
+        let Some(row) = tx.query_opt(&check, &[&code.to_hex()]).await? else {
             return Ok(false);
-        }
+        };
+        let replayed_at: Option<i64> = row.try_get(0)?;
         if let Some((family, token)) = family {
             insert_family(&tx, family, token, now).await?;
+            if let Some(at) = replayed_at {
+                tx.execute(
+                    "UPDATE refresh_families SET revoked_at = $1 WHERE family_id = $2",
+                    &[&at, &family.id],
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(replayed_at.is_none())
     }
 
     async fn insert_family(

@@ -340,18 +340,26 @@ impl Store for SqliteStore {
         let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
         self.worker
             .write(move |c| {
-                let unreplayed = c
+                let redeemed: Option<Option<i64>> = c
                     .prepare_cached(
-                        "SELECT 1 FROM codes WHERE code_hash = ?1 AND redeemed_at IS NOT NULL AND replayed_at IS NULL",
+                        "SELECT replayed_at FROM codes WHERE code_hash = ?1 AND redeemed_at IS NOT NULL",
                     )?
-                    .exists(params![code])?;
-                if !unreplayed {
+                    .query_row(params![code], |r| r.get(0))
+                    .optional()?;
+                let Some(replayed_at) = redeemed else {
                     return Ok(false);
-                }
+                };
                 if let Some(row) = row {
+                    let id = row.id.clone();
                     row.insert(c, now)?;
+                    if let Some(at) = replayed_at {
+                        c.prepare_cached(
+                            "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2",
+                        )?
+                        .execute(params![at, id])?;
+                    }
                 }
-                Ok(true)
+                Ok(replayed_at.is_none())
             })
             .await
     }
