@@ -92,6 +92,9 @@ pub enum AuditError {
     /// about to issue.
     #[error("audit store failed: {0}")]
     Store(String),
+    /// Occurs when the database cannot be reached: nothing is handed out until it can.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
     /// Occurs when the writer has stopped (server shutting down).
     #[error("audit writer is not running")]
     Closed,
@@ -204,7 +207,10 @@ async fn writer(
         let result = store
             .append_audit(events.clone())
             .await
-            .map_err(|e: StoreError| AuditError::Store(e.to_string()));
+            .map_err(|e: StoreError| match e {
+                StoreError::Unavailable(_) => AuditError::Unavailable(e.to_string()),
+                other => AuditError::Store(other.to_string()),
+            });
         if result.is_ok() {
             // Aggregated denials were counted one by one as they happened.
             for event in events

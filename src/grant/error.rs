@@ -29,6 +29,20 @@ pub enum Fault {
     Session(#[from] EndError),
 }
 
+impl Fault {
+    /// Whether the failure is the database being out of reach (answered 503, and retried),
+    /// rather than a fault of the server's own.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Fault::Store(StoreError::Unavailable(_))
+            | Fault::Audit(AuditError::Unavailable(_))
+            | Fault::Session(EndError::Store(StoreError::Unavailable(_)))
+            | Fault::Session(EndError::Audit(AuditError::Unavailable(_))) => true,
+            Fault::Store(_) | Fault::Audit(_) | Fault::Keys(_) | Fault::Session(_) => false,
+        }
+    }
+}
+
 /// Why a person may not have a token now: the login policy, as the client and the person's
 /// grants stand at issuance.
 #[derive(Debug, thiserror::Error)]

@@ -358,7 +358,10 @@ impl From<crate::dpop::ProofError> for Error {
 // Failures of the server's own parts become `server_error`, their cause logged, never sent.
 impl From<crate::audit_log::AuditError> for Error {
     fn from(e: crate::audit_log::AuditError) -> Error {
-        Error::server_error(&e)
+        match e {
+            crate::audit_log::AuditError::Unavailable(_) => store_unavailable(&e),
+            other => Error::server_error(&other),
+        }
     }
 }
 
@@ -367,15 +370,18 @@ impl From<crate::audit_log::AuditError> for Error {
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Error {
         match e {
-            crate::store::StoreError::Unavailable(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                let mut refused = Error::unavailable("the database cannot be reached right now");
-                refused.retry_after = Some(STORE_RETRY_AFTER);
-                refused
-            }
+            crate::store::StoreError::Unavailable(_) => store_unavailable(&e),
             other => Error::server_error(&other),
         }
     }
+}
+
+/// The answer while the database cannot be reached: 503 with `Retry-After`; the cause logged.
+fn store_unavailable(cause: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(error = %cause, "database unavailable");
+    let mut refused = Error::unavailable("the database cannot be reached right now");
+    refused.retry_after = Some(STORE_RETRY_AFTER);
+    refused
 }
 
 /// Seconds a client is asked to wait when the database cannot be reached.
@@ -400,7 +406,10 @@ impl From<Fault> for Error {
     fn from(e: Fault) -> Error {
         match e {
             Fault::Store(store) => store.into(),
-            other => Error::server_error(&other),
+            Fault::Audit(audit) => audit.into(),
+            Fault::Session(crate::session::EndError::Store(store)) => store.into(),
+            Fault::Session(crate::session::EndError::Audit(audit)) => audit.into(),
+            Fault::Keys(keys) => Error::server_error(&keys),
         }
     }
 }
@@ -430,6 +439,9 @@ impl From<LoginRefused> for Error {
 
 impl From<AgentError> for Error {
     fn from(e: AgentError) -> Error {
+        if let AgentError::Fault(fault) = e {
+            return fault.into();
+        }
         let code = match &e {
             AgentError::NotOnTailnet => return Error::invalid_client(e.to_string()),
             AgentError::IdentityUnavailable => Code::TemporarilyUnavailable,
@@ -439,7 +451,7 @@ impl From<AgentError> for Error {
             AgentError::GrantNotAllowed => Code::UnauthorizedClient,
             AgentError::NoAudience | AgentError::Resource { .. } => Code::InvalidTarget,
             AgentError::Scopes => Code::InvalidScope,
-            AgentError::Fault(fault) => return Error::server_error(fault),
+            AgentError::Fault(_) => Code::ServerError,
         };
         Error::new(code, e.to_string())
     }
@@ -447,6 +459,9 @@ impl From<AgentError> for Error {
 
 impl From<ExchangeError> for Error {
     fn from(e: ExchangeError) -> Error {
+        if let ExchangeError::Fault(fault) = e {
+            return fault.into();
+        }
         let code = match &e {
             ExchangeError::NotOnTailnet => return Error::invalid_client(e.to_string()),
             ExchangeError::IdentityUnavailable => Code::TemporarilyUnavailable,
@@ -457,7 +472,7 @@ impl From<ExchangeError> for Error {
             ExchangeError::WiderScope(_) => Code::InvalidScope,
             ExchangeError::Denied(denied) => denied_code(denied),
             ExchangeError::Revoked(_) => Code::AccessDenied,
-            ExchangeError::Fault(fault) => return Error::server_error(fault),
+            ExchangeError::Fault(_) => Code::ServerError,
         };
         Error::new(code, e.to_string())
     }
@@ -467,7 +482,7 @@ impl From<RefreshError> for Error {
     fn from(e: RefreshError) -> Error {
         let code = match e {
             RefreshError::Login(refused) => return refused.into(),
-            RefreshError::Fault(fault) => return Error::server_error(&fault),
+            RefreshError::Fault(fault) => return fault.into(),
             RefreshError::GrantNotAllowed => Code::UnauthorizedClient,
             RefreshError::Unknown
             | RefreshError::Inactive
@@ -491,7 +506,7 @@ impl From<RedeemError> for Error {
     fn from(e: RedeemError) -> Error {
         let code = match e {
             RedeemError::Login(refused) => return refused.into(),
-            RedeemError::Fault(fault) => return Error::server_error(&fault),
+            RedeemError::Fault(fault) => return fault.into(),
             RedeemError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
             RedeemError::GrantNotAllowed => Code::UnauthorizedClient,
             RedeemError::Invalid
@@ -509,7 +524,7 @@ impl From<RevokeError> for Error {
     fn from(e: RevokeError) -> Error {
         match e {
             RevokeError::RateLimited(retry_after) => Error::rate_limited(retry_after),
-            RevokeError::Fault(fault) => Error::server_error(&fault),
+            RevokeError::Fault(fault) => fault.into(),
         }
     }
 }
@@ -553,6 +568,7 @@ impl AuthorizeError {
             | AuthorizeError::NotAllowed(_)
             | AuthorizeError::Declined => Code::AccessDenied,
             AuthorizeError::Scope(_) => Code::InvalidScope,
+            AuthorizeError::Fault(fault) if fault.is_unavailable() => Code::TemporarilyUnavailable,
             AuthorizeError::Claims(_) | AuthorizeError::Fault(_) => Code::ServerError,
             AuthorizeError::ConsentRequired => Code::ConsentRequired,
             AuthorizeError::Resource(_) => Code::InvalidTarget,
@@ -564,7 +580,7 @@ impl From<Shown> for Error {
     fn from(e: Shown) -> Error {
         match e {
             Shown::BadConsent => Error::access_denied(e.to_string()),
-            Shown::Fault(fault) => Error::server_error(&fault),
+            Shown::Fault(fault) => fault.into(),
             Shown::NoClientId
             | Shown::UnknownClient
             | Shown::NoRedirectUri

@@ -104,3 +104,115 @@ fn rand_suffix() -> u64 {
         .as_nanos();
     (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }
+
+/// A TCP proxy in front of the cluster that a test can cut (every connection dropped, new ones
+/// refused) and restore, so that one server loses its database while other tests sharing the
+/// cluster go on.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    generation: tokio::sync::watch::Sender<u64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    async fn start(target: std::net::SocketAddr) -> CutProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (gen_tx, is_cut) = (generation.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut changed = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = changed.changed() => {}
+                    }
+                });
+            }
+        });
+        CutProxy {
+            addr,
+            generation,
+            cut,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_server_cut_off_from_its_database_answers_503_keeps_discovery_and_recovers() {
+    use crate::support::peer;
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let database = Database::create(&cluster).await;
+    let target = std::net::SocketAddr::new(
+        cluster.host_str().unwrap().parse().unwrap(),
+        cluster.port().unwrap(),
+    );
+    let proxy = CutProxy::start(target).await;
+    let mut proxied = database.url.clone();
+    proxied.set_port(Some(proxy.addr.port())).unwrap();
+    let (server, _dir) = server(&["--store", proxied.as_str(), "--store-pool-size", "2"]).await;
+    let ask = [("audience", GATEWAY)];
+    assert_eq!(mint(&server, CI, &ask).await.0, 200);
+
+    proxy.cut();
+    let response = peer(CI)
+        .post(server.url("/token"))
+        .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/jwks.json",
+        "/healthz",
+    ] {
+        let status = peer(CI)
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{path} keeps serving");
+    }
+    let ready = peer(CI).get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "/readyz reports the store");
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if mint(&server, CI, &ask).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the server recovers without a restart");
+    let ready = peer(CI).get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(server.stop().await);
+    database.drop().await;
+}
