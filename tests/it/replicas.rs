@@ -272,3 +272,174 @@ async fn every_replica_sees_a_client_registered_on_another() {
     assert_eq!(status, 200, "{listed}");
     replicas.stop().await;
 }
+
+/// A `tailpass serve` process, a replica of the others on the same database.
+struct Process {
+    child: tokio::process::Child,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Process {
+    async fn spawn(
+        dir: &std::path::Path,
+        keys: &std::path::Path,
+        shared: &std::path::Path,
+        database: &url::Url,
+        addr: SocketAddr,
+    ) -> Process {
+        let issuer = format!("http://{NAME}:{}", addr.port());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailpass"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--keys-dir")
+            .arg(keys)
+            .arg("--key-encryption-key-file")
+            .arg(shared.join("kek"))
+            .arg("--store")
+            .arg(database.as_str())
+            .args(["serve", "--listen", &addr.to_string(), "--issuer", &issuer])
+            .args(["--identity", "local", "--identity-file"])
+            .arg(shared.join("peers.json"))
+            .arg("--policy")
+            .arg(shared.join("policy.toml"))
+            .args(["--rate-limit", "1000000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .resolve(NAME, addr)
+            .local_address(crate::support::ip(CI))
+            .build()
+            .unwrap();
+        let process = Process {
+            child,
+            client,
+            base: issuer,
+        };
+        let up = within(Duration::from_secs(30), || async {
+            process
+                .client
+                .get(format!("{}/healthz", process.base))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "replica at {addr} did not start: {:?}",
+            dir.join("log")
+        );
+        process
+    }
+
+    /// Mints an agent token; its jti when answered.
+    async fn mint(&self) -> Option<String> {
+        let response = self
+            .client
+            .post(format!("{}/token", self.base))
+            .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)])
+            .send()
+            .await
+            .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        let token = body["access_token"].as_str()?;
+        claims(token)["jti"].as_str().map(str::to_owned)
+    }
+}
+
+#[tokio::test]
+async fn a_replica_killed_under_load_loses_nothing_it_answered() {
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let database = Database::create(&cluster).await;
+    let shared = tempfile::tempdir().unwrap();
+    write_private(
+        &shared.path().join("kek"),
+        &tailpass::keys::kek::Kek::generate_line().unwrap(),
+    );
+    std::fs::write(shared.path().join("peers.json"), peers_table().to_string()).unwrap();
+    std::fs::write(
+        shared.path().join("policy.toml"),
+        format!("[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"{GATEWAY}\"]\n"),
+    )
+    .unwrap();
+    let keys = shared.path().join("keys");
+    let port = free_port();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let addr = |i| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 1, i)), port);
+    let mut first = Process::spawn(one.path(), &keys, shared.path(), &database.url, addr(1)).await;
+    let second = Process::spawn(two.path(), &keys, shared.path(), &database.url, addr(2)).await;
+
+    // Eight callers mint on the first replica until it dies; each keeps what was answered.
+    let first_ref = &first;
+    let answered = std::sync::Mutex::new(Vec::new());
+    let load = async {
+        let callers = (0..8).map(|_| async {
+            let mut misses = 0;
+            while misses < 3 {
+                match first_ref.mint().await {
+                    Some(jti) => answered.lock().unwrap().push(jti),
+                    None => misses += 1,
+                }
+            }
+        });
+        futures_util::future::join_all(callers).await;
+    };
+    let kill = async {
+        let enough = within(Duration::from_secs(30), || async {
+            answered.lock().unwrap().len() >= 400
+        })
+        .await;
+        assert!(enough.is_some(), "the load did not get going");
+        // SIGKILL: no shutdown, no flush.
+        let pid = first_ref.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+    };
+    tokio::join!(load, kill);
+    let _ = first.child.wait().await;
+    let answered = answered.into_inner().unwrap();
+
+    // Every token that was answered has its committed audit event.
+    let (client, connection) =
+        tokio_postgres::connect(database.url.as_str(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let task = tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT data::jsonb->>'jti' FROM audit WHERE event = 'agent_token' AND outcome = 'success'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let audited: std::collections::HashSet<String> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect();
+    let lost: Vec<&String> = answered.iter().filter(|j| !audited.contains(*j)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered tokens unaudited",
+        lost.len(),
+        answered.len()
+    );
+    drop(client);
+    let _ = task.await;
+    // The other replica serves on.
+    assert!(second.mint().await.is_some());
+    drop(second);
+    database.drop().await;
+}
