@@ -3,8 +3,10 @@
 //! raw ring ES256 signing rate measured in the same run, on the same core.
 //!
 //! ```text
-//! taskset -c 0 cargo bench --bench agent -- [--seconds N] [--concurrency N]
+//! taskset -c 0 cargo bench --bench agent -- [--seconds N] [--concurrency N] [--store URL]
 //! ```
+//! With `--store postgres://…` the audit events commit to PostgreSQL instead (whose server
+//! runs off the pinned core).
 //! `bench/run.sh agent-inproc` runs it pinned; `bench/run.sh agent` is the same grant over HTTP.
 #![allow(
     clippy::unwrap_used,
@@ -41,6 +43,10 @@ struct Args {
     /// Skip the raw signing figure (for profiling the grant alone).
     #[arg(long)]
     no_raw: bool,
+    /// The store (`sqlite:PATH` or `postgres://…`); the default is SQLite in a temporary
+    /// directory. On PostgreSQL the keys are sealed under a throwaway key-encryption key.
+    #[arg(long)]
+    store: Option<String>,
     /// Ignored: `cargo bench` passes `--bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -78,7 +84,22 @@ fn main() {
     std::fs::write(&peers, format!(r#"{{"127.0.0.3": {tagged}}}"#)).unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let settings = support::settings(dir.path(), &peers, &policy, 0);
+    let mut global = Vec::new();
+    if let Some(store) = &args.store {
+        global.extend(["--store".to_owned(), store.clone()]);
+        if store.starts_with("postgres") {
+            let kek = dir.path().join("kek");
+            std::fs::write(&kek, tailpass::keys::kek::Kek::generate_line().unwrap().as_bytes())
+                .unwrap();
+            std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            global.extend([
+                "--key-encryption-key-file".to_owned(),
+                kek.to_str().unwrap().to_owned(),
+            ]);
+        }
+    }
+    let settings = support::settings(dir.path(), &peers, &policy, 0, &global);
     let identity = Arc::new(
         serde_json::from_str::<WhoIsResponse>(tagged)
             .unwrap()

@@ -222,7 +222,7 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
         .local_addr()
         .unwrap()
         .port();
-    let settings = support::settings(dir.path(), &peers, &policy, port);
+    let settings = support::settings(dir.path(), &peers, &policy, port, &[]);
     let clock = Arc::new(SystemClock) as Arc<dyn Clock>;
     let running = tailpass::server::start(settings, clock.clone())
         .await

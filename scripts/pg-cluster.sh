@@ -8,6 +8,8 @@
 # root (initdb and postgres refuse to run as root), and starts the server on 127.0.0.1:PORT
 # (default 55432) with its unix socket in DIR. Password authentication over TCP, for the role
 # `tailpass`. It prints `export TAILPASS_TEST_POSTGRES=…`. `stop` stops it and removes DIR.
+# Tests run with fsync off (they check behaviour, not durability against power loss);
+# benchmarks set PG_FSYNC=on, with synchronous commit on as it is by default.
 set -euo pipefail
 
 bin() {
@@ -38,7 +40,7 @@ case "$cmd" in
       --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
     # Tests create a database each and run in parallel: room for their pools.
     as_owner "$(bin pg_ctl)" -D "$dir/data" -l "$dir/log" -w \
-      -o "-k $dir -p $port -h 127.0.0.1 -c max_connections=400 -c fsync=off" start >/dev/null \
+      -o "-k $dir -p $port -h 127.0.0.1 -c max_connections=400 -c fsync=${PG_FSYNC:-off}" start >/dev/null \
       || { cat "$dir/log" >&2; exit 1; }
     echo "export TAILPASS_TEST_POSTGRES='postgres://tailpass:$password@127.0.0.1:$port/postgres?sslmode=disable'"
     ;;
