@@ -89,8 +89,13 @@ fn main() {
         global.extend(["--store".to_owned(), store.clone()]);
         if store.starts_with("postgres") {
             let kek = dir.path().join("kek");
-            std::fs::write(&kek, tailpass::keys::kek::Kek::generate_line().unwrap().as_bytes())
-                .unwrap();
+            std::fs::write(
+                &kek,
+                tailpass::keys::kek::Kek::generate_line()
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .unwrap();
             std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .unwrap();
             global.extend([

@@ -60,6 +60,10 @@ enum Scenario {
         /// The agent's address: a tagged node in the identity table.
         #[arg(long, default_value = "127.0.0.3")]
         from: IpAddr,
+        /// A replica's address, for an issuer served by several (repeat): the issuer's host
+        /// is resolved to each in turn, request by request.
+        #[arg(long = "replica")]
+        replicas: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -286,14 +290,35 @@ async fn main() {
             issuer,
             audience,
             from,
+            replicas,
         } => {
-            let client = client(Some(from));
+            let host = url::Url::parse(&issuer)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let clients: Arc<Vec<reqwest::Client>> = Arc::new(if replicas.is_empty() {
+                vec![client(Some(from))]
+            } else {
+                replicas
+                    .iter()
+                    .map(|addr| {
+                        reqwest::Client::builder()
+                            .pool_max_idle_per_host(1024)
+                            .local_address(from)
+                            .resolve(&host, *addr)
+                            .build()
+                            .unwrap()
+                    })
+                    .collect()
+            });
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let token = Arc::new(format!("{issuer}/token"));
             let audience = Arc::new(audience);
             let (latencies, errors, elapsed) =
                 drive(args.concurrency, args.seconds, args.rate, move || {
-                    let (client, token, audience) =
-                        (client.clone(), token.clone(), audience.clone());
+                    let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let client = clients[turn % clients.len()].clone();
+                    let (token, audience) = (token.clone(), audience.clone());
                     async move { agent_once(&client, &token, &audience).await }
                 })
                 .await;
