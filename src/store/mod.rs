@@ -223,6 +223,11 @@ pub struct Revocation {
     /// When new tokens were allowed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifted_at: Option<UnixTime>,
+    /// The lift's own position in the store's revocation sequence (the same numbers as
+    /// `seq`), so that a replica reading back [`Store::revocations_since`] learns of a lift
+    /// as it learns of a revocation. `None` when not lifted (or lifted by an older release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lift_seq: Option<u64>,
 }
 
 impl Revocation {
@@ -241,7 +246,14 @@ impl Revocation {
             revoked_at,
             until,
             lifted_at: None,
+            lift_seq: None,
         }
+    }
+
+    /// Where the row last changed in the revocation sequence: its lift, or else its making.
+    /// [`Store::revocations_since`] answers by it.
+    pub fn position(&self) -> u64 {
+        self.lift_seq.unwrap_or(0).max(self.seq)
     }
 }
 
@@ -348,13 +360,16 @@ pub trait Store: Send + Sync + 'static {
         until: Option<UnixTime>,
     ) -> Result<Revocation, StoreError>;
     /// Lifts the live revocations of `kind`/`value` (new tokens allowed again), returning them.
+    /// The lift takes one new number of the revocation sequence (`lift_seq`), so that every
+    /// reader of [`Store::revocations_since`] learns of it.
     async fn lift_revocations(
         &self,
         kind: RevocationKind,
         value: &str,
         now: UnixTime,
     ) -> Result<Vec<Revocation>, StoreError>;
-    /// Revocations with a sequence number above `seq`, in order.
+    /// Revocations made or lifted after `seq` (whose [`Revocation::position`] is above it),
+    /// in the order of their position, each as it stands now.
     async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
 
     /// What the user (by subject) approved for the client, if anything.

@@ -56,7 +56,7 @@ fn family_of_row(data: &str, revoked_at: Option<i64>) -> Result<RefreshFamily, S
     Ok(family)
 }
 
-const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at";
+const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at, lift_seq";
 
 fn revocation(row: &Row) -> Result<Revocation, StoreError> {
     Ok(Revocation {
@@ -68,7 +68,21 @@ fn revocation(row: &Row) -> Result<Revocation, StoreError> {
         revoked_at: from_time(get(row, 3)?),
         until: get::<Option<i64>>(row, 4)?.map(from_time),
         lifted_at: get::<Option<i64>>(row, 5)?.map(from_time),
+        lift_seq: get::<Option<i64>>(row, 6)?.map(from_seq),
     })
+}
+
+/// The next number of the revocation sequence (revocations and lifts), inside `tx`: the
+/// counter row stays locked until `tx` commits, so numbers are taken in commit order.
+async fn next_revocation_seq(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, StoreError> {
+    get(
+        &tx.query_one(
+            "UPDATE counters SET value = value + 1 WHERE name = 'revocation' RETURNING value",
+            &[],
+        )
+        .await?,
+        0,
+    )
 }
 
 /// Inserts a family and its first token inside `tx`.
@@ -451,14 +465,7 @@ impl Store for PostgresStore {
         let tx = conn.transaction().await?;
         // The counter row stays locked until commit: numbers are taken in commit order, so the
         // feed, resuming after N, never misses a revocation numbered below N.
-        let seq: i64 = get(
-            &tx.query_one(
-                "UPDATE counters SET value = value + 1 WHERE name = 'revocation' RETURNING value",
-                &[],
-            )
-            .await?,
-            0,
-        )?;
+        let seq = next_revocation_seq(&tx).await?;
         tx.execute(
             "INSERT INTO revocations (seq, kind, value, revoked_at, until) VALUES ($1, $2, $3, $4, $5)",
             &[&seq, &kind.as_str(), &value, &time(revoked_at), &until.map(time)],
@@ -480,18 +487,32 @@ impl Store for PostgresStore {
         value: &str,
         now: UnixTime,
     ) -> Result<Vec<Revocation>, StoreError> {
-        let rows = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let live = tx
+            .query_opt(
+                "SELECT 1 FROM revocations WHERE kind = $1 AND value = $2 AND lifted_at IS NULL LIMIT 1",
+                &[&kind.as_str(), &value],
+            )
+            .await?;
+        if live.is_none() {
+            return Ok(Vec::new());
+        }
+        // The counter first: it stays locked until commit, so the lift is numbered in commit
+        // order with the revocations (a reader past it has seen it), and the UPDATE below,
+        // a statement started after the lock, sees every revocation numbered before it.
+        let lift_seq = next_revocation_seq(&tx).await?;
+        let rows = tx
             .query(
                 &format!(
-                    "UPDATE revocations SET lifted_at = $1 WHERE kind = $2 AND value = $3 \
+                    "UPDATE revocations SET lifted_at = $1, lift_seq = $4 WHERE kind = $2 AND value = $3 \
                      AND lifted_at IS NULL RETURNING {REVOCATION_COLUMNS}"
                 ),
-                &[&time(now), &kind.as_str(), &value],
+                &[&time(now), &kind.as_str(), &value, &lift_seq],
             )
             .await?;
         let mut lifted = rows.iter().map(revocation).collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
         lifted.sort_by_key(|r| r.seq);
         Ok(lifted)
     }
@@ -500,7 +521,8 @@ impl Store for PostgresStore {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!(
-                "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > $1 ORDER BY seq"
+                "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > $1 OR lift_seq > $1 \
+                 ORDER BY greatest(seq, coalesce(lift_seq, 0))"
             ))
             .await?;
         let rows = conn

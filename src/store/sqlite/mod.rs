@@ -30,13 +30,14 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
     include_str!("../migrations/sqlite/0004_code_replay.sql"),
     include_str!("../migrations/sqlite/0005_consent_record.sql"),
     include_str!("../migrations/sqlite/0006_audit_retention.sql"),
+    include_str!("../migrations/sqlite/0007_revocation_lifts.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -165,6 +166,7 @@ struct RevocationRow {
     revoked_at: i64,
     until: Option<i64>,
     lifted_at: Option<i64>,
+    lift_seq: Option<i64>,
 }
 
 fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
@@ -175,6 +177,7 @@ fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
         revoked_at: row.get(3)?,
         until: row.get(4)?,
         lifted_at: row.get(5)?,
+        lift_seq: row.get(6)?,
     })
 }
 
@@ -189,10 +192,11 @@ fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
         revoked_at: from_time(row.revoked_at),
         until: row.until.map(from_time),
         lifted_at: row.lifted_at.map(from_time),
+        lift_seq: row.lift_seq.map(from_seq),
     })
 }
 
-const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at";
+const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at, lift_seq";
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -510,12 +514,34 @@ impl Store for SqliteStore {
         let value = value.to_owned();
         self.worker
             .write(move |c| {
+                let live = c
+                    .prepare_cached(
+                        "SELECT 1 FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_at IS NULL",
+                    )?
+                    .exists(params![kind.as_str(), value])?;
+                if !live {
+                    return Ok(Vec::new());
+                }
+                // The lift's number is the next of the rows' own AUTOINCREMENT sequence
+                // (advanced here, so no later revocation reuses it).
+                let lift_seq: i64 = c
+                    .prepare_cached(
+                        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'revocations' RETURNING seq",
+                    )?
+                    .query_row([], |r| r.get(0))?;
                 let mut query = c.prepare_cached(&format!(
-                    "UPDATE revocations SET lifted_at = ?1 WHERE kind = ?2 AND value = ?3 AND lifted_at IS NULL \
-                     RETURNING {REVOCATION_COLUMNS}"
+                    "UPDATE revocations SET lifted_at = ?1, lift_seq = ?4 \
+                     WHERE kind = ?2 AND value = ?3 AND lifted_at IS NULL RETURNING {REVOCATION_COLUMNS}"
                 ))?;
-                let rows = query.query_map(params![time(now), kind.as_str(), value], revocation_row)?;
-                rows.map(|r| revocation(r?)).collect()
+                let rows = query.query_map(
+                    params![time(now), kind.as_str(), value, lift_seq],
+                    revocation_row,
+                )?;
+                let mut lifted = rows
+                    .map(|r| revocation(r?))
+                    .collect::<Result<Vec<_>, _>>()?;
+                lifted.sort_by_key(|r| r.seq);
+                Ok(lifted)
             })
             .await
     }
@@ -525,7 +551,8 @@ impl Store for SqliteStore {
         self.worker
             .read(move |c| {
                 let mut query = c.prepare_cached(&format!(
-                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 ORDER BY seq"
+                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 OR lift_seq > ?1 \
+                     ORDER BY max(seq, coalesce(lift_seq, 0))"
                 ))?;
                 let rows = query.query_map(params![seq], revocation_row)?;
                 rows.map(|r| revocation(r?)).collect()
