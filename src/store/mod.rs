@@ -286,6 +286,18 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
+/// Requests admitted for one rate-limit key in one window (a minute): a delta to add, or a
+/// total read back ([`Store::add_rate_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateCount {
+    /// The limiter's key (a node, a client).
+    pub key: String,
+    /// The window: unix time / 60.
+    pub window: u64,
+    /// Requests.
+    pub count: u64,
+}
+
 /// Durable state. Every method is atomic.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -390,8 +402,32 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Deletes what can no longer matter at `now`: codes past expiry (kept `grace` seconds
-    /// more to detect replays), families and revocations past `horizon`.
+    /// more to detect replays), families and revocations past `horizon`, DPoP proofs past
+    /// their `expires_at` and rate counts of windows before the last.
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError>;
+    // --- Replica coordination: DPoP proofs and rate counts shared by replicas ---
+
+    /// Whether other processes may serve this store at once (replicas on PostgreSQL). When
+    /// not, a process's memory is the whole picture, and the methods of this block answer
+    /// without writing.
+    fn shared_by_replicas(&self) -> bool;
+    /// Records the DPoP proof `jti` of the key `jkt` as used, until `expires_at`; false if it
+    /// was recorded already (a replay, possibly at another replica). A store no other process
+    /// shares records nothing and answers true: the process's own cache is the record.
+    async fn claim_dpop_proof(
+        &self,
+        jkt: &str,
+        jti: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Adds each count to its key's shared total for its window (at most one count per key
+    /// and window), and answers every total as it stands after the addition, in any order.
+    /// A store no other process shares answers
+    /// the counts as given.
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError>;
+
+    // --- end of replica coordination ---
+
     /// Drops the audit events older than `before`, as one range from the log's start (and the
     /// contexts and run zones only they used); the log refuses any other deletion. Returns
     /// how many events went.

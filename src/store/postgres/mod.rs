@@ -24,8 +24,8 @@ use tokio_postgres::types::FromSql;
 
 use super::codec::{decode, encode, from_seq, from_time, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
-    Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
+    Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -614,9 +614,91 @@ impl Store for PostgresStore {
                 &[&time(horizon), &time(now)],
             )
             .await?;
+        let proofs = tx
+            .execute(
+                "DELETE FROM dpop_proofs WHERE expires_at < $1",
+                &[&time(now)],
+            )
+            .await?;
+        let window = i64::try_from(now.0 / 60).unwrap_or(i64::MAX);
+        let rates = tx
+            .execute(
+                "DELETE FROM rate_counts WHERE bucket < $1",
+                &[&window.saturating_sub(1)],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(codes.saturating_add(families).saturating_add(revocations))
+        Ok(codes
+            .saturating_add(families)
+            .saturating_add(revocations)
+            .saturating_add(proofs)
+            .saturating_add(rates))
     }
+
+    // --- Replica coordination: what replicas must agree on beyond records ---
+
+    fn shared_by_replicas(&self) -> bool {
+        true
+    }
+
+    async fn claim_dpop_proof(
+        &self,
+        jkt: &str,
+        jti: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "INSERT INTO dpop_proofs (jkt, jti, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (jkt, jti) DO NOTHING",
+            )
+            .await?;
+        // The primary key decides: of two replicas inserting one proof, one inserts a row.
+        let inserted = conn
+            .execute(&statement, &[&jkt, &jti, &time(expires_at)])
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError> {
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = counts.iter().map(|c| c.key.as_str()).collect();
+        let windows: Vec<i64> = counts
+            .iter()
+            .map(|c| i64::try_from(c.window).unwrap_or(i64::MAX))
+            .collect();
+        let deltas: Vec<i64> = counts
+            .iter()
+            .map(|c| i64::try_from(c.count).unwrap_or(i64::MAX))
+            .collect();
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                // Rows in key order, so that replicas flushing overlapping keys lock them in
+                // the same order (no deadlock).
+                "INSERT INTO rate_counts (key, bucket, count) \
+                 SELECT k, b, c FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(k, b, c) \
+                 ORDER BY k, b \
+                 ON CONFLICT (key, bucket) DO UPDATE SET count = rate_counts.count + EXCLUDED.count \
+                 RETURNING key, bucket, count",
+            )
+            .await?;
+        let rows = conn.query(&statement, &[&keys, &windows, &deltas]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RateCount {
+                    key: get(row, 0)?,
+                    window: from_seq(get(row, 1)?),
+                    count: from_seq(get(row, 2)?),
+                })
+            })
+            .collect()
+    }
+
+    // --- end of replica coordination ---
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         audit::purge_before(&mut self.conn().await?, before).await

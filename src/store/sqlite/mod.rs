@@ -17,8 +17,8 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::codec::{decode, encode, from_seq, from_time, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
-    Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
+    Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -601,6 +601,27 @@ impl Store for SqliteStore {
         let filter = filter.clone();
         self.worker.read(move |c| audit::query(c, &filter)).await
     }
+
+    // --- Replica coordination: one process, so memory is the whole picture ---
+
+    fn shared_by_replicas(&self) -> bool {
+        false
+    }
+
+    async fn claim_dpop_proof(
+        &self,
+        _jkt: &str,
+        _jti: &str,
+        _expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError> {
+        Ok(counts.to_vec())
+    }
+
+    // --- end of replica coordination ---
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.worker
