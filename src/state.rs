@@ -175,6 +175,14 @@ impl AppState {
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
         let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
+        let rate = crate::ratelimit::RateLimiter::new(100_000);
+        // Replicas share each budget through the store (counted per minute, flushed every
+        // second by the server's upkeep).
+        let rate = if store.shared_by_replicas() {
+            rate.with_shared_counts()
+        } else {
+            rate
+        };
         let dpop_replay = crate::dpop::Replay::over(
             tailpass_verify::dpop::ReplayCache::new(
                 crate::dpop::REPLAY_CAPACITY,
@@ -202,7 +210,7 @@ impl AppState {
                 consent_key: Arc::new(consent_key),
                 dpop_nonces: Arc::new(dpop_nonces),
                 dpop_replay: Arc::new(dpop_replay),
-                rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
+                rate: Arc::new(rate),
                 feed_slots,
                 metrics,
             })),

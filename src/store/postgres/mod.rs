@@ -678,12 +678,16 @@ impl Store for PostgresStore {
         let statement = conn
             .prepare_cached(
                 // Rows in key order, so that replicas flushing overlapping keys lock them in
-                // the same order (no deadlock).
-                "INSERT INTO rate_counts (key, bucket, count) \
-                 SELECT k, b, c FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(k, b, c) \
-                 ORDER BY k, b \
-                 ON CONFLICT (key, bucket) DO UPDATE SET count = rate_counts.count + EXCLUDED.count \
-                 RETURNING key, bucket, count",
+                // the same order (no deadlock); a key with nothing to add is only read.
+                "WITH d AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(k, b, c)), \
+                 added AS (INSERT INTO rate_counts (key, bucket, count) \
+                     SELECT k, b, c FROM d WHERE c > 0 ORDER BY k, b \
+                     ON CONFLICT (key, bucket) DO UPDATE SET count = rate_counts.count + EXCLUDED.count \
+                     RETURNING key, bucket, count) \
+                 SELECT key, bucket, count FROM added \
+                 UNION ALL \
+                 SELECT r.key, r.bucket, r.count FROM rate_counts r JOIN d ON r.key = d.k AND r.bucket = d.b \
+                 WHERE d.c = 0",
             )
             .await?;
         let rows = conn.query(&statement, &[&keys, &windows, &deltas]).await?;
