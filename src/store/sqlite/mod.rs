@@ -99,6 +99,43 @@ impl SqliteStore {
         })
     }
 
+    /// Copies the database at `path` into `file` (created with mode 0600; refused if it
+    /// exists) with SQLite's online backup API, while other connections go on writing: the
+    /// copy is taken in one step, inside one read transaction of the source, so it is the
+    /// database as of one commit. Answers how many pages were copied.
+    pub async fn backup(path: &Path, file: &Path) -> Result<u64, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        create_private(file)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", file.display())))?;
+        let (path, file) = (path.to_owned(), file.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let source = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            source.busy_timeout(std::time::Duration::from_secs(5))?;
+            let mut copy = Connection::open(&file)?;
+            let backup = rusqlite::backup::Backup::new(&source, &mut copy)?;
+            // All pages in one step: one read transaction of the source, so one commit's state.
+            let done = backup.step(-1)?;
+            if done != rusqlite::backup::StepResult::Done {
+                return Err(StoreError::Backend(
+                    "the backup did not complete (the source was busy); try again".into(),
+                ));
+            }
+            let pages = u64::try_from(backup.progress().pagecount).unwrap_or(0);
+            Ok(pages)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
     /// Opens `tailpass.db` in `dir`; for tests.
     pub async fn open_in(dir: &Path) -> Result<SqliteStore, StoreError> {
         SqliteStore::open(&dir.join("tailpass.db")).await
