@@ -295,7 +295,8 @@ mod tests {
                 limiter.flush(store, now).await.unwrap();
             }
         }
-        let bound = u64::from(limit) + (2 - 1) * per_second;
+        let replicas = limiters.len() as u64;
+        let bound = u64::from(limit) + (replicas - 1) * per_second;
         println!("admitted {admitted} of limit {limit}, bound {bound}");
         assert!(
             (u64::from(limit)..=bound).contains(&admitted),
