@@ -61,6 +61,26 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Copy the durable state: an online backup.
+    Store {
+        /// The store action.
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+/// `tailpass store …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreAction {
+    /// Take an online, consistent copy of a SQLite store into FILE (created, mode 0600;
+    /// refused if it exists) while the server goes on writing.
+    Backup {
+        /// The store to copy: `sqlite:PATH`.
+        #[arg(long, value_name = "URL")]
+        from: crate::store::StoreUrl,
+        /// Where the copy goes.
+        file: PathBuf,
+    },
 }
 
 /// `tailpass policy …`.

@@ -2,11 +2,16 @@
 //! `tailpass_verify::dpop`, plus the replay cache and, when configured, server nonces (§8) —
 //! and the proof key that `tailpass token --dpop-key` and tests sign proofs with.
 //!
+//! A proof is used once. This process's [`Replay`] cache is the first, cheap check; on a
+//! store shared by replicas (PostgreSQL) the store also records each proof it accepts, so a
+//! proof used at one replica is refused at every other ([`remember`]).
+//!
 //! Nonces are stateless: a nonce is a one-minute time bucket and its HMAC under a key this
 //! process generated, valid for a few minutes. Replicas would share the key; until then a
 //! client that meets another replica simply gets a fresh nonce and retries (§8.1).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
@@ -16,6 +21,8 @@ use ring::hmac;
 use serde::Serialize;
 use tailpass_verify::dpop::{self, DpopError, Proof, ProofRequest, ReplayCache};
 use tailpass_verify::{Alg, Thumbprint, UnixTime};
+
+use crate::store::{Store, StoreError};
 
 use crate::keys::{SigningError, SigningKey};
 use crate::secret::random_token;
@@ -92,7 +99,7 @@ impl Nonces {
 
 /// Why a request's DPoP proof is refused, or cannot be used up. Endpoints answer each as
 /// RFC 9449 says (`oauth::error` maps them once).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProofError {
     /// Occurs when a request carries more than one `DPoP` header (§4.3).
     #[error("more than one DPoP header")]
@@ -117,6 +124,60 @@ pub enum ProofError {
     /// oldest proofs have aged out ([`MAX_AGE`] + [`SKEW`]).
     #[error(transparent)]
     HolderFull(DpopError),
+    /// Occurs when the shared store cannot record the proof: refusing is safer than letting a
+    /// proof be used twice.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The proofs already used: this process's bounded cache and, when replicas share the store,
+/// the store's record of every proof any of them accepted.
+pub struct Replay {
+    cache: ReplayCache,
+    shared: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("remembered", &self.cache.len())
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Replay {
+    /// This process's cache alone: enough when no other process serves the same store.
+    pub fn local(cache: ReplayCache) -> Replay {
+        Replay {
+            cache,
+            shared: None,
+        }
+    }
+
+    /// The cache, and `store` too when it is shared by replicas
+    /// ([`Store::shared_by_replicas`]); a store of one process costs no write per proof.
+    pub fn over(cache: ReplayCache, store: Arc<dyn Store>) -> Replay {
+        Replay {
+            cache,
+            shared: store.shared_by_replicas().then_some(store),
+        }
+    }
+
+    /// The in-memory cache.
+    pub fn cache(&self) -> &ReplayCache {
+        &self.cache
+    }
+
+    /// Proofs this process remembers.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether this process remembers no proof.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
 }
 
 /// The proof a request carries, if any. More than one `DPoP` header is an error (§4.3).
@@ -140,7 +201,7 @@ pub fn check_request(
     url: &str,
     access_token: Option<&str>,
     nonces: &Nonces,
-    replay: &ReplayCache,
+    replay: &Replay,
     now: UnixTime,
 ) -> Result<Proof, ProofError> {
     let request = ProofRequest {
@@ -157,7 +218,7 @@ pub fn check_request(
             nonce: nonces.issue(now),
         });
     }
-    if replay.seen(&proof) {
+    if replay.cache.seen(&proof) {
         return Err(ProofError::Invalid(DpopError::Replay));
     }
     Ok(proof)
@@ -165,20 +226,36 @@ pub fn check_request(
 
 /// Uses up an accepted request's proof, charged to `holder` (the presenting node or client),
 /// each of which has a bounded share of the cache. A proof raced in by a twin request is
-/// refused here, and that request's answer with it.
-pub fn remember(
-    replay: &ReplayCache,
+/// refused here, and that request's answer with it. On a store shared by replicas the proof is
+/// then claimed in the store too: one used at another replica (a twin raced in there) is
+/// refused with the same error as a local replay. Callers use a proof up before the answer
+/// is built, so nothing made for the request goes out when it is refused here.
+pub async fn remember(
+    replay: &Replay,
     holder: &str,
     proof: &Proof,
     now: UnixTime,
 ) -> Result<(), ProofError> {
     replay
+        .cache
         .remember_for(holder, proof, now)
         .map_err(|e| match e {
             DpopError::CacheFull => ProofError::CacheFull(e),
             DpopError::HolderFull => ProofError::HolderFull(e),
             other => ProofError::Invalid(other),
-        })
+        })?;
+    if let Some(store) = &replay.shared {
+        // Kept while any replica could still accept the proof: up to MAX_AGE after its iat,
+        // plus SKEW for replicas' clocks differing.
+        let expires_at = proof.iat.plus(MAX_AGE + SKEW);
+        if !store
+            .claim_dpop_proof(&proof.jkt.0, &proof.jti, expires_at)
+            .await?
+        {
+            return Err(ProofError::Invalid(DpopError::Replay));
+        }
+    }
+    Ok(())
 }
 
 /// A client's DPoP key (ES256), kept as a PKCS#8 PEM file.
@@ -315,24 +392,69 @@ impl ProofKey {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_proof_from_the_key_checks_and_cannot_be_replayed() {
+    #[tokio::test]
+    async fn a_proof_from_the_key_checks_and_cannot_be_replayed() {
         let key = ProofKey::generate().unwrap();
         let nonces = Nonces::new(false).unwrap();
-        let replay = ReplayCache::new(100, MAX_AGE + SKEW);
+        let replay = Replay::local(ReplayCache::new(100, MAX_AGE + SKEW));
         let now = UnixTime::now();
         let url = "https://idp.example/token";
         let proof = key.proof_at("POST", url, None, None, now).unwrap();
         let checked = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap();
         assert_eq!(checked.jkt, key.thumbprint());
         assert!(replay.is_empty(), "checking records nothing");
-        remember(&replay, "node:n1", &checked, now).unwrap();
+        remember(&replay, "node:n1", &checked, now).await.unwrap();
         let again = check_request(&proof, "POST", url, None, &nonces, &replay, now).unwrap_err();
         assert!(again.to_string().contains("replayed"));
         assert!(
-            remember(&replay, "node:n1", &checked, now).is_err(),
+            remember(&replay, "node:n1", &checked, now).await.is_err(),
             "a raced twin"
         );
+    }
+
+    /// Two replicas over one PostgreSQL database: a proof used at A is refused at B, with the
+    /// error a local replay gets, though B's own cache never saw it.
+    #[tokio::test]
+    async fn a_proof_used_at_one_replica_is_refused_at_another() {
+        let Some(db) = crate::store::postgres::tests::TestDb::create().await else {
+            return;
+        };
+        let cache = || ReplayCache::new(100, MAX_AGE + SKEW);
+        let a = Replay::over(cache(), Arc::new(db.replica().await));
+        let b = Replay::over(cache(), Arc::new(db.replica().await));
+        let key = ProofKey::generate().unwrap();
+        let nonces = Nonces::new(false).unwrap();
+        let now = UnixTime::now();
+        let url = "https://idp.example/token";
+        let proof = key.proof_at("POST", url, None, None, now).unwrap();
+        let at_a = check_request(&proof, "POST", url, None, &nonces, &a, now).unwrap();
+        remember(&a, "node:n1", &at_a, now).await.unwrap();
+        let local = check_request(&proof, "POST", url, None, &nonces, &a, now).unwrap_err();
+        // B's cache has not seen it: the check passes, the durable claim refuses.
+        let at_b = check_request(&proof, "POST", url, None, &nonces, &b, now).unwrap();
+        let remote = remember(&b, "node:n1", &at_b, now).await.unwrap_err();
+        assert!(
+            matches!(remote, ProofError::Invalid(DpopError::Replay)),
+            "{remote:?}"
+        );
+        assert_eq!(remote.to_string(), local.to_string(), "the same refusal");
+        // Another proof of the same key is fresh everywhere.
+        let next = key.proof_at("POST", url, None, None, now).unwrap();
+        let next = check_request(&next, "POST", url, None, &nonces, &b, now).unwrap();
+        remember(&b, "node:n1", &next, now).await.unwrap();
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn one_process_remembers_proofs_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open_in(dir.path())
+                .await
+                .unwrap(),
+        );
+        let replay = Replay::over(ReplayCache::new(100, MAX_AGE + SKEW), store);
+        assert!(replay.shared.is_none(), "no write per proof on SQLite");
     }
 
     #[test]

@@ -78,6 +78,12 @@ async fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Command::Store { action } => {
+            init_logging(LogFormat::Text);
+            tailpass::commands::store::store(action)
+                .await
+                .map_err(anyhow::Error::from)
+        }
         Command::Audit(args) => {
             init_logging(LogFormat::Text);
             tailpass::commands::audit(&cli.global, args)

@@ -122,18 +122,24 @@ impl Revocations {
         Ok(list)
     }
 
-    /// Applies revocations stored since the last read (by another replica, say), and
-    /// announces them on the feed. The server calls it every [`POLL_EVERY`], so a revocation
-    /// made by any replica reaches every replica's index and feed within about that.
+    /// Applies revocations stored or lifted since the last read (by another replica, say), and
+    /// announces new revocations on the feed. The server calls it every [`POLL_EVERY`], so a
+    /// revocation made, or lifted, by any replica reaches every replica's index (and a new
+    /// one its feed) within about that.
     pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
         let since = self.index.read().map(|i| i.polled_seq).unwrap_or(0);
         let read = store.revocations_since(since).await?;
         let mut fresh = Vec::with_capacity(read.len());
         if let Ok(mut index) = self.index.write() {
             for r in read {
-                index.polled_seq = index.polled_seq.max(r.seq);
-                if !index.unpolled.remove(&r.seq) {
-                    index.apply(&r);
+                index.polled_seq = index.polled_seq.max(r.position());
+                let own = index.unpolled.remove(&r.seq);
+                // The row as it stands now, lift included: applying it again is harmless, and
+                // a lift made on another replica arrives this way. Only a revocation not yet
+                // announced goes on the feed; a lift is no feed event (tokens it revoked stay
+                // revoked).
+                index.apply(&r);
+                if !own && r.seq > since {
                     fresh.push(r);
                 }
             }
@@ -353,6 +359,74 @@ mod tests {
                 assert!(list.check(&c, None).is_some(), "{run} refused everywhere");
             }
         }
+    }
+
+    /// Two replicas' indexes over one store: a node revoked, then lifted, at A; B refuses new
+    /// tokens after reading back the revocation and allows them again after reading back the
+    /// lift, while the tokens it revoked stay revoked and B's feed announces the revocation
+    /// once, the lift never.
+    async fn a_lift_at_one_replica_reaches_the_other(store: &dyn Store) {
+        let identity = tagged();
+        let node = identity.node.stable_id.0.clone();
+        let a = Revocations::load(store).await.unwrap();
+        let b = Revocations::load(store).await.unwrap();
+        let mut b_feed = b.subscribe();
+        a.revoke(store, RevocationKind::Node, &node, UnixTime(100), None)
+            .await
+            .unwrap();
+        b.refresh(store).await.unwrap();
+        assert!(b.blocks_issuance(&identity, UnixTime(150)).is_some());
+        a.lift(store, RevocationKind::Node, &node, UnixTime(200))
+            .await
+            .unwrap();
+        assert!(a.blocks_issuance(&identity, UnixTime(201)).is_none());
+        b.refresh(store).await.unwrap();
+        assert!(
+            b.blocks_issuance(&identity, UnixTime(201)).is_none(),
+            "the lift reached B"
+        );
+        let mut old = claims(100);
+        old.cnf = Some(tailpass_verify::claims::Confirmation::node(&node, None));
+        assert!(b.check(&old, None).is_some(), "lifting un-revokes nothing");
+        let mut announced = Vec::new();
+        while let Ok(r) = b_feed.try_recv() {
+            announced.push(r.seq);
+        }
+        assert_eq!(announced.len(), 1, "the revocation once, the lift never");
+        // Revoked again at B after the lift: A reads it back and refuses again.
+        b.revoke(store, RevocationKind::Node, &node, UnixTime(300), None)
+            .await
+            .unwrap();
+        a.refresh(store).await.unwrap();
+        assert!(a.blocks_issuance(&identity, UnixTime(301)).is_some());
+        // A replica starting now agrees.
+        let c = Revocations::load(store).await.unwrap();
+        assert!(c.blocks_issuance(&identity, UnixTime(301)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lift_at_one_replica_reaches_the_other_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        a_lift_at_one_replica_reaches_the_other(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_lift_at_one_replica_reaches_the_other_on_postgres() {
+        let Some(db) = crate::store::postgres::tests::TestDb::create().await else {
+            return;
+        };
+        a_lift_at_one_replica_reaches_the_other(&db.store).await;
+        db.drop().await;
+    }
+
+    fn tagged() -> Identity {
+        serde_json::from_str::<crate::identity::whois::WhoIsResponse>(include_str!(
+            "../tests/fixtures/whois-tagged.json"
+        ))
+        .unwrap()
+        .into_identity()
+        .unwrap()
     }
 
     #[tokio::test]

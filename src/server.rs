@@ -334,17 +334,24 @@ async fn serve_embedded(
     match node {}
 }
 
-/// Scheduled key rotation, retired-key expiry, store purging, and reading back the revocations
-/// other replicas made.
+/// Scheduled key rotation, retired-key expiry, store purging, reading back the revocations
+/// other replicas made, and sharing rate counts with them.
 async fn upkeep(state: AppState, shutdown: CancellationToken) {
     let mut keys_tick = tokio::time::interval(KEY_UPKEEP);
     let mut purge_tick = tokio::time::interval(PURGE_EVERY);
     let mut aggregate_tick = tokio::time::interval(AGGREGATE_EVERY);
     let mut revocations_tick = tokio::time::interval(crate::revocation::POLL_EVERY);
     revocations_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rate_tick = tokio::time::interval(crate::ratelimit::FLUSH_EVERY);
+    rate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = rate_tick.tick(), if state.rate.is_shared() => {
+                if let Err(e) = state.rate.flush(state.store.as_ref(), state.now()).await {
+                    tracing::warn!(error = %e, "could not share rate counts");
+                }
+            }
             _ = revocations_tick.tick() => {
                 if let Err(e) = state.revocations.refresh(state.store.as_ref()).await {
                     tracing::warn!(error = %e, "could not read back revocations");

@@ -66,7 +66,7 @@ pub struct Shared {
     /// DPoP server nonces.
     pub dpop_nonces: Arc<crate::dpop::Nonces>,
     /// DPoP proofs already used.
-    pub dpop_replay: Arc<tailpass_verify::dpop::ReplayCache>,
+    pub dpop_replay: Arc<crate::dpop::Replay>,
     /// Request rates by node, client or address.
     pub rate: Arc<crate::ratelimit::RateLimiter>,
     /// Revocation feed subscriber slots.
@@ -175,6 +175,21 @@ impl AppState {
                 .map_err(random_failed)?;
         let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
         let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
+        let rate = crate::ratelimit::RateLimiter::new(100_000);
+        // Replicas share each budget through the store (counted per minute, flushed every
+        // second by the server's upkeep).
+        let rate = if store.shared_by_replicas() {
+            rate.with_shared_counts()
+        } else {
+            rate
+        };
+        let dpop_replay = crate::dpop::Replay::over(
+            tailpass_verify::dpop::ReplayCache::new(
+                crate::dpop::REPLAY_CAPACITY,
+                crate::dpop::MAX_AGE + crate::dpop::SKEW,
+            ),
+            store.clone(),
+        );
         // Every lookup the server makes goes through this one source: bounded once here.
         let identity: Arc<dyn IdentitySource> = Arc::new(crate::identity::bounded::Bounded::new(
             identity,
@@ -194,11 +209,8 @@ impl AppState {
                 backchannel,
                 consent_key: Arc::new(consent_key),
                 dpop_nonces: Arc::new(dpop_nonces),
-                dpop_replay: Arc::new(tailpass_verify::dpop::ReplayCache::new(
-                    crate::dpop::REPLAY_CAPACITY,
-                    crate::dpop::MAX_AGE + crate::dpop::SKEW,
-                )),
-                rate: Arc::new(crate::ratelimit::RateLimiter::new(100_000)),
+                dpop_replay: Arc::new(dpop_replay),
+                rate: Arc::new(rate),
                 feed_slots,
                 metrics,
             })),

@@ -38,5 +38,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     _: Admin,
 ) -> Result<axum::Json<Vec<Revocation>>, Error> {
-    Ok(axum::Json(state.store.revocations_since(0).await?))
+    let mut all = state.store.revocations_since(0).await?;
+    all.sort_by_key(|r| r.seq);
+    Ok(axum::Json(all))
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod policy;
+pub mod store;
 pub mod token;
 pub mod verify;
 

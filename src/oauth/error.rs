@@ -350,6 +350,7 @@ impl From<crate::dpop::ProofError> for Error {
             }
             ProofError::CacheFull(inner) => Error::unavailable(inner.to_string()),
             ProofError::HolderFull(_) => Error::rate_limited(MAX_AGE + SKEW),
+            ProofError::Store(e) => Error::from(e),
             other => Error::new(Code::InvalidDpopProof, other.to_string()),
         }
     }

@@ -62,7 +62,8 @@ async fn events_since(state: &AppState, since: u64) -> Result<Vec<FeedEvent>, Er
         .revocations_since(since)
         .await?
         .iter()
-        .filter(|r| live(state, r, now))
+        // A row read back for its lift alone was announced before: a lift is no feed event.
+        .filter(|r| r.seq > since && live(state, r, now))
         .map(FeedEvent::from)
         .collect())
 }

@@ -97,6 +97,7 @@ async fn exchange_for(
             (None, None) => format!("jkt:{}", proof.jkt),
         };
         dpop::remember(&state.dpop_replay, &holder, proof, state.now())
+            .await
             .map_err(Error::from)
             .map_err(|e| {
                 if e.status() == StatusCode::UNAUTHORIZED {

@@ -94,7 +94,7 @@ pub async fn userinfo(
         // Accepted: only now is the proof used up, charged to the presenting node.
         if let Some(proof) = &proof {
             let holder = node.as_deref().unwrap_or(claims.sub.as_str());
-            dpop::remember(&state.dpop_replay, holder, proof, now)?;
+            dpop::remember(&state.dpop_replay, holder, proof, now).await?;
         }
     }
     let body = UserInfo {

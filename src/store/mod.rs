@@ -223,6 +223,11 @@ pub struct Revocation {
     /// When new tokens were allowed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifted_at: Option<UnixTime>,
+    /// The lift's own position in the store's revocation sequence (the same numbers as
+    /// `seq`), so that a replica reading back [`Store::revocations_since`] learns of a lift
+    /// as it learns of a revocation. `None` when not lifted (or lifted by an older release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lift_seq: Option<u64>,
 }
 
 impl Revocation {
@@ -241,7 +246,14 @@ impl Revocation {
             revoked_at,
             until,
             lifted_at: None,
+            lift_seq: None,
         }
+    }
+
+    /// Where the row last changed in the revocation sequence: its lift, or else its making.
+    /// [`Store::revocations_since`] answers by it.
+    pub fn position(&self) -> u64 {
+        self.lift_seq.unwrap_or(0).max(self.seq)
     }
 }
 
@@ -272,6 +284,18 @@ pub struct AuditRecord {
     /// The event.
     #[serde(flatten)]
     pub event: AuditEvent,
+}
+
+/// Requests admitted for one rate-limit key in one window (a minute): a delta to add, or a
+/// total read back ([`Store::add_rate_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateCount {
+    /// The limiter's key (a node, a client).
+    pub key: String,
+    /// The window: unix time / 60.
+    pub window: u64,
+    /// Requests.
+    pub count: u64,
 }
 
 /// Durable state. Every method is atomic.
@@ -349,13 +373,16 @@ pub trait Store: Send + Sync + 'static {
         until: Option<UnixTime>,
     ) -> Result<Revocation, StoreError>;
     /// Lifts the live revocations of `kind`/`value` (new tokens allowed again), returning them.
+    /// The lift takes one new number of the revocation sequence (`lift_seq`), so that every
+    /// reader of [`Store::revocations_since`] learns of it.
     async fn lift_revocations(
         &self,
         kind: RevocationKind,
         value: &str,
         now: UnixTime,
     ) -> Result<Vec<Revocation>, StoreError>;
-    /// Revocations with a sequence number above `seq`, in order.
+    /// Revocations made or lifted after `seq` (whose [`Revocation::position`] is above it),
+    /// in the order of their position, each as it stands now.
     async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
 
     /// What the user (by subject) approved for the client, if anything.
@@ -376,8 +403,32 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Deletes what can no longer matter at `now`: codes past expiry (kept `grace` seconds
-    /// more to detect replays), families and revocations past `horizon`.
+    /// more to detect replays), families and revocations past `horizon`, DPoP proofs past
+    /// their `expires_at` and rate counts of windows before the last.
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError>;
+    // --- Replica coordination: DPoP proofs and rate counts shared by replicas ---
+
+    /// Whether other processes may serve this store at once (replicas on PostgreSQL). When
+    /// not, a process's memory is the whole picture, and the methods of this block answer
+    /// without writing.
+    fn shared_by_replicas(&self) -> bool;
+    /// Records the DPoP proof `jti` of the key `jkt` as used, until `expires_at`; false if it
+    /// was recorded already (a replay, possibly at another replica). A store no other process
+    /// shares records nothing and answers true: the process's own cache is the record.
+    async fn claim_dpop_proof(
+        &self,
+        jkt: &str,
+        jti: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Adds each count to its key's shared total for its window (at most one count per key
+    /// and window), and answers every total as it stands after the addition, in any order.
+    /// A store no other process shares answers
+    /// the counts as given.
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError>;
+
+    // --- end of replica coordination ---
+
     /// Drops the audit events older than `before`, as one range from the log's start (and the
     /// contexts and run zones only they used); the log refuses any other deletion. Returns
     /// how many events went.

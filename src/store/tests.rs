@@ -425,6 +425,57 @@ pub(crate) async fn revocations_are_sequenced_lifted_and_purged<S: Store + Raw>(
     assert!(store.revocations_since(0).await.unwrap().is_empty());
 }
 
+pub(crate) async fn a_lift_is_numbered_so_that_readers_after_it_learn_of_it<S: Store + Raw>(
+    store: &S,
+) {
+    assert!(
+        store
+            .lift_revocations(RevocationKind::Node, "n1", UnixTime(90))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing to lift takes no number"
+    );
+    let a = store
+        .insert_revocation(RevocationKind::Node, "n1", UnixTime(100), None)
+        .await
+        .unwrap();
+    let b = store
+        .insert_revocation(RevocationKind::User, "u1", UnixTime(101), None)
+        .await
+        .unwrap();
+    let lifted = store
+        .lift_revocations(RevocationKind::Node, "n1", UnixTime(150))
+        .await
+        .unwrap();
+    assert_eq!(lifted.len(), 1);
+    let lift_seq = lifted[0].lift_seq.unwrap();
+    assert!(lift_seq > b.seq, "numbered after what was before it");
+    assert_eq!(lifted[0].position(), lift_seq);
+    // A reader that had read up to b learns of the lift, and only of it.
+    let since_b = store.revocations_since(b.seq).await.unwrap();
+    assert_eq!(since_b, lifted);
+    assert!(store.revocations_since(lift_seq).await.unwrap().is_empty());
+    // A later revocation comes after the lift, in the order readers apply them.
+    let c = store
+        .insert_revocation(RevocationKind::Node, "n1", UnixTime(200), None)
+        .await
+        .unwrap();
+    assert!(c.seq > lift_seq, "the sequence went past the lift");
+    let all: Vec<_> = store
+        .revocations_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.lifted_at))
+        .collect();
+    assert_eq!(
+        all,
+        [(b.seq, None), (a.seq, Some(UnixTime(150))), (c.seq, None)],
+        "by position: the lifted row where it was lifted"
+    );
+}
+
 pub(crate) async fn an_unlifted_node_revocation_outlives_the_token_horizon<S: Store + Raw>(
     store: &S,
 ) {
@@ -747,6 +798,7 @@ suite!(
     families_of_a_user_or_node_are_revoked_together,
     revocations_are_sequenced_lifted_and_purged,
     an_unlifted_node_revocation_outlives_the_token_horizon,
+    a_lift_is_numbered_so_that_readers_after_it_learn_of_it,
     consent_records_what_was_approved,
     audit_is_queryable_by_run_and_append_only,
     audit_seq_follows_time_even_when_the_clock_steps_back,

@@ -24,8 +24,8 @@ use tokio_postgres::types::FromSql;
 
 use super::codec::{decode, encode, from_seq, from_time, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
-    Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
+    Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -56,7 +56,7 @@ fn family_of_row(data: &str, revoked_at: Option<i64>) -> Result<RefreshFamily, S
     Ok(family)
 }
 
-const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at";
+const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at, lift_seq";
 
 fn revocation(row: &Row) -> Result<Revocation, StoreError> {
     Ok(Revocation {
@@ -68,7 +68,21 @@ fn revocation(row: &Row) -> Result<Revocation, StoreError> {
         revoked_at: from_time(get(row, 3)?),
         until: get::<Option<i64>>(row, 4)?.map(from_time),
         lifted_at: get::<Option<i64>>(row, 5)?.map(from_time),
+        lift_seq: get::<Option<i64>>(row, 6)?.map(from_seq),
     })
+}
+
+/// The next number of the revocation sequence (revocations and lifts), inside `tx`: the
+/// counter row stays locked until `tx` commits, so numbers are taken in commit order.
+async fn next_revocation_seq(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, StoreError> {
+    get(
+        &tx.query_one(
+            "UPDATE counters SET value = value + 1 WHERE name = 'revocation' RETURNING value",
+            &[],
+        )
+        .await?,
+        0,
+    )
 }
 
 /// Inserts a family and its first token inside `tx`.
@@ -459,14 +473,7 @@ impl Store for PostgresStore {
         let tx = conn.transaction().await?;
         // The counter row stays locked until commit: numbers are taken in commit order, so the
         // feed, resuming after N, never misses a revocation numbered below N.
-        let seq: i64 = get(
-            &tx.query_one(
-                "UPDATE counters SET value = value + 1 WHERE name = 'revocation' RETURNING value",
-                &[],
-            )
-            .await?,
-            0,
-        )?;
+        let seq = next_revocation_seq(&tx).await?;
         tx.execute(
             "INSERT INTO revocations (seq, kind, value, revoked_at, until) VALUES ($1, $2, $3, $4, $5)",
             &[&seq, &kind.as_str(), &value, &time(revoked_at), &until.map(time)],
@@ -488,18 +495,32 @@ impl Store for PostgresStore {
         value: &str,
         now: UnixTime,
     ) -> Result<Vec<Revocation>, StoreError> {
-        let rows = self
-            .conn()
-            .await?
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let live = tx
+            .query_opt(
+                "SELECT 1 FROM revocations WHERE kind = $1 AND value = $2 AND lifted_at IS NULL LIMIT 1",
+                &[&kind.as_str(), &value],
+            )
+            .await?;
+        if live.is_none() {
+            return Ok(Vec::new());
+        }
+        // The counter first: it stays locked until commit, so the lift is numbered in commit
+        // order with the revocations (a reader past it has seen it), and the UPDATE below,
+        // a statement started after the lock, sees every revocation numbered before it.
+        let lift_seq = next_revocation_seq(&tx).await?;
+        let rows = tx
             .query(
                 &format!(
-                    "UPDATE revocations SET lifted_at = $1 WHERE kind = $2 AND value = $3 \
+                    "UPDATE revocations SET lifted_at = $1, lift_seq = $4 WHERE kind = $2 AND value = $3 \
                      AND lifted_at IS NULL RETURNING {REVOCATION_COLUMNS}"
                 ),
-                &[&time(now), &kind.as_str(), &value],
+                &[&time(now), &kind.as_str(), &value, &lift_seq],
             )
             .await?;
         let mut lifted = rows.iter().map(revocation).collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
         lifted.sort_by_key(|r| r.seq);
         Ok(lifted)
     }
@@ -508,7 +529,8 @@ impl Store for PostgresStore {
         let conn = self.conn().await?;
         let statement = conn
             .prepare_cached(&format!(
-                "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > $1 ORDER BY seq"
+                "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > $1 OR lift_seq > $1 \
+                 ORDER BY greatest(seq, coalesce(lift_seq, 0))"
             ))
             .await?;
         let rows = conn
@@ -600,9 +622,95 @@ impl Store for PostgresStore {
                 &[&time(horizon), &time(now)],
             )
             .await?;
+        let proofs = tx
+            .execute(
+                "DELETE FROM dpop_proofs WHERE expires_at < $1",
+                &[&time(now)],
+            )
+            .await?;
+        let window = i64::try_from(now.0 / 60).unwrap_or(i64::MAX);
+        let rates = tx
+            .execute(
+                "DELETE FROM rate_counts WHERE bucket < $1",
+                &[&window.saturating_sub(1)],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(codes.saturating_add(families).saturating_add(revocations))
+        Ok(codes
+            .saturating_add(families)
+            .saturating_add(revocations)
+            .saturating_add(proofs)
+            .saturating_add(rates))
     }
+
+    // --- Replica coordination: what replicas must agree on beyond records ---
+
+    fn shared_by_replicas(&self) -> bool {
+        true
+    }
+
+    async fn claim_dpop_proof(
+        &self,
+        jkt: &str,
+        jti: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "INSERT INTO dpop_proofs (jkt, jti, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (jkt, jti) DO NOTHING",
+            )
+            .await?;
+        // The primary key decides: of two replicas inserting one proof, one inserts a row.
+        let inserted = conn
+            .execute(&statement, &[&jkt, &jti, &time(expires_at)])
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError> {
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = counts.iter().map(|c| c.key.as_str()).collect();
+        let windows: Vec<i64> = counts
+            .iter()
+            .map(|c| i64::try_from(c.window).unwrap_or(i64::MAX))
+            .collect();
+        let deltas: Vec<i64> = counts
+            .iter()
+            .map(|c| i64::try_from(c.count).unwrap_or(i64::MAX))
+            .collect();
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                // Rows in key order, so that replicas flushing overlapping keys lock them in
+                // the same order (no deadlock); a key with nothing to add is only read.
+                "WITH d AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(k, b, c)), \
+                 added AS (INSERT INTO rate_counts (key, bucket, count) \
+                     SELECT k, b, c FROM d WHERE c > 0 ORDER BY k, b \
+                     ON CONFLICT (key, bucket) DO UPDATE SET count = rate_counts.count + EXCLUDED.count \
+                     RETURNING key, bucket, count) \
+                 SELECT key, bucket, count FROM added \
+                 UNION ALL \
+                 SELECT r.key, r.bucket, r.count FROM rate_counts r JOIN d ON r.key = d.k AND r.bucket = d.b \
+                 WHERE d.c = 0",
+            )
+            .await?;
+        let rows = conn.query(&statement, &[&keys, &windows, &deltas]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RateCount {
+                    key: get(row, 0)?,
+                    window: from_seq(get(row, 1)?),
+                    count: from_seq(get(row, 2)?),
+                })
+            })
+            .collect()
+    }
+
+    // --- end of replica coordination ---
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         audit::purge_before(&mut self.conn().await?, before).await

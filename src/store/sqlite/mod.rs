@@ -17,8 +17,8 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::codec::{decode, encode, from_seq, from_time, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, Redemption, RefreshFamily, Revocation, Rotation,
-    Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
+    Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -30,13 +30,14 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
     include_str!("../migrations/sqlite/0004_code_replay.sql"),
     include_str!("../migrations/sqlite/0005_consent_record.sql"),
     include_str!("../migrations/sqlite/0006_audit_retention.sql"),
+    include_str!("../migrations/sqlite/0007_revocation_lifts.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -96,6 +97,43 @@ impl SqliteStore {
         Ok(SqliteStore {
             worker: Worker::start(conn, path)?,
         })
+    }
+
+    /// Copies the database at `path` into `file` (created with mode 0600; refused if it
+    /// exists) with SQLite's online backup API, while other connections go on writing: the
+    /// copy is taken in one step, inside one read transaction of the source, so it is the
+    /// database as of one commit. Answers how many pages were copied.
+    pub async fn backup(path: &Path, file: &Path) -> Result<u64, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        create_private(file)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", file.display())))?;
+        let (path, file) = (path.to_owned(), file.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let source = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            source.busy_timeout(std::time::Duration::from_secs(5))?;
+            let mut copy = Connection::open(&file)?;
+            let backup = rusqlite::backup::Backup::new(&source, &mut copy)?;
+            // All pages in one step: one read transaction of the source, so one commit's state.
+            let done = backup.step(-1)?;
+            if done != rusqlite::backup::StepResult::Done {
+                return Err(StoreError::Backend(
+                    "the backup did not complete (the source was busy); try again".into(),
+                ));
+            }
+            let pages = u64::try_from(backup.progress().pagecount).unwrap_or(0);
+            Ok(pages)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
     /// Opens `tailpass.db` in `dir`; for tests.
@@ -165,6 +203,7 @@ struct RevocationRow {
     revoked_at: i64,
     until: Option<i64>,
     lifted_at: Option<i64>,
+    lift_seq: Option<i64>,
 }
 
 fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
@@ -175,6 +214,7 @@ fn revocation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRow> {
         revoked_at: row.get(3)?,
         until: row.get(4)?,
         lifted_at: row.get(5)?,
+        lift_seq: row.get(6)?,
     })
 }
 
@@ -189,10 +229,11 @@ fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
         revoked_at: from_time(row.revoked_at),
         until: row.until.map(from_time),
         lifted_at: row.lifted_at.map(from_time),
+        lift_seq: row.lift_seq.map(from_seq),
     })
 }
 
-const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at";
+const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at, lift_seq";
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -518,12 +559,34 @@ impl Store for SqliteStore {
         let value = value.to_owned();
         self.worker
             .write(move |c| {
+                let live = c
+                    .prepare_cached(
+                        "SELECT 1 FROM revocations WHERE kind = ?1 AND value = ?2 AND lifted_at IS NULL",
+                    )?
+                    .exists(params![kind.as_str(), value])?;
+                if !live {
+                    return Ok(Vec::new());
+                }
+                // The lift's number is the next of the rows' own AUTOINCREMENT sequence
+                // (advanced here, so no later revocation reuses it).
+                let lift_seq: i64 = c
+                    .prepare_cached(
+                        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'revocations' RETURNING seq",
+                    )?
+                    .query_row([], |r| r.get(0))?;
                 let mut query = c.prepare_cached(&format!(
-                    "UPDATE revocations SET lifted_at = ?1 WHERE kind = ?2 AND value = ?3 AND lifted_at IS NULL \
-                     RETURNING {REVOCATION_COLUMNS}"
+                    "UPDATE revocations SET lifted_at = ?1, lift_seq = ?4 \
+                     WHERE kind = ?2 AND value = ?3 AND lifted_at IS NULL RETURNING {REVOCATION_COLUMNS}"
                 ))?;
-                let rows = query.query_map(params![time(now), kind.as_str(), value], revocation_row)?;
-                rows.map(|r| revocation(r?)).collect()
+                let rows = query.query_map(
+                    params![time(now), kind.as_str(), value, lift_seq],
+                    revocation_row,
+                )?;
+                let mut lifted = rows
+                    .map(|r| revocation(r?))
+                    .collect::<Result<Vec<_>, _>>()?;
+                lifted.sort_by_key(|r| r.seq);
+                Ok(lifted)
             })
             .await
     }
@@ -533,7 +596,8 @@ impl Store for SqliteStore {
         self.worker
             .read(move |c| {
                 let mut query = c.prepare_cached(&format!(
-                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 ORDER BY seq"
+                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 OR lift_seq > ?1 \
+                     ORDER BY max(seq, coalesce(lift_seq, 0))"
                 ))?;
                 let rows = query.query_map(params![seq], revocation_row)?;
                 rows.map(|r| revocation(r?)).collect()
@@ -582,6 +646,27 @@ impl Store for SqliteStore {
         let filter = filter.clone();
         self.worker.read(move |c| audit::query(c, &filter)).await
     }
+
+    // --- Replica coordination: one process, so memory is the whole picture ---
+
+    fn shared_by_replicas(&self) -> bool {
+        false
+    }
+
+    async fn claim_dpop_proof(
+        &self,
+        _jkt: &str,
+        _jti: &str,
+        _expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn add_rate_counts(&self, counts: &[RateCount]) -> Result<Vec<RateCount>, StoreError> {
+        Ok(counts.to_vec())
+    }
+
+    // --- end of replica coordination ---
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.worker

@@ -295,3 +295,56 @@ async fn runs_are_written_as_zones_per_prefix_and_job() {
         "a zone per prefix and job, not per event: {zones}"
     );
 }
+
+/// A backup taken while revocations are being written is one commit's state (the sequence
+/// numbers a gap-free prefix of what was written), private, and opens as a store.
+#[tokio::test]
+async fn a_backup_of_a_store_being_written_is_consistent_and_opens() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tailpass.db");
+    let store = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                store
+                    .insert_revocation(
+                        RevocationKind::Jti,
+                        &format!("j{i}"),
+                        UnixTime(1_000 + i),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let copy = dir.path().join("backup.db");
+    let pages = SqliteStore::backup(&path, &copy).await.unwrap();
+    assert!(pages > 0);
+    writer.await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        SqliteStore::backup(&path, &copy).await.is_err(),
+        "an existing file is not overwritten"
+    );
+    let restored = SqliteStore::open(&copy).await.unwrap();
+    let seqs: Vec<u64> = restored
+        .revocations_since(0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "a prefix"
+    );
+    assert_eq!(store.revocations_since(0).await.unwrap().len(), 300);
+}
