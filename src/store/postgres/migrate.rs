@@ -18,7 +18,10 @@ use crate::store::StoreError;
 use crate::store::codec::time;
 
 /// The migrations, in order; version N is `MIGRATIONS[N - 1]`. Only ever append.
-pub(super) const MIGRATIONS: [&str; 1] = [include_str!("../migrations/postgres/0001_initial.sql")];
+pub(super) const MIGRATIONS: [&str; 2] = [
+    include_str!("../migrations/postgres/0001_initial.sql"),
+    include_str!("../migrations/postgres/0002_shared_keys.sql"),
+];
 
 /// The advisory lock migrations run under ("tailpass" in ASCII).
 const LOCK_KEY: i64 = 0x7461_696c_7061_7373;
