@@ -181,6 +181,15 @@ impl KeySet {
     }
 }
 
+/// A change of the keys, made on copies of the manifest and the loaded keys at a time.
+type Edit<'a> = dyn FnMut(
+        &KeyRing,
+        &mut Vec<KeyEntry>,
+        &mut HashMap<String, Arc<SigningKey>>,
+        UnixTime,
+    ) -> Result<(), KeyError>
+    + 'a;
+
 /// The server's signing keys.
 pub struct KeyRing {
     storage: Box<dyn KeyStorage>,
@@ -494,15 +503,7 @@ impl KeyRing {
     /// keys it no longer names are deleted. On failure the keys `edit` generated are deleted
     /// again; on a lost race the other replica's keys are loaded and [`KeyError::Conflict`]
     /// answered. Answers whether anything changed.
-    fn change(
-        &self,
-        edit: &mut dyn FnMut(
-            &KeyRing,
-            &mut Vec<KeyEntry>,
-            &mut HashMap<String, Arc<SigningKey>>,
-            UnixTime,
-        ) -> Result<(), KeyError>,
-    ) -> Result<bool, KeyError> {
+    fn change(&self, edit: &mut Edit<'_>) -> Result<bool, KeyError> {
         let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
         if self.storage.shared() {
             self.load()?;

@@ -20,7 +20,7 @@ enum Db {
         _dir: tempfile::TempDir,
         store: Arc<dyn Store>,
     },
-    Postgres(TestDb),
+    Postgres(Box<TestDb>),
 }
 
 impl Db {
@@ -33,7 +33,7 @@ impl Db {
     }
 
     async fn postgres() -> Option<Db> {
-        TestDb::create().await.map(Db::Postgres)
+        TestDb::create().await.map(|db| Db::Postgres(Box::new(db)))
     }
 
     /// A replica's store: its own pool on PostgreSQL, the one file on SQLite.
@@ -46,7 +46,7 @@ impl Db {
 
     async fn close(self) {
         if let Db::Postgres(db) = self {
-            db.drop().await;
+            (*db).drop().await;
         }
     }
 }
