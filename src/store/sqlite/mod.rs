@@ -37,7 +37,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/sqlite/0004_code_replay.sql"),
     include_str!("../migrations/sqlite/0005_consent_record.sql"),
     include_str!("../migrations/sqlite/0006_audit_retention.sql"),
-    include_str!("../migrations/sqlite/0007_shared_keys.sql"),
+    include_str!("../migrations/sqlite/0008_shared_keys.sql"),
 ];
 
 /// A store in one SQLite file.
