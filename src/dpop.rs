@@ -60,6 +60,12 @@ impl Nonces {
         })
     }
 
+    /// Nonces under `key`: the one every replica shares, so a nonce one issued is valid at
+    /// all.
+    pub fn with_key(key: hmac::Key, required: bool) -> Nonces {
+        Nonces { key, required }
+    }
+
     /// Whether proofs must carry a nonce.
     pub fn required(&self) -> bool {
         self.required

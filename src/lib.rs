@@ -34,6 +34,7 @@ pub mod revocation;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod shared_keys;
 pub mod state;
 pub mod store;
 pub mod tokens;

@@ -334,9 +334,40 @@ async fn serve_embedded(
     match node {}
 }
 
-/// Scheduled key rotation, retired-key expiry, store purging, reading back the revocations
-/// other replicas made, and sharing rate counts with them.
+/// Waits for the next key notification; forever when there is none (or no longer one).
+async fn key_change(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(receiver) = changes
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    *changes = None;
+    std::future::pending::<()>().await;
+}
+
+/// Reloads shared keys off the async workers (the key storage blocks).
+async fn reload_keys(state: &AppState) {
+    let keys = state.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.reload()).await {
+        Ok(Ok(true)) => tracing::debug!("signing keys reloaded: another replica changed them"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the shared signing keys"),
+        Err(e) => tracing::error!(error = %e, "key reload task failed"),
+    }
+}
+
+/// Scheduled key rotation, retired-key expiry, store purging, reading back the revocations and
+/// key changes other replicas made (shared keys: at each notification, and every
+/// [`crate::keys::RELOAD_EVERY`] whatever the notifications), and sharing rate counts with them.
 async fn upkeep(state: AppState, shutdown: CancellationToken) {
+    let shared = state.keys.shared();
+    let mut key_changes = if shared {
+        state.store.key_changes()
+    } else {
+        None
+    };
+    let mut reload_tick = tokio::time::interval(crate::keys::RELOAD_EVERY);
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keys_tick = tokio::time::interval(KEY_UPKEEP);
     let mut purge_tick = tokio::time::interval(PURGE_EVERY);
     let mut aggregate_tick = tokio::time::interval(AGGREGATE_EVERY);
@@ -352,6 +383,8 @@ async fn upkeep(state: AppState, shutdown: CancellationToken) {
                     tracing::warn!(error = %e, "could not share rate counts");
                 }
             }
+            () = key_change(&mut key_changes) => reload_keys(&state).await,
+            _ = reload_tick.tick(), if shared => reload_keys(&state).await,
             _ = revocations_tick.tick() => {
                 if let Err(e) = state.revocations.refresh(state.store.as_ref()).await {
                     tracing::warn!(error = %e, "could not read back revocations");

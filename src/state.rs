@@ -60,8 +60,9 @@ pub struct Shared {
     pub revocations: Arc<Revocations>,
     /// Back-channel logout delivery.
     pub backchannel: Backchannel,
-    /// Authenticates consent forms (HMAC): a form this process served, for this user and
-    /// request, not yet expired.
+    /// Authenticates consent forms and the admin UI's forms (HMAC): a form this server served,
+    /// for this user and request, not yet expired. On PostgreSQL every replica shares it (kept
+    /// sealed in the database), so a form one rendered is accepted by another.
     pub consent_key: Arc<ring::hmac::Key>,
     /// DPoP server nonces.
     pub dpop_nonces: Arc<crate::dpop::Nonces>,
@@ -114,9 +115,42 @@ pub enum OpenError {
     /// Occurs when the database cannot be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    /// Occurs when the store is shared by replicas and no key-encryption key is given.
+    #[error(
+        "--store is PostgreSQL, where replicas share the signing keys, kept in the database \
+         sealed under a key-encryption key: give --key-encryption-key-file (make one with \
+         `tailpass keys new-kek`; every replica needs the same)"
+    )]
+    KekRequired,
     /// Occurs when the back-channel logout HTTP clients cannot be built (no TLS roots).
     #[error("back-channel logout client: {0}")]
     Backchannel(#[from] reqwest::Error),
+}
+
+/// The keys directory's key ring (sealed when a key-encryption key is given), for one node.
+async fn open_key_dir(
+    settings: &Settings,
+    key_settings: KeySettings,
+    clock: Arc<dyn Clock>,
+) -> Result<KeyRing, OpenError> {
+    let keys_dir = settings.paths.keys_dir.clone();
+    let kek_file = settings.paths.key_encryption_key_file.clone();
+    tokio::task::spawn_blocking(move || {
+        let kek = kek_file.as_deref().map(Kek::read).transpose()?;
+        KeyRing::open_in(
+            crate::keys::storage::open_dir(&keys_dir, kek)?,
+            key_settings,
+            clock,
+        )
+    })
+    .await
+    .map_err(|e| {
+        OpenError::Keys(KeyError::Io {
+            path: "key loading task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?
+    .map_err(OpenError::Keys)
 }
 
 impl AppState {
@@ -139,26 +173,35 @@ impl AppState {
             retire_after: settings.max_token_lifetime + 60,
             rotation_interval: settings.key_rotation_interval,
         };
-        let keys_dir = settings.paths.keys_dir.clone();
-        let kek_file = settings.paths.key_encryption_key_file.clone();
-        let key_clock = clock.clone();
-        let keys = tokio::task::spawn_blocking(move || {
-            let kek = kek_file.as_deref().map(Kek::read).transpose()?;
-            KeyRing::open_in(
-                crate::keys::storage::open_dir(&keys_dir, kek)?,
-                key_settings,
-                key_clock,
-            )
-        })
-        .await
-        .map_err(|e| {
-            OpenError::Keys(KeyError::Io {
-                path: "key loading task".into(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })??;
-        let keys = Arc::new(keys);
+        // Replicas share PostgreSQL, and with it the keys: refused before connecting.
+        let shared_kek = match settings.store.location {
+            crate::store::StoreLocation::Postgres(_) => Some(
+                settings
+                    .paths
+                    .key_encryption_key_file
+                    .clone()
+                    .ok_or(OpenError::KekRequired)?,
+            ),
+            crate::store::StoreLocation::Sqlite(_) => None,
+        };
         let store: Arc<dyn Store> = crate::store::open(&settings.store).await?;
+        let (keys, secrets) = if let Some(kek_file) = shared_kek {
+            let (keys, secrets) = crate::shared_keys::open(
+                store.clone(),
+                &kek_file,
+                &settings.paths.keys_dir,
+                key_settings,
+                clock.clone(),
+            )
+            .await?;
+            (keys, Some(secrets))
+        } else {
+            (
+                open_key_dir(&settings, key_settings, clock.clone()).await?,
+                None,
+            )
+        };
+        let keys = Arc::new(keys);
         let revocations = Arc::new(Revocations::load(store.as_ref()).await?);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let (audit, audit_task) =
@@ -166,14 +209,27 @@ impl AppState {
         let (backchannel, backchannel_task) =
             Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone())?;
         let clients = Clients::new(settings.static_clients.clone(), store.clone());
-        let random_failed = |_| OpenError::StateDir {
-            path: "random source".into(),
-            source: std::io::Error::other("the system random source failed"),
-        };
-        let consent_key =
-            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+        let (consent_key, dpop_nonces) = match secrets {
+            Some(shared) => (
+                shared.forms,
+                crate::dpop::Nonces::with_key(shared.dpop_nonce, settings.dpop_nonce),
+            ),
+            // One process: keys of its own, never written anywhere.
+            None => {
+                let random_failed = |_| OpenError::StateDir {
+                    path: "random source".into(),
+                    source: std::io::Error::other("the system random source failed"),
+                };
+                let consent_key = ring::hmac::Key::generate(
+                    ring::hmac::HMAC_SHA256,
+                    &ring::rand::SystemRandom::new(),
+                )
                 .map_err(random_failed)?;
-        let dpop_nonces = crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
+                let nonces =
+                    crate::dpop::Nonces::new(settings.dpop_nonce).map_err(random_failed)?;
+                (consent_key, nonces)
+            }
+        };
         let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
         let rate = crate::ratelimit::RateLimiter::new(100_000);
         // Replicas share each budget through the store (counted per minute, flushed every

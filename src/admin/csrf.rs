@@ -1,6 +1,7 @@
 //! CSRF tokens for the admin UI's forms. The UI has no session: the caller's tailnet identity
 //! is ambient, like a cookie, so every state-changing form carries a token bound to the
-//! administrator and the hour (an HMAC with a per-process key), on top of the Fetch-Metadata
+//! administrator and the hour (an HMAC under the forms' key: per process on one node, shared by
+//! the replicas of one PostgreSQL database), on top of the Fetch-Metadata
 //! and Origin checks that refuse cross-site requests outright.
 
 use ring::hmac;

@@ -60,9 +60,11 @@ fn refusal(e: KeyError) -> Error {
         KeyError::NotEnabled(alg) => {
             Error::invalid_request(format!("algorithm {alg} is not enabled"))
         }
-        e @ (KeyError::UnknownKid(_) | KeyError::Sealing(_) | KeyError::Kek(_)) => {
-            Error::invalid_request(e.to_string())
-        }
+        e @ (KeyError::UnknownKid(_)
+        | KeyError::Sealing(_)
+        | KeyError::Kek(_)
+        | KeyError::TooSoon { .. }
+        | KeyError::Conflict) => Error::invalid_request(e.to_string()),
         other => Error::from(other),
     }
 }

@@ -277,6 +277,10 @@ impl KeyStorage for KeyDir {
         self.write_contents(keys, None)
     }
 
+    fn read_pkcs8(&self, entry: &KeyEntry) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.read_pem(&entry.kid)
+    }
+
     fn read_key(&self, entry: &KeyEntry) -> Result<SigningKey, KeyError> {
         let der = self.read_pem(&entry.kid)?;
         parse_key(

@@ -20,6 +20,8 @@ pub const KEK_LEN: usize = 32;
 const MAGIC: &[u8; 4] = b"TPS1";
 /// What the associated data starts with, before the `kid`: the purpose of the blob.
 const AAD_PREFIX: &[u8] = b"tailpass signing key\0";
+/// The same for a shared HMAC secret, before its name: a secret never opens as a key.
+const SECRET_PREFIX: &[u8] = b"tailpass shared secret\0";
 
 /// Why a key-encryption key could not be read, or a blob not sealed or opened.
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +141,33 @@ impl Kek {
     /// Seals `plaintext`, the private key `kid`, into a blob only this key opens, and only as
     /// `kid`.
     pub fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<Vec<u8>, KekError> {
+        self.seal_with(aad(AAD_PREFIX, kid), plaintext)
+    }
+
+    /// Opens a blob [`Kek::seal`] made for `kid`.
+    pub fn open(&self, kid: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        self.open_with(aad(AAD_PREFIX, kid), blob)
+    }
+
+    /// Seals the shared secret `name` (an HMAC key replicas share), which opens only as that
+    /// secret, never as a signing key.
+    pub fn seal_secret(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, KekError> {
+        self.seal_with(aad(SECRET_PREFIX, name), plaintext)
+    }
+
+    /// Opens a blob [`Kek::seal_secret`] made for `name`.
+    pub fn open_secret(&self, name: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        self.open_with(aad(SECRET_PREFIX, name), blob)
+    }
+
+    fn seal_with(&self, aad: Vec<u8>, plaintext: &[u8]) -> Result<Vec<u8>, KekError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| KekError::Random)?;
         let mut sealed = Zeroizing::new(plaintext.to_vec());
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(kid)),
+                Aad::from(aad),
                 &mut *sealed,
             )
             .map_err(|_| KekError::Random)?;
@@ -156,8 +178,7 @@ impl Kek {
         Ok(blob)
     }
 
-    /// Opens a blob [`Kek::seal`] made for `kid`.
-    pub fn open(&self, kid: &str, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
+    fn open_with(&self, aad: Vec<u8>, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
         let rest = blob.strip_prefix(MAGIC.as_slice()).ok_or(KekError::Open)?;
         if rest.len() < NONCE_LEN {
             return Err(KekError::Open);
@@ -167,7 +188,7 @@ impl Kek {
         let mut buffer = Zeroizing::new(ciphertext.to_vec());
         let len = self
             .key
-            .open_in_place(nonce, Aad::from(aad(kid)), &mut buffer)
+            .open_in_place(nonce, Aad::from(aad), &mut buffer)
             .map_err(|_| KekError::Open)?
             .len();
         buffer.truncate(len);
@@ -175,8 +196,8 @@ impl Kek {
     }
 }
 
-fn aad(kid: &str) -> Vec<u8> {
-    [AAD_PREFIX, kid.as_bytes()].concat()
+fn aad(prefix: &[u8], name: &str) -> Vec<u8> {
+    [prefix, name.as_bytes()].concat()
 }
 
 #[cfg(test)]
@@ -233,6 +254,21 @@ mod tests {
         }
         assert!(kek.open("kid-1", &blob[..blob.len() - 1]).is_err());
         assert!(kek.open("kid-1", &blob[..8]).is_err());
+    }
+
+    #[test]
+    fn a_secret_never_opens_as_a_key_nor_a_key_as_a_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kek = fresh(tmp.path(), "kek");
+        let secret = kek.seal_secret("consent", b"hmac").unwrap();
+        assert_eq!(
+            kek.open_secret("consent", &secret).unwrap().as_slice(),
+            b"hmac"
+        );
+        assert!(kek.open("consent", &secret).is_err());
+        assert!(kek.open_secret("dpop", &secret).is_err());
+        let key = kek.seal("consent", b"key").unwrap();
+        assert!(kek.open_secret("consent", &key).is_err());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! rotation promotes it; *retired* keys stay published until every token they signed has
 //! expired, then their files are deleted. `kid` is the RFC 7638 thumbprint.
 //!
+//! Replicas sharing a storage ([`KeyStorage::shared`]) publish the same keys: each change is
+//! made on the latest manifest and written compare-and-swap, so of two replicas rotating at once
+//! one rotates and the other reloads; every replica reloads within [`RELOAD_EVERY`] of a change
+//! (sooner when the storage notifies it); and a next key signs only once it has been in the
+//! manifest for [`PUBLISH_DELAY`], so that every replica publishes it before any signs with it.
+//!
 //! This module is the only one that sees private key bytes. It does not decide what goes in a
 //! token or how long it lives: callers hand it claims and an algorithm.
 
@@ -29,6 +35,16 @@ pub use signing::{SigningError, SigningKey};
 pub use storage::KeyStorage;
 
 use dir::KeyDir;
+
+/// How often a replica reads a shared manifest again, whatever the notifications say.
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a key must have been in a shared manifest before it may sign (seconds): three
+/// reload periods, so a replica that missed a notification and one slow reload still
+/// publishes it first. Storage that is not shared needs no delay.
+pub const PUBLISH_DELAY: u64 = 3 * RELOAD_EVERY.as_secs();
+/// How many times a change that lost a race (or a reload that met a key deleted meanwhile)
+/// is tried again before giving up.
+const ATTEMPTS: usize = 3;
 
 /// How the key ring behaves.
 #[derive(Debug, Clone)]
@@ -80,6 +96,30 @@ pub enum KeyError {
     /// Occurs when the key-encryption key cannot be read, or sealing fails.
     #[error(transparent)]
     Kek(#[from] KekError),
+    /// Occurs when another replica changed the shared keys between this one's read and its
+    /// write: nothing was written, and the ring holds the other's keys now.
+    #[error(
+        "another replica changed the signing keys at the same moment; nothing was changed here \
+         (its keys are loaded now): run it again if it is still needed"
+    )]
+    Conflict,
+    /// Occurs when a rotation would let a next key sign before every replica can have
+    /// published it.
+    #[error(
+        "the next {alg} key was published {age} s ago; every replica publishes it within \
+         {PUBLISH_DELAY} s, so it may sign only then: rotate again in {wait} s"
+    )]
+    TooSoon {
+        /// The algorithm.
+        alg: Alg,
+        /// How long ago the next key was published.
+        age: u64,
+        /// How long until it may sign.
+        wait: u64,
+    },
+    /// Occurs when the shared storage (the database) fails.
+    #[error("key storage: {0}")]
+    Backend(String),
     /// Occurs when the key ring's lock was poisoned by a panic elsewhere.
     #[error("key ring state is unavailable")]
     Poisoned,
@@ -141,6 +181,15 @@ impl KeySet {
     }
 }
 
+/// A change of the keys, made on copies of the manifest and the loaded keys at a time.
+type Edit<'a> = dyn FnMut(
+        &KeyRing,
+        &mut Vec<KeyEntry>,
+        &mut HashMap<String, Arc<SigningKey>>,
+        UnixTime,
+    ) -> Result<(), KeyError>
+    + 'a;
+
 /// The server's signing keys.
 pub struct KeyRing {
     storage: Box<dyn KeyStorage>,
@@ -181,35 +230,99 @@ impl KeyRing {
         settings: KeySettings,
         clock: Arc<dyn Clock>,
     ) -> Result<KeyRing, KeyError> {
-        let entries = storage.read_manifest()?.unwrap_or_default();
-        let mut keys = HashMap::new();
-        for entry in &entries {
-            keys.insert(entry.kid.clone(), Arc::new(storage.read_key(entry)?));
-        }
         let ring = KeyRing {
             storage,
             settings,
             clock,
-            current: RwLock::new(Arc::new(KeySet::build(entries.clone(), keys.clone()))),
+            current: RwLock::new(Arc::new(KeySet::build(Vec::new(), HashMap::new()))),
             writer: Mutex::new(()),
         };
-        // Not shared yet, so no need for the writer lock.
-        let now = ring.clock.now();
-        let mut next = entries.clone();
-        for entry in &mut next {
-            if entry.state != KeyState::Retired && !ring.settings.enabled.contains(&entry.alg) {
-                entry.state = KeyState::Retired;
-                entry.retired_at = Some(now);
+        {
+            let _guard = ring.writer.lock().map_err(|_| KeyError::Poisoned)?;
+            ring.load()?;
+        }
+        // Another replica starting at the same moment may win the first write: then its keys
+        // are loaded, and the same adjustments are made on them.
+        let mut attempt = 0;
+        loop {
+            match ring.change(&mut |ring, entries, keys, now| {
+                for entry in entries.iter_mut() {
+                    if entry.state != KeyState::Retired
+                        && !ring.settings.enabled.contains(&entry.alg)
+                    {
+                        entry.state = KeyState::Retired;
+                        entry.retired_at = Some(now);
+                    }
+                }
+                for alg in ring.settings.enabled.clone() {
+                    ring.fill(alg, entries, keys, now)?;
+                }
+                Ok(())
+            }) {
+                Err(KeyError::Conflict) if attempt + 1 < ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(ring),
             }
         }
-        ring.prune(&mut next, &mut keys, now)?;
-        for alg in ring.settings.enabled.clone() {
-            ring.fill(alg, &mut next, &mut keys, now)?;
+    }
+
+    /// Whether other replicas share these keys.
+    pub fn shared(&self) -> bool {
+        self.storage.shared()
+    }
+
+    /// Reads the manifest again and loads what changed (another replica's rotation, revocation
+    /// or pruning). Answers whether anything changed. Blocking.
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+        self.load()
+    }
+
+    /// Loads the stored manifest and the keys it names that are not loaded yet; the writer lock
+    /// is held. A key deleted between the manifest's read and its own (pruned by another
+    /// replica) means the manifest moved on: it is read again.
+    fn load(&self) -> Result<bool, KeyError> {
+        let mut attempt = 0;
+        loop {
+            let entries = self.storage.read_manifest()?.unwrap_or_default();
+            let set = self.snapshot()?;
+            if entries == set.entries {
+                return Ok(false);
+            }
+            let mut keys = HashMap::new();
+            let mut missing = None;
+            for entry in &entries {
+                match set.keys.get(&entry.kid) {
+                    Some(key) => {
+                        keys.insert(entry.kid.clone(), key.clone());
+                    }
+                    None => match self.storage.read_key(entry) {
+                        Ok(key) => {
+                            keys.insert(entry.kid.clone(), Arc::new(key));
+                        }
+                        Err(KeyError::UnknownKid(kid)) => {
+                            missing = Some(kid);
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+            match missing {
+                None => {
+                    *self.current.write().map_err(|_| KeyError::Poisoned)? =
+                        Arc::new(KeySet::build(entries, keys));
+                    return Ok(true);
+                }
+                Some(kid) if attempt + 1 >= ATTEMPTS => {
+                    return Err(KeyError::Corrupt {
+                        path: self.storage.location(),
+                        reason: format!("the manifest names key {kid}, which is not stored"),
+                    });
+                }
+                Some(_) => attempt += 1,
+            }
         }
-        if next != entries {
-            ring.commit(next, keys)?;
-        }
-        Ok(ring)
     }
 
     fn snapshot(&self) -> Result<Arc<KeySet>, KeyError> {
@@ -282,18 +395,12 @@ impl KeyRing {
             Some(alg) => vec![alg],
             None => self.settings.enabled.iter().copied().collect(),
         };
-        {
-            let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
-            let set = self.snapshot()?;
-            let mut entries = set.entries.clone();
-            let mut keys = set.keys.clone();
-            let now = self.clock.now();
-            for alg in algs {
-                self.rotate_one(alg, &mut entries, &mut keys, now)?;
+        self.change(&mut |ring, entries, keys, now| {
+            for &alg in &algs {
+                ring.rotate_one(alg, true, entries, keys, now)?;
             }
-            self.prune(&mut entries, &mut keys, now)?;
-            self.commit(entries, keys)?;
-        }
+            Ok(())
+        })?;
         self.list()
     }
 
@@ -303,30 +410,38 @@ impl KeyRing {
     /// publishes the `kid` revocation, which refuses what it signed. Blocking (RSA
     /// generation).
     pub fn revoke(&self, kid: &str) -> Result<Vec<KeyInfo>, KeyError> {
-        {
-            let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
-            let set = self.snapshot()?;
-            let mut entries = set.entries.clone();
-            let mut keys = set.keys.clone();
-            let now = self.clock.now();
-            let entry = entries
-                .iter()
-                .find(|e| e.kid == kid)
-                .cloned()
-                .ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))?;
-            if entry.state == KeyState::Active {
-                self.rotate_one(entry.alg, &mut entries, &mut keys, now)?;
+        // A revocation is wanted whatever else changed meanwhile: a lost race is tried again
+        // on the other replica's keys.
+        let mut attempt = 0;
+        let mut alg = None;
+        loop {
+            let changed = self.change(&mut |ring, entries, keys, now| {
+                let entry = entries
+                    .iter()
+                    .find(|e| e.kid == kid)
+                    .cloned()
+                    .ok_or_else(|| KeyError::UnknownKid(kid.to_owned()))?;
+                // The compromised key stops signing at once: its next key takes over even if
+                // it is younger than the publication delay (the one exception to it).
+                if entry.state == KeyState::Active {
+                    ring.rotate_one(entry.alg, false, entries, keys, now)?;
+                }
+                entries.retain(|e| e.kid != kid);
+                keys.remove(kid);
+                if ring.settings.enabled.contains(&entry.alg) {
+                    ring.fill(entry.alg, entries, keys, now)?;
+                }
+                alg = Some(entry.alg);
+                Ok(())
+            });
+            match changed {
+                Err(KeyError::Conflict) if attempt + 1 < ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(_) => break,
             }
-            entries.retain(|e| e.kid != kid);
-            keys.remove(kid);
-            if self.settings.enabled.contains(&entry.alg) {
-                self.fill(entry.alg, &mut entries, &mut keys, now)?;
-            }
-            // The manifest first: a crash after it leaves a stray file, never a listed key
-            // without one.
-            self.commit(entries, keys)?;
-            self.storage.remove_key(kid)?;
-            tracing::warn!(%kid, alg = %entry.alg, "signing key revoked and dropped");
+        }
+        if let Some(alg) = alg {
+            tracing::warn!(%kid, %alg, "signing key revoked and dropped");
         }
         self.list()
     }
@@ -336,8 +451,16 @@ impl KeyRing {
     /// key-encryption key opens every one. Blocking.
     pub fn rewrap(&self, new: Kek) -> Result<(), KeyError> {
         let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+        if self.storage.shared() {
+            self.load()?;
+        }
         let set = self.snapshot()?;
-        self.storage.rewrap(&set.entries, new)?;
+        if let Err(e) = self.storage.rewrap(&set.entries, new) {
+            if matches!(e, KeyError::Conflict) {
+                self.load()?;
+            }
+            return Err(e);
+        }
         tracing::info!(
             keys = set.entries.len(),
             "keys re-sealed under a new key-encryption key"
@@ -348,12 +471,10 @@ impl KeyRing {
     /// Periodic upkeep: rotates keys whose interval has passed and drops retired keys whose
     /// tokens have all expired. Returns whether anything changed. Blocking.
     pub fn maintain(&self) -> Result<bool, KeyError> {
-        let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
-        let set = self.snapshot()?;
-        let mut entries = set.entries.clone();
-        let mut keys = set.keys.clone();
-        let now = self.clock.now();
-        if let Some(interval) = self.settings.rotation_interval {
+        let changed = self.change(&mut |ring, entries, keys, now| {
+            let Some(interval) = ring.settings.rotation_interval else {
+                return Ok(());
+            };
             let due: Vec<Alg> = entries
                 .iter()
                 .filter(|e| e.state == KeyState::Active)
@@ -361,27 +482,102 @@ impl KeyRing {
                 .map(|e| e.alg)
                 .collect();
             for alg in due {
-                tracing::info!(%alg, "scheduled key rotation");
-                self.rotate_one(alg, &mut entries, &mut keys, now)?;
+                match ring.rotate_one(alg, true, entries, keys, now) {
+                    Ok(()) => tracing::info!(%alg, "scheduled key rotation"),
+                    // Its next key is too young to sign yet: a later round rotates.
+                    Err(KeyError::TooSoon { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        match changed {
+            // Another replica rotated first: its keys are loaded, which is a change here.
+            Err(KeyError::Conflict) => Ok(true),
+            other => other,
+        }
+    }
+
+    /// Applies `edit` to a copy of the latest keys (read again first when shared), drops the
+    /// retired keys whose tokens have all expired, and commits: the manifest first, then the
+    /// keys it no longer names are deleted. On failure the keys `edit` generated are deleted
+    /// again; on a lost race the other replica's keys are loaded and [`KeyError::Conflict`]
+    /// answered. Answers whether anything changed.
+    fn change(&self, edit: &mut Edit<'_>) -> Result<bool, KeyError> {
+        let _guard = self.writer.lock().map_err(|_| KeyError::Poisoned)?;
+        if self.storage.shared() {
+            self.load()?;
+        }
+        let set = self.snapshot()?;
+        let mut entries = set.entries.clone();
+        let mut keys = set.keys.clone();
+        let now = self.clock.now();
+        let edited = edit(self, &mut entries, &mut keys, now);
+        let added: Vec<String> = keys
+            .keys()
+            .filter(|kid| !set.keys.contains_key(*kid))
+            .cloned()
+            .collect();
+        let written = edited.and_then(|()| {
+            self.prune(&mut entries, &mut keys, now);
+            if entries == set.entries {
+                return Ok(false);
+            }
+            self.commit(entries, keys).map(|()| true)
+        });
+        match written {
+            Ok(changed) => {
+                let current = self.snapshot()?;
+                for kid in set.keys.keys().filter(|k| !current.keys.contains_key(*k)) {
+                    self.storage.remove_key(kid)?;
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                for kid in &added {
+                    if let Err(cleanup) = self.storage.remove_key(kid) {
+                        tracing::warn!(%kid, error = %cleanup, "could not delete an unused new key");
+                    }
+                }
+                if matches!(e, KeyError::Conflict) {
+                    self.load()?;
+                }
+                Err(e)
             }
         }
-        self.prune(&mut entries, &mut keys, now)?;
-        let changed = entries != set.entries;
-        if changed {
-            self.commit(entries, keys)?;
-        }
-        Ok(changed)
     }
 
     /// Retires the active key of `alg`, promotes its next key, and generates a new next key.
-    /// Works on copies: nothing is visible until [`KeyRing::commit`].
+    /// With `wait`, refused ([`KeyError::TooSoon`]) while the next key is younger than the
+    /// publication delay of shared storage. Works on copies: nothing is visible until
+    /// [`KeyRing::commit`].
     fn rotate_one(
         &self,
         alg: Alg,
+        wait: bool,
         entries: &mut Vec<KeyEntry>,
         keys: &mut HashMap<String, Arc<SigningKey>>,
         now: UnixTime,
     ) -> Result<(), KeyError> {
+        let delay = if self.storage.shared() {
+            PUBLISH_DELAY
+        } else {
+            0
+        };
+        if wait
+            && let Some(next) = entries
+                .iter()
+                .find(|e| e.alg == alg && e.state == KeyState::Next)
+        {
+            let age = now.since(next.created_at);
+            if age < delay {
+                return Err(KeyError::TooSoon {
+                    alg,
+                    age,
+                    wait: delay - age,
+                });
+            }
+        }
         let mut promoted = false;
         for entry in entries.iter_mut().filter(|e| e.alg == alg) {
             match entry.state {
@@ -453,27 +649,24 @@ impl KeyRing {
         Ok(entry)
     }
 
-    /// Drops retired keys whose every token has expired, deleting their files.
+    /// Drops retired keys whose every token has expired (their files go once the manifest no
+    /// longer names them).
     fn prune(
         &self,
         entries: &mut Vec<KeyEntry>,
         keys: &mut HashMap<String, Arc<SigningKey>>,
         now: UnixTime,
-    ) -> Result<(), KeyError> {
+    ) {
         let retire_after = self.settings.retire_after;
-        let expired: Vec<String> = entries
-            .iter()
-            .filter(|e| e.state == KeyState::Retired)
-            .filter(|e| e.retired_at.is_none_or(|t| now >= t.plus(retire_after)))
-            .map(|e| e.kid.clone())
-            .collect();
-        for kid in &expired {
-            self.storage.remove_key(kid)?;
-            keys.remove(kid);
-            tracing::info!(%kid, "retired key no longer published; deleted");
-        }
-        entries.retain(|e| !expired.contains(&e.kid));
-        Ok(())
+        entries.retain(|e| {
+            let expired = e.state == KeyState::Retired
+                && e.retired_at.is_none_or(|t| now >= t.plus(retire_after));
+            if expired {
+                keys.remove(&e.kid);
+                tracing::info!(kid = %e.kid, "retired key no longer published; deleted");
+            }
+            !expired
+        });
     }
 
     /// Writes the manifest and swaps the in-memory snapshot.

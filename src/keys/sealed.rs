@@ -124,6 +124,11 @@ impl KeyStorage for SealedDir {
         parse_key(entry, &der, &shown.display().to_string())
     }
 
+    fn read_pkcs8(&self, entry: &KeyEntry) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+        let sealing = self.lock()?;
+        self.load(&sealing, &entry.kid)
+    }
+
     fn write_key(&self, kid: &str, der: &[u8]) -> Result<(), KeyError> {
         let sealing = self.lock()?;
         self.store(&sealing.kek, kid, sealing.generation, der)

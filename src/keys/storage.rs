@@ -4,10 +4,14 @@
 //! A [`KeyStorage`] holds the manifest (which key is next, active or retired) and each key's
 //! private bytes by `kid`. Two live in the keys directory: [`super::dir::KeyDir`], PKCS#8 PEM
 //! files, and [`super::sealed::SealedDir`], the same bytes sealed under the key-encryption key.
-//! A storage shared by replicas (sealed blobs in a database) is one more implementation; the
-//! ring does not change.
+//! A storage shared by replicas (sealed blobs in the database, outside this module) is one more
+//! implementation: it says it is [`KeyStorage::shared`], and the ring then reads the manifest
+//! again before every change, writes it compare-and-swap, and lets a next key sign only once
+//! every replica has had time to publish it ([`super::PUBLISH_DELAY`]).
 
 use std::path::Path;
+
+use zeroize::Zeroizing;
 
 use super::KeyError;
 use super::dir::{KeyDir, KeyEntry};
@@ -29,6 +33,16 @@ pub trait KeyStorage: Send + Sync {
 
     /// Loads the key an entry names, checked against its `kid`.
     fn read_key(&self, entry: &KeyEntry) -> Result<SigningKey, KeyError>;
+
+    /// The PKCS#8 bytes of the key an entry names, for copying it into another storage.
+    fn read_pkcs8(&self, entry: &KeyEntry) -> Result<Zeroizing<Vec<u8>>, KeyError>;
+
+    /// Whether other processes read and write this storage too. A shared storage's
+    /// [`KeyStorage::write_manifest`] fails with [`KeyError::Conflict`] when the manifest
+    /// changed since this process last read it.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Stores a new key's PKCS#8 bytes.
     fn write_key(&self, kid: &str, der: &[u8]) -> Result<(), KeyError>;
@@ -56,9 +70,32 @@ pub fn open_dir(path: &Path, kek: Option<Kek>) -> Result<Box<dyn KeyStorage>, Ke
     })
 }
 
+/// Copies every key and the manifest of `from` into `to`, which has none yet (a migration from
+/// one node's keys directory to the shared storage, keeping the `kid`s). Answers false, copying
+/// no manifest, when `from` has no keys or another writer gave `to` a manifest first.
+pub fn import(from: &dyn KeyStorage, to: &dyn KeyStorage) -> Result<bool, KeyError> {
+    let Some(entries) = from.read_manifest()? else {
+        return Ok(false);
+    };
+    if to.read_manifest()?.is_some() {
+        return Ok(false);
+    }
+    for entry in &entries {
+        let der = from.read_pkcs8(entry)?;
+        // A damaged key stops here, before anything reads it from `to`.
+        parse_key(entry, &der, &from.location())?;
+        to.write_key(&entry.kid, &der)?;
+    }
+    match to.write_manifest(&entries) {
+        Ok(()) => Ok(true),
+        Err(KeyError::Conflict) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Parses a key's PKCS#8 bytes as `entry`'s algorithm and checks that its thumbprint is the
 /// `kid` the manifest gives it; `shown` names where the bytes came from.
-pub(super) fn parse_key(entry: &KeyEntry, der: &[u8], shown: &str) -> Result<SigningKey, KeyError> {
+pub fn parse_key(entry: &KeyEntry, der: &[u8], shown: &str) -> Result<SigningKey, KeyError> {
     let corrupt = |reason: String| KeyError::Corrupt {
         path: shown.to_owned(),
         reason,

@@ -47,3 +47,8 @@ pub(crate) fn next_seq(t: UnixTime, last: i64) -> i64 {
 pub(crate) fn from_seq(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
+
+/// A count, version or generation as the database stores it (saturating).
+pub(crate) fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

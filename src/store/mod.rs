@@ -1,8 +1,9 @@
 //! Durable state: the [`Store`] trait and its records.
 //!
 //! What must survive a restart or a crash lives here — clients, authorization codes, refresh
-//! token families, revocations, consents and the audit log. Signing keys do not: they are
-//! files in the keys directory (`keys`).
+//! token families, revocations, consents and the audit log; and, for replicas sharing one
+//! database, the signing keys and HMAC secrets, as blobs sealed before they reach the store
+//! (the store never sees a key in clear, nor knows what a key is).
 //!
 //! The trait speaks in records and outcomes, never in SQL: single-use and rotation rules
 //! ("a code is redeemed once", "a spent refresh token revokes its family") are atomic
@@ -298,6 +299,17 @@ pub struct RateCount {
     pub count: u64,
 }
 
+/// The manifest of the shared signing keys, as stored: opaque to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyManifest {
+    /// Bumped by every write; a write names the version it replaces (compare-and-swap).
+    pub version: u64,
+    /// The generation of sealed blobs it reads (a rewrap writes a new one, then swaps).
+    pub generation: u64,
+    /// The manifest itself (JSON, written and read by the key storage).
+    pub data: String,
+}
+
 /// Durable state. Every method is atomic.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -433,6 +445,56 @@ pub trait Store: Send + Sync + 'static {
     /// contexts and run zones only they used); the log refuses any other deletion. Returns
     /// how many events went.
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError>;
+
+    // Shared keys: sealed signing keys and HMAC secrets for replicas sharing the store.
+
+    /// The signing keys' manifest, if one was ever written.
+    async fn key_manifest(&self) -> Result<Option<KeyManifest>, StoreError>;
+    /// Writes the manifest if the stored one is still at version `expected` (`None`: there is
+    /// none yet), answering its new version; `None` (nothing written) when another writer got
+    /// there first. On PostgreSQL the commit notifies every replica listening
+    /// ([`Store::key_changes`]).
+    async fn swap_key_manifest(
+        &self,
+        expected: Option<u64>,
+        generation: u64,
+        data: &str,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Stores the sealed key `kid` of `generation` unless one is there already (a `kid` is the
+    /// key's thumbprint: the same `kid` is the same key).
+    async fn insert_key_blob(
+        &self,
+        kid: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<(), StoreError>;
+    /// The sealed key `kid` of `generation`.
+    async fn key_blob(&self, kid: &str, generation: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes the key `kid`, every generation of it.
+    async fn delete_key_blob(&self, kid: &str) -> Result<(), StoreError>;
+    /// Deletes every sealed key and secret of `generation` (the set a rewrap replaced).
+    async fn delete_key_generation(&self, generation: u64) -> Result<(), StoreError>;
+    /// The sealed secret `name` of `generation`.
+    async fn shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores the sealed secret `name` of `generation` unless one is there already, and
+    /// answers the one stored: of replicas creating it at once, all get the first one's.
+    async fn insert_shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, StoreError>;
+    /// A channel that changes when another process may have changed the key manifest
+    /// (PostgreSQL's LISTEN, on a connection of its own, reconnecting by itself); `None` where
+    /// there is no such notification, and readers poll. Its value means nothing; each change
+    /// is a reason to read the manifest again.
+    fn key_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -760,6 +760,71 @@ pub(crate) async fn audit_retention_drops_whole_old_ranges_and_nothing_else<S: S
 }
 
 /// Makes a test per backend of each named function of this module.
+/// The shared keys' manifest is compare-and-swap; blobs and secrets are insert-if-absent and
+/// go by generation.
+async fn shared_keys_manifest_is_compare_and_swap<S: Raw>(store: &S) {
+    assert_eq!(store.key_manifest().await.unwrap(), None);
+    assert_eq!(
+        store.swap_key_manifest(None, 1, "[1]").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.swap_key_manifest(None, 1, "[lost]").await.unwrap(),
+        None,
+        "a second first write loses"
+    );
+    assert_eq!(
+        store.swap_key_manifest(Some(1), 1, "[2]").await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .swap_key_manifest(Some(1), 1, "[stale]")
+            .await
+            .unwrap(),
+        None,
+        "a write from a stale version loses"
+    );
+    let manifest = store.key_manifest().await.unwrap().unwrap();
+    assert_eq!((manifest.version, manifest.generation), (2, 1));
+    assert_eq!(manifest.data, "[2]");
+
+    store.insert_key_blob("k1", 1, b"first").await.unwrap();
+    store.insert_key_blob("k1", 1, b"second").await.unwrap();
+    store.insert_key_blob("k1", 7, b"rewrapped").await.unwrap();
+    assert_eq!(
+        store.key_blob("k1", 1).await.unwrap().as_deref(),
+        Some(&b"first"[..]),
+        "the same kid is the same key: the first blob stays"
+    );
+    assert_eq!(store.key_blob("k2", 1).await.unwrap(), None);
+    let first = store
+        .insert_shared_secret("consent", 1, b"a")
+        .await
+        .unwrap();
+    let second = store
+        .insert_shared_secret("consent", 1, b"b")
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.as_slice(), second.as_slice()),
+        (&b"a"[..], &b"a"[..])
+    );
+    store
+        .insert_shared_secret("consent", 7, b"c")
+        .await
+        .unwrap();
+    store.delete_key_generation(1).await.unwrap();
+    assert_eq!(store.key_blob("k1", 1).await.unwrap(), None);
+    assert_eq!(store.shared_secret("consent", 1).await.unwrap(), None);
+    assert_eq!(
+        store.shared_secret("consent", 7).await.unwrap().as_deref(),
+        Some(&b"c"[..])
+    );
+    store.delete_key_blob("k1").await.unwrap();
+    assert_eq!(store.key_blob("k1", 7).await.unwrap(), None);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -804,4 +869,5 @@ suite!(
     audit_seq_follows_time_even_when_the_clock_steps_back,
     runs_are_found_through_their_zones_and_nothing_else_is,
     audit_retention_drops_whole_old_ranges_and_nothing_else,
+    shared_keys_manifest_is_compare_and_swap,
 );

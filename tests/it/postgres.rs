@@ -1,17 +1,23 @@
-//! One server on PostgreSQL (`--store postgres://…`), end to end: an agent token minted,
-//! introspected, its run revoked and refused. Runs on a fresh database of the cluster
-//! `TAILPASS_TEST_POSTGRES` names; skipped without it, required with
-//! `TAILPASS_REQUIRE_POSTGRES=1`.
+//! Servers on PostgreSQL (`--store postgres://…`), end to end: an agent token minted,
+//! introspected, its run revoked and refused; replicas on one database sharing their keys — one
+//! JWKS, a rotation on one published by the others before any signs with it, a revoked key gone
+//! from every JWKS, a consent form rendered by one accepted by another — and no start without a
+//! key-encryption key. Each runs on a fresh database of the cluster `TAILPASS_TEST_POSTGRES`
+//! names; skipped without it, required with `TAILPASS_REQUIRE_POSTGRES=1`.
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
 
 use axum::http::Method;
 use serde_json::json;
 
 use crate::agents::{mint, server};
-use crate::authorize::claims;
+use crate::authorize::{authorize_url, claims, open};
 use crate::killswitch::{introspect_as_gateway, revoke_run};
-use crate::support::{CI, GATEWAY, admin};
+use crate::login::{REDIRECT, param};
+use crate::sessions::{hidden_fields, submit_consent};
+use crate::support::{ALICE, CI, GATEWAY, TestServer, admin, json as read, peer};
 
 /// The cluster's URL, or `None` (said on stderr) without one.
 pub fn cluster() -> Option<url::Url> {
@@ -60,6 +66,11 @@ impl Database {
         }
     }
 
+    /// A fresh database of the cluster, or `None` (said) without a cluster.
+    pub async fn fresh() -> Option<Database> {
+        Some(Database::create(&cluster()?).await)
+    }
+
     /// Drops it, whoever is still connected.
     pub async fn drop(self) {
         admin_sql(
@@ -76,7 +87,15 @@ async fn a_server_on_postgres_mints_introspects_and_revokes() {
         return;
     };
     let database = Database::create(&cluster).await;
-    let (server, _dir) = server(&["--store", database.url.as_str()]).await;
+    let kek = Kek::new();
+    let kek_path = kek.path();
+    let (server, _dir) = server(&[
+        "--store",
+        database.url.as_str(),
+        "--key-encryption-key-file",
+        &kek_path,
+    ])
+    .await;
 
     let (status, minted) = mint(&server, CI, &[("audience", GATEWAY), ("scope", "llm:chat")]).await;
     assert_eq!(status, 200, "{minted}");
@@ -170,7 +189,17 @@ async fn a_server_cut_off_from_its_database_answers_503_keeps_discovery_and_reco
     let proxy = CutProxy::start(target).await;
     let mut proxied = database.url.clone();
     proxied.set_port(Some(proxy.addr.port())).unwrap();
-    let (server, _dir) = server(&["--store", proxied.as_str(), "--store-pool-size", "2"]).await;
+    let kek = Kek::new();
+    let kek_path = kek.path();
+    let (server, _dir) = server(&[
+        "--store",
+        proxied.as_str(),
+        "--store-pool-size",
+        "2",
+        "--key-encryption-key-file",
+        &kek_path,
+    ])
+    .await;
     let ask = [("audience", GATEWAY)];
     assert_eq!(mint(&server, CI, &ask).await.0, 200);
 
@@ -215,4 +244,227 @@ async fn a_server_cut_off_from_its_database_answers_503_keeps_discovery_and_reco
     assert_eq!(ready.status(), 200);
     drop(server.stop().await);
     database.drop().await;
+}
+
+/// A key-encryption key file (0600) replicas share.
+struct Kek(tempfile::TempDir);
+
+impl Kek {
+    fn new() -> Kek {
+        let dir = tempfile::tempdir().unwrap();
+        let line = tailpass::keys::Kek::generate_line().unwrap();
+        let path = dir.path().join("kek");
+        std::fs::write(&path, format!("{}\n", *line)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Kek(dir)
+    }
+
+    fn path(&self) -> String {
+        self.0.path().join("kek").to_str().unwrap().to_owned()
+    }
+}
+
+/// `n` replicas on one database, sharing a key-encryption key.
+async fn replicas(db: &Database, kek: &Kek, n: usize) -> Vec<TestServer> {
+    let kek_path = kek.path();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        servers.push(
+            TestServer::with_args(&[
+                "--store",
+                db.url.as_str(),
+                "--key-encryption-key-file",
+                &kek_path,
+            ])
+            .await,
+        );
+    }
+    servers
+}
+
+async fn jwks_kids(server: &TestServer) -> Vec<String> {
+    let (status, jwks) = read(
+        peer(ALICE)
+            .get(server.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    kids.sort();
+    kids
+}
+
+/// Waits, boundedly, until `server`'s JWKS satisfies `want` (a reload is due within
+/// `tailpass::keys::RELOAD_EVERY`, sooner on a notification).
+async fn until_jwks(server: &TestServer, want: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let kids = jwks_kids(server).await;
+        if want(&kids) {
+            return kids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the JWKS never got there: {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn active_kid(server: &TestServer, alg: tailpass_verify::Alg) -> String {
+    server.state().keys.active(alg).unwrap().kid().0.clone()
+}
+
+#[tokio::test]
+async fn replicas_publish_one_jwks_and_a_rotation_is_published_before_it_signs() {
+    let Some(db) = Database::fresh().await else {
+        return;
+    };
+    let kek = Kek::new();
+    let servers = replicas(&db, &kek, 3).await;
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+    let first = jwks_kids(a).await;
+    assert_eq!(jwks_kids(b).await, first);
+    assert_eq!(jwks_kids(c).await, first);
+
+    // Rotation on A, once its next key has been published long enough: what A signs with now,
+    // B and C already published (it was the next key).
+    a.clock.advance(tailpass::keys::PUBLISH_DELAY);
+    let (status, rotated) = admin(a, Method::POST, "/admin/api/keys/rotate", Some(json!({}))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let alg = tailpass_verify::Alg::ES256;
+    let signing = active_kid(a, alg);
+    for other in [b, c] {
+        assert!(jwks_kids(other).await.contains(&signing));
+    }
+    let after = jwks_kids(a).await;
+    let new_next: Vec<String> = after
+        .iter()
+        .filter(|k| !first.contains(k))
+        .cloned()
+        .collect();
+    assert!(!new_next.is_empty(), "a new next key: {after:?}");
+    // B and C publish the new next key within seconds…
+    for other in [b, c] {
+        until_jwks(other, |kids| new_next.iter().all(|k| kids.contains(k))).await;
+    }
+    // …and none of them may sign with it yet: a rotation anywhere is refused for now.
+    for server in [a, b, c] {
+        let (status, refused) = admin(
+            server,
+            Method::POST,
+            "/admin/api/keys/rotate",
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(refused.to_string().contains("rotate again in"), "{refused}");
+        assert!(!new_next.contains(&active_kid(server, alg)));
+    }
+    for server in servers {
+        drop(server.stop().await);
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_one_replica_leaves_every_jwks() {
+    let Some(db) = Database::fresh().await else {
+        return;
+    };
+    let kek = Kek::new();
+    let servers = replicas(&db, &kek, 2).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    let kid = active_kid(a, tailpass_verify::Alg::ES256);
+    assert!(jwks_kids(b).await.contains(&kid));
+    let (status, revoked) = admin(
+        a,
+        Method::POST,
+        "/admin/api/keys/revoke",
+        Some(json!({"kid": kid})),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(!jwks_kids(a).await.contains(&kid));
+    until_jwks(b, |kids| !kids.contains(&kid)).await;
+    assert_ne!(active_kid(b, tailpass_verify::Alg::ES256), kid);
+    for server in servers {
+        drop(server.stop().await);
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_consent_form_rendered_by_one_replica_is_accepted_by_another() {
+    let Some(db) = Database::fresh().await else {
+        return;
+    };
+    let kek = Kek::new();
+    let servers = replicas(&db, &kek, 2).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    let (status, registered) = read(
+        peer(ALICE)
+            .post(a.url("/register"))
+            .json(&json!({"redirect_uris": [REDIRECT], "client_name": "Wiki"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{registered}");
+    let id = registered["client_id"].as_str().unwrap().to_owned();
+    let page = open(a, ALICE, &authorize_url(a, &id, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(page.0, 200, "a consent page from A");
+    let fields = hidden_fields(&page.1);
+    let approved = submit_consent(b, ALICE, &fields, "approve", &b.base).await;
+    assert_eq!(approved.status(), 303, "B accepts A's form");
+    let back = url::Url::parse(approved.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(param(&back, "code").is_some());
+    for server in servers {
+        drop(server.stop().await);
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_server_on_postgres_does_not_start_without_a_key_encryption_key() {
+    let Some(db) = Database::fresh().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cli = <tailpass::cli::Cli as clap::Parser>::try_parse_from([
+        "tailpass",
+        "--dev",
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "--store",
+        db.url.as_str(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let tailpass::cli::Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    let settings = tailpass::config::resolve(&cli.global, &args).unwrap();
+    let refused =
+        tailpass::server::start(settings, std::sync::Arc::new(tailpass::clock::SystemClock))
+            .await
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("--key-encryption-key-file"),
+        "{refused}"
+    );
+    db.drop().await;
 }

@@ -19,7 +19,7 @@ use crate::login::{REDIRECT, alice_sub, param, register};
 use crate::support::{ALICE, BOB, TestServer, json as read, peer};
 
 /// Hidden inputs of an HTML form, unescaped.
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
     let unescape = |s: &str| {
         s.replace("&#34;", "\"")
             .replace("&quot;", "\"")
@@ -42,7 +42,7 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn submit_consent(
+pub async fn submit_consent(
     server: &TestServer,
     from: u8,
     fields: &[(String, String)],

@@ -32,6 +32,21 @@ pub struct PostgresTarget {
     config: tokio_postgres::Config,
 }
 
+/// How to make a connection outside the pool (the key notifications' listener).
+#[derive(Clone)]
+pub struct Connector {
+    /// The connection settings.
+    pub config: tokio_postgres::Config,
+    /// TLS by `sslmode`.
+    pub tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector(..)")
+    }
+}
+
 impl std::fmt::Debug for PostgresTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PostgresTarget({self})")
@@ -88,10 +103,9 @@ impl PostgresTarget {
         PostgresTarget { config }
     }
 
-    /// A bounded pool of connections: at most `size`, each made within [`CONNECT_TIMEOUT`],
-    /// a caller waiting at most as long for one. A connection found closed is dropped and a
-    /// new one made, so the pool recovers by itself once the database is back.
-    pub fn pool(&self, ca_file: Option<&Path>, size: usize) -> Result<Pool, StoreError> {
+    /// What makes one connection: the configuration (with [`CONNECT_TIMEOUT`] and the
+    /// application name unless the URL sets them) and the TLS connector of its `sslmode`.
+    pub fn connector(&self, ca_file: Option<&Path>) -> Result<Connector, StoreError> {
         let mut config = self.config.clone();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -100,6 +114,14 @@ impl PostgresTarget {
             config.application_name("tailpass");
         }
         let tls = tls(config.get_ssl_mode(), ca_file)?;
+        Ok(Connector { config, tls })
+    }
+
+    /// A bounded pool of connections: at most `size`, each made within [`CONNECT_TIMEOUT`],
+    /// a caller waiting at most as long for one. A connection found closed is dropped and a
+    /// new one made, so the pool recovers by itself once the database is back.
+    pub fn pool(&self, ca_file: Option<&Path>, size: usize) -> Result<Pool, StoreError> {
+        let Connector { config, tls } = self.connector(ca_file)?;
         let manager = Manager::from_config(
             config,
             tls,

@@ -18,9 +18,10 @@ use crate::store::StoreError;
 use crate::store::codec::time;
 
 /// The migrations, in order; version N is `MIGRATIONS[N - 1]`. Only ever append.
-pub(super) const MIGRATIONS: [&str; 2] = [
+pub(super) const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/postgres/0001_initial.sql"),
     include_str!("../migrations/postgres/0002_replicas.sql"),
+    include_str!("../migrations/postgres/0003_shared_keys.sql"),
 ];
 
 /// The advisory lock migrations run under ("tailpass" in ASCII).

@@ -22,10 +22,10 @@ use tailpass_verify::feed::RevocationKind;
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
-use super::codec::{decode, encode, from_seq, from_time, time};
+use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
-    Rotation, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
+    Revocation, Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -33,6 +33,7 @@ use crate::secret::SecretHash;
 
 mod audit;
 mod connect;
+mod listen;
 mod migrate;
 
 pub use connect::PostgresTarget;
@@ -41,6 +42,8 @@ pub use connect::PostgresTarget;
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    /// For the key notifications' connection, outside the pool.
+    connector: connect::Connector,
 }
 
 /// Column `i` of `row`; a value of the wrong type is a corrupt row.
@@ -153,7 +156,10 @@ impl PostgresStore {
     ) -> Result<PostgresStore, StoreError> {
         let pool = target.pool(ca_file, pool_size)?;
         migrate::migrate(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            connector: target.connector(ca_file)?,
+        })
     }
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -714,6 +720,167 @@ impl Store for PostgresStore {
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         audit::purge_before(&mut self.conn().await?, before).await
+    }
+
+    // Shared keys
+
+    async fn key_manifest(&self) -> Result<Option<KeyManifest>, StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT version, generation, data FROM key_manifest WHERE id = 1",
+                &[],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(KeyManifest {
+                version: from_seq(get(&r, 0)?),
+                generation: from_seq(get(&r, 1)?),
+                data: get(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn swap_key_manifest(
+        &self,
+        expected: Option<u64>,
+        generation: u64,
+        data: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // A second writer waits on the row, then finds the version moved: one winner.
+        let written = match expected {
+            None => {
+                tx.execute(
+                    "INSERT INTO key_manifest (id, version, generation, data) VALUES (1, 1, $1, $2) \
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&int(generation), &data],
+                )
+                .await?
+            }
+            Some(version) => {
+                tx.execute(
+                    "UPDATE key_manifest SET version = version + 1, generation = $1, data = $2 \
+                     WHERE id = 1 AND version = $3",
+                    &[&int(generation), &data, &int(version)],
+                )
+                .await?
+            }
+        };
+        if written != 1 {
+            return Ok(None);
+        }
+        let version = expected.map_or(1, |v| v + 1);
+        // Delivered to every listener when the transaction commits, never before.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&listen::CHANNEL, &version.to_string()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn insert_key_blob(
+        &self,
+        kid: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO key_blobs (kid, generation, blob) VALUES ($1, $2, $3) \
+                 ON CONFLICT (kid, generation) DO NOTHING",
+                &[&kid, &int(generation), &blob],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn key_blob(&self, kid: &str, generation: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT blob FROM key_blobs WHERE kid = $1 AND generation = $2",
+                &[&kid, &int(generation)],
+            )
+            .await?;
+        row.map(|r| get(&r, 0)).transpose()
+    }
+
+    async fn delete_key_blob(&self, kid: &str) -> Result<(), StoreError> {
+        self.conn()
+            .await?
+            .execute("DELETE FROM key_blobs WHERE kid = $1", &[&kid])
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_key_generation(&self, generation: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "DELETE FROM key_blobs WHERE generation = $1",
+            &[&int(generation)],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM shared_secrets WHERE generation = $1",
+            &[&int(generation)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT blob FROM shared_secrets WHERE name = $1 AND generation = $2",
+                &[&name, &int(generation)],
+            )
+            .await?;
+        row.map(|r| get(&r, 0)).transpose()
+    }
+
+    async fn insert_shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO shared_secrets (name, generation, blob) VALUES ($1, $2, $3) \
+             ON CONFLICT (name, generation) DO NOTHING",
+            &[&name, &int(generation), &blob],
+        )
+        .await?;
+        // The row is committed either way (ours, or the first writer's): read it back.
+        let row = conn
+            .query_one(
+                "SELECT blob FROM shared_secrets WHERE name = $1 AND generation = $2",
+                &[&name, &int(generation)],
+            )
+            .await?;
+        get(&row, 0)
+    }
+
+    fn key_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|_| listen::start(self.connector.clone()))
     }
 }
 

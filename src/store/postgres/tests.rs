@@ -325,3 +325,25 @@ async fn the_pool_recovers_when_its_connections_are_cut() {
     assert!(recovered);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_manifest_written_by_one_replica_is_announced_to_the_others() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let other = db.replica().await;
+    let mut changes = other.key_changes().unwrap();
+    // The first change is the listener's own (LISTEN issued): from then on nothing is missed.
+    tokio::time::timeout(std::time::Duration::from_secs(10), changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    db.store.swap_key_manifest(None, 1, "[]").await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), changes.changed())
+        .await
+        .expect("the NOTIFY of the swap arrives")
+        .unwrap();
+    drop(changes);
+    other.pool.close();
+    db.drop().await;
+}

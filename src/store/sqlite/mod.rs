@@ -15,10 +15,10 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use tailpass_verify::UnixTime;
 use tailpass_verify::feed::RevocationKind;
 
-use super::codec::{decode, encode, from_seq, from_time, time};
+use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, RateCount, Redemption, RefreshFamily, Revocation,
-    Rotation, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
+    Revocation, Rotation, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -30,7 +30,7 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
@@ -38,6 +38,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/sqlite/0005_consent_record.sql"),
     include_str!("../migrations/sqlite/0006_audit_retention.sql"),
     include_str!("../migrations/sqlite/0007_revocation_lifts.sql"),
+    include_str!("../migrations/sqlite/0008_shared_keys.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -693,6 +694,147 @@ impl Store for SqliteStore {
             })
             .await
     }
+
+    // Shared keys
+
+    async fn key_manifest(&self) -> Result<Option<KeyManifest>, StoreError> {
+        self.worker
+            .read(|c| {
+                c.prepare_cached("SELECT version, generation, data FROM key_manifest WHERE id = 1")?
+                    .query_row([], |r| {
+                        Ok(KeyManifest {
+                            version: from_seq(r.get(0)?),
+                            generation: from_seq(r.get(1)?),
+                            data: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                    .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn swap_key_manifest(
+        &self,
+        expected: Option<u64>,
+        generation: u64,
+        data: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let data = data.to_owned();
+        self.worker
+            .write(move |c| {
+                let written = match expected {
+                    None => c.execute(
+                        "INSERT INTO key_manifest (id, version, generation, data) VALUES (1, 1, ?1, ?2) \
+                         ON CONFLICT (id) DO NOTHING",
+                        params![int(generation), data],
+                    )?,
+                    Some(version) => c.execute(
+                        "UPDATE key_manifest SET version = version + 1, generation = ?1, data = ?2 \
+                         WHERE id = 1 AND version = ?3",
+                        params![int(generation), data, int(version)],
+                    )?,
+                };
+                Ok((written == 1).then(|| expected.map_or(1, |v| v + 1)))
+            })
+            .await
+    }
+
+    async fn insert_key_blob(
+        &self,
+        kid: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<(), StoreError> {
+        let (kid, blob) = (kid.to_owned(), blob.to_vec());
+        self.worker
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO key_blobs (kid, generation, blob) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (kid, generation) DO NOTHING",
+                    params![kid, int(generation), blob],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn key_blob(&self, kid: &str, generation: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let kid = kid.to_owned();
+        self.worker
+            .read(move |c| {
+                c.prepare_cached("SELECT blob FROM key_blobs WHERE kid = ?1 AND generation = ?2")?
+                    .query_row(params![kid, int(generation)], |r| r.get(0))
+                    .optional()
+                    .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn delete_key_blob(&self, kid: &str) -> Result<(), StoreError> {
+        let kid = kid.to_owned();
+        self.worker
+            .write(move |c| {
+                c.execute("DELETE FROM key_blobs WHERE kid = ?1", params![kid])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_key_generation(&self, generation: u64) -> Result<(), StoreError> {
+        self.worker
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM key_blobs WHERE generation = ?1",
+                    params![int(generation)],
+                )?;
+                c.execute(
+                    "DELETE FROM shared_secrets WHERE generation = ?1",
+                    params![int(generation)],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_owned();
+        self.worker
+            .read(move |c| secret_of(c, &name, generation))
+            .await
+    }
+
+    async fn insert_shared_secret(
+        &self,
+        name: &str,
+        generation: u64,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let (name, blob) = (name.to_owned(), blob.to_vec());
+        self.worker
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO shared_secrets (name, generation, blob) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (name, generation) DO NOTHING",
+                    params![name, int(generation), blob],
+                )?;
+                secret_of(c, &name, generation)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("shared secret {name} vanished")))
+            })
+            .await
+    }
+}
+
+/// The sealed secret `name` of `generation`.
+fn secret_of(c: &Connection, name: &str, generation: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    c.prepare_cached("SELECT blob FROM shared_secrets WHERE name = ?1 AND generation = ?2")?
+        .query_row(params![name, int(generation)], |r| r.get(0))
+        .optional()
+        .map_err(StoreError::from)
 }
 
 #[cfg(test)]
