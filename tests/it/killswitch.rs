@@ -13,20 +13,20 @@ use crate::support::{ALICE, CI, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, adm
 
 /// A server-sent event: its type, id and JSON data.
 #[derive(Debug)]
-struct Sse {
-    event: String,
-    id: Option<u64>,
-    data: Value,
+pub struct Sse {
+    pub event: String,
+    pub id: Option<u64>,
+    pub data: Value,
 }
 
 /// Reads server-sent events from a streaming response.
-struct SseReader {
+pub struct SseReader {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
     buffer: String,
 }
 
 impl SseReader {
-    async fn open(server: &TestServer, from: u8, last_event_id: Option<u64>) -> SseReader {
+    pub async fn open(server: &TestServer, from: u8, last_event_id: Option<u64>) -> SseReader {
         let mut request = server
             .peer(from)
             .get(server.url("/revocations"))
@@ -44,7 +44,7 @@ impl SseReader {
     }
 
     /// The next event, waiting at most a generous 30 s.
-    async fn next(&mut self) -> Sse {
+    pub async fn next(&mut self) -> Sse {
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::agents::{POLICY, mint};
 use crate::authorize::{VERIFIER, claims, code, redeem, token};
-use crate::killswitch::{introspect_as_gateway, revoke_run};
+use crate::killswitch::{SseReader, introspect_as_gateway, revoke_run};
 use crate::login::register;
 use crate::postgres::{Database, cluster};
 use crate::support::{
@@ -442,4 +442,41 @@ async fn a_replica_killed_under_load_loses_nothing_it_answered() {
     assert!(second.mint().await.is_some());
     drop(second);
     database.drop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_resumes_the_feed_on_another_replica_by_its_last_event_id() {
+    let Some(replicas) = Replicas::start(2).await else {
+        return;
+    };
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    revoke_run(a, "run-one").await;
+    let seen = feed_since(a, 0).await;
+    let last = seen
+        .iter()
+        .find(|e| e["value"] == "run-one")
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap();
+    revoke_run(a, "run-two").await;
+    let known = within(Duration::from_secs(1), || async {
+        feed_since(b, last)
+            .await
+            .iter()
+            .any(|e| e["value"] == "run-two")
+    })
+    .await;
+    assert!(known.is_some(), "B never read back A's revocation");
+    // A gateway that had read A's feed up to `last` resumes on B, by the same numbers.
+    let mut resumed = SseReader::open(b, GATEWAY_NODE, Some(last)).await;
+    let missed = resumed.next().await;
+    assert_eq!(
+        (missed.event.as_str(), missed.data["value"].as_str()),
+        ("revocation", Some("run-two"))
+    );
+    assert!(missed.id.is_some_and(|id| id > last), "{missed:?}");
+    // An open stream would hold the server's graceful shutdown.
+    drop(resumed);
+    replicas.stop().await;
 }
