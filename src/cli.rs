@@ -81,6 +81,21 @@ pub enum StoreAction {
         /// Where the copy goes.
         file: PathBuf,
     },
+    /// Copy every client, consent, code, refresh family, revocation and audit event, and the
+    /// shared keys, from one store into another, empty one (numbers kept), then verify the
+    /// copy by re-reading it. Keys kept in files (a keys directory) stay files.
+    Migrate {
+        /// The store to copy: `sqlite:PATH` or `postgres://…`.
+        #[arg(long, value_name = "URL")]
+        from: crate::store::StoreUrl,
+        /// The empty store to copy into: `sqlite:PATH` or `postgres://…`.
+        #[arg(long, value_name = "URL")]
+        to: crate::store::StoreUrl,
+        /// PEM roots that replace the system's when verifying a PostgreSQL server's
+        /// certificate (`sslmode=require`).
+        #[arg(long, value_name = "FILE")]
+        store_ca_file: Option<PathBuf>,
+    },
 }
 
 /// `tailpass policy …`.

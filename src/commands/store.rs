@@ -1,11 +1,13 @@
-//! `tailpass store backup`: an online copy of the durable state.
+//! `tailpass store backup` and `store migrate`: copies of the durable state.
 //!
-//! The command takes flags only (a one-shot command): the store it copies is named by
-//! `--from`, never by the environment or a configuration file.
+//! The commands take flags only (one-shot commands): the stores are named by `--from` and
+//! `--to`, never by the environment or a configuration file.
 
 use crate::cli::StoreAction;
-use crate::store::StoreLocation;
+use std::path::PathBuf;
+
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Snapshot, StoreLocation, StoreSettings, StoreUrl};
 
 use super::{CommandError, fail};
 
@@ -22,5 +24,124 @@ pub async fn store(action: StoreAction) -> Result<(), CommandError> {
                 "tailpass store backup copies a SQLite store; a PostgreSQL store is backed up with the database's own tools (pg_dump)".into(),
             )),
         },
+        StoreAction::Migrate {
+            from,
+            to,
+            store_ca_file,
+        } => migrate(&from, &to, store_ca_file).await,
+    }
+}
+
+/// Connections a copy keeps to PostgreSQL: one read or write at a time.
+const POOL: usize = 2;
+
+/// Copies the store `from` into the empty store `to`, then reads `to` back and compares.
+async fn migrate(
+    from: &StoreUrl,
+    to: &StoreUrl,
+    ca_file: Option<PathBuf>,
+) -> Result<(), CommandError> {
+    let source = open(from, ca_file.clone()).await?;
+    let target = open(to, ca_file).await?;
+    eprintln!("reading the source store (one consistent read)");
+    let snapshot = source.export().await.map_err(fail)?;
+    report("read", &snapshot);
+    eprintln!("writing the target store (one transaction)");
+    target.import(&snapshot).await.map_err(fail)?;
+    let copy = target.export().await.map_err(fail)?;
+    verify(&snapshot, &copy)?;
+    report("verified", &copy);
+    eprintln!(
+        "done; DPoP proofs and rate counts are not copied (they matter for minutes); signing \
+         keys kept in files (a keys directory) are not in the store and stay files: on \
+         PostgreSQL the server imports its keys directory into the database at its first start"
+    );
+    Ok(())
+}
+
+/// Opens the store `url` names (migrated at open).
+async fn open(
+    url: &StoreUrl,
+    ca_file: Option<PathBuf>,
+) -> Result<std::sync::Arc<dyn crate::store::Store>, CommandError> {
+    let settings = StoreSettings {
+        location: url.parse().map_err(fail)?,
+        ca_file,
+        pool_size: POOL,
+    };
+    crate::store::open(&settings).await.map_err(fail)
+}
+
+/// Prints each table's rows.
+fn report(what: &str, s: &Snapshot) {
+    for (table, rows) in s.counts() {
+        eprintln!("{what} {rows} {table}");
+    }
+}
+
+/// Fails unless the copy read back is the snapshot, saying which tables differ.
+fn verify(snapshot: &Snapshot, copy: &Snapshot) -> Result<(), CommandError> {
+    if snapshot == copy {
+        return Ok(());
+    }
+    let differ: Vec<String> = snapshot
+        .counts()
+        .iter()
+        .zip(copy.counts())
+        .map(|((table, want), (_, got))| format!("{table}: {want} read, {got} written"))
+        .collect();
+    Err(CommandError(format!(
+        "the copy read back differs from the source: {}",
+        differ.join("; ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> StoreUrl {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn migrate_copies_a_store_and_refuses_a_non_empty_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        let source = SqliteStore::open(&a).await.unwrap();
+        crate::store::tests::populate(&source).await;
+        let (from, to) = (
+            url(&format!("sqlite:{}", a.display())),
+            url(&format!("sqlite:{}", b.display())),
+        );
+        migrate(&from, &to, None).await.unwrap();
+        let copy = SqliteStore::open(&b).await.unwrap();
+        use crate::store::Store as _;
+        assert_eq!(copy.export().await.unwrap(), source.export().await.unwrap());
+        assert!(migrate(&from, &to, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn migrate_moves_a_sqlite_store_to_postgres() {
+        let Some(db) = crate::store::postgres::tests::TestDb::create().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.db");
+        let source = SqliteStore::open(&a).await.unwrap();
+        crate::store::tests::populate(&source).await;
+        migrate(
+            &url(&format!("sqlite:{}", a.display())),
+            &url(&db.url()),
+            None,
+        )
+        .await
+        .unwrap();
+        use crate::store::Store as _;
+        assert_eq!(
+            db.store.export().await.unwrap(),
+            source.export().await.unwrap()
+        );
+        db.drop().await;
     }
 }
