@@ -72,10 +72,11 @@ pub enum Command {
 /// `tailpass store …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreAction {
-    /// Take an online, consistent copy of a SQLite store into FILE (created, mode 0600;
-    /// refused if it exists) while the server goes on writing.
+    /// Take an online, consistent copy of a store into FILE (created, mode 0600; refused if
+    /// it exists) while the server goes on writing: a SQLite database, which `store migrate
+    /// --from sqlite:FILE` restores.
     Backup {
-        /// The store to copy: `sqlite:PATH`.
+        /// The store to copy: `sqlite:PATH` or `postgres://…`.
         #[arg(long, value_name = "URL")]
         from: crate::store::StoreUrl,
         /// Where the copy goes.

@@ -17,12 +17,14 @@ pub async fn store(action: StoreAction) -> Result<(), CommandError> {
         StoreAction::Backup { from, file } => match from.parse().map_err(fail)? {
             StoreLocation::Sqlite(path) => {
                 let pages = SqliteStore::backup(&path, &file).await.map_err(fail)?;
-                eprintln!("copied {pages} pages of {} to {}", path.display(), file.display());
+                eprintln!(
+                    "copied {pages} pages of {} to {}",
+                    path.display(),
+                    file.display()
+                );
                 Ok(())
             }
-            StoreLocation::Postgres(_) => Err(CommandError(
-                "tailpass store backup copies a SQLite store; a PostgreSQL store is backed up with the database's own tools (pg_dump)".into(),
-            )),
+            StoreLocation::Postgres(_) => backup_postgres(&from, &file).await,
         },
         StoreAction::Migrate {
             from,
@@ -30,6 +32,33 @@ pub async fn store(action: StoreAction) -> Result<(), CommandError> {
             store_ca_file,
         } => migrate(&from, &to, store_ca_file).await,
     }
+}
+
+/// Copies the PostgreSQL store `from` (one consistent read) into a new SQLite `file`
+/// (created with mode 0600, refused if it exists), which `store migrate --from sqlite:FILE`
+/// restores.
+async fn backup_postgres(from: &StoreUrl, file: &std::path::Path) -> Result<(), CommandError> {
+    let source = open(from, None).await?;
+    // Created here, never over an existing file; SQLite then takes the empty file as new.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(|e| CommandError(format!("cannot create {}: {e}", file.display())))?;
+    }
+    let target = SqliteStore::open(file).await.map_err(fail)?;
+    let snapshot = source.export().await.map_err(fail)?;
+    report("read", &snapshot);
+    crate::store::Store::import(&target, &snapshot)
+        .await
+        .map_err(fail)?;
+    let copy = crate::store::Store::export(&target).await.map_err(fail)?;
+    verify(&snapshot, &copy)?;
+    eprintln!("copied the store to {}", file.display());
+    Ok(())
 }
 
 /// Connections a copy keeps to PostgreSQL: one read or write at a time.
@@ -142,6 +171,54 @@ mod tests {
             db.store.export().await.unwrap(),
             source.export().await.unwrap()
         );
+        db.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_postgres_backup_restores_with_migrate() {
+        let Some(db) = crate::store::postgres::tests::TestDb::create().await else {
+            return;
+        };
+        use crate::store::Store as _;
+        crate::store::tests::populate(&db.store).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.db");
+        let from = url(&db.url());
+        store(StoreAction::Backup {
+            from: from.clone(),
+            file: file.clone(),
+        })
+        .await
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Never over an existing file.
+        assert!(
+            store(StoreAction::Backup {
+                from,
+                file: file.clone()
+            })
+            .await
+            .is_err()
+        );
+        let Some(restored) = crate::store::postgres::tests::TestDb::create().await else {
+            return;
+        };
+        migrate(
+            &url(&format!("sqlite:{}", file.display())),
+            &url(&restored.url()),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            restored.store.export().await.unwrap(),
+            db.store.export().await.unwrap()
+        );
+        restored.drop().await;
         db.drop().await;
     }
 }
