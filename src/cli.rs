@@ -72,14 +72,30 @@ pub enum Command {
 /// `tailpass store …`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreAction {
-    /// Take an online, consistent copy of a SQLite store into FILE (created, mode 0600;
-    /// refused if it exists) while the server goes on writing.
+    /// Take an online, consistent copy of a store into FILE (created, mode 0600; refused if
+    /// it exists) while the server goes on writing: a SQLite database, which `store migrate
+    /// --from sqlite:FILE` restores.
     Backup {
-        /// The store to copy: `sqlite:PATH`.
+        /// The store to copy: `sqlite:PATH` or `postgres://…`.
         #[arg(long, value_name = "URL")]
         from: crate::store::StoreUrl,
         /// Where the copy goes.
         file: PathBuf,
+    },
+    /// Copy every client, consent, code, refresh family, revocation and audit event, and the
+    /// shared keys, from one store into another, empty one (numbers kept), then verify the
+    /// copy by re-reading it. Keys kept in files (a keys directory) stay files.
+    Migrate {
+        /// The store to copy: `sqlite:PATH` or `postgres://…`.
+        #[arg(long, value_name = "URL")]
+        from: crate::store::StoreUrl,
+        /// The empty store to copy into: `sqlite:PATH` or `postgres://…`.
+        #[arg(long, value_name = "URL")]
+        to: crate::store::StoreUrl,
+        /// PEM roots that replace the system's when verifying a PostgreSQL server's
+        /// certificate (`sslmode=require`).
+        #[arg(long, value_name = "FILE")]
+        store_ca_file: Option<PathBuf>,
     },
 }
 

@@ -24,9 +24,11 @@ use crate::secret::SecretHash;
 pub(crate) mod codec;
 pub mod location;
 pub mod postgres;
+pub mod snapshot;
 pub mod sqlite;
 
 pub use location::{StoreLocation, StoreSettings, StoreUrl};
+pub use snapshot::Snapshot;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -495,6 +497,18 @@ pub trait Store: Send + Sync + 'static {
     fn key_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    // Whole-store copies (`tailpass store migrate`, `store backup`).
+
+    /// Every durable row, as of one commit (one read transaction; `REPEATABLE READ` on
+    /// PostgreSQL), each table sorted by its key ([`Snapshot::sort`]). DPoP proofs and rate
+    /// counts are ephemeral and left out.
+    async fn export(&self) -> Result<Snapshot, StoreError>;
+    /// Writes `snapshot` into this store in one transaction, keeping every revocation's and
+    /// audit event's number and continuing the sequences after them. Refused
+    /// ([`StoreError::Conflict`]) unless the store is empty: no row in any table a snapshot
+    /// holds, its revocation counter and audit horizon at zero.
+    async fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

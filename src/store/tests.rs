@@ -131,6 +131,102 @@ pub(crate) fn full_event(time: u64, run: &str) -> AuditEvent {
     e
 }
 
+/// Fills `store` with a little of everything a snapshot copies: two clients, a consent, a code
+/// redeemed and one replayed, two families (one rotated twice, one revoked by the replay),
+/// three revocations of which one lifted, audit events (a first one purged), and shared keys.
+pub(crate) async fn populate(store: &dyn Store) {
+    store.insert_client(&client("c1")).await.unwrap();
+    let mut c2 = client("c2");
+    c2.created_at = UnixTime(5);
+    store.insert_client(&c2).await.unwrap();
+    let approved = Consent {
+        scopes: vec!["openid".into()],
+        resources: vec![],
+        redirect_uris: vec!["https://grafana.example/cb".into()],
+        client_version: 0,
+    };
+    store
+        .insert_consent(&c1(), "alice", &approved, UnixTime(100))
+        .await
+        .unwrap();
+    let (redeemed, replayed) = (Secret::generate().hash(), Secret::generate().hash());
+    store.insert_code(&redeemed, &code(160)).await.unwrap();
+    let mut second = code(160);
+    second.sid = "s2".into();
+    store.insert_code(&replayed, &second).await.unwrap();
+    let (t1, t2, t3) = (
+        Secret::generate().hash(),
+        Secret::generate().hash(),
+        Secret::generate().hash(),
+    );
+    assert!(matches!(
+        store.redeem_code(&redeemed, UnixTime(110)).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    assert!(
+        store
+            .complete_redemption(&redeemed, Some((&family("s1", 10_000), &t1)), UnixTime(110))
+            .await
+            .unwrap()
+    );
+    for (from, to) in [(&t1, &t2), (&t2, &t3)] {
+        assert!(matches!(
+            store
+                .rotate_refresh(from, to, &c1(), UnixTime(120))
+                .await
+                .unwrap(),
+            Rotation::Rotated(_)
+        ));
+    }
+    store.redeem_code(&replayed, UnixTime(111)).await.unwrap();
+    let f2 = Secret::generate().hash();
+    store
+        .complete_redemption(&replayed, Some((&family("s2", 10_000), &f2)), UnixTime(111))
+        .await
+        .unwrap();
+    store.redeem_code(&replayed, UnixTime(112)).await.unwrap();
+    store
+        .insert_revocation(RevocationKind::Node, "n1", UnixTime(130), None)
+        .await
+        .unwrap();
+    store
+        .insert_revocation(
+            RevocationKind::User,
+            "bob",
+            UnixTime(131),
+            Some(UnixTime(900)),
+        )
+        .await
+        .unwrap();
+    store
+        .lift_revocations(RevocationKind::Node, "n1", UnixTime(132))
+        .await
+        .unwrap();
+    store
+        .insert_revocation(RevocationKind::Jti, "j1", UnixTime(133), None)
+        .await
+        .unwrap();
+    append_logout(store, 10).await;
+    assert_eq!(store.purge_audit_before(UnixTime(20)).await.unwrap(), 1);
+    let events: Vec<AuditEvent> = vec![
+        full_event(140, "1733000000001-a"),
+        full_event(140, "1733000000001-b"),
+        AuditEvent::new(UnixTime(141), EventKind::Logout, Outcome::Success).by(&alice()),
+        full_event(139, "1733000000002-c"),
+    ];
+    store.append_audit(events.into()).await.unwrap();
+    append_logout(store, 150).await;
+    store
+        .swap_key_manifest(None, 1, r#"{"keys":["k1"]}"#)
+        .await
+        .unwrap();
+    store.insert_key_blob("k1", 1, b"sealed k1").await.unwrap();
+    store
+        .insert_shared_secret("forms", 1, b"sealed forms")
+        .await
+        .unwrap();
+}
+
 pub(crate) async fn a_code_is_redeemed_exactly_once_even_under_concurrency<S: Store + Raw>(
     store: &S,
 ) {
@@ -825,6 +921,32 @@ async fn shared_keys_manifest_is_compare_and_swap<S: Raw>(store: &S) {
     assert_eq!(store.key_blob("k1", 7).await.unwrap(), None);
 }
 
+pub(crate) async fn import_refuses_a_store_that_is_not_empty<S: Store + Raw>(store: &S) {
+    let (_dir, source) = crate::store::sqlite::tests::store().await;
+    populate(&source).await;
+    let snapshot = source.export().await.unwrap();
+    // Numbers once given are never given again: a store whose revocations were all purged
+    // still refuses, or its next revocation would reuse an imported one's number.
+    store
+        .insert_revocation(RevocationKind::Jti, "j0", UnixTime(1), None)
+        .await
+        .unwrap();
+    store.purge(UnixTime(10), 0, UnixTime(5)).await.unwrap();
+    assert_eq!(store.count("revocations").await.unwrap(), 0);
+    assert!(matches!(
+        store.import(&snapshot).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.insert_client(&client("other")).await.unwrap();
+    assert!(matches!(
+        store.import(&snapshot).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Nothing of the refused import was written.
+    assert_eq!(store.count("clients").await.unwrap(), 1);
+    assert_eq!(store.count("audit").await.unwrap(), 0);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -870,4 +992,93 @@ suite!(
     runs_are_found_through_their_zones_and_nothing_else_is,
     audit_retention_drops_whole_old_ranges_and_nothing_else,
     shared_keys_manifest_is_compare_and_swap,
+    import_refuses_a_store_that_is_not_empty,
 );
+
+/// Whole-store copies between the backends ([`Store::export`], [`Store::import`]).
+mod snapshots {
+    use super::*;
+    use crate::store::postgres::tests::TestDb;
+
+    /// What a copy must keep beyond equal snapshots: the store answers as the source did, and
+    /// its sequences go on after the imported numbers.
+    async fn answers_like(copy: &dyn Store, source: &Snapshot) {
+        let revocations = copy.revocations_since(0).await.unwrap();
+        assert_eq!(revocations.len(), 3);
+        assert!(revocations.iter().any(|r| r.lift_seq.is_some()));
+        let run = listed(
+            copy,
+            AuditFilter {
+                run: Some("1733000000001-b".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(run.len(), 1);
+        let top = source.next_revocation_floor();
+        let fresh = copy
+            .insert_revocation(RevocationKind::Jti, "after", UnixTime(200), None)
+            .await
+            .unwrap();
+        assert!(
+            i64::try_from(fresh.seq).unwrap() > top,
+            "{} <= {top}",
+            fresh.seq
+        );
+        let last = source.audit.last().unwrap().seq;
+        append_logout(copy, 1).await;
+        let all = copy.export().await.unwrap().audit;
+        assert!(all.last().unwrap().seq > last);
+        assert_eq!(all.len(), source.audit.len() + 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_round_trips_sqlite_to_postgres_to_sqlite() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let (_a, first) = crate::store::sqlite::tests::store().await;
+        populate(&first).await;
+        let exported = first.export().await.unwrap();
+        assert_eq!(exported.clients.len(), 2);
+        assert_eq!(exported.consents.len(), 1);
+        assert_eq!(exported.codes.len(), 2);
+        assert_eq!(exported.families.len(), 2);
+        assert_eq!(exported.tokens.len(), 4);
+        assert_eq!(exported.revocations.len(), 3);
+        assert_eq!(exported.revocation_seq, 4);
+        assert_eq!(exported.audit.len(), 5);
+        assert_eq!(exported.audit_horizon, 20_000_000);
+        assert!(exported.key_manifest.is_some());
+
+        db.store.import(&exported).await.unwrap();
+        let on_postgres = db.store.export().await.unwrap();
+        assert_eq!(on_postgres, exported);
+
+        let (_b, last) = crate::store::sqlite::tests::store().await;
+        last.import(&on_postgres).await.unwrap();
+        assert_eq!(last.export().await.unwrap(), exported);
+
+        answers_like(&db.store, &exported).await;
+        answers_like(&last, &exported).await;
+        // The rotated tokens stay spent, the replayed code's family stays revoked.
+        let copied = db.store.export().await.unwrap();
+        assert_eq!(
+            copied
+                .tokens
+                .iter()
+                .filter(|t| t.spent_at.is_some())
+                .count(),
+            2
+        );
+        assert_eq!(
+            copied
+                .families
+                .iter()
+                .filter(|f| f.revoked_at.is_some())
+                .count(),
+            1
+        );
+        db.drop().await;
+    }
+}

@@ -15,6 +15,12 @@ use crate::audit::AuditEvent;
 use crate::store::codec::{decode, encode, from_seq, next_seq, seq_floor, time};
 use crate::store::{AuditFilter, AuditRecord, StoreError};
 
+/// Inserts a batch of events, one array per column (in this order).
+pub(super) const INSERT: &str = "INSERT INTO audit (seq, time, event, outcome, user_login, \
+     node_id, client_id, run_id, parent_run_id, root_run_id, data) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])";
+
 /// Appends `events` in one transaction and one statement.
 pub(super) async fn append(
     conn: &mut deadpool_postgres::Object,
@@ -56,14 +62,7 @@ pub(super) async fn append(
         roots.push(e.root_run_id.as_deref());
         data.push(encode(e)?);
     }
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO audit (seq, time, event, outcome, user_login, node_id, client_id, \
-             run_id, parent_run_id, root_run_id, data) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])",
-        )
-        .await?;
+    let insert = tx.prepare_cached(INSERT).await?;
     tx.execute(
         &insert,
         &[

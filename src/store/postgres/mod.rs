@@ -25,7 +25,7 @@ use tokio_postgres::types::FromSql;
 use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
     AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
-    Revocation, Rotation, Store, StoreError,
+    Revocation, Rotation, Snapshot, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -35,6 +35,7 @@ mod audit;
 mod connect;
 mod listen;
 mod migrate;
+mod snapshot;
 
 pub use connect::PostgresTarget;
 
@@ -169,6 +170,14 @@ impl PostgresStore {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    async fn export(&self) -> Result<Snapshot, StoreError> {
+        snapshot::export(&mut self.conn().await?).await
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        snapshot::import(&mut self.conn().await?, snapshot).await
+    }
+
     async fn insert_client(&self, client: &Client) -> Result<(), StoreError> {
         self.conn()
             .await?

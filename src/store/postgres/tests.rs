@@ -60,6 +60,17 @@ impl TestDb {
         })
     }
 
+    /// The database's `postgres://` URL (the cluster's, naming this database), for commands.
+    pub(crate) fn url(&self) -> String {
+        let cluster = std::env::var(URL_VAR).unwrap();
+        let (base, query) = match cluster.split_once('?') {
+            Some((base, query)) => (base.to_owned(), format!("?{query}")),
+            None => (cluster.clone(), String::new()),
+        };
+        let (server, _) = base.rsplit_once('/').unwrap();
+        format!("{server}/{}{query}", self.name)
+    }
+
     /// Another replica: a store with its own pool on the same database.
     pub(crate) async fn replica(&self) -> PostgresStore {
         PostgresStore::open(&self.target, None, 8).await.unwrap()

@@ -117,6 +117,56 @@ impl Row {
 
 /// Appends `events` inside the current write job, in order.
 pub(super) fn append(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreError> {
+    write(c, events.iter().map(|e| (e, None)))
+}
+
+/// Writes `records` with their own `seq`s (increasing, above every stored one) inside the
+/// current write job: an import into an empty store ([`crate::store::Store::import`]).
+pub(super) fn import(c: &Connection, records: &[AuditRecord]) -> Result<(), StoreError> {
+    write(
+        c,
+        records
+            .iter()
+            .map(|r| (&r.event, Some(i64::try_from(r.seq).unwrap_or(i64::MAX)))),
+    )
+}
+
+/// Every event, oldest first, inside the current (read) transaction.
+pub(super) fn all(c: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut query = c.prepare(
+        "SELECT a.seq, a.time, a.run_id, a.run_label, a.parent_run_id, a.root_run_id, a.jti, \
+         c.data FROM audit a JOIN audit_context c ON c.id = a.context ORDER BY a.seq",
+    )?;
+    let rows = query.query_map([], row)?;
+    rows.map(|r| {
+        let (row, data) = r?;
+        Ok(row.into_record(decode(&data)?))
+    })
+    .collect()
+}
+
+/// A row of [`select`]'s columns: the per-event values and the context's JSON.
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Row, String)> {
+    Ok((
+        Row {
+            seq: r.get(0)?,
+            time: r.get(1)?,
+            run_id: r.get(2)?,
+            run_label: r.get(3)?,
+            parent_run_id: r.get(4)?,
+            root_run_id: r.get(5)?,
+            jti: r.get(6)?,
+        },
+        r.get::<_, String>(7)?,
+    ))
+}
+
+/// Writes `events` in order, each numbered by the `seq` given with it or else by the audit
+/// rule ([`next_seq`]); a given `seq` must be above the previous one.
+fn write<'e>(
+    c: &Connection,
+    events: impl Iterator<Item = (&'e AuditEvent, Option<i64>)>,
+) -> Result<(), StoreError> {
     let mut last: i64 = c
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM audit")?
         .query_row([], |r| r.get(0))?;
@@ -131,7 +181,7 @@ pub(super) fn append(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreE
         "INSERT INTO audit (seq, time, context, run_id, run_label, parent_run_id, root_run_id, jti) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    for e in events {
+    for (e, given) in events {
         let context = Context::of(e);
         let id = match &previous {
             Some((same, id)) if *same == context => *id,
@@ -148,7 +198,15 @@ pub(super) fn append(c: &Connection, events: &[AuditEvent]) -> Result<(), StoreE
                 id
             }
         };
-        last = next_seq(e.time, last);
+        last = match given {
+            Some(seq) if seq > last => seq,
+            Some(seq) => {
+                return Err(StoreError::Corrupt(format!(
+                    "audit event {seq} is not above the previous one ({last})"
+                )));
+            }
+            None => next_seq(e.time, last),
+        };
         if let Some(run_id) = &e.run_id {
             let prefix = zone_prefix(run_id);
             // Prefixes arrive almost in order (creation time), so the newest zone usually fits.
@@ -229,20 +287,7 @@ pub(super) fn purge_before(c: &Connection, before: UnixTime) -> Result<u64, Stor
 pub(super) fn query(c: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
     let (sql, args) = select(filter);
     let mut query = c.prepare(&sql)?;
-    let rows = query.query_map(params_from_iter(args), |r| {
-        Ok((
-            Row {
-                seq: r.get(0)?,
-                time: r.get(1)?,
-                run_id: r.get(2)?,
-                run_label: r.get(3)?,
-                parent_run_id: r.get(4)?,
-                root_run_id: r.get(5)?,
-                jti: r.get(6)?,
-            },
-            r.get::<_, String>(7)?,
-        ))
-    })?;
+    let rows = query.query_map(params_from_iter(args), row)?;
     let mut records = rows
         .map(|row| {
             let (row, data) = row?;

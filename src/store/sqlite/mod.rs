@@ -18,13 +18,14 @@ use tailpass_verify::feed::RevocationKind;
 use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
     AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
-    Revocation, Rotation, Store, StoreError,
+    Revocation, Rotation, Snapshot, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
 use crate::secret::SecretHash;
 
 mod audit;
+mod snapshot;
 mod worker;
 
 use worker::Worker;
@@ -238,6 +239,17 @@ const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn export(&self) -> Result<Snapshot, StoreError> {
+        self.worker.read(snapshot::export).await
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let snapshot = snapshot.clone();
+        self.worker
+            .write(move |c| snapshot::import(c, &snapshot))
+            .await
+    }
+
     async fn insert_client(&self, client: &Client) -> Result<(), StoreError> {
         let (id, created, data) = (
             client.client_id.0.clone(),
