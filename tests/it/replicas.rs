@@ -480,3 +480,37 @@ async fn a_gateway_resumes_the_feed_on_another_replica_by_its_last_event_id() {
     drop(resumed);
     replicas.stop().await;
 }
+
+#[tokio::test]
+async fn a_dpop_proof_used_at_one_replica_is_refused_at_another() {
+    let Some(replicas) = Replicas::start(2).await else {
+        return;
+    };
+    let [a, b] = &replicas.servers[..] else {
+        unreachable!()
+    };
+    let key = tailpass::dpop::ProofKey::generate().unwrap();
+    // One issuer, so one token endpoint URL for every replica.
+    let proof = key.proof("POST", &a.url("/token"), None, None).unwrap();
+    let mint_at = |server: &TestServer| {
+        let request = server
+            .peer(CI)
+            .post(server.url("/token"))
+            .header("DPoP", proof.clone())
+            .form(&[("grant_type", "client_credentials"), ("audience", GATEWAY)]);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let (status, body) = mint_at(a).await;
+    assert_eq!(
+        (status, body["token_type"].as_str()),
+        (200, Some("DPoP")),
+        "{body}"
+    );
+    let (status, body) = mint_at(b).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{body}"
+    );
+    replicas.stop().await;
+}
