@@ -390,7 +390,10 @@ const STORE_RETRY_AFTER: u64 = 5;
 
 impl From<crate::session::EndError> for Error {
     fn from(e: crate::session::EndError) -> Error {
-        Error::server_error(&e)
+        match e {
+            crate::session::EndError::Store(store) => store.into(),
+            crate::session::EndError::Audit(audit) => audit.into(),
+        }
     }
 }
 
@@ -408,8 +411,7 @@ impl From<Fault> for Error {
         match e {
             Fault::Store(store) => store.into(),
             Fault::Audit(audit) => audit.into(),
-            Fault::Session(crate::session::EndError::Store(store)) => store.into(),
-            Fault::Session(crate::session::EndError::Audit(audit)) => audit.into(),
+            Fault::Session(session) => session.into(),
             Fault::Keys(keys) => Error::server_error(&keys),
         }
     }
@@ -440,19 +442,16 @@ impl From<LoginRefused> for Error {
 
 impl From<AgentError> for Error {
     fn from(e: AgentError) -> Error {
-        if let AgentError::Fault(fault) = e {
-            return fault.into();
-        }
-        let code = match &e {
+        let code = match e {
+            AgentError::Fault(fault) => return fault.into(),
             AgentError::NotOnTailnet => return Error::invalid_client(e.to_string()),
             AgentError::IdentityUnavailable => Code::TemporarilyUnavailable,
-            AgentError::RateLimited(retry_after) => return Error::rate_limited(*retry_after),
-            AgentError::Denied(denied) => denied_code(denied),
+            AgentError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
+            AgentError::Denied(ref denied) => denied_code(denied),
             AgentError::Revoked(_) => Code::AccessDenied,
             AgentError::GrantNotAllowed => Code::UnauthorizedClient,
             AgentError::NoAudience | AgentError::Resource { .. } => Code::InvalidTarget,
             AgentError::Scopes => Code::InvalidScope,
-            AgentError::Fault(_) => Code::ServerError,
         };
         Error::new(code, e.to_string())
     }
@@ -460,10 +459,8 @@ impl From<AgentError> for Error {
 
 impl From<ExchangeError> for Error {
     fn from(e: ExchangeError) -> Error {
-        if let ExchangeError::Fault(fault) = e {
-            return fault.into();
-        }
-        let code = match &e {
+        let code = match e {
+            ExchangeError::Fault(fault) => return fault.into(),
             ExchangeError::NotOnTailnet => return Error::invalid_client(e.to_string()),
             ExchangeError::IdentityUnavailable => Code::TemporarilyUnavailable,
             ExchangeError::Subject(_) | ExchangeError::Actor(_) | ExchangeError::ParentExpired => {
@@ -471,9 +468,8 @@ impl From<ExchangeError> for Error {
             }
             ExchangeError::WiderAudience(_) => Code::InvalidTarget,
             ExchangeError::WiderScope(_) => Code::InvalidScope,
-            ExchangeError::Denied(denied) => denied_code(denied),
+            ExchangeError::Denied(ref denied) => denied_code(denied),
             ExchangeError::Revoked(_) => Code::AccessDenied,
-            ExchangeError::Fault(_) => Code::ServerError,
         };
         Error::new(code, e.to_string())
     }
