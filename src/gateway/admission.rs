@@ -130,7 +130,7 @@ pub async fn admit(
     model.clone_from(&shaped.model);
     if let Some(allowed) = allowed {
         match &shaped.model {
-            Some(model) if allowed.contains(&model.as_str()) => {}
+            Some(model) if tailpass_verify::glob::any(allowed.iter().copied(), model) => {}
             Some(model) => {
                 return Err(Refusal::model(format!(
                     "model {model:?} is not allowed for this token"

@@ -32,9 +32,30 @@ pub struct CallRecord {
     pub sub: String,
     /// The presenting node's stable id.
     pub node: Option<String>,
+    /// The upstream's name (`[[upstream]]` `name`), for calls to a model API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// The requested model.
     pub model: Option<String>,
-    /// LLM tokens the upstream reported.
+    /// The tools the request offered the model (their names), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools_offered: Vec<String>,
+    /// The tools the model's answer called, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools_called: Vec<String>,
+    /// The MCP server's name (`[[mcp]]` `name`), for calls to an MCP server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_server: Option<String>,
+    /// The MCP tool called (`tools/call`), or the JSON-RPC method for other MCP requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_tool: Option<String>,
+    /// LLM input tokens the upstream reported (prompt, cache reads and writes included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    /// LLM output tokens the upstream reported (thinking included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    /// LLM tokens the upstream reported, input plus output: what the run's budget is charged.
     pub tokens: Option<u64>,
     /// The status returned to the caller.
     pub status: u16,
@@ -112,6 +133,17 @@ impl CallLog {
             }
         }
     }
+}
+
+/// The LLM tokens an answer reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens.
+    pub input: Option<u64>,
+    /// Output tokens.
+    pub output: Option<u64>,
+    /// Input plus output (or the answer's own total when it gives only that).
+    pub total: Option<u64>,
 }
 
 /// Reads the LLM tokens an answer reports as it streams by: the largest input and output
@@ -223,13 +255,23 @@ impl UsageScanner {
 
     /// The tokens reported (input plus output), once the answer is complete.
     pub fn finish(&mut self) -> Option<u64> {
+        self.finish_usage().total
+    }
+
+    /// The tokens reported, in and out and together, once the answer is complete.
+    pub fn finish_usage(&mut self) -> Usage {
         if !self.event_stream && !self.overflow {
             let pending = std::mem::take(&mut self.pending);
             self.see_json(&pending);
         }
-        match (self.input, self.output) {
+        let total = match (self.input, self.output) {
             (None, None) => self.total,
             (input, output) => Some(input.unwrap_or(0).saturating_add(output.unwrap_or(0))),
+        };
+        Usage {
+            input: self.input,
+            output: self.output,
+            total,
         }
     }
 }
@@ -254,7 +296,10 @@ pub struct Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
-        self.record.tokens = self.scanner.finish();
+        let usage = self.scanner.finish_usage();
+        self.record.tokens_in = usage.input;
+        self.record.tokens_out = usage.output;
+        self.record.tokens = usage.total;
         if let Some(reservation) = self.reservation.take() {
             let success = (200..300).contains(&self.record.status);
             match self.record.tokens {

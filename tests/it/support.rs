@@ -365,3 +365,63 @@ pub async fn admin(
     };
     (status, value)
 }
+
+/// The Python of the official SDKs' venv (`tests/sdk/`), or `None` (and a note on stderr)
+/// when it is not built; `TAILPASS_REQUIRE_SDK=1` (set by `.ci/run`) makes its absence a
+/// failure, so CI never skips the SDK tests.
+#[allow(dead_code)] // first used by the SDK tests landing next
+pub fn sdk_python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("TAILPASS_SDK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/.venv/bin/python")
+        });
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("TAILPASS_REQUIRE_SDK").as_deref() != Ok("1"),
+        "TAILPASS_REQUIRE_SDK=1 but {} is missing (see tests/sdk/README.md)",
+        python.display()
+    );
+    eprintln!(
+        "skipped: no SDK venv at {} (see tests/sdk/README.md)",
+        python.display()
+    );
+    None
+}
+
+/// Runs `tests/sdk/SCRIPT` with the SDKs' Python, `env` set, for at most 120 s: its exit
+/// status and its stdout parsed as one JSON document (the script's report), stderr shown on
+/// failure.
+#[allow(dead_code)] // first used by the SDK tests landing next
+pub async fn run_sdk_script(
+    python: &std::path::Path,
+    script: &str,
+    env: &[(&str, String)],
+) -> (bool, serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let mut command = tokio::process::Command::new(python);
+    command.arg(&path).kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} ran longer than 120 s"))
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        eprintln!(
+            "{script} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    (
+        output.status.success(),
+        serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null),
+    )
+}

@@ -347,8 +347,9 @@ pub const STANDARD_CLAIMS: &[&str] = &[
 ];
 
 impl AccessClaims {
-    /// The `models` claim: the model ids the gateway lets this token use. `None` when the
-    /// claim is absent (no model restriction); a malformed claim allows no model.
+    /// The `models` claim: the model ids or globs ([`crate::glob`]) the gateway lets this
+    /// token use. `None` when the claim is absent (no model restriction); a malformed claim
+    /// allows no model.
     pub fn models(&self) -> Option<Vec<&str>> {
         let value = self.extra.get("models")?;
         Some(
@@ -357,6 +358,36 @@ impl AccessClaims {
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default(),
         )
+    }
+
+    /// The `tools` claim: globs of the tool names a request may declare to a model. `None`
+    /// when absent (any tool); a malformed claim allows no tool.
+    pub fn tools(&self) -> Option<Vec<&str>> {
+        let value = self.extra.get("tools")?;
+        Some(
+            value
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The `mcp` claim's entry for MCP server `server`: globs of the tools this token may call
+    /// there. `None` when the claim or the server's entry is absent; a malformed entry allows
+    /// no tool.
+    pub fn mcp_tools(&self, server: &str) -> Option<Vec<&str>> {
+        let entry = self.extra.get("mcp")?.as_object().map(|m| m.get(server));
+        match entry {
+            // A claim that is not an object names no server, and so allows none.
+            None => Some(Vec::new()),
+            Some(None) => None,
+            Some(Some(globs)) => Some(
+                globs
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default(),
+            ),
+        }
     }
 
     /// The `quota` claim: the run's budget at the gateway. A malformed claim is a budget of
@@ -393,6 +424,27 @@ mod tests {
             "[\"a\",\"b\"]"
         );
         assert!(serde_json::from_str::<Audience>("1").is_err());
+    }
+
+    #[test]
+    fn tools_and_mcp_claims_fail_closed_when_malformed() {
+        let claims = |extra: Value| AccessClaims {
+            extra: serde_json::from_value(extra).unwrap_or_default(),
+            ..AccessClaims::default()
+        };
+        let none = claims(serde_json::json!({}));
+        assert_eq!((none.tools(), none.mcp_tools("docs")), (None, None));
+        let some = claims(serde_json::json!({
+            "tools": ["read_*"], "mcp": {"docs": ["search", 7]}
+        }));
+        assert_eq!(some.tools(), Some(vec!["read_*"]));
+        assert_eq!(some.mcp_tools("docs"), Some(vec!["search"]));
+        assert_eq!(some.mcp_tools("other"), None);
+        let bad = claims(serde_json::json!({"tools": "read_*", "mcp": ["docs"]}));
+        assert_eq!(bad.tools(), Some(vec![]));
+        assert_eq!(bad.mcp_tools("docs"), Some(vec![]));
+        let bad_entry = claims(serde_json::json!({"mcp": {"docs": "search"}}));
+        assert_eq!(bad_entry.mcp_tools("docs"), Some(vec![]));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod binding;
 pub mod claims;
 pub mod dpop;
 pub mod feed;
+pub mod glob;
 pub mod jwk;
 pub mod jws;
 #[cfg(feature = "remote")]
