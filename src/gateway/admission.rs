@@ -14,6 +14,7 @@ use super::Shared;
 use super::body::Shaped;
 use super::endpoints::{Cost, Refused};
 use super::quota::{QuotaError, Reservation};
+use super::routes::Target;
 
 /// The largest request body forwarded (prompts can be long, not unbounded).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
@@ -38,6 +39,16 @@ impl Refusal {
             reason: "model",
             code: "model_not_allowed",
             description: description.into(),
+        }
+    }
+
+    /// No upstream's prefix covers `path`.
+    pub fn no_route(path: &str) -> Refusal {
+        Refusal {
+            status: StatusCode::NOT_FOUND,
+            reason: "endpoint",
+            code: "not_found",
+            description: format!("no upstream of this gateway serves {path:?}"),
         }
     }
 
@@ -98,13 +109,14 @@ pub struct Admitted {
     pub reservation: Option<Reservation>,
 }
 
-/// Checks a verified call (`claims`) to `method` `path` with `body`, at `now`. `model` is set
-/// to the model the call is for as soon as it is known, refused or not, for the call log.
+/// Checks a verified call (`claims`) to `method` at `target` with `body`, at `now`. `model`
+/// is set to the model the call is for as soon as it is known, refused or not, for the call
+/// log.
 pub async fn admit(
     state: &Shared,
+    target: Target<'_>,
     claims: &AccessClaims,
     method: &Method,
-    path: &str,
     body: Body,
     model: &mut Option<String>,
     now: UnixTime,
@@ -115,7 +127,7 @@ pub async fn admit(
             "this gateway serves only tokens that name their models (a models claim)",
         ));
     }
-    let endpoint = state.endpoints.check(method, path)?;
+    let endpoint = target.route.endpoints.check(method, target.rest)?;
     let body = http_body_util::Limited::new(body, MAX_REQUEST)
         .collect()
         .await

@@ -1,7 +1,8 @@
-//! `tailpass gateway`: a reference AI gateway, and the only holder of the upstream API key.
+//! `tailpass gateway`: a reference AI gateway, and the only holder of the upstream API keys.
 //!
-//! It is a reverse proxy for one upstream API (OpenAI's, Anthropic's or Gemini's), forwarding
-//! only its inference endpoints. Each request must carry a tailpass access token for the
+//! It is a reverse proxy for model APIs (OpenAI's, Anthropic's, Gemini's and compatible ones),
+//! each under its own path prefix ([`routes`]), forwarding only their inference endpoints.
+//! Each request must carry a tailpass access token for the
 //! gateway's audience, checked locally with `tailpass-verify` (keys fetched from the issuer,
 //! revocations followed on its feed, refused while the feed is stale), presented from the node
 //! the token is bound to (asked of this gateway's own identity source). The token's `models`
@@ -34,6 +35,7 @@ pub mod meter;
 pub mod options;
 pub mod proxy;
 pub mod quota;
+pub mod routes;
 
 pub use endpoints::Api;
 pub use headers::Auth;
@@ -41,14 +43,21 @@ pub use options::{GatewayIdentity, GatewayOptions};
 
 /// Runs metered at once (distinct root runs with unexpired tokens).
 const MAX_RUNS: usize = 100_000;
+/// The name of the single upstream given by flags.
+pub const DEFAULT_UPSTREAM: &str = "default";
 /// The output limit reserved for a call whose body sets none, by default.
 pub const DEFAULT_MAX_TOKENS: u64 = 4_096;
 /// How long the revocation feed may be stale before tokens are refused, by default, seconds.
 pub const DEFAULT_MAX_FEED_STALENESS: u64 = 30;
 
-/// The upstream API: where calls go, with which key, and what may be sent to it.
+/// One upstream API: where calls go, with which key, and what may be sent to it.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
+    /// Its name, in the call log and metrics.
+    pub name: String,
+    /// The path prefix that routes to it (`/anthropic`); `""` for the single upstream given by
+    /// flags.
+    pub prefix: String,
     /// Its base URL; a request's path is appended to it.
     pub base_url: String,
     /// The file holding its API key, which only the gateway reads.
@@ -65,10 +74,13 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
-    /// An OpenAI-compatible upstream at `base_url` with its key in `key_file`, its key sent as
-    /// a bearer token, inference endpoints only, no pinned headers.
+    /// An OpenAI-compatible upstream named `default` at `base_url` with its key in
+    /// `key_file`, under no prefix, its key sent as a bearer token, inference endpoints only,
+    /// no pinned headers.
     pub fn new(base_url: impl Into<String>, key_file: PathBuf) -> UpstreamSettings {
         UpstreamSettings {
+            name: DEFAULT_UPSTREAM.to_owned(),
+            prefix: String::new(),
             base_url: base_url.into(),
             key_file,
             api: Api::Openai,
@@ -90,8 +102,8 @@ pub struct GatewaySettings {
     pub issuer: String,
     /// The audience tokens must carry.
     pub audience: String,
-    /// The upstream API.
-    pub upstream: UpstreamSettings,
+    /// The upstream APIs, each under its own prefix.
+    pub upstreams: Vec<UpstreamSettings>,
     /// The local address connections to the issuer come from (a tailnet address).
     pub source_address: Option<IpAddr>,
     /// A JSONL mirror of the call log.
@@ -109,7 +121,7 @@ pub struct GatewaySettings {
 
 impl GatewaySettings {
     /// Settings with the defaults for everything but where it listens, whose tokens it
-    /// takes, and its upstream (public URL `http://LISTEN`).
+    /// takes, and its one upstream (public URL `http://LISTEN`); more go in `upstreams`.
     pub fn new(
         listen: SocketAddr,
         issuer: impl Into<String>,
@@ -121,7 +133,7 @@ impl GatewaySettings {
             public_url: format!("http://{listen}"),
             issuer: issuer.into(),
             audience: audience.into(),
-            upstream,
+            upstreams: vec![upstream],
             source_address: None,
             audit_file: None,
             default_max_tokens: DEFAULT_MAX_TOKENS,
@@ -177,16 +189,10 @@ pub struct Shared {
     pub quotas: Arc<quota::Quotas>,
     /// Call records.
     pub log: meter::CallLog,
-    /// The client for the upstream.
+    /// The client for the upstreams.
     pub http: reqwest::Client,
-    /// The upstream's base URL.
-    pub upstream: String,
-    /// The upstream key's header and value (marked sensitive so it is never logged).
-    pub upstream_key: Option<(HeaderName, HeaderValue)>,
-    /// What may be forwarded.
-    pub endpoints: endpoints::Endpoints,
-    /// Headers pinned on every upstream request.
-    pub pin_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The upstreams, by prefix, each with its key and allowlist.
+    pub routes: routes::Routes,
     /// The output limit reserved for a call whose body sets none.
     pub default_max_tokens: u64,
     /// Whether tokens without a `models` claim are served.
@@ -230,25 +236,6 @@ impl RunningGateway {
             let _ = task.await;
         }
     }
-}
-
-fn read_key(
-    upstream: &UpstreamSettings,
-) -> Result<Option<(HeaderName, HeaderValue)>, GatewayError> {
-    if upstream.auth == Auth::None {
-        return Ok(None);
-    }
-    let shown = upstream.key_file.display().to_string();
-    let key = std::fs::read_to_string(&upstream.key_file)
-        .map_err(|e| GatewayError::Key(shown.clone(), e.to_string()))?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(GatewayError::Key(shown, "empty".into()));
-    }
-    upstream
-        .auth
-        .header(key)
-        .map_err(|e| GatewayError::Key(shown, e))
 }
 
 /// `tailpass gateway`: starts, serves until SIGINT or SIGTERM, stops.
@@ -297,7 +284,7 @@ pub async fn start(
     identity: Arc<dyn IdentitySource>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningGateway, GatewayError> {
-    let upstream_key = read_key(&settings.upstream)?;
+    let routes = routes::Routes::new(&settings.upstreams)?;
     let mut issuer_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -334,10 +321,7 @@ pub async fn start(
         quotas: quotas.clone(),
         log: meter::CallLog::open(settings.audit_file.as_deref())?,
         http,
-        upstream: settings.upstream.base_url.clone(),
-        upstream_key,
-        endpoints: endpoints::Endpoints::new(settings.upstream.api, &settings.upstream.paths),
-        pin_headers: settings.upstream.pin_headers.clone(),
+        routes,
         default_max_tokens: settings.default_max_tokens,
         allow_unrestricted: settings.allow_unrestricted,
         public_url: settings.public_url.clone(),
@@ -378,7 +362,7 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ConfigError, IdentityKind};
+    use crate::config::ConfigError;
 
     /// `ARGV` (whose subcommand must be `gateway`), resolved; a refusal of the command line
     /// itself is an error too.
@@ -402,13 +386,120 @@ mod tests {
     fn the_shipped_example_is_valid() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.example.toml");
-        let (_, file) = crate::config::file::load::<GatewayOptions>(Some(&path)).unwrap();
+        let path = path.to_str().unwrap();
+        let (settings, identity) = resolve(&["tailpass", "--config", path, "gateway"]).unwrap();
+        let routes: Vec<_> = settings
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.prefix.as_str(), u.api, u.auth))
+            .collect();
         assert_eq!(
-            file.upstream.as_ref().unwrap().as_str(),
-            "https://api.openai.com/"
+            routes,
+            [
+                ("openai", "/openai", Api::Openai, Auth::Bearer),
+                ("anthropic", "/anthropic", Api::Anthropic, Auth::XApiKey),
+                ("gemini", "/gemini", Api::Gemini, Auth::XGoogApiKey),
+                ("openrouter", "/openrouter", Api::Openai, Auth::Bearer),
+                ("local", "/local", Api::Openai, Auth::None),
+            ]
         );
-        assert_eq!(file.upstream_api, Some(Api::Openai));
-        assert_eq!(file.identity, Some(IdentityKind::Tailscaled));
+        assert_eq!(
+            settings.upstreams[2].base_url,
+            "https://generativelanguage.googleapis.com"
+        );
+        assert!(matches!(identity, GatewayIdentity::Tailscaled(_)));
+    }
+
+    #[test]
+    fn upstream_tables_are_checked_and_do_not_mix_with_the_single_upstream_options() {
+        let base = r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net"
+            audience = "https://gw.example.ts.net"
+        "#;
+        let table = |name: &str, prefix: &str, extra: &str| {
+            format!(
+                "[[upstream]]\nname = {name:?}\nprefix = {prefix:?}\nbase_url = \"https://x.example\"\nkey_file = \"/k\"\n{extra}\n"
+            )
+        };
+        let (_dir, path) = config(&format!(
+            "{base}{}{}",
+            table(
+                "a",
+                "/a",
+                "api = \"anthropic\"\npaths = [\"POST /v1/messages/batches\"]"
+            ),
+            table("b", "", "pin_headers = { \"OpenAI-Project\" = \"p\" }")
+        ));
+        let (settings, _) = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap();
+        assert_eq!(settings.upstreams.len(), 2);
+        assert_eq!(
+            (
+                settings.upstreams[0].auth,
+                settings.upstreams[0].paths.len()
+            ),
+            (Auth::XApiKey, 1)
+        );
+        assert_eq!(
+            settings.upstreams[1].pin_headers[0].0.as_str(),
+            "openai-project"
+        );
+        // --upstream URL on the command line replaces the file's tables.
+        let (settings, _) = resolve(&[
+            "tailpass",
+            "--config",
+            &path,
+            "gateway",
+            "--upstream",
+            "https://one.example",
+            "--upstream-key-file",
+            "/k1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                settings.upstreams.len(),
+                settings.upstreams[0].prefix.as_str()
+            ),
+            (1, "")
+        );
+        for (text, error) in [
+            (table("a", "/a", "") + &table("a", "/b", ""), "used twice"),
+            (
+                table("a", "/a", "") + &table("b", "/a", ""),
+                "another upstream",
+            ),
+            (table("a", "/a/", ""), "must start with '/'"),
+            (table("a", "/metrics", ""), "serves this path itself"),
+            (table("a b", "/a", ""), "letters, digits"),
+            (
+                table("a", "/a", "auth = \"bearer\"\nwhat = 1"),
+                "unknown field",
+            ),
+            (
+                "[[upstream]]\nname = \"a\"\nprefix = \"/a\"\nbase_url = \"https://x.example\"\n"
+                    .into(),
+                "key_file is required",
+            ),
+            (table("a", "/a", "paths = [\"POST /v1/../files\"]"), "'..'"),
+        ] {
+            let (_dir, path) = config(&format!("{base}{text}"));
+            let err = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap_err();
+            assert!(err.to_string().contains(error), "{text}: {err}");
+        }
+        let (_dir, path) = config(&format!(
+            "{base}upstream_key_file = \"/k\"\n{}",
+            table("a", "/a", "")
+        ));
+        let err = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap_err();
+        assert!(
+            err.to_string().contains("applies to a single --upstream"),
+            "{err}"
+        );
+        let (_dir, path) = config(&format!(
+            "{base}[[upstream]]\nname = \"free\"\nprefix = \"/free\"\nbase_url = \"http://10.0.0.1\"\nauth = \"none\"\n"
+        ));
+        assert!(resolve(&["tailpass", "--config", &path, "gateway"]).is_ok());
     }
 
     #[test]
@@ -474,7 +565,7 @@ mod tests {
         );
         let path = path.as_str();
         let (settings, _) = resolve(&["tailpass", "--config", path, "gateway"]).unwrap();
-        let upstream = &settings.upstream;
+        let upstream = &settings.upstreams[0];
         assert_eq!(
             (upstream.api, upstream.auth),
             (Api::Anthropic, Auth::XApiKey)
@@ -508,7 +599,7 @@ mod tests {
             "10s",
         ])
         .unwrap();
-        let upstream = &settings.upstream;
+        let upstream = &settings.upstreams[0];
         assert_eq!(
             (upstream.api, upstream.auth),
             (Api::Gemini, Auth::XGoogApiKey)

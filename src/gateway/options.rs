@@ -39,6 +39,83 @@ impl std::str::FromStr for PinHeader {
     }
 }
 
+/// The `upstream` setting: on the command line and in the environment the single upstream's
+/// base URL; in the file that, or `[[upstream]]` tables for several.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamOption {
+    /// One upstream at this base URL, under no prefix, described by the `upstream_*` options.
+    Url(Url),
+    /// Several, each under its own prefix.
+    Tables(Vec<UpstreamTable>),
+}
+
+impl std::str::FromStr for UpstreamOption {
+    type Err = url::ParseError;
+
+    fn from_str(text: &str) -> Result<UpstreamOption, url::ParseError> {
+        Url::parse(text).map(UpstreamOption::Url)
+    }
+}
+
+/// A string is a URL, an array the tables; each form's own errors are kept (an untagged enum
+/// would only say that neither matched).
+impl<'de> Deserialize<'de> for UpstreamOption {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamOption;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base URL, or [[upstream]] tables")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<UpstreamOption, E> {
+                Url::parse(text)
+                    .map(UpstreamOption::Url)
+                    .map_err(|e| E::custom(format!("upstream {text:?}: {e}")))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<UpstreamOption, A::Error> {
+                Vec::<UpstreamTable>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(UpstreamOption::Tables)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// One `[[upstream]]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTable {
+    /// Its name, in the call log and metrics: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Its base URL; the path after the prefix is appended to it.
+    pub base_url: Url,
+    /// The file holding its key (required unless `auth = "none"`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The header its key goes in [default: by `api`].
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// The API it speaks [default: openai].
+    #[serde(default)]
+    pub api: Option<Api>,
+    /// The path prefix routed to it, e.g. `/anthropic`.
+    pub prefix: String,
+    /// Requests allowed beyond the API's inference endpoints, as "METHOD /path".
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Headers set on every request to it, whatever the caller sent.
+    #[serde(default)]
+    pub pin_headers: BTreeMap<String, String>,
+}
+
 /// The file's `upstream_pin_headers`: a table of names to values.
 fn pins_from_table<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
@@ -65,9 +142,10 @@ options! {
         /// The audience tokens must carry, the gateway's own URL usually (required).
         #[arg(long, env = "TAILPASS_AUDIENCE", value_name = "A")]
         pub audience: Option<String>,
-        /// The upstream API's base URL (required).
+        /// The upstream API's base URL (required, unless the file has `[[upstream]]` tables,
+        /// one per provider, each with its own prefix and key).
         #[arg(long, env = "TAILPASS_UPSTREAM", value_name = "URL")]
-        pub upstream: Option<Url>,
+        pub upstream: Option<UpstreamOption>,
         /// The file holding the upstream API key, which only the gateway reads (required).
         #[arg(long, env = "TAILPASS_UPSTREAM_KEY_FILE", value_name = "FILE")]
         pub upstream_key_file: Option<PathBuf>,
@@ -137,7 +215,7 @@ pub enum GatewayIdentity {
 }
 
 /// The header an API reads its key from.
-fn default_auth(api: Api) -> Auth {
+pub fn default_auth(api: Api) -> Auth {
     match api {
         Api::Openai => Auth::Bearer,
         Api::Anthropic => Auth::XApiKey,
@@ -176,32 +254,10 @@ impl GatewaySettings {
             .audience
             .clone()
             .ok_or_else(|| required("audience"))?;
-        let api = options.upstream_api();
-        let upstream = UpstreamSettings {
-            base_url: options
-                .upstream
-                .as_ref()
-                .map(trimmed)
-                .ok_or_else(|| required("upstream"))?,
-            key_file: options
-                .upstream_key_file
-                .clone()
-                .ok_or_else(|| required("upstream-key-file"))?,
-            api,
-            auth: options.upstream_auth.unwrap_or_else(|| default_auth(api)),
-            paths: options
-                .upstream_paths
-                .iter()
-                .map(|p| {
-                    endpoints::Endpoint::parse(p)
-                        .map_err(|e| invalid(format!("upstream_paths: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-            pin_headers: options
-                .upstream_pin_headers
-                .iter()
-                .map(|pin| headers::parse_pin(&pin.name, &pin.value).map_err(invalid))
-                .collect::<Result<_, _>>()?,
+        let upstreams = match &options.upstream {
+            None => return Err(required("upstream")),
+            Some(UpstreamOption::Url(url)) => vec![single_upstream(&options, trimmed(url))?],
+            Some(UpstreamOption::Tables(tables)) => upstream_tables(&options, tables)?,
         };
         let identity = match (options.identity, options.identity_file.clone()) {
             (Some(IdentityKind::Local) | None, Some(path)) => GatewayIdentity::Local(path),
@@ -230,7 +286,7 @@ impl GatewaySettings {
                 .unwrap_or_else(|| format!("http://{listen}")),
             issuer,
             audience,
-            upstream,
+            upstreams,
             source_address: options.source_address,
             audit_file: options.audit_file.clone(),
             default_max_tokens: options.default_max_tokens(),
@@ -240,4 +296,118 @@ impl GatewaySettings {
         };
         Ok((settings, identity))
     }
+}
+
+/// Parses `paths` entries (`"METHOD /path"`) of the upstream `what`.
+fn parse_paths(what: &str, paths: &[String]) -> Result<Vec<endpoints::Endpoint>, ConfigError> {
+    paths
+        .iter()
+        .map(|p| endpoints::Endpoint::parse(p).map_err(|e| invalid(format!("{what}: {e}"))))
+        .collect()
+}
+
+/// The single upstream of `--upstream URL` and the `upstream_*` options.
+fn single_upstream(
+    options: &GatewayOptions,
+    base_url: String,
+) -> Result<UpstreamSettings, ConfigError> {
+    let api = options.upstream_api();
+    Ok(UpstreamSettings {
+        name: super::DEFAULT_UPSTREAM.to_owned(),
+        prefix: String::new(),
+        base_url,
+        key_file: options.upstream_key_file.clone().ok_or_else(|| {
+            invalid("--upstream-key-file is required (flag, TAILPASS_ variable or config file)")
+        })?,
+        api,
+        auth: options.upstream_auth.unwrap_or_else(|| default_auth(api)),
+        paths: parse_paths("upstream_paths", &options.upstream_paths)?,
+        pin_headers: options
+            .upstream_pin_headers
+            .iter()
+            .map(|pin| headers::parse_pin(&pin.name, &pin.value).map_err(invalid))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The upstreams of `[[upstream]]` tables: names and prefixes unique, each prefix a plain
+/// path, a key file for each that sends one. The single-upstream options do not mix with
+/// them (each table says its own).
+fn upstream_tables(
+    options: &GatewayOptions,
+    tables: &[UpstreamTable],
+) -> Result<Vec<UpstreamSettings>, ConfigError> {
+    let single = [
+        ("upstream_key_file", options.upstream_key_file.is_some()),
+        ("upstream_auth", options.upstream_auth.is_some()),
+        ("upstream_paths", !options.upstream_paths.is_empty()),
+        (
+            "upstream_pin_headers",
+            !options.upstream_pin_headers.is_empty(),
+        ),
+    ];
+    if let Some((name, _)) = single.iter().find(|(_, set)| *set) {
+        return Err(invalid(format!(
+            "{name} applies to a single --upstream URL; with [[upstream]] tables, set it in each table"
+        )));
+    }
+    if tables.is_empty() {
+        return Err(invalid("upstream = []: name at least one upstream"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut prefixes = std::collections::BTreeSet::new();
+    tables
+        .iter()
+        .map(|table| {
+            let what = format!("[[upstream]] {:?}", table.name);
+            let name_ok = !table.name.is_empty()
+                && table
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !name_ok {
+                return Err(invalid(format!(
+                    "{what}: a name is letters, digits, '-' and '_'"
+                )));
+            }
+            if !names.insert(table.name.as_str()) {
+                return Err(invalid(format!("{what}: the name is used twice")));
+            }
+            super::routes::check_prefix(&table.prefix)
+                .map_err(|e| invalid(format!("{what}: {e}")))?;
+            if !prefixes.insert(table.prefix.as_str()) {
+                return Err(invalid(format!("{what}: another upstream has this prefix")));
+            }
+            if !matches!(table.base_url.scheme(), "http" | "https") {
+                return Err(invalid(format!("{what}: base_url must be http(s)")));
+            }
+            let api = table.api.unwrap_or_default();
+            let auth = table.auth.unwrap_or_else(|| default_auth(api));
+            let key_file = match (&table.key_file, auth) {
+                (Some(file), _) => file.clone(),
+                (None, Auth::None) => PathBuf::new(),
+                (None, _) => {
+                    return Err(invalid(format!(
+                        "{what}: key_file is required unless auth = \"none\""
+                    )));
+                }
+            };
+            Ok(UpstreamSettings {
+                name: table.name.clone(),
+                prefix: table.prefix.clone(),
+                base_url: table.base_url.as_str().trim_end_matches('/').to_owned(),
+                key_file,
+                api,
+                auth,
+                paths: parse_paths(&format!("{what} paths"), &table.paths)?,
+                pin_headers: table
+                    .pin_headers
+                    .iter()
+                    .map(|(name, value)| {
+                        headers::parse_pin(name, value).map_err(|e| invalid(format!("{what}: {e}")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
 }

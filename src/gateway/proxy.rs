@@ -1,6 +1,6 @@
-//! The proxied call: the caller's token checked, the endpoint, model and budget enforced, its
-//! credentials and account headers stripped and the upstream key put in their place, the
-//! answer streamed back.
+//! The proxied call: its upstream found by prefix, the caller's token checked, the endpoint,
+//! model and budget enforced, its credentials and account headers stripped and that
+//! upstream's key put in their place, the answer streamed back.
 
 use std::time::Instant;
 
@@ -15,13 +15,27 @@ use tailpass_verify::axum::{ExternalUrl, PresenterNode, verify_parts};
 use super::admission::{Admitted, Refusal, admit};
 use super::headers::{HOP_BY_HOP, upstream_headers};
 use super::meter::{CallRecord, Meter, UsageScanner};
+use super::routes::Target;
 use super::{GatewayState, Shared};
 use crate::identity::peer::{Conn, identify};
 
-/// Any request under the gateway's prefix: the token verified, the call admitted, forwarded.
+/// Any request under an upstream's prefix: the token verified, the call admitted, forwarded.
 pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let Some(target) = state.routes.find(&path) else {
+        let refusal = Refusal::no_route(&path);
+        state.log.record(&CallRecord {
+            time: state.clock.now(),
+            status: refusal.status.as_u16(),
+            refused: Some(refusal.description.clone()),
+            reason: refusal.reason,
+            ..CallRecord::default()
+        });
+        return refusal.into_response();
+    };
+    target.route.lift_token(&mut parts.headers);
     // The presenter's node, as this gateway's identity source says (none over Funnel).
     let node = identify(
         state.identity.as_ref(),
@@ -66,21 +80,22 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         root_run_id: claims.budget_run().map(str::to_owned),
         sub: claims.sub.clone(),
         node,
+        upstream: Some(target.route.name.clone()),
         ..CallRecord::default()
     };
-    let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+    let method = parts.method.clone();
     let admitted = admit(
         &state,
+        target,
         &claims,
         &method,
-        &path,
         body,
         &mut record.model,
         now,
     )
     .await;
     let forwarded = match admitted {
-        Ok(admitted) => forward(&state, &parts, admitted, record, started).await,
+        Ok(admitted) => forward(&state, target, &parts, admitted, record, started).await,
         Err(refusal) => Err((refusal, record)),
     };
     forwarded.unwrap_or_else(|(refusal, mut record)| {
@@ -96,6 +111,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
 /// call's record when the upstream cannot be reached.
 async fn forward(
     state: &Shared,
+    target: Target<'_>,
     parts: &Parts,
     admitted: Admitted,
     record: CallRecord,
@@ -105,20 +121,9 @@ async fn forward(
         shaped,
         reservation,
     } = admitted;
-    let upstream_url = format!(
-        "{}{}",
-        state.upstream.trim_end_matches('/'),
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let headers = upstream_headers(
-        &parts.headers,
-        state.upstream_key.as_ref(),
-        &state.pin_headers,
-    );
+    let route = target.route;
+    let upstream_url = route.upstream_url(target.rest, parts.uri.query());
+    let headers = upstream_headers(&parts.headers, route.key.as_ref(), &route.pin_headers);
     let asked = Instant::now();
     let sent = state
         .http

@@ -642,7 +642,7 @@ async fn a_token_limited_to_one_model_cannot_delete_files_under_the_shared_key()
 
     // What the operator opts in is forwarded; the rest stays refused.
     let setup = Setup::with(|s| {
-        s.upstream.paths =
+        s.upstreams[0].paths =
             vec![tailpass::gateway::endpoints::Endpoint::parse("POST /v1/batches").unwrap()];
     })
     .await;
@@ -760,7 +760,7 @@ async fn a_call_cut_short_before_its_usage_arrives_is_charged_its_reservation() 
 #[tokio::test]
 async fn a_caller_cannot_pick_the_account_billed_under_the_shared_key() {
     let setup = Setup::with(|s| {
-        s.upstream.pin_headers = vec![
+        s.upstreams[0].pin_headers = vec![
             tailpass::gateway::headers::parse_pin("OpenAI-Organization", "org-operator").unwrap(),
         ];
     })

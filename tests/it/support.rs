@@ -369,7 +369,6 @@ pub async fn admin(
 /// The Python of the official SDKs' venv (`tests/sdk/`), or `None` (and a note on stderr)
 /// when it is not built; `TAILPASS_REQUIRE_SDK=1` (set by `.ci/run`) makes its absence a
 /// failure, so CI never skips the SDK tests.
-#[allow(dead_code)] // first used by the SDK tests landing next
 pub fn sdk_python() -> Option<std::path::PathBuf> {
     let python = std::env::var_os("TAILPASS_SDK_PYTHON")
         .map(std::path::PathBuf::from)
@@ -394,7 +393,6 @@ pub fn sdk_python() -> Option<std::path::PathBuf> {
 /// Runs `tests/sdk/SCRIPT` with the SDKs' Python, `env` set, for at most 120 s: its exit
 /// status and its stdout parsed as one JSON document (the script's report), stderr shown on
 /// failure.
-#[allow(dead_code)] // first used by the SDK tests landing next
 pub async fn run_sdk_script(
     python: &std::path::Path,
     script: &str,
