@@ -1,11 +1,13 @@
 //! Gateway benchmarks, in one process (all on loopback):
 //! 1. token verifications per second beside the raw ring ES256 verify rate, same thread;
-//! 2. the latency the gateway adds: the same request sent to the upstream directly and through
-//!    the gateway, one at a time, p50 and p99;
+//! 2. the latency the gateway adds, per provider (OpenAI chat, Anthropic messages, Gemini
+//!    generateContent, each as JSON and as a server-sent event stream): the same request sent
+//!    to the upstream directly and through the gateway, one at a time, p50 and p99;
 //! 3. the time from `killswitch::revoke` (what `tailpass revoke --run` calls) to the gateway
 //!    refusing the run's token, measured by calling until refused.
 //!
-//! The upstream is a local stand-in for the paid API (which cannot run here).
+//! The upstream is a local test double of the paid APIs (which cannot run here), answering
+//! each provider's shape at once, so what is measured is the gateway.
 //!
 //! ```text
 //! bench/run.sh gateway [--seconds N] [--requests N]
@@ -155,34 +157,154 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// A double of the three paid APIs: a short answer in each one's shape, JSON or streamed.
 async fn upstream() -> std::net::SocketAddr {
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|| async {
-            axum::Json(
-                json!({"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 12}}),
-            )
-        }),
-    );
+    use axum::response::IntoResponse as _;
+    let sse = |text: String| {
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from(text))
+            .unwrap()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| async move {
+                if body["stream"] == true {
+                    let chunk = json!({"choices": [{"index": 0, "delta": {"content": "hi"}}]});
+                    let usage = json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}});
+                    return sse(format!("data: {chunk}\n\ndata: {usage}\n\ndata: [DONE]\n\n"));
+                }
+                axum::Json(json!({"choices": [{"message": {"content": "hi"}}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 3}}))
+                .into_response()
+            }),
+        )
+        .route(
+            "/v1/messages",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| async move {
+                if body["stream"] == true {
+                    let events = [
+                        ("message_start", json!({"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}})),
+                        ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})),
+                        ("message_delta", json!({"type": "message_delta", "usage": {"output_tokens": 3}})),
+                        ("message_stop", json!({"type": "message_stop"})),
+                    ];
+                    return sse(events.iter().map(|(e, d)| format!("event: {e}\ndata: {d}\n\n")).collect());
+                }
+                axum::Json(json!({"type": "message", "content": [{"type": "text", "text": "hi"}],
+                    "usage": {"input_tokens": 9, "output_tokens": 3}}))
+                .into_response()
+            }),
+        )
+        .route(
+            "/v1beta/models/{call}",
+            axum::routing::post(move |axum::extract::Path(call): axum::extract::Path<String>| async move {
+                let answer = json!({"candidates": [{"content": {"parts": [{"text": "hi"}]}}],
+                    "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 3}});
+                if call.ends_with(":streamGenerateContent") {
+                    return sse(format!("data: {answer}\r\n\r\n"));
+                }
+                axum::Json(answer).into_response()
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
 
-async fn timed(client: &reqwest::Client, url: &str, token: &str, n: usize) -> Vec<Duration> {
-    let body = json!({"model": "claude-sonnet", "messages": [{"role": "user", "content": "hi"}]});
+/// One measured request: where it goes after the base, the header its token goes in, its body.
+struct Case {
+    label: &'static str,
+    prefix: &'static str,
+    path: &'static str,
+    header: &'static str,
+    body: serde_json::Value,
+}
+
+fn cases() -> Vec<Case> {
+    let chat = json!({"model": "gpt-bench", "messages": [{"role": "user", "content": "hi"}]});
+    let message = json!({"model": "claude-sonnet", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
+    let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let streamed = |mut body: serde_json::Value| {
+        body["stream"] = json!(true);
+        body
+    };
+    vec![
+        Case {
+            label: "openai chat",
+            prefix: "/openai",
+            path: "/v1/chat/completions",
+            header: "authorization",
+            body: chat.clone(),
+        },
+        Case {
+            label: "openai chat, streamed",
+            prefix: "/openai",
+            path: "/v1/chat/completions",
+            header: "authorization",
+            body: streamed(chat),
+        },
+        Case {
+            label: "anthropic messages",
+            prefix: "/anthropic",
+            path: "/v1/messages",
+            header: "x-api-key",
+            body: message.clone(),
+        },
+        Case {
+            label: "anthropic messages, streamed",
+            prefix: "/anthropic",
+            path: "/v1/messages",
+            header: "x-api-key",
+            body: streamed(message),
+        },
+        Case {
+            label: "gemini generateContent",
+            prefix: "/gemini",
+            path: "/v1beta/models/gemini-bench:generateContent",
+            header: "x-goog-api-key",
+            body: gemini.clone(),
+        },
+        Case {
+            label: "gemini streamGenerateContent",
+            prefix: "/gemini",
+            path: "/v1beta/models/gemini-bench:streamGenerateContent",
+            header: "x-goog-api-key",
+            body: gemini,
+        },
+    ]
+}
+
+async fn timed(
+    client: &reqwest::Client,
+    url: &str,
+    header: &str,
+    token: &str,
+    body: &serde_json::Value,
+    n: usize,
+) -> Vec<Duration> {
+    let value = if header == "authorization" {
+        format!("Bearer {token}")
+    } else {
+        token.to_owned()
+    };
     let mut out = Vec::with_capacity(n);
     for _ in 0..n + n / 10 {
         let t = Instant::now();
         let response = client
             .post(url)
-            .bearer_auth(token)
-            .json(&body)
+            .header(header, &value)
+            .json(body)
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
         response.bytes().await.unwrap();
         out.push(t.elapsed());
     }
@@ -212,7 +334,7 @@ async fn end_to_end(args: &Args) {
         r#"[[rule]]
 src = ["tag:ci"]
 audiences = ["https://gateway.tail1234.ts.net"]
-claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
+claims = { models = ["claude-sonnet", "gpt-bench", "gemini-bench"], quota = { requests = 100000000, tokens = 100000000000 } }
 "#,
     )
     .unwrap();
@@ -232,22 +354,40 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
     let key_file = dir.path().join("upstream.key");
     std::fs::write(&key_file, "sk-bench").unwrap();
     let identity = Arc::new(tailpass::identity::local::LocalTable::from_file(&peers).unwrap());
-    let gateway = tailpass::gateway::start(
-        tailpass::gateway::GatewaySettings {
-            public_url: "http://gateway.invalid".into(),
-            source_address: Some("127.0.0.8".parse().unwrap()),
-            ..tailpass::gateway::GatewaySettings::new(
-                "127.0.0.1:0".parse().unwrap(),
-                issuer.clone(),
-                GATEWAY,
-                tailpass::gateway::UpstreamSettings::new(format!("http://{upstream}"), key_file),
+    let upstream_at = |name: &str, prefix: &str, api: tailpass::gateway::Api| {
+        tailpass::gateway::UpstreamSettings {
+            name: name.into(),
+            prefix: prefix.into(),
+            api,
+            auth: match api {
+                tailpass::gateway::Api::Openai => tailpass::gateway::Auth::Bearer,
+                tailpass::gateway::Api::Anthropic => tailpass::gateway::Auth::XApiKey,
+                tailpass::gateway::Api::Gemini => tailpass::gateway::Auth::XGoogApiKey,
+            },
+            ..tailpass::gateway::UpstreamSettings::new(
+                format!("http://{upstream}"),
+                key_file.clone(),
             )
-        },
-        identity,
-        clock,
-    )
-    .await
-    .unwrap();
+        }
+    };
+    let mut settings = tailpass::gateway::GatewaySettings {
+        public_url: "http://gateway.invalid".into(),
+        source_address: Some("127.0.0.8".parse().unwrap()),
+        ..tailpass::gateway::GatewaySettings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            issuer.clone(),
+            GATEWAY,
+            upstream_at("default", "", tailpass::gateway::Api::Openai),
+        )
+    };
+    settings.upstreams.extend([
+        upstream_at("openai", "/openai", tailpass::gateway::Api::Openai),
+        upstream_at("anthropic", "/anthropic", tailpass::gateway::Api::Anthropic),
+        upstream_at("gemini", "/gemini", tailpass::gateway::Api::Gemini),
+    ]);
+    let gateway = tailpass::gateway::start(settings, identity, clock)
+        .await
+        .unwrap();
     let agent = reqwest::Client::builder()
         .local_address("127.0.0.3".parse::<std::net::IpAddr>().unwrap())
         .build()
@@ -266,32 +406,38 @@ claims = { models = ["claude-sonnet"], quota = { requests = 100000000 } }
     };
     let token = mint().await;
 
-    let direct = timed(
-        &agent,
-        &format!("http://{upstream}/v1/chat/completions"),
-        &token,
-        args.requests,
-    )
-    .await;
-    let through = timed(
-        &agent,
-        &format!("http://{}/v1/chat/completions", gateway.addr()),
-        &token,
-        args.requests,
-    )
-    .await;
-    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
-    let (g50, g99) = (percentile(&through, 0.5), percentile(&through, 0.99));
     println!(
-        "upstream directly:   p50 {d50:.3} ms  p99 {d99:.3} ms  ({} requests)",
-        direct.len()
+        "{:<30} {:>17} {:>17} {:>17}   ({} requests each)",
+        "latency, ms (p50 / p99)", "upstream directly", "through gateway", "added", args.requests
     );
-    println!("through the gateway: p50 {g50:.3} ms  p99 {g99:.3} ms");
-    println!(
-        "added by the gateway: p50 {:.3} ms  p99 {:.3} ms",
-        g50 - d50,
-        g99 - d99
-    );
+    for case in cases() {
+        let direct = timed(
+            &agent,
+            &format!("http://{upstream}{}", case.path),
+            case.header,
+            &token,
+            &case.body,
+            args.requests,
+        )
+        .await;
+        let through = timed(
+            &agent,
+            &format!("http://{}{}{}", gateway.addr(), case.prefix, case.path),
+            case.header,
+            &token,
+            &case.body,
+            args.requests,
+        )
+        .await;
+        let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+        let (g50, g99) = (percentile(&through, 0.5), percentile(&through, 0.99));
+        println!(
+            "{:<30} {d50:>8.3} / {d99:<6.3} {g50:>8.3} / {g99:<6.3} {:>8.3} / {:<6.3}",
+            case.label,
+            g50 - d50,
+            g99 - d99
+        );
+    }
 
     let state = running.state().unwrap().clone();
     let gateway_url = format!("http://{}/v1/chat/completions", gateway.addr());
