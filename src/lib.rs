@@ -16,6 +16,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dpop;
+pub mod federation;
 pub mod gateway;
 pub mod grant;
 pub mod http;

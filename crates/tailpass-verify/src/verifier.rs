@@ -33,6 +33,17 @@ impl KeySet {
     /// Parses a JWKS document, keeping the signing keys this crate can verify with and
     /// skipping the rest (a new key type at the issuer must not break old verifiers).
     pub fn from_jwks(document: &serde_json::Value) -> KeySet {
+        KeySet::parse(document, false)
+    }
+
+    /// Parses another issuer's JWKS document (a federation's), where a key may omit `alg`:
+    /// it then verifies only the algorithm its type implies (RSA: RS256, P-256: ES256,
+    /// Ed25519: EdDSA), so a token's header can never pick another one for it.
+    pub fn from_external_jwks(document: &serde_json::Value) -> KeySet {
+        KeySet::parse(document, true)
+    }
+
+    fn parse(document: &serde_json::Value, infer_alg: bool) -> KeySet {
         let keys = document
             .get("keys")
             .and_then(serde_json::Value::as_array)
@@ -40,9 +51,19 @@ impl KeySet {
             .unwrap_or_default()
             .iter()
             .filter_map(|value| {
-                let jwk = crate::Jwk::parse_public(value).ok()?;
+                let mut jwk = crate::Jwk::parse_public(value).ok()?;
                 if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
                     return None;
+                }
+                if infer_alg && jwk.alg.is_none() {
+                    jwk.alg = match &jwk.key {
+                        crate::jwk::PublicKey::RSA { .. } => Some(Alg::RS256),
+                        crate::jwk::PublicKey::EC { crv, .. } if crv == "P-256" => Some(Alg::ES256),
+                        crate::jwk::PublicKey::OKP { crv, .. } if crv == "Ed25519" => {
+                            Some(Alg::EdDSA)
+                        }
+                        _ => None,
+                    };
                 }
                 let kid = jwk.kid.clone()?;
                 let key = VerifyingKey::from_published(&jwk).ok()?;
