@@ -34,6 +34,7 @@ pub mod meter;
 pub mod options;
 pub mod proxy;
 pub mod quota;
+pub mod tools;
 
 pub use endpoints::Api;
 pub use headers::Auth;
