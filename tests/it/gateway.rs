@@ -1063,6 +1063,15 @@ max_lifetime = 600
 claims = { models = ["gpt-small"], tools = ["get_weather", "read_*"] }
 "#;
 
+/// A server with [`TOOLS_POLICY`], and a gateway in front of the double.
+async fn tools_setup() -> Setup {
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(&policy, TOOLS_POLICY).unwrap();
+    let server = TestServer::with_args(&["--policy", policy.to_str().unwrap()]).await;
+    Setup::in_front_of(server, policy_dir, |_| {}).await
+}
+
 /// A chat completion offering `tools` (function names) through the gateway from CI.
 async fn call_with_tools(
     setup: &Setup,
@@ -1086,11 +1095,7 @@ async fn call_with_tools(
 
 #[tokio::test]
 async fn tools_outside_the_tokens_tools_claim_never_reach_the_upstream_and_tool_calls_are_logged() {
-    let policy_dir = tempfile::tempdir().unwrap();
-    let policy = policy_dir.path().join("policy.toml");
-    std::fs::write(&policy, TOOLS_POLICY).unwrap();
-    let server = TestServer::with_args(&["--policy", policy.to_str().unwrap()]).await;
-    let setup = Setup::in_front_of(server, policy_dir, |_| {}).await;
+    let setup = tools_setup().await;
     let token = setup.agent_token().await;
     assert_eq!(
         claims(&token)["tools"],
@@ -1197,4 +1202,46 @@ async fn a_token_without_a_tools_claim_may_offer_any_tool() {
     assert_eq!(setup.upstream.seen().len(), 1);
     let log = setup.call_log();
     assert_eq!(log[0]["tools_called"], json!(["delete_repo"]));
+}
+
+#[tokio::test]
+async fn openais_sdk_sees_its_tool_calls_and_the_refusal_of_a_tool_outside_the_claim() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let setup = tools_setup().await;
+    let token = setup.agent_token().await;
+    // The streamed answer's end is held until released: release it ahead.
+    setup.upstream.release.add_permits(1);
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "openai_tools.py",
+        &[
+            ("GATEWAY_URL", setup.url("")),
+            ("TOKEN", token),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["called"], json!(["get_weather"]));
+    assert_eq!(report["streamed"], json!(["read_file"]));
+    assert_eq!(report["refused"]["status"], 403);
+    assert_eq!(report["refused"]["body"]["error"], "tool_not_allowed");
+    let description = report["refused"]["body"]["error_description"].to_string();
+    assert!(description.contains("delete_repo"), "{description}");
+    assert_eq!(
+        setup.upstream.seen().len(),
+        2,
+        "the refused call never arrived"
+    );
+    let called: Vec<Value> = setup
+        .call_log()
+        .iter()
+        .map(|l| l["tools_called"].clone())
+        .collect();
+    assert_eq!(
+        called,
+        [json!(["get_weather"]), json!(["read_file"]), Value::Null]
+    );
 }
