@@ -75,28 +75,50 @@ fn push(out: &mut Vec<String>, name: Option<&str>) {
     out.push(name.unwrap_or(UNNAMED).to_owned());
 }
 
+/// The names a tool object gives itself at `paths`, every one of them: an upstream that reads
+/// another field than the gateway expects must not run a tool the claim was never asked
+/// about, so a tool naming itself twice is checked under both names. When it names itself
+/// nowhere, its `type` (a built-in tool), unless the type needs a name (`needs_name`), which
+/// makes it unnamed.
+fn named(tool: &Value, paths: &[&[&str]], needs_name: &[&str], out: &mut Vec<String>) {
+    let before = out.len();
+    for path in paths {
+        if let Some(name) = str_at(tool, path) {
+            out.push(name.to_owned());
+        }
+    }
+    if out.len() == before {
+        let kind = str_at(tool, &["type"]).filter(|kind| !needs_name.contains(kind));
+        push(out, kind);
+    }
+}
+
 /// An OpenAI tool: chat completions' `function.name` (or `custom.name`), the Responses API's
 /// `name`, an `mcp` tool's `server_label`, a built-in tool's `type`.
 fn openai_tool(tool: &Value, out: &mut Vec<String>) {
-    let kind = str_at(tool, &["type"]);
-    let name = str_at(tool, &["function", "name"])
-        .or_else(|| str_at(tool, &["custom", "name"]))
-        .or_else(|| str_at(tool, &["name"]))
-        .or_else(|| match kind {
-            Some("mcp") => str_at(tool, &["server_label"]),
-            _ => kind,
-        });
-    push(out, name);
+    named(
+        tool,
+        &[
+            &["function", "name"],
+            &["custom", "name"],
+            &["name"],
+            &["server_label"],
+        ],
+        &["function", "custom", "mcp"],
+        out,
+    );
 }
 
 /// An Anthropic tool: its `name` (client tools, and server tools such as
 /// `web_search_20250305`, named `web_search`), an MCP toolset's `mcp_server_name`, else its
 /// `type`.
 fn anthropic_tool(tool: &Value, out: &mut Vec<String>) {
-    let name = str_at(tool, &["name"])
-        .or_else(|| str_at(tool, &["mcp_server_name"]))
-        .or_else(|| str_at(tool, &["type"]));
-    push(out, name);
+    named(
+        tool,
+        &[&["name"], &["mcp_server_name"]],
+        &["custom", "mcp_toolset"],
+        out,
+    );
 }
 
 /// `google_search` as `googleSearch`: Gemini takes both spellings of a field.
@@ -139,7 +161,9 @@ fn gemini_tool(tool: &Value, out: &mut Vec<String>) {
 
 /// The tools a request `body` offers the model, every one of them in order, as `api` lays
 /// them out: OpenAI's `tools` (chat completions and Responses) and legacy `functions`,
-/// Anthropic's `tools` and `mcp_servers`, Gemini's `tools`.
+/// Anthropic's `tools` and `mcp_servers`, Gemini's `tools`. A request that brings tools the
+/// gateway cannot see — a Responses stored `prompt`, a Gemini `cachedContent`, each of which
+/// may hold tools of its own — offers an unnamed tool too.
 pub fn offered(api: Api, body: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match api {
@@ -148,6 +172,10 @@ pub fn offered(api: Api, body: &Value) -> Vec<String> {
             each(body, "functions", &mut out, |f, out| {
                 push(out, str_at(f, &["name"]));
             });
+            // Completions' `prompt` is text; the Responses API's is a stored prompt's id.
+            if body.get("prompt").is_some_and(Value::is_object) {
+                out.push(UNNAMED.to_owned());
+            }
         }
         Api::Anthropic => {
             each(body, "tools", &mut out, anthropic_tool);
@@ -155,7 +183,12 @@ pub fn offered(api: Api, body: &Value) -> Vec<String> {
                 push(out, str_at(s, &["name"]));
             });
         }
-        Api::Gemini => each(body, "tools", &mut out, gemini_tool),
+        Api::Gemini => {
+            each(body, "tools", &mut out, gemini_tool);
+            if body.get("cachedContent").is_some() || body.get("cached_content").is_some() {
+                out.push(UNNAMED.to_owned());
+            }
+        }
     }
     out
 }
@@ -389,6 +422,19 @@ mod tests {
             "an MCP server without a label is no name a claim can allow"
         );
         assert!(offered(Api::Openai, &json!({"tools": null})).is_empty());
+        let twice = json!({"tools": [{"type": "function", "name": "delete_repo", "function": {"name": "get_weather"}}]});
+        assert_eq!(
+            offered(Api::Openai, &twice),
+            ["get_weather", "delete_repo"],
+            "a tool naming itself twice is checked under both names"
+        );
+        let stored = json!({"prompt": {"id": "pmpt_1", "version": "2"}, "input": "hi"});
+        assert_eq!(
+            offered(Api::Openai, &stored),
+            [""],
+            "a stored prompt's tools are unseen"
+        );
+        assert!(offered(Api::Openai, &json!({"prompt": "Say hi"})).is_empty());
         assert_eq!(offered(Api::Openai, &json!({"tools": "x"})), [""]);
     }
 
@@ -430,6 +476,14 @@ mod tests {
                 "urlContext"
             ]
         );
+        let cached = json!({"cachedContent": "cachedContents/abc", "contents": []});
+        assert_eq!(
+            offered(Api::Gemini, &cached),
+            [""],
+            "cached tools are unseen"
+        );
+        let custom = json!({"tools": [{"type": "custom", "input_schema": {}}]});
+        assert_eq!(offered(Api::Anthropic, &custom), [""]);
     }
 
     #[test]
