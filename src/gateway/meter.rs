@@ -152,8 +152,8 @@ pub struct Usage {
 /// Reads an answer as it streams by: the LLM tokens it reports (the largest input and output
 /// counts seen, as streams repeat cumulative counts, or a total when that is all there is)
 /// and the tools the model calls ([`CallScanner`]), from one parse of each event. Its memory is
-/// bounded: a JSON answer is kept up to [`MAX_JSON`], an event line up to [`MAX_LINE`], past
-/// which the answer goes unread.
+/// bounded: a JSON answer is kept up to 4 MiB, an event line up to 1 MiB, past which the
+/// answer goes unread.
 #[derive(Debug)]
 pub struct AnswerScanner {
     event_stream: bool,

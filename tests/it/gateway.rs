@@ -7,7 +7,8 @@
 //! reports a stream's usage only when asked to (`stream_options.include_usage`), and it holds
 //! a streamed answer open until the test releases it. When a chat request offers tools, it
 //! answers as a model calling the first of them would (a `tool_calls` message, or its first
-//! stream delta naming the function).
+//! stream delta naming the function). Its Messages endpoint (Anthropic's API) answers with a
+//! `tool_use` block for the first tool offered.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,55 @@ fn first_tool(request: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The double's Messages API answer (Anthropic's shapes): a `tool_use` block for the first
+/// tool offered, as one message or as its stream of events; usage 12 in, 5 out.
+fn anthropic_answer(request: &Value) -> axum::response::Response {
+    let tool = request["tools"][0]["name"].as_str().unwrap_or("none");
+    let block = json!({"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}});
+    let message = |content: Value, output: u64| {
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": request["model"],
+            "content": content, "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": output}})
+    };
+    if request["stream"] != true {
+        return axum::Json(message(json!([block]), 5)).into_response();
+    }
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": message(json!([]), 1)}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(text))
+        .unwrap()
+}
+
 /// The usage the double reports for each answer: 7 in, 3 out (or 300 out when streamed).
 async fn paid_api(
     axum::extract::State(api): axum::extract::State<Arc<PaidApiDouble>>,
@@ -89,6 +139,7 @@ async fn paid_api(
             return axum::Json(json!({"id": "file-abc", "deleted": true})).into_response();
         }
         ("POST", "/v1/batches") => return axum::Json(json!({"id": "batch_1"})).into_response(),
+        ("POST", "/v1/messages") => return anthropic_answer(&request),
         _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
     }
     let tool = first_tool(&request);
@@ -1060,16 +1111,21 @@ src = ["tag:ci"]
 audiences = ["https://gateway.tail1234.ts.net"]
 scopes = ["llm:chat"]
 max_lifetime = 600
-claims = { models = ["gpt-small"], tools = ["get_weather", "read_*"] }
+claims = { models = ["gpt-small", "claude-sonnet"], tools = ["get_weather", "read_*"] }
 "#;
 
 /// A server with [`TOOLS_POLICY`], and a gateway in front of the double.
 async fn tools_setup() -> Setup {
+    tools_setup_with(|_| {}).await
+}
+
+/// [`tools_setup`], with the gateway's settings adjusted by `configure`.
+async fn tools_setup_with(configure: impl FnOnce(&mut GatewaySettings)) -> Setup {
     let policy_dir = tempfile::tempdir().unwrap();
     let policy = policy_dir.path().join("policy.toml");
     std::fs::write(&policy, TOOLS_POLICY).unwrap();
     let server = TestServer::with_args(&["--policy", policy.to_str().unwrap()]).await;
-    Setup::in_front_of(server, policy_dir, |_| {}).await
+    Setup::in_front_of(server, policy_dir, configure).await
 }
 
 /// A chat completion offering `tools` (function names) through the gateway from CI.
@@ -1243,5 +1299,64 @@ async fn openais_sdk_sees_its_tool_calls_and_the_refusal_of_a_tool_outside_the_c
     assert_eq!(
         called,
         [json!(["get_weather"]), json!(["read_file"]), Value::Null]
+    );
+}
+
+#[tokio::test]
+async fn anthropics_sdk_sees_its_tool_use_and_the_refusal_of_a_tool_outside_the_claim() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let setup = tools_setup_with(|settings| {
+        settings.upstream.api = tailpass::gateway::Api::Anthropic;
+        settings.upstream.auth = tailpass::gateway::Auth::XApiKey;
+    })
+    .await;
+    let token = setup.agent_token().await;
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "anthropic_tools.py",
+        &[
+            ("GATEWAY_URL", setup.url("")),
+            ("TOKEN", token),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["called"], json!(["get_weather"]));
+    assert_eq!(report["streamed"], json!(["read_file"]));
+    assert_eq!(report["final"], json!(["read_file"]));
+    assert_eq!(report["refused"]["status"], 403);
+    assert_eq!(report["refused"]["body"]["error"], "tool_not_allowed");
+    let seen = setup.upstream.seen();
+    assert_eq!(seen.len(), 2, "the refused call never arrived");
+    assert_eq!(seen[0].headers["x-api-key"], UPSTREAM_KEY);
+    let log: Vec<(Value, Value, Value)> = setup
+        .call_log()
+        .iter()
+        .map(|l| {
+            (
+                l["tools_offered"].clone(),
+                l["tools_called"].clone(),
+                l["tokens"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (
+                json!(["get_weather", "read_file"]),
+                json!(["get_weather"]),
+                json!(17)
+            ),
+            (json!(["read_file"]), json!(["read_file"]), json!(17)),
+            (
+                json!(["get_weather", "delete_repo"]),
+                Value::Null,
+                Value::Null
+            ),
+        ]
     );
 }
