@@ -1,9 +1,9 @@
 //! Whether a call whose token verified may go upstream, in the order its checks run: the
 //! token names its models (unless the gateway allows unrestricted tokens), the endpoint is
 //! forwarded, the body fits, the model is allowed, every tool the request offers the model is
-//! allowed by the token's `tools` claim (any tool without one), and the run's budget admits the call,
-//! reserving its estimated LLM tokens. A refusal is a JSON error with a bounded reason label
-//! for the call log and metrics.
+//! allowed by the token's `tools` claim (any tool without one), and the run's budget admits
+//! the call, reserving its estimated LLM tokens. A refusal is a JSON error with a bounded
+//! reason label for the call log and metrics.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
