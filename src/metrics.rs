@@ -16,6 +16,9 @@ use crate::audit::{EventKind, Outcome};
 
 /// Distinct label sets per metric, at most.
 pub const MAX_SERIES: usize = 64;
+/// Distinct tool names per gateway tool metric, at most; past it a name counts as `other`.
+/// Tool names come from callers and models, so they are bounded like any other label.
+pub const MAX_TOOL_SERIES: usize = 256;
 
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 12] = [
@@ -28,8 +31,13 @@ struct Counters(Mutex<BTreeMap<Vec<String>, u64>>);
 
 impl Counters {
     fn add(&self, labels: Vec<String>, n: u64) {
+        self.add_within(labels, n, MAX_SERIES);
+    }
+
+    /// Adds `n` to `labels`, or to `other` once `most` label sets are counted.
+    fn add_within(&self, labels: Vec<String>, n: u64, most: usize) {
         let Ok(mut map) = self.0.lock() else { return };
-        let key = if map.contains_key(&labels) || map.len() < MAX_SERIES {
+        let key = if map.contains_key(&labels) || map.len() < most {
             labels
         } else {
             labels.iter().map(|_| "other".to_owned()).collect()
@@ -211,14 +219,26 @@ impl Metrics {
 pub struct GatewayMetrics {
     calls: Counters,
     upstream: Histograms,
+    tools_offered: Counters,
+    tool_calls: Counters,
 }
 
 impl GatewayMetrics {
-    /// Counts one call by its status and refusal (`token`, `feed`, `endpoint`, `model`, `quota`,
-    /// `other`, or none).
+    /// Counts one call by its status and refusal (`token`, `feed`, `endpoint`, `model`, `tool`,
+    /// `quota`, `other`, or none).
     pub fn call(&self, status: u16, refused: &str) {
         self.calls
             .add(vec![status.to_string(), refused.to_owned()], 1);
+    }
+
+    /// Counts the tools one call offered the model and the tools the model called, each
+    /// occurrence once, by tool name (at most [`MAX_TOOL_SERIES`] names, then `other`).
+    pub fn tools(&self, offered: &[String], called: &[String]) {
+        for (counters, names) in [(&self.tools_offered, offered), (&self.tool_calls, called)] {
+            for name in names {
+                counters.add_within(vec![name.clone()], 1, MAX_TOOL_SERIES);
+            }
+        }
     }
 
     /// Observes the upstream's time to answer headers.
@@ -235,6 +255,20 @@ impl GatewayMetrics {
             "Gateway calls by status and refusal.",
             &["status", "refused"],
             &self.calls.snapshot(),
+        );
+        counters(
+            &mut out,
+            "tailpass_gateway_tools_offered_total",
+            "Tools offered to models in gateway calls, by tool name.",
+            &["tool"],
+            &self.tools_offered.snapshot(),
+        );
+        counters(
+            &mut out,
+            "tailpass_gateway_tool_calls_total",
+            "Tool calls in models' answers through the gateway, by tool name.",
+            &["tool"],
+            &self.tool_calls.snapshot(),
         );
         self.upstream.render(
             &mut out,
@@ -309,6 +343,33 @@ mod tests {
             text.contains("tailpass_denials_total{event=\"agent_token\",reason=\"no_rule\"} 1")
         );
         assert!(text.contains("tailpass_denials_total{event=\"refresh\",reason=\"other\"} 1"));
+    }
+
+    #[test]
+    fn tool_names_are_bounded_and_escaped() {
+        let m = GatewayMetrics::default();
+        let offered: Vec<String> = (0..MAX_TOOL_SERIES + 10)
+            .map(|i| format!("tool_{i}"))
+            .collect();
+        m.tools(
+            &offered,
+            &["a\"b\\c\nd".to_owned(), "get_weather".to_owned()],
+        );
+        m.tools(&["tool_0".to_owned()], &["get_weather".to_owned()]);
+        let text = m.render();
+        let offered_series = text
+            .lines()
+            .filter(|l| l.starts_with("tailpass_gateway_tools_offered_total{"))
+            .count();
+        assert_eq!(offered_series, MAX_TOOL_SERIES + 1);
+        for line in [
+            "tailpass_gateway_tools_offered_total{tool=\"tool_0\"} 2",
+            "tailpass_gateway_tools_offered_total{tool=\"other\"} 10",
+            "tailpass_gateway_tool_calls_total{tool=\"get_weather\"} 2",
+            "tailpass_gateway_tool_calls_total{tool=\"a\\\"b\\\\c\\nd\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Whether a call whose token verified may go upstream, in the order its checks run: the
 //! token names its models (unless the gateway allows unrestricted tokens), the endpoint is
-//! forwarded, the body fits, the model is allowed, and the run's budget admits the call,
-//! reserving its estimated LLM tokens. A refusal is a JSON error with a bounded reason label
-//! for the call log and metrics.
+//! forwarded, the body fits, the model is allowed, every tool the request offers the model is
+//! allowed by the token's `tools` claim (any tool without one), and the run's budget admits
+//! the call, reserving its estimated LLM tokens. A refusal is a JSON error with a bounded
+//! reason label for the call log and metrics.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -13,6 +14,7 @@ use tailpass_verify::{AccessClaims, UnixTime};
 use super::Shared;
 use super::body::Shaped;
 use super::endpoints::{Cost, Refused};
+use super::meter::CallRecord;
 use super::quota::{QuotaError, Reservation};
 use super::routes::Target;
 
@@ -24,7 +26,7 @@ pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
 pub struct Refusal {
     /// The answer's status.
     pub status: StatusCode,
-    /// The metrics label: `model`, `endpoint`, `quota` or `other`.
+    /// The metrics label: `model`, `endpoint`, `tool`, `quota` or `other`.
     pub reason: &'static str,
     /// The `error` value.
     pub code: &'static str,
@@ -49,6 +51,16 @@ impl Refusal {
             reason: "endpoint",
             code: "not_found",
             description: format!("no upstream of this gateway serves {path:?}"),
+        }
+    }
+
+    /// The request offers the model `tool`, which the token's `tools` claim does not allow.
+    fn tool(tool: &str) -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: "tool",
+            code: "tool_not_allowed",
+            description: super::tools::refused_description(tool),
         }
     }
 
@@ -109,16 +121,16 @@ pub struct Admitted {
     pub reservation: Option<Reservation>,
 }
 
-/// Checks a verified call (`claims`) to `method` at `target` with `body`, at `now`. `model`
-/// is set to the model the call is for as soon as it is known, refused or not, for the call
-/// log.
+/// Checks a verified call (`claims`) to `method` at `target` with `body`, at `now`. The
+/// call's `record` gets the model the call is for and the tools it offers (as the call log
+/// keeps them) as soon as they are known, refused or not.
 pub async fn admit(
     state: &Shared,
     target: Target<'_>,
     claims: &AccessClaims,
     method: &Method,
     body: Body,
-    model: &mut Option<String>,
+    record: &mut CallRecord,
     now: UnixTime,
 ) -> Result<Admitted, Refusal> {
     let allowed = claims.models();
@@ -139,7 +151,8 @@ pub async fn admit(
         })?
         .to_bytes();
     let shaped = super::body::shape(body, &endpoint, state.default_max_tokens);
-    model.clone_from(&shaped.model);
+    record.model.clone_from(&shaped.model);
+    record.tools_offered = super::tools::bounded(&shaped.tools);
     if let Some(allowed) = allowed {
         match &shaped.model {
             Some(model) if tailpass_verify::glob::any(allowed.iter().copied(), model) => {}
@@ -155,6 +168,11 @@ pub async fn admit(
             }
             None => {}
         }
+    }
+    if let Some(allowed) = claims.tools()
+        && let Some(tool) = super::tools::first_refused(&allowed, &shaped.tools)
+    {
+        return Err(Refusal::tool(tool));
     }
     let reservation = match (claims.quota(), claims.budget_run()) {
         (Some(quota), Some(run)) => {

@@ -1,5 +1,6 @@
 //! What the gateway reads from, and changes in, a request body before it goes upstream: the
-//! model the call is for, the LLM tokens it reserves against its run's budget, and for OpenAI
+//! model the call is for, the LLM tokens it reserves against its run's budget, the tools it
+//! offers the model (read by [`super::tools::offered`]), and for OpenAI
 //! streams, usage reporting turned on (without `stream_options.include_usage` a streamed
 //! answer reports no usage, and the call could not be charged what it cost).
 
@@ -27,6 +28,9 @@ pub struct Shaped {
     /// over [`INPUT_BYTES_PER_TOKEN`]; an input estimate only for embeddings, none for free
     /// endpoints.
     pub reservation: u64,
+    /// Every tool the body offers the model, in order and uncut (the `tools` claim is checked
+    /// against each): bounded only by the body's size.
+    pub tools: Vec<String>,
 }
 
 fn u64_at(value: &Value, path: &[&str]) -> Option<u64> {
@@ -67,6 +71,10 @@ pub fn shape(body: Bytes, matched: &Matched, default_max_tokens: u64) -> Shaped 
             .and_then(Value::as_str)
             .map(str::to_owned)
     });
+    let tools = json
+        .as_ref()
+        .map(|v| super::tools::offered(matched.api, v))
+        .unwrap_or_default();
     let input = (body.len() as u64).div_ceil(INPUT_BYTES_PER_TOKEN);
     let reservation = match matched.cost {
         Cost::Generation => output_limit(json.as_ref(), default_max_tokens).saturating_add(input),
@@ -99,6 +107,7 @@ pub fn shape(body: Bytes, matched: &Matched, default_max_tokens: u64) -> Shaped 
         body,
         model,
         reservation,
+        tools,
     }
 }
 
@@ -110,6 +119,7 @@ mod tests {
 
     fn matched(cost: Cost, usage_opt_in: bool) -> Matched {
         Matched {
+            api: super::super::Api::Openai,
             model: None,
             cost,
             usage_opt_in,
@@ -169,5 +179,28 @@ mod tests {
             input
         );
         assert_eq!(shape(body, &matched(Cost::Free, false), 9).reservation, 0);
+    }
+
+    #[test]
+    fn the_tools_offered_are_read_in_the_upstreams_api() {
+        let body = json!({"tools": [{"functionDeclarations": [{"name": "get_weather"}]}, {"googleSearch": {}}]});
+        let gemini = Matched {
+            api: super::super::Api::Gemini,
+            ..matched(Cost::Generation, false)
+        };
+        let shaped = shape(Bytes::from(body.to_string()), &gemini, 1);
+        assert_eq!(shaped.tools, ["get_weather", "googleSearch"]);
+        let openai = json!({"stream": true, "tools": [{"type": "function", "function": {"name": "get_weather"}}]});
+        let shaped = shape(
+            Bytes::from(openai.to_string()),
+            &matched(Cost::Generation, true),
+            1,
+        );
+        assert_eq!(shaped.tools, ["get_weather"]);
+        assert!(
+            shape(Bytes::from_static(b"[1]"), &gemini, 1)
+                .tools
+                .is_empty()
+        );
     }
 }

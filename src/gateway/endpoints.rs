@@ -71,6 +71,8 @@ pub enum Refused {
 /// An allowed request, matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
+    /// The API of the upstream it goes to, which decides how its body is read.
+    pub api: Api,
     /// The model named by the path, if its pattern has `{model}`.
     pub model: Option<String>,
     /// What it may cost.
@@ -193,6 +195,7 @@ impl Endpoint {
             return None;
         }
         Some(Matched {
+            api: Api::default(),
             model,
             cost: self.cost,
             usage_opt_in: self.usage_opt_in,
@@ -238,6 +241,7 @@ pub fn check_path(path: &str) -> Result<(), Refused> {
 /// An upstream's allowlist: its API's built-in endpoints, then its opted-in `paths`.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
+    api: Api,
     allowed: Vec<Endpoint>,
 }
 
@@ -259,7 +263,7 @@ impl Endpoints {
             })
             .collect();
         allowed.extend(extra.iter().cloned());
-        Endpoints { allowed }
+        Endpoints { api, allowed }
     }
 
     /// Whether `method` `path` (the path after the prefix, without the query) is forwarded,
@@ -269,6 +273,10 @@ impl Endpoints {
         self.allowed
             .iter()
             .find_map(|endpoint| endpoint.matches(method, path))
+            .map(|matched| Matched {
+                api: self.api,
+                ..matched
+            })
             .ok_or_else(|| Refused::NotAllowed(method.clone(), path.to_owned()))
     }
 }

@@ -1,7 +1,8 @@
-//! Watching an upstream answer go by: the LLM tokens it reports (input plus output, in a JSON
-//! body or in the server-sent events of a stream, in OpenAI's, Anthropic's or Gemini's
-//! shape) and, once it is over, the call's audit line and its run's reservation settled.
-//! Chunks pass through untouched and unbuffered.
+//! Watching an upstream answer go by: the LLM tokens it reports (input plus output) and the
+//! tools the model calls, in a JSON body or in the server-sent events of a stream, in
+//! OpenAI's, Anthropic's or Gemini's shape, each event parsed once; and, once it is over, the
+//! call's audit line and its run's reservation settled. Chunks pass through untouched and
+//! unbuffered.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use tailpass_verify::UnixTime;
 
 use super::quota::Reservation;
+use super::tools::CallScanner;
 use crate::metrics::GatewayMetrics;
 
 /// The most of a JSON answer kept to read its `usage`; past it the tokens go uncounted.
@@ -65,7 +67,7 @@ pub struct CallRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// The kind of refusal, a bounded label for metrics (`token`, `feed`, `endpoint`,
-    /// `model`, `quota`, `other`).
+    /// `model`, `tool`, `quota`, `other`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub reason: &'static str,
 }
@@ -112,6 +114,7 @@ impl CallLog {
             (Some(_), reason) => reason,
         };
         self.metrics.call(call.status, refused);
+        self.metrics.tools(&call.tools_offered, &call.tools_called);
         tracing::info!(
             target: "tailpass::gateway::audit",
             run_id = call.run_id.as_deref().unwrap_or(""),
@@ -146,16 +149,20 @@ pub struct Usage {
     pub total: Option<u64>,
 }
 
-/// Reads the LLM tokens an answer reports as it streams by: the largest input and output
-/// counts seen (streams repeat cumulative counts), or a total when that is all there is.
+/// Reads an answer as it streams by: the LLM tokens it reports (the largest input and output
+/// counts seen, as streams repeat cumulative counts, or a total when that is all there is)
+/// and the tools the model calls ([`CallScanner`]), from one parse of each event. Its memory is
+/// bounded: a JSON answer is kept up to 4 MiB, an event line up to 1 MiB, past which the
+/// answer goes unread.
 #[derive(Debug)]
-pub struct UsageScanner {
+pub struct AnswerScanner {
     event_stream: bool,
     pending: Vec<u8>,
     overflow: bool,
     input: Option<u64>,
     output: Option<u64>,
     total: Option<u64>,
+    calls: CallScanner,
 }
 
 /// Where each API puts its usage in an answer or event.
@@ -195,16 +202,17 @@ fn keep_max(slot: &mut Option<u64>, seen: Option<u64>) {
     }
 }
 
-impl UsageScanner {
+impl AnswerScanner {
     /// A scanner for a `text/event-stream` answer when `event_stream`, JSON otherwise.
-    pub fn new(event_stream: bool) -> UsageScanner {
-        UsageScanner {
+    pub fn new(event_stream: bool) -> AnswerScanner {
+        AnswerScanner {
             event_stream,
             pending: Vec::new(),
             overflow: false,
             input: None,
             output: None,
             total: None,
+            calls: CallScanner::default(),
         }
     }
 
@@ -223,6 +231,7 @@ impl UsageScanner {
                 keep_max(&mut self.total, sum(usage, TOTAL));
             }
         }
+        self.calls.see(value);
     }
 
     fn see_json(&mut self, json: &[u8]) {
@@ -253,6 +262,14 @@ impl UsageScanner {
         }
     }
 
+    /// Reads a JSON answer, once, when it is complete.
+    fn finish_json(&mut self) {
+        if !self.event_stream && !self.overflow {
+            let pending = std::mem::take(&mut self.pending);
+            self.see_json(&pending);
+        }
+    }
+
     /// The tokens reported (input plus output), once the answer is complete.
     pub fn finish(&mut self) -> Option<u64> {
         self.finish_usage().total
@@ -260,10 +277,7 @@ impl UsageScanner {
 
     /// The tokens reported, in and out and together, once the answer is complete.
     pub fn finish_usage(&mut self) -> Usage {
-        if !self.event_stream && !self.overflow {
-            let pending = std::mem::take(&mut self.pending);
-            self.see_json(&pending);
-        }
+        self.finish_json();
         let total = match (self.input, self.output) {
             (None, None) => self.total,
             (input, output) => Some(input.unwrap_or(0).saturating_add(output.unwrap_or(0))),
@@ -273,6 +287,13 @@ impl UsageScanner {
             output: self.output,
             total,
         }
+    }
+
+    /// The tools the answer called, in order (at most [`super::tools::MAX_NAMES`]), once it
+    /// is complete.
+    pub fn finish_calls(&mut self) -> Vec<String> {
+        self.finish_json();
+        self.calls.take()
     }
 }
 
@@ -284,8 +305,8 @@ impl UsageScanner {
 pub struct Meter {
     /// The record, filled as the call goes.
     pub record: CallRecord,
-    /// The usage seen so far.
-    pub scanner: UsageScanner,
+    /// The usage and tool calls seen so far.
+    pub scanner: AnswerScanner,
     /// When the request arrived.
     pub started: Instant,
     /// The tokens held for this call, when its run has a token budget.
@@ -300,6 +321,7 @@ impl Drop for Meter {
         self.record.tokens_in = usage.input;
         self.record.tokens_out = usage.output;
         self.record.tokens = usage.total;
+        self.record.tools_called = self.scanner.finish_calls();
         if let Some(reservation) = self.reservation.take() {
             let success = (200..300).contains(&self.record.status);
             match self.record.tokens {
@@ -321,7 +343,7 @@ mod tests {
     fn usage_is_found_in_a_stream_split_anywhere() {
         let stream = b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"total_tokens\":42}}\n\ndata: [DONE]\n\n";
         for split in 1..stream.len() {
-            let mut scanner = UsageScanner::new(true);
+            let mut scanner = AnswerScanner::new(true);
             scanner.push(&stream[..split]);
             scanner.push(&stream[split..]);
             assert_eq!(scanner.finish(), Some(42), "split at {split}");
@@ -331,28 +353,135 @@ mod tests {
     #[test]
     fn input_and_output_are_counted_in_each_apis_shape() {
         let anthropic = b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":15}}\n\n";
-        let mut scanner = UsageScanner::new(true);
+        let mut scanner = AnswerScanner::new(true);
         scanner.push(anthropic);
         assert_eq!(scanner.finish(), Some(30 + 15));
         let gemini = br#"[{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":2}},
             {"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":9,"thoughtsTokenCount":4,"totalTokenCount":21}}]"#;
-        let mut scanner = UsageScanner::new(false);
+        let mut scanner = AnswerScanner::new(false);
         scanner.push(gemini);
         assert_eq!(scanner.finish(), Some(8 + 13));
         let openai = br#"{"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
-        let mut scanner = UsageScanner::new(false);
+        let mut scanner = AnswerScanner::new(false);
         scanner.push(openai);
         assert_eq!(scanner.finish(), Some(14));
     }
 
     #[test]
     fn usage_is_found_in_json_and_absent_usage_is_none() {
-        let mut scanner = UsageScanner::new(false);
+        let mut scanner = AnswerScanner::new(false);
         scanner.push(b"{\"usage\": {\"total_tokens\"");
         scanner.push(b": 7}}");
         assert_eq!(scanner.finish(), Some(7));
-        let mut scanner = UsageScanner::new(false);
+        let mut scanner = AnswerScanner::new(false);
         scanner.push(b"{\"error\": {}}");
         assert_eq!(scanner.finish(), None);
+    }
+
+    /// `stream`, split once at every byte boundary: each time, the usage and the calls read.
+    fn split_everywhere(event_stream: bool, stream: &[u8]) -> (Usage, Vec<String>) {
+        let mut whole = AnswerScanner::new(event_stream);
+        whole.push(stream);
+        let expected = (whole.finish_usage(), whole.finish_calls());
+        for split in 1..stream.len() {
+            let mut scanner = AnswerScanner::new(event_stream);
+            scanner.push(&stream[..split]);
+            scanner.push(&stream[split..]);
+            let seen = (scanner.finish_usage(), scanner.finish_calls());
+            assert_eq!(seen, expected, "split at {split}");
+        }
+        expected
+    }
+
+    #[test]
+    fn openai_chat_stream_tool_calls_are_read_split_anywhere() {
+        // Chat completions with `stream: true` and `stream_options.include_usage`: the name in
+        // each call's first delta, its arguments in later ones, then the usage chunk.
+        let stream = concat!(
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_abc\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_def\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":82,\"completion_tokens\":17,\"total_tokens\":99}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let (usage, calls) = split_everywhere(true, stream.as_bytes());
+        assert_eq!(usage.total, Some(99));
+        assert_eq!(calls, ["get_weather", "get_time"]);
+    }
+
+    #[test]
+    fn openai_responses_stream_tool_calls_are_read_split_anywhere() {
+        // The Responses API's events: each output item added, then done, then the response
+        // completed with every item again; each call is one call.
+        let stream = concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"output\":[]}}\n\n",
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"in_progress\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"sequence_number\":2,\"output_index\":0,\"item\":{\"type\":\"web_search_call\",\"id\":\"ws_1\",\"status\":\"completed\",\"action\":{\"type\":\"search\",\"query\":\"weather\"}}}\n\n",
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":3,\"output_index\":1,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"call_1\",\"name\":\"get_weather\",\"arguments\":\"\",\"status\":\"in_progress\"}}\n\n",
+            "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"sequence_number\":4,\"item_id\":\"fc_1\",\"output_index\":1,\"delta\":\"{\\\"city\\\":\\\"Paris\\\"}\"}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"sequence_number\":5,\"output_index\":1,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"call_1\",\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\",\"status\":\"completed\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"sequence_number\":6,\"output_index\":2,\"item\":{\"type\":\"mcp_call\",\"id\":\"mcp_1\",\"server_label\":\"deepwiki\",\"name\":\"ask_question\",\"arguments\":\"{}\"}}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":7,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"output\":[{\"type\":\"web_search_call\",\"id\":\"ws_1\"},{\"type\":\"function_call\",\"id\":\"fc_1\",\"name\":\"get_weather\"}],\"usage\":{\"input_tokens\":40,\"output_tokens\":12,\"total_tokens\":52}}}\n\n",
+        );
+        let (usage, calls) = split_everywhere(true, stream.as_bytes());
+        assert_eq!(usage.total, Some(52));
+        assert_eq!(calls, ["web_search_call", "get_weather", "ask_question"]);
+    }
+
+    #[test]
+    fn anthropic_stream_tool_uses_are_read_split_anywhere() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"usage\":{\"input_tokens\":472,\"output_tokens\":2}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me check\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"server_tool_use\",\"id\":\"srvtoolu_1\",\"name\":\"web_search\",\"input\":{}}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"location\\\": \\\"Paris\\\"}\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":89}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (usage, calls) = split_everywhere(true, stream.as_bytes());
+        assert_eq!(usage.total, Some(472 + 89));
+        assert_eq!(calls, ["web_search", "get_weather"]);
+    }
+
+    #[test]
+    fn gemini_function_calls_are_read_split_anywhere_as_sse_and_as_a_json_array() {
+        let first = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Paris"}}}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":30,"candidatesTokenCount":5,"totalTokenCount":35},"modelVersion":"gemini-2.5-flash"}"#;
+        let second = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_time","args":{}}}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":30,"candidatesTokenCount":9,"totalTokenCount":39}}"#;
+        let sse = format!("data: {first}\r\n\r\ndata: {second}\r\n\r\n");
+        let (usage, calls) = split_everywhere(true, sse.as_bytes());
+        assert_eq!(
+            (usage.total, calls.as_slice()),
+            (
+                Some(39),
+                &["get_weather".to_owned(), "get_time".to_owned()][..]
+            )
+        );
+        let array = format!("[{first},\n{second}]");
+        let (usage, calls) = split_everywhere(false, array.as_bytes());
+        assert_eq!(usage.total, Some(39));
+        assert_eq!(calls, ["get_weather", "get_time"]);
+    }
+
+    #[test]
+    fn tool_calls_in_a_json_answer_are_read() {
+        let answer = br#"{"id":"chatcmpl-2","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        let mut scanner = AnswerScanner::new(false);
+        scanner.push(answer);
+        assert_eq!(scanner.finish_calls(), ["get_weather"]);
+        assert_eq!(scanner.finish_usage().total, Some(7), "in either order");
+        let mut scanner = AnswerScanner::new(false);
+        scanner.push(&vec![b' '; MAX_JSON + 1]);
+        scanner.push(answer);
+        assert!(
+            scanner.finish_calls().is_empty(),
+            "past the bound, nothing is read"
+        );
     }
 }

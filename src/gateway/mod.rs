@@ -7,8 +7,9 @@
 //! revocations followed on its feed, refused while the feed is stale), presented from the node
 //! the token is bound to (asked of this gateway's own identity source). The token's `models`
 //! claim limits the models (a token without one is refused unless `allow_unrestricted`), its
-//! `quota` claim the requests and LLM tokens of its root run. Callers' credentials and account
-//! headers never reach the upstream; the key is added here, and each call is audited.
+//! `tools` claim the tools a request may offer the model, its `quota` claim the requests and
+//! LLM tokens of its root run. Callers' credentials and account headers never reach the
+//! upstream; the key is added here, and each call is audited.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub mod options;
 pub mod proxy;
 pub mod quota;
 pub mod routes;
+pub mod tools;
 
 pub use endpoints::Api;
 pub use headers::Auth;

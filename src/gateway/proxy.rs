@@ -14,7 +14,7 @@ use tailpass_verify::axum::{ExternalUrl, PresenterNode, verify_parts};
 
 use super::admission::{Admitted, Refusal, admit};
 use super::headers::{HOP_BY_HOP, upstream_headers};
-use super::meter::{CallRecord, Meter, UsageScanner};
+use super::meter::{AnswerScanner, CallRecord, Meter};
 use super::routes::Target;
 use super::{GatewayState, Shared};
 use crate::identity::peer::{Conn, identify};
@@ -84,16 +84,7 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         ..CallRecord::default()
     };
     let method = parts.method.clone();
-    let admitted = admit(
-        &state,
-        target,
-        &claims,
-        &method,
-        body,
-        &mut record.model,
-        now,
-    )
-    .await;
+    let admitted = admit(&state, target, &claims, &method, body, &mut record, now).await;
     let forwarded = match admitted {
         Ok(admitted) => forward(&state, target, &parts, admitted, record, started).await,
         Err(refusal) => Err((refusal, record)),
@@ -163,7 +154,7 @@ async fn forward(
     let status = upstream.status().as_u16();
     let meter = Meter {
         record: CallRecord { status, ..record },
-        scanner: UsageScanner::new(event_stream),
+        scanner: AnswerScanner::new(event_stream),
         started,
         reservation,
         log: state.log.clone(),

@@ -5,7 +5,10 @@
 //! it receives, so the tests can assert what reached it: the real key and none of the
 //! caller's credentials or account headers, only allowed endpoints. Like the real API, it
 //! reports a stream's usage only when asked to (`stream_options.include_usage`), and it holds
-//! a streamed answer open until the test releases it.
+//! a streamed answer open until the test releases it. When a chat request offers tools, it
+//! answers as a model calling the first of them would (a `tool_calls` message, or its first
+//! stream delta naming the function). Its Messages endpoint (Anthropic's API) answers with a
+//! `tool_use` block for the first tool offered.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -56,6 +59,62 @@ impl PaidApiDouble {
     }
 }
 
+/// The function a chat request offers first, which the double's answer calls.
+fn first_tool(request: &Value) -> Option<String> {
+    request["tools"][0]["function"]["name"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The double's Messages API answer (Anthropic's shapes): a `tool_use` block for the first
+/// tool offered, as one message or as its stream of events; usage 12 in, 5 out.
+fn anthropic_answer(request: &Value) -> axum::response::Response {
+    let tool = request["tools"][0]["name"].as_str().unwrap_or("none");
+    let block = json!({"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}});
+    let message = |content: Value, output: u64| {
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": request["model"],
+            "content": content, "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": output}})
+    };
+    if request["stream"] != true {
+        return axum::Json(message(json!([block]), 5)).into_response();
+    }
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": message(json!([]), 1)}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(text))
+        .unwrap()
+}
+
 /// The usage the double reports for each answer: 7 in, 3 out (or 300 out when streamed).
 async fn paid_api(
     axum::extract::State(api): axum::extract::State<Arc<PaidApiDouble>>,
@@ -80,18 +139,30 @@ async fn paid_api(
             return axum::Json(json!({"id": "file-abc", "deleted": true})).into_response();
         }
         ("POST", "/v1/batches") => return axum::Json(json!({"id": "batch_1"})).into_response(),
+        ("POST", "/v1/messages") => return anthropic_answer(&request),
         _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
     }
+    let tool = first_tool(&request);
     if request["stream"] == true {
         let include_usage = request["stream_options"]["include_usage"] == true;
         let api = api.clone();
         let chunks = futures_util::stream::unfold(0u8, move |step| {
             let api = api.clone();
+            let tool = tool.clone();
             async move {
                 let chunk = match step {
-                    0 => {
-                        "data: {\"choices\":[{\"delta\":{\"content\":\"chunk-1\"}}]}\n\n".to_owned()
-                    }
+                    0 => match tool {
+                        // The name comes in the call's first delta, the arguments after it.
+                        Some(name) => format!(
+                            "data: {}\n\ndata: {}\n\n",
+                            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                                {"index": 0, "id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}]}}]}),
+                            json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                                {"index": 0, "function": {"arguments": "{}"}}]}}]}),
+                        ),
+                        None => "data: {\"choices\":[{\"delta\":{\"content\":\"chunk-1\"}}]}\n\n"
+                            .to_owned(),
+                    },
                     1 => {
                         // Held until released: proof of no buffering, and calls in flight.
                         api.release.acquire().await.unwrap().forget();
@@ -112,8 +183,13 @@ async fn paid_api(
             .body(Body::from_stream(chunks))
             .unwrap();
     }
+    let message = match tool {
+        Some(name) => json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": name, "arguments": "{}"}}]}),
+        None => json!({"content": "hi"}),
+    };
     axum::Json(json!({
-        "choices": [{"message": {"content": "hi"}}],
+        "choices": [{"index": 0, "message": message}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     }))
     .into_response()
@@ -1026,4 +1102,261 @@ async fn a_gateway_cut_off_from_the_revocation_feed_refuses_tokens_once_it_is_st
     let metrics = setup.metrics().await;
     let line = "tailpass_gateway_calls_total{status=\"503\",refused=\"feed\"} 1";
     assert!(metrics.contains(line), "{line} in {metrics}");
+}
+
+/// The agent policy, with the CI runners' gateway tokens limited to some tools.
+const TOOLS_POLICY: &str = r#"
+[[rule]]
+src = ["tag:ci"]
+audiences = ["https://gateway.tail1234.ts.net"]
+scopes = ["llm:chat"]
+max_lifetime = 600
+claims = { models = ["gpt-small", "claude-sonnet"], tools = ["get_weather", "read_*"] }
+"#;
+
+/// A server with [`TOOLS_POLICY`], and a gateway in front of the double.
+async fn tools_setup() -> Setup {
+    tools_setup_with(|_| {}).await
+}
+
+/// [`tools_setup`], with the gateway's settings adjusted by `configure`.
+async fn tools_setup_with(configure: impl FnOnce(&mut GatewaySettings)) -> Setup {
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(&policy, TOOLS_POLICY).unwrap();
+    let server = TestServer::with_args(&["--policy", policy.to_str().unwrap()]).await;
+    Setup::in_front_of(server, policy_dir, configure).await
+}
+
+/// A chat completion offering `tools` (function names) through the gateway from CI.
+async fn call_with_tools(
+    setup: &Setup,
+    token: &str,
+    tools: &[&str],
+    stream: bool,
+) -> reqwest::Response {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|name| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}))
+        .collect();
+    setup
+        .peer(CI)
+        .post(setup.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&json!({"model": "gpt-small", "stream": stream, "messages": [], "tools": tools}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tools_outside_the_tokens_tools_claim_never_reach_the_upstream_and_tool_calls_are_logged() {
+    let setup = tools_setup().await;
+    let token = setup.agent_token().await;
+    assert_eq!(
+        claims(&token)["tools"],
+        json!(["get_weather", "read_*"]),
+        "the rule's claim is in the token"
+    );
+
+    // Allowed tools go through, and the model's call comes back.
+    let response = call_with_tools(&setup, &token, &["get_weather", "read_file"], false).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    // Streamed, the call is read from the deltas.
+    let response = call_with_tools(&setup, &token, &["read_file"], true).await;
+    assert_eq!(response.status(), 200);
+    setup.upstream.release.add_permits(1);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("read_file"), "{text}");
+
+    // A tool outside the claim: refused before anything reaches the upstream.
+    let response = call_with_tools(&setup, &token, &["get_weather", "delete_repo"], false).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "tool_not_allowed");
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("delete_repo"), "{description}");
+    assert_eq!(
+        setup.upstream.seen().len(),
+        2,
+        "the refused call never arrived"
+    );
+    let arrived: Vec<Value> = setup
+        .upstream
+        .seen()
+        .iter()
+        .map(|s| s.body["tools"].clone())
+        .collect();
+    assert!(
+        !arrived
+            .iter()
+            .any(|t| t.to_string().contains("delete_repo")),
+        "{arrived:?}"
+    );
+
+    let log = setup.call_log();
+    let fields = |line: &Value| {
+        (
+            line["status"].clone(),
+            line["tools_offered"].clone(),
+            line["tools_called"].clone(),
+            line["reason"].clone(),
+        )
+    };
+    assert_eq!(
+        log.iter().map(fields).collect::<Vec<_>>(),
+        [
+            (
+                json!(200),
+                json!(["get_weather", "read_file"]),
+                json!(["get_weather"]),
+                Value::Null
+            ),
+            (
+                json!(200),
+                json!(["read_file"]),
+                json!(["read_file"]),
+                Value::Null
+            ),
+            (
+                json!(403),
+                json!(["get_weather", "delete_repo"]),
+                Value::Null,
+                json!("tool")
+            ),
+        ]
+    );
+
+    let metrics = setup.metrics().await;
+    for line in [
+        "tailpass_gateway_tools_offered_total{tool=\"get_weather\"} 2",
+        "tailpass_gateway_tools_offered_total{tool=\"read_file\"} 2",
+        "tailpass_gateway_tools_offered_total{tool=\"delete_repo\"} 1",
+        "tailpass_gateway_tool_calls_total{tool=\"get_weather\"} 1",
+        "tailpass_gateway_tool_calls_total{tool=\"read_file\"} 1",
+        "tailpass_gateway_calls_total{status=\"403\",refused=\"tool\"} 1",
+        "tailpass_gateway_calls_total{status=\"200\",refused=\"\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("tool_calls_total{tool=\"delete_repo\"}"));
+}
+
+#[tokio::test]
+async fn a_token_without_a_tools_claim_may_offer_any_tool() {
+    let setup = Setup::new().await;
+    let token = setup.agent_token().await;
+    assert_eq!(claims(&token)["tools"], Value::Null);
+    let response = call_with_tools(&setup, &token, &["delete_repo"], false).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(setup.upstream.seen().len(), 1);
+    let log = setup.call_log();
+    assert_eq!(log[0]["tools_called"], json!(["delete_repo"]));
+}
+
+#[tokio::test]
+async fn openais_sdk_sees_its_tool_calls_and_the_refusal_of_a_tool_outside_the_claim() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let setup = tools_setup().await;
+    let token = setup.agent_token().await;
+    // The streamed answer's end is held until released: release it ahead.
+    setup.upstream.release.add_permits(1);
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "openai_tools.py",
+        &[
+            ("GATEWAY_URL", setup.url("")),
+            ("TOKEN", token),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["called"], json!(["get_weather"]));
+    assert_eq!(report["streamed"], json!(["read_file"]));
+    assert_eq!(report["refused"]["status"], 403);
+    assert_eq!(report["refused"]["body"]["error"], "tool_not_allowed");
+    let description = report["refused"]["body"]["error_description"].to_string();
+    assert!(description.contains("delete_repo"), "{description}");
+    assert_eq!(
+        setup.upstream.seen().len(),
+        2,
+        "the refused call never arrived"
+    );
+    let called: Vec<Value> = setup
+        .call_log()
+        .iter()
+        .map(|l| l["tools_called"].clone())
+        .collect();
+    assert_eq!(
+        called,
+        [json!(["get_weather"]), json!(["read_file"]), Value::Null]
+    );
+}
+
+#[tokio::test]
+async fn anthropics_sdk_sees_its_tool_use_and_the_refusal_of_a_tool_outside_the_claim() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let setup = tools_setup_with(|settings| {
+        settings.upstreams[0].api = tailpass::gateway::Api::Anthropic;
+        settings.upstreams[0].auth = tailpass::gateway::Auth::XApiKey;
+    })
+    .await;
+    let token = setup.agent_token().await;
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "anthropic_tools.py",
+        &[
+            ("GATEWAY_URL", setup.url("")),
+            ("TOKEN", token),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["called"], json!(["get_weather"]));
+    assert_eq!(report["streamed"], json!(["read_file"]));
+    assert_eq!(report["final"], json!(["read_file"]));
+    assert_eq!(report["refused"]["status"], 403);
+    assert_eq!(report["refused"]["body"]["error"], "tool_not_allowed");
+    let seen = setup.upstream.seen();
+    assert_eq!(seen.len(), 2, "the refused call never arrived");
+    assert_eq!(seen[0].headers["x-api-key"], UPSTREAM_KEY);
+    let log: Vec<(Value, Value, Value)> = setup
+        .call_log()
+        .iter()
+        .map(|l| {
+            (
+                l["tools_offered"].clone(),
+                l["tools_called"].clone(),
+                l["tokens"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (
+                json!(["get_weather", "read_file"]),
+                json!(["get_weather"]),
+                json!(17)
+            ),
+            (json!(["read_file"]), json!(["read_file"]), json!(17)),
+            (
+                json!(["get_weather", "delete_repo"]),
+                Value::Null,
+                Value::Null
+            ),
+        ]
+    );
 }

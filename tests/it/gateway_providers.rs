@@ -635,6 +635,17 @@ async fn the_official_sdks_reach_each_provider_through_the_gateway_with_only_its
         (&json!(34), &json!(46)),
         "input counts cache reads"
     );
+    assert_eq!(
+        (&streamed["tools_offered"], &streamed["tools_called"]),
+        (&json!(["search"]), &json!(["search"])),
+        "the tool use is read out of the Anthropic stream"
+    );
+    let streamed = find("openai", "gpt-test-mini", 8).unwrap();
+    assert_eq!(
+        (&streamed["tools_offered"], &streamed["tools_called"]),
+        (&json!(["get_weather"]), &json!(["get_weather"])),
+        "the tool call is read out of the OpenAI stream's deltas"
+    );
     let embedding = log
         .iter()
         .find(|r| r["model"] == "text-embedding-test")
