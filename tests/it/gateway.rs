@@ -1027,3 +1027,117 @@ async fn a_gateway_cut_off_from_the_revocation_feed_refuses_tokens_once_it_is_st
     let line = "tailpass_gateway_calls_total{status=\"503\",refused=\"feed\"} 1";
     assert!(metrics.contains(line), "{line} in {metrics}");
 }
+
+/// `tailpass audit --run R --gateway-log …`, the real binary against the running issuer's
+/// admin socket and this gateway's real call log: the run's issuer events (its mint, its
+/// child's exchange) and its tree's calls (the child's too, refused ones included), in the
+/// order they happened, each saying where it came from; another run's calls and a log's
+/// unreadable lines left out, the latter counted.
+#[tokio::test]
+async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order() {
+    let setup = Setup::new().await;
+    let clock = &setup.server.clock;
+    let root = setup.agent_token().await;
+    let run = run_of(&root);
+    clock.advance(1);
+    assert_eq!(setup.call(CI, &root, "gpt-small").await.0, 200);
+    clock.advance(1);
+    let (status, child) = exchange(&setup.server, CI, &root, &[("audience", GATEWAY)]).await;
+    assert_eq!(status, 200, "{child}");
+    let child = child["access_token"].as_str().unwrap().to_owned();
+    clock.advance(1);
+    let other = setup.token_of(CI2).await;
+    assert_eq!(setup.call(CI2, &other, "gpt-small").await.0, 200);
+    assert_eq!(setup.call(CI, &child, "gpt-small").await.0, 200);
+    assert_eq!(setup.call(CI, &child, "gpt-4-huge").await.0, 403);
+
+    // A second gateway's log, with a line cut short and a call of another run.
+    let second = setup.dir.path().join("second.jsonl");
+    let foreign = setup.call_log()[1].clone();
+    assert_eq!(foreign["run_id"], run_of(&other).as_str());
+    std::fs::write(&second, format!("{{\"time\": 12\n{foreign}\n")).unwrap();
+
+    let audit = |json: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailpass"));
+        command
+            .arg("--state-dir")
+            .arg(setup.server.state_dir())
+            .args(["audit", "--run", &run, "--gateway-log"])
+            .arg(setup.dir.path().join("calls.jsonl"))
+            .arg("--gateway-log")
+            .arg(&second);
+        if json {
+            command.arg("--json");
+        }
+        command.output()
+    };
+    let out = audit(true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("second.jsonl: 1 line(s)"),
+        "the bad line is counted: {stderr}"
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let story: Vec<(&str, &str, &str, Option<&str>)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["source"].as_str().unwrap(),
+                l["event"].as_str().unwrap(),
+                l["run_id"].as_str().unwrap(),
+                l["model"].as_str(),
+            )
+        })
+        .collect();
+    let child_run = run_of(&child);
+    assert_eq!(
+        story,
+        [
+            ("issuer", "agent_token", run.as_str(), None),
+            ("gateway", "gateway.call", run.as_str(), Some("gpt-small")),
+            ("issuer", "token_exchange", child_run.as_str(), None),
+            (
+                "gateway",
+                "gateway.call",
+                child_run.as_str(),
+                Some("gpt-small")
+            ),
+            (
+                "gateway",
+                "gateway.call",
+                child_run.as_str(),
+                Some("gpt-4-huge")
+            ),
+        ]
+    );
+    let times: Vec<u64> = lines.iter().map(|l| l["time"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(lines[3]["root_run_id"], run.as_str());
+    assert_eq!(
+        lines[3]["tokens"], 10,
+        "what the gateway logged comes through"
+    );
+    assert_eq!(lines[4]["reason"], "model");
+
+    // For people: the audit's own layout, each line naming its source.
+    let out = audit(false).await.unwrap();
+    let human = String::from_utf8(out.stdout).unwrap();
+    let human: Vec<&str> = human.lines().collect();
+    assert_eq!(human.len(), 5, "{human:?}");
+    assert!(
+        human[0].contains("agent_token") && human[0].contains("source=issuer"),
+        "{human:?}"
+    );
+    assert!(
+        human[4].contains("gateway.call")
+            && human[4].contains("denied")
+            && human[4].contains("source=gateway")
+            && human[4].contains("model=gpt-4-huge"),
+        "{human:?}"
+    );
+}
