@@ -35,7 +35,7 @@ pub async fn audit(global: &GlobalOptions, args: AuditArgs) -> Result<(), Comman
             if args.json {
                 println!("{}", serde_json::to_string(record).map_err(fail)?);
             } else {
-                println!("{}", issuer_line(record, false)?);
+                println!("{}", issuer_line(record, false));
             }
         }
         return Ok(());
@@ -119,7 +119,7 @@ async fn merged(
                 }
                 value.to_string()
             }
-            (Entry::Issuer(record), false) => issuer_line(record, true)?,
+            (Entry::Issuer(record), false) => issuer_line(record, true),
             (Entry::Gateway(call), true) => {
                 let mut value = serde_json::to_value(call).map_err(fail)?;
                 if let Some(object) = value.as_object_mut() {
@@ -181,7 +181,7 @@ fn fields<'a>(line: &mut String, pairs: impl IntoIterator<Item = (&'a str, Optio
 
 /// An issuer event for people: time, event, outcome, who, then its fields; `source=issuer`
 /// first among them in a merged timeline.
-fn issuer_line(record: &AuditRecord, merged: bool) -> Result<String, CommandError> {
+fn issuer_line(record: &AuditRecord, merged: bool) -> String {
     let e = &record.event;
     let who = e
         .user
@@ -212,7 +212,7 @@ fn issuer_line(record: &AuditRecord, merged: bool) -> Result<String, CommandErro
     if !e.audience.is_empty() {
         line.push_str(&format!(" aud={}", e.audience.join(",")));
     }
-    Ok(line)
+    line
 }
 
 /// A gateway call for people, in the issuer events' layout.

@@ -312,6 +312,42 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_helpers_never_read_a_torn_file() {
+        let runtime = tempfile::tempdir().unwrap();
+        let cache = TokenCache::in_runtime_dir(runtime.path());
+        let request = HelperRequest::of(&args(&["--audience", GATEWAY]));
+        let now = UnixTime::now();
+        // Tokens of different lengths, so that a mix of two would not read as either.
+        let tokens: Vec<String> = (0..4)
+            .map(|i| {
+                token(
+                    serde_json::json!({"iss": ISSUER, "aud": GATEWAY, "iat": now.0,
+                                         "exp": now.0 + 3600, "pad": "x".repeat(i * 500)}),
+                )
+            })
+            .collect();
+        cache.store(&request, &tokens[0]).unwrap();
+        std::thread::scope(|scope| {
+            for token in &tokens {
+                let (cache, request) = (&cache, &request);
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        cache.store(request, token).unwrap();
+                    }
+                });
+            }
+            for _ in 0..500 {
+                let read = cache.load(&request, now).expect("always a whole token");
+                assert!(tokens.contains(&read));
+            }
+        });
+        let left = std::fs::read_dir(runtime.path().join("tailpass"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 1, "no temporary file is left behind");
+    }
+
+    #[test]
     fn the_cache_keeps_private_files_and_refuses_others() {
         let runtime = tempfile::tempdir().unwrap();
         let cache = TokenCache::in_runtime_dir(runtime.path());

@@ -1141,3 +1141,68 @@ async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order()
         "{human:?}"
     );
 }
+
+/// The README's OpenAI SDK setup, for real: the official SDK with `tailpass token --helper`
+/// (the real binary) as its `api_key` callable. The SDK runs the helper before each request;
+/// the helper hands back its cached token, so both calls are one run, which the gateway
+/// charges and logs. The issuer's table also puts the CI node at 127.0.0.1, where the helper
+/// binary connects from.
+#[tokio::test]
+async fn the_openai_sdk_with_the_token_helper_as_its_key_spends_one_run() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(&policy, crate::agents::POLICY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = crate::support::peers_table();
+    table["127.0.0.1"] = table[ip(CI).to_string()].clone();
+    let table_file = dir.path().join("peers.json");
+    std::fs::write(&table_file, table.to_string()).unwrap();
+    let server = TestServer::in_dir(
+        dir,
+        &["--policy", policy.to_str().unwrap()],
+        &["--identity-file", table_file.to_str().unwrap()],
+    )
+    .await;
+    let setup = Setup::in_front_of(server, policy_dir, |_| {}).await;
+    let runtime = tempfile::tempdir().unwrap();
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "key_helper.py",
+        &[
+            ("TAILPASS_BIN", env!("CARGO_BIN_EXE_tailpass").to_owned()),
+            ("ISSUER", setup.server.url("")),
+            ("AUDIENCE", GATEWAY.to_owned()),
+            ("GATEWAY_URL", setup.url("")),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+            (
+                "XDG_RUNTIME_DIR",
+                runtime.path().to_str().unwrap().to_owned(),
+            ),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["contents"], json!(["hi", "hi"]));
+    assert_eq!(
+        report["helper_calls"], 2,
+        "the SDK asks before each request"
+    );
+    assert_eq!(report["distinct_tokens"], 1, "and gets the cached token");
+
+    let calls = setup.call_log();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["run_id"], calls[1]["run_id"]);
+    assert_eq!(calls[0]["node"], "nBuildBot42CNTRL");
+    let run = calls[0]["run_id"].as_str().unwrap();
+    assert_eq!(setup.gateway.quotas().used(run), Some((2, 20)));
+    let seen = setup.upstream.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {UPSTREAM_KEY}").as_str()),
+        "the upstream sees its own key, never the token"
+    );
+}
