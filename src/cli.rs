@@ -182,8 +182,8 @@ pub struct TokenArgs {
     /// Act as a key helper (Claude Code's `apiKeyHelper`, an SDK's key callback): print the
     /// token alone, reusing one cached in `$XDG_RUNTIME_DIR/tailpass/` (mode 0700, files
     /// 0600) until shortly before it expires — at `exp` minus the larger of 60 s and a tenth
-    /// of its lifetime. Without `XDG_RUNTIME_DIR` nothing is cached and every call mints a
-    /// token; DPoP-bound tokens (`--dpop-key`) are never cached.
+    /// of its lifetime. Without `XDG_RUNTIME_DIR` (an existing directory) nothing is cached
+    /// and every call mints a token; DPoP-bound tokens (`--dpop-key`) are never cached.
     #[arg(long)]
     pub helper: bool,
 }

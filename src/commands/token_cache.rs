@@ -149,12 +149,16 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// The cache under the session's runtime directory, or `None` when `XDG_RUNTIME_DIR` is
-    /// unset or not an absolute path (the XDG rule): then nothing is cached.
+    /// unset, not an absolute path (the XDG rule) or not an existing directory (the helper
+    /// never creates a runtime directory, which could land on durable storage): then
+    /// nothing is cached.
     pub fn from_env() -> Option<TokenCache> {
-        let runtime = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
-        runtime
-            .is_absolute()
-            .then(|| TokenCache::in_runtime_dir(&runtime))
+        TokenCache::in_runtime(PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?))
+    }
+
+    /// The cache under `runtime` when it is an absolute path to an existing directory.
+    fn in_runtime(runtime: PathBuf) -> Option<TokenCache> {
+        (runtime.is_absolute() && runtime.is_dir()).then(|| TokenCache::in_runtime_dir(&runtime))
     }
 
     /// The cache under `runtime`, a runtime directory.
@@ -309,6 +313,17 @@ mod tests {
             !base.contains(ISSUER) && !base.contains("tail1234"),
             "{base}"
         );
+    }
+
+    #[test]
+    fn only_an_existing_absolute_runtime_directory_holds_a_cache() {
+        let runtime = tempfile::tempdir().unwrap();
+        assert!(TokenCache::in_runtime(runtime.path().to_owned()).is_some());
+        assert!(TokenCache::in_runtime(runtime.path().join("gone")).is_none());
+        assert!(TokenCache::in_runtime(PathBuf::from("relative/run")).is_none());
+        let file = runtime.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(TokenCache::in_runtime(file).is_none());
     }
 
     #[test]
