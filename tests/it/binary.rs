@@ -636,6 +636,21 @@ async fn the_token_helper_reuses_its_token_until_its_expiry_window() {
     assert_ne!(again, short, "a token about to expire is not handed out");
     assert_ne!(crate::authorize::claims(&again)["run_id"], claims["run_id"]);
 
+    // A DPoP-bound token is useless without its key: never cached.
+    let key = cwd.path().join("helper-dpop.pem");
+    let key = key.to_str().unwrap();
+    let bound = helper(Some(runtime.path()), &["--dpop-key", key]).await;
+    assert!(crate::authorize::claims(&bound)["cnf"]["jkt"].is_string());
+    assert_ne!(
+        helper(Some(runtime.path()), &["--dpop-key", key]).await,
+        bound
+    );
+    let cached = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(
+        cached, 3,
+        "the plain, labelled and 60 s requests' files only"
+    );
+
     // Without a runtime directory nothing is kept: every call mints.
     let bare = helper(None, &[]).await;
     assert_ne!(bare, first);
