@@ -72,8 +72,9 @@ async fn merged(
         let mut asked = BTreeSet::from([run.clone()]);
         loop {
             let tree = run_tree(run, &records);
-            let next: Vec<String> = tree.difference(&asked).cloned().collect();
-            if next.is_empty() || asked.len() >= MAX_RUNS {
+            let room = MAX_RUNS.saturating_sub(asked.len());
+            let next: Vec<String> = tree.difference(&asked).take(room).cloned().collect();
+            if next.is_empty() {
                 selection.run = Some((run.clone(), tree));
                 break;
             }

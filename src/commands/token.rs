@@ -18,6 +18,9 @@ struct Discovery {
     token_endpoint: String,
 }
 
+/// How long each request to the issuer may take: a key helper's caller waits on it.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What matters of the token endpoint's answer; the rest is printed as it came.
 #[derive(Deserialize)]
 struct Answer {
@@ -89,6 +92,7 @@ fn print(line: &str) -> Result<(), CommandError> {
 async fn mint(args: &TokenArgs) -> Result<Minted, CommandError> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(fail)?;
     let issuer = args.issuer.as_str().trim_end_matches('/');
