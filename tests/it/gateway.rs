@@ -1030,9 +1030,9 @@ async fn a_gateway_cut_off_from_the_revocation_feed_refuses_tokens_once_it_is_st
 
 /// `tailpass audit --run R --gateway-log …`, the real binary against the running issuer's
 /// admin socket and this gateway's real call log: the run's issuer events (its mint, its
-/// child's exchange) and its tree's calls (the child's too, refused ones included), in the
+/// child's and grandchild's exchanges) and its tree's calls (refused ones included), in the
 /// order they happened, each saying where it came from; another run's calls and a log's
-/// unreadable lines left out, the latter counted.
+/// unreadable lines left out, the latter counted. A middle run's audit is its own subtree.
 #[tokio::test]
 async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order() {
     let setup = Setup::new().await;
@@ -1050,6 +1050,11 @@ async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order()
     assert_eq!(setup.call(CI2, &other, "gpt-small").await.0, 200);
     assert_eq!(setup.call(CI, &child, "gpt-small").await.0, 200);
     assert_eq!(setup.call(CI, &child, "gpt-4-huge").await.0, 403);
+    clock.advance(1);
+    let (status, grandchild) = exchange(&setup.server, CI, &child, &[("audience", GATEWAY)]).await;
+    assert_eq!(status, 200, "{grandchild}");
+    let grandchild = grandchild["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(setup.call(CI, &grandchild, "gpt-small").await.0, 200);
 
     // A second gateway's log, with a line cut short and a call of another run.
     let second = setup.dir.path().join("second.jsonl");
@@ -1057,12 +1062,12 @@ async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order()
     assert_eq!(foreign["run_id"], run_of(&other).as_str());
     std::fs::write(&second, format!("{{\"time\": 12\n{foreign}\n")).unwrap();
 
-    let audit = |json: bool| {
+    let audit = |run: &str, json: bool| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailpass"));
         command
             .arg("--state-dir")
             .arg(setup.server.state_dir())
-            .args(["audit", "--run", &run, "--gateway-log"])
+            .args(["audit", "--run", run, "--gateway-log"])
             .arg(setup.dir.path().join("calls.jsonl"))
             .arg("--gateway-log")
             .arg(&second);
@@ -1071,50 +1076,47 @@ async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order()
         }
         command.output()
     };
-    let out = audit(true).await.unwrap();
+    let json_lines = |stdout: Vec<u8>| -> Vec<Value> {
+        String::from_utf8(stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    /// Each line's source, event, run and model.
+    fn story(lines: &[Value]) -> Vec<[String; 4]> {
+        lines
+            .iter()
+            .map(|l| {
+                ["source", "event", "run_id", "model"]
+                    .map(|k| l[k].as_str().unwrap_or("-").to_owned())
+            })
+            .collect()
+    }
+    let entry = |parts: [&str; 4]| parts.map(str::to_owned);
+
+    let out = audit(&run, true).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("second.jsonl: 1 line(s)"),
         "the bad line is counted: {stderr}"
     );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let story: Vec<(&str, &str, &str, Option<&str>)> = lines
-        .iter()
-        .map(|l| {
-            (
-                l["source"].as_str().unwrap(),
-                l["event"].as_str().unwrap(),
-                l["run_id"].as_str().unwrap(),
-                l["model"].as_str(),
-            )
-        })
-        .collect();
-    let child_run = run_of(&child);
-    assert_eq!(
-        story,
-        [
-            ("issuer", "agent_token", run.as_str(), None),
-            ("gateway", "gateway.call", run.as_str(), Some("gpt-small")),
-            ("issuer", "token_exchange", child_run.as_str(), None),
-            (
-                "gateway",
-                "gateway.call",
-                child_run.as_str(),
-                Some("gpt-small")
-            ),
-            (
-                "gateway",
-                "gateway.call",
-                child_run.as_str(),
-                Some("gpt-4-huge")
-            ),
-        ]
-    );
+    let lines = json_lines(out.stdout);
+    let (child_run, grandchild_run) = (run_of(&child), run_of(&grandchild));
+    let child_story = [
+        entry(["issuer", "token_exchange", &child_run, "-"]),
+        entry(["gateway", "gateway.call", &child_run, "gpt-small"]),
+        entry(["gateway", "gateway.call", &child_run, "gpt-4-huge"]),
+        entry(["issuer", "token_exchange", &grandchild_run, "-"]),
+        entry(["gateway", "gateway.call", &grandchild_run, "gpt-small"]),
+    ];
+    let mut root_story = vec![
+        entry(["issuer", "agent_token", &run, "-"]),
+        entry(["gateway", "gateway.call", &run, "gpt-small"]),
+    ];
+    root_story.extend(child_story.iter().cloned());
+    assert_eq!(story(&lines), root_story);
     let times: Vec<u64> = lines.iter().map(|l| l["time"].as_u64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert_eq!(lines[3]["root_run_id"], run.as_str());
@@ -1124,11 +1126,18 @@ async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order()
     );
     assert_eq!(lines[4]["reason"], "model");
 
+    let out = audit(&child_run, true).await.unwrap();
+    assert_eq!(
+        story(&json_lines(out.stdout)),
+        child_story,
+        "a middle run's tree: it and what was exchanged from it, generation by generation"
+    );
+
     // For people: the audit's own layout, each line naming its source.
-    let out = audit(false).await.unwrap();
+    let out = audit(&run, false).await.unwrap();
     let human = String::from_utf8(out.stdout).unwrap();
     let human: Vec<&str> = human.lines().collect();
-    assert_eq!(human.len(), 5, "{human:?}");
+    assert_eq!(human.len(), 7, "{human:?}");
     assert!(
         human[0].contains("agent_token") && human[0].contains("source=issuer"),
         "{human:?}"
