@@ -177,8 +177,15 @@ pub struct TokenArgs {
     #[arg(long, value_name = "FILE")]
     pub dpop_key: Option<PathBuf>,
     /// Print the whole token response as JSON instead of the token alone.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "helper")]
     pub json: bool,
+    /// Act as a key helper (Claude Code's `apiKeyHelper`, an SDK's key callback): print the
+    /// token alone, reusing one cached in `$XDG_RUNTIME_DIR/tailpass/` (mode 0700, files
+    /// 0600) until shortly before it expires — at `exp` minus the larger of 60 s and a tenth
+    /// of its lifetime. Without `XDG_RUNTIME_DIR` (an existing directory) nothing is cached
+    /// and every call mints a token; DPoP-bound tokens (`--dpop-key`) are never cached.
+    #[arg(long)]
+    pub helper: bool,
 }
 
 /// `tailpass revoke`.
@@ -226,6 +233,11 @@ pub struct AuditArgs {
     /// Print JSON lines.
     #[arg(long)]
     pub json: bool,
+    /// A gateway's call log (its `--audit-file`, JSONL) whose calls are merged in, by time,
+    /// under the same filters: with `--run`, the calls of that run and of every run exchanged
+    /// from it. Repeat for several gateways. Unreadable lines are skipped and counted.
+    #[arg(long = "gateway-log", value_name = "FILE")]
+    pub gateway_logs: Vec<PathBuf>,
 }
 
 /// `tailpass keys …`.

@@ -1,4 +1,4 @@
-//! The operator's commands — `keys`, `clients`, `revoke`, `audit` — over the admin API
+//! The operator's commands — `keys`, `clients`, `revoke` — over the admin API
 //! ([`super::admin_client`]), printing its answer for people or, with `--json`, for scripts.
 
 use axum::http::Method;
@@ -8,15 +8,15 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::{CommandError, fail};
 use crate::admin::{
-    AuditQuery, ClientView, CreatedClient, NewClient, PREFIX, RevokeKeyRequest, RevokedKey,
-    RewrapRequest, RotateRequest,
+    ClientView, CreatedClient, NewClient, PREFIX, RevokeKeyRequest, RevokedKey, RewrapRequest,
+    RotateRequest,
 };
-use crate::cli::{AuditArgs, ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
+use crate::cli::{ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
 use crate::commands::admin_client::{AdminClient, Answer};
 use crate::config::GlobalOptions;
 use crate::keys::{Kek, KeyInfo};
 use crate::killswitch::{Report, Target};
-use crate::store::{AuditRecord, Revocation};
+use crate::store::Revocation;
 
 /// The answer's JSON, or the admin API's refusal as the error to print.
 pub(super) fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, CommandError> {
@@ -247,69 +247,6 @@ pub async fn revoke(global: &GlobalOptions, args: RevokeArgs) -> Result<(), Comm
         eprintln!(
             "No server was running: the revocation is stored and takes effect when it starts."
         );
-    }
-    Ok(())
-}
-
-/// `tailpass audit`.
-pub async fn audit(global: &GlobalOptions, args: AuditArgs) -> Result<(), CommandError> {
-    let query = AuditQuery {
-        run: args.run,
-        node: args.node,
-        user: args.user,
-        since: args.since,
-        after: None,
-        limit: Some(args.limit),
-    };
-    let query = serde_html_form::to_string(&query).map_err(fail)?;
-    let admin = AdminClient::new(global).map_err(fail)?;
-    let answer = admin
-        .call(Method::GET, &format!("{PREFIX}/audit?{query}"), None)
-        .await
-        .map_err(fail)?;
-    let records: Vec<AuditRecord> = decode(&answer)?;
-    for record in records {
-        if args.json {
-            println!("{}", serde_json::to_string(&record).map_err(fail)?);
-            continue;
-        }
-        let e = &record.event;
-        let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(e.time.0).unwrap_or(0))
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| e.time.0.to_string());
-        let kind = serde_json::to_value(e.event).map_err(fail)?;
-        let outcome = serde_json::to_value(e.outcome).map_err(fail)?;
-        let who = e
-            .user
-            .clone()
-            .or_else(|| e.node_id.clone())
-            .unwrap_or_else(|| "-".into());
-        let mut line = format!(
-            "{when} {:<15} {:<8} {who}",
-            kind.as_str().unwrap_or_default(),
-            outcome.as_str().unwrap_or_default()
-        );
-        for (name, value) in [
-            ("client", &e.client_id),
-            ("run", &e.run_id),
-            ("parent", &e.parent_run_id),
-            ("label", &e.run_label),
-            ("jti", &e.jti),
-            ("reason", &e.reason),
-            ("detail", &e.detail),
-        ] {
-            if let Some(value) = value {
-                line.push_str(&format!(" {name}={value}"));
-            }
-        }
-        if !e.audience.is_empty() {
-            line.push_str(&format!(" aud={}", e.audience.join(",")));
-        }
-        println!("{line}");
     }
     Ok(())
 }

@@ -1,9 +1,14 @@
 //! `tailpass token`: an agent asks for a token for itself. It sends no secret: the server
 //! knows the node by its tailnet connection. With `--dpop-key` the token is also bound to a
-//! key the agent keeps, so a copy of the token alone is useless.
+//! key the agent keeps, so a copy of the token alone is useless. With `--helper` it is a key
+//! helper: the token alone, cached until shortly before it expires ([`super::token_cache`]).
+
+use std::io::Write as _;
 
 use serde::Deserialize;
+use tailpass_verify::UnixTime;
 
+use super::token_cache::{HelperRequest, TokenCache};
 use super::{CommandError, fail};
 use crate::cli::TokenArgs;
 use crate::dpop::ProofKey;
@@ -13,21 +18,81 @@ struct Discovery {
     token_endpoint: String,
 }
 
+/// How long each request to the issuer may take: a key helper's caller waits on it.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What matters of the token endpoint's answer; the rest is printed as it came.
 #[derive(Deserialize)]
 struct Answer {
     #[serde(default)]
     access_token: Option<String>,
     #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     error_description: Option<String>,
 }
 
+/// A token the issuer granted.
+struct Minted {
+    /// The whole answer, as it came.
+    raw: serde_json::Value,
+    access_token: String,
+    /// `Bearer`, or `DPoP` for a bound token.
+    token_type: String,
+}
+
 /// `tailpass token`.
 pub async fn token(args: TokenArgs) -> Result<(), CommandError> {
+    if args.helper {
+        return helper(&args).await;
+    }
+    let minted = mint(&args).await?;
+    if args.json {
+        print(&serde_json::to_string_pretty(&minted.raw).map_err(fail)?)
+    } else {
+        print(&minted.access_token)
+    }
+}
+
+/// `tailpass token --helper`: the cached token when it is still good for long enough, else a
+/// new one, cached when it is a bearer token and there is a runtime directory to keep it in.
+async fn helper(args: &TokenArgs) -> Result<(), CommandError> {
+    let request = HelperRequest::of(args);
+    let cache = match args.dpop_key {
+        Some(_) => None,
+        None => TokenCache::from_env(),
+    };
+    if let Some(token) = cache
+        .as_ref()
+        .and_then(|c| c.load(&request, UnixTime::now()))
+    {
+        return print(&token);
+    }
+    let minted = mint(args).await?;
+    if let Some(cache) = &cache
+        && minted.token_type.eq_ignore_ascii_case("bearer")
+        && let Err(e) = cache.store(&request, &minted.access_token)
+    {
+        eprintln!("tailpass: the token is not cached: {e}");
+    }
+    print(&minted.access_token)
+}
+
+/// Writes `line` and a newline to standard output; a closed output is an error, not a panic.
+fn print(line: &str) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| CommandError(format!("writing the token: {e}")))
+}
+
+/// Asks the issuer for a token as `args` say.
+async fn mint(args: &TokenArgs) -> Result<Minted, CommandError> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(fail)?;
     let issuer = args.issuer.as_str().trim_end_matches('/');
@@ -81,12 +146,15 @@ pub async fn token(args: TokenArgs) -> Result<(), CommandError> {
         let raw: serde_json::Value = response.json().await.map_err(fail)?;
         let answer: Answer = serde_json::from_value(raw.clone()).map_err(fail)?;
         if status.is_success() {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&raw).map_err(fail)?);
-            } else {
-                println!("{}", answer.access_token.unwrap_or_default());
-            }
-            return Ok(());
+            let access_token = answer
+                .access_token
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| CommandError("the answer holds no access_token".into()))?;
+            return Ok(Minted {
+                raw,
+                access_token,
+                token_type: answer.token_type.unwrap_or_else(|| "Bearer".into()),
+            });
         }
         if answer.error.as_deref() == Some("use_dpop_nonce")
             && fresh_nonce.is_some()

@@ -567,6 +567,117 @@ async fn the_cli_mints_revokes_and_audits_a_run() {
     served.terminate().await;
 }
 
+/// `tailpass token --helper`, as Claude Code's `apiKeyHelper` or an SDK's key callback runs
+/// it before each request: the token alone on standard output, the same one while it has long
+/// enough to live, kept private in the runtime directory; a new one once the cached token is in
+/// its expiry window (a 60 s token is in it from the start: at least a minute must be left);
+/// no cache without `XDG_RUNTIME_DIR`; errors on standard error only.
+#[tokio::test]
+async fn the_token_helper_reuses_its_token_until_its_expiry_window() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let cwd = tempfile::tempdir().unwrap();
+    let served = serve_dev(cwd.path(), "server.log").await;
+    let runtime = tempfile::tempdir().unwrap();
+    let helper = |runtime: Option<&Path>, extra: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args([
+            "token",
+            "--helper",
+            "--issuer",
+            &served.issuer,
+            "--audience",
+            "https://api.example",
+        ]);
+        command.args(extra);
+        match runtime {
+            Some(dir) => command.env("XDG_RUNTIME_DIR", dir),
+            None => command.env_remove("XDG_RUNTIME_DIR"),
+        };
+        async move {
+            let out = command.output().await.unwrap();
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            assert!(out.status.success(), "{stderr}");
+            assert_eq!(stderr, "", "nothing but the token is said");
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            let token = stdout.strip_suffix('\n').unwrap().to_owned();
+            assert!(!token.contains(char::is_whitespace), "{stdout:?}");
+            assert_eq!(token.split('.').count(), 3, "{stdout:?}");
+            token
+        }
+    };
+
+    let first = helper(Some(runtime.path()), &[]).await;
+    assert_eq!(helper(Some(runtime.path()), &[]).await, first, "reused");
+    let dir = runtime.path().join("tailpass");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(mode(&files[0]), 0o600);
+    let name = files[0].file_name().unwrap().to_str().unwrap();
+    assert!(!name.contains("api.example"), "the name is a hash: {name}");
+    // Another request is another token.
+    let scoped = helper(Some(runtime.path()), &["--run-label", "other"]).await;
+    assert_ne!(scoped, first);
+    assert_eq!(helper(Some(runtime.path()), &[]).await, first);
+
+    // A 60 s token is in its expiry window at once: each call mints anew.
+    let short = helper(Some(runtime.path()), &["--expires-in", "60"]).await;
+    let claims = crate::authorize::claims(&short);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+    let again = helper(Some(runtime.path()), &["--expires-in", "60"]).await;
+    assert_ne!(again, short, "a token about to expire is not handed out");
+    assert_ne!(crate::authorize::claims(&again)["run_id"], claims["run_id"]);
+
+    // A DPoP-bound token is useless without its key: never cached.
+    let key = cwd.path().join("helper-dpop.pem");
+    let key = key.to_str().unwrap();
+    let bound = helper(Some(runtime.path()), &["--dpop-key", key]).await;
+    assert!(crate::authorize::claims(&bound)["cnf"]["jkt"].is_string());
+    assert_ne!(
+        helper(Some(runtime.path()), &["--dpop-key", key]).await,
+        bound
+    );
+    let cached = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(
+        cached, 3,
+        "the plain, labelled and 60 s requests' files only"
+    );
+
+    // Without a runtime directory nothing is kept: every call mints.
+    let bare = helper(None, &[]).await;
+    assert_ne!(bare, first);
+    assert_ne!(helper(None, &[]).await, bare);
+
+    // Errors go to standard error, with a failing status and nothing on standard output.
+    let out = Command::new(BIN)
+        .args(["token", "--helper", "--issuer", "http://127.0.0.1:9"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(!out.stderr.is_empty());
+    let out = Command::new(BIN)
+        .args(["token", "--helper", "--json", "--issuer", &served.issuer])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--helper prints the token alone, never JSON"
+    );
+    served.terminate().await;
+}
+
 /// The admin UI in headless Chromium (tests/browser/admin.mjs, playwright-core). `.ci/run`
 /// installs Chromium and playwright-core and sets TAILPASS_REQUIRE_BROWSER, so CI never skips
 /// it; elsewhere it is skipped, saying so, when they are missing.

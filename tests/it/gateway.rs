@@ -1360,3 +1360,191 @@ async fn anthropics_sdk_sees_its_tool_use_and_the_refusal_of_a_tool_outside_the_
         ]
     );
 }
+
+/// `tailpass audit --run R --gateway-log …`, the real binary against the running issuer's
+/// admin socket and this gateway's real call log: the run's issuer events (its mint, its
+/// child's and grandchild's exchanges) and its tree's calls (refused ones included), in the
+/// order they happened, each saying where it came from; another run's calls and a log's
+/// unreadable lines left out, the latter counted. A middle run's audit is its own subtree.
+#[tokio::test]
+async fn the_audit_merges_a_runs_issuer_events_with_its_gateway_calls_in_order() {
+    let setup = Setup::new().await;
+    let clock = &setup.server.clock;
+    let root = setup.agent_token().await;
+    let run = run_of(&root);
+    clock.advance(1);
+    assert_eq!(setup.call(CI, &root, "gpt-small").await.0, 200);
+    clock.advance(1);
+    let (status, child) = exchange(&setup.server, CI, &root, &[("audience", GATEWAY)]).await;
+    assert_eq!(status, 200, "{child}");
+    let child = child["access_token"].as_str().unwrap().to_owned();
+    clock.advance(1);
+    let other = setup.token_of(CI2).await;
+    assert_eq!(setup.call(CI2, &other, "gpt-small").await.0, 200);
+    assert_eq!(setup.call(CI, &child, "gpt-small").await.0, 200);
+    assert_eq!(setup.call(CI, &child, "gpt-4-huge").await.0, 403);
+    clock.advance(1);
+    let (status, grandchild) = exchange(&setup.server, CI, &child, &[("audience", GATEWAY)]).await;
+    assert_eq!(status, 200, "{grandchild}");
+    let grandchild = grandchild["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(setup.call(CI, &grandchild, "gpt-small").await.0, 200);
+
+    // A second gateway's log, with a line cut short and a call of another run.
+    let second = setup.dir.path().join("second.jsonl");
+    let foreign = setup.call_log()[1].clone();
+    assert_eq!(foreign["run_id"], run_of(&other).as_str());
+    std::fs::write(&second, format!("{{\"time\": 12\n{foreign}\n")).unwrap();
+
+    let audit = |run: &str, json: bool| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailpass"));
+        command
+            .arg("--state-dir")
+            .arg(setup.server.state_dir())
+            .args(["audit", "--run", run, "--gateway-log"])
+            .arg(setup.dir.path().join("calls.jsonl"))
+            .arg("--gateway-log")
+            .arg(&second);
+        if json {
+            command.arg("--json");
+        }
+        command.output()
+    };
+    let json_lines = |stdout: Vec<u8>| -> Vec<Value> {
+        String::from_utf8(stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    /// Each line's source, event, run and model.
+    fn story(lines: &[Value]) -> Vec<[String; 4]> {
+        lines
+            .iter()
+            .map(|l| {
+                ["source", "event", "run_id", "model"]
+                    .map(|k| l[k].as_str().unwrap_or("-").to_owned())
+            })
+            .collect()
+    }
+    let entry = |parts: [&str; 4]| parts.map(str::to_owned);
+
+    let out = audit(&run, true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("second.jsonl: 1 line(s)"),
+        "the bad line is counted: {stderr}"
+    );
+    let lines = json_lines(out.stdout);
+    let (child_run, grandchild_run) = (run_of(&child), run_of(&grandchild));
+    let child_story = [
+        entry(["issuer", "token_exchange", &child_run, "-"]),
+        entry(["gateway", "gateway.call", &child_run, "gpt-small"]),
+        entry(["gateway", "gateway.call", &child_run, "gpt-4-huge"]),
+        entry(["issuer", "token_exchange", &grandchild_run, "-"]),
+        entry(["gateway", "gateway.call", &grandchild_run, "gpt-small"]),
+    ];
+    let mut root_story = vec![
+        entry(["issuer", "agent_token", &run, "-"]),
+        entry(["gateway", "gateway.call", &run, "gpt-small"]),
+    ];
+    root_story.extend(child_story.iter().cloned());
+    assert_eq!(story(&lines), root_story);
+    let times: Vec<u64> = lines.iter().map(|l| l["time"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(lines[3]["root_run_id"], run.as_str());
+    assert_eq!(
+        lines[3]["tokens"], 10,
+        "what the gateway logged comes through"
+    );
+    assert_eq!(lines[4]["reason"], "model");
+
+    let out = audit(&child_run, true).await.unwrap();
+    assert_eq!(
+        story(&json_lines(out.stdout)),
+        child_story,
+        "a middle run's tree: it and what was exchanged from it, generation by generation"
+    );
+
+    // For people: the audit's own layout, each line naming its source.
+    let out = audit(&run, false).await.unwrap();
+    let human = String::from_utf8(out.stdout).unwrap();
+    let human: Vec<&str> = human.lines().collect();
+    assert_eq!(human.len(), 7, "{human:?}");
+    assert!(
+        human[0].contains("agent_token") && human[0].contains("source=issuer"),
+        "{human:?}"
+    );
+    assert!(
+        human[4].contains("gateway.call")
+            && human[4].contains("denied")
+            && human[4].contains("source=gateway")
+            && human[4].contains("model=gpt-4-huge"),
+        "{human:?}"
+    );
+}
+
+/// The README's OpenAI SDK setup, for real: the official SDK with `tailpass token --helper`
+/// (the real binary) as its `api_key` callable. The SDK runs the helper before each request;
+/// the helper hands back its cached token, so both calls are one run, which the gateway
+/// charges and logs. The issuer's table also puts the CI node at 127.0.0.1, where the helper
+/// binary connects from.
+#[tokio::test]
+async fn the_openai_sdk_with_the_token_helper_as_its_key_spends_one_run() {
+    let Some(python) = crate::support::sdk_python() else {
+        return;
+    };
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(&policy, crate::agents::POLICY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = crate::support::peers_table();
+    table["127.0.0.1"] = table[ip(CI).to_string()].clone();
+    let table_file = dir.path().join("peers.json");
+    std::fs::write(&table_file, table.to_string()).unwrap();
+    let server = TestServer::in_dir(
+        dir,
+        &["--policy", policy.to_str().unwrap()],
+        &["--identity-file", table_file.to_str().unwrap()],
+    )
+    .await;
+    let setup = Setup::in_front_of(server, policy_dir, |_| {}).await;
+    let runtime = tempfile::tempdir().unwrap();
+    let (ok, report) = crate::support::run_sdk_script(
+        &python,
+        "key_helper.py",
+        &[
+            ("TAILPASS_BIN", env!("CARGO_BIN_EXE_tailpass").to_owned()),
+            ("ISSUER", setup.server.url("")),
+            ("AUDIENCE", GATEWAY.to_owned()),
+            ("GATEWAY_URL", setup.url("")),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+            (
+                "XDG_RUNTIME_DIR",
+                runtime.path().to_str().unwrap().to_owned(),
+            ),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report["contents"], json!(["hi", "hi"]));
+    assert_eq!(
+        report["helper_calls"], 2,
+        "the SDK asks before each request"
+    );
+    assert_eq!(report["distinct_tokens"], 1, "and gets the cached token");
+
+    let calls = setup.call_log();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["run_id"], calls[1]["run_id"]);
+    assert_eq!(calls[0]["node"], "nBuildBot42CNTRL");
+    let run = calls[0]["run_id"].as_str().unwrap();
+    assert_eq!(setup.gateway.quotas().used(run), Some((2, 20)));
+    let seen = setup.upstream.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == format!("Bearer {UPSTREAM_KEY}").as_str()),
+        "the upstream sees its own key, never the token"
+    );
+}
