@@ -6,7 +6,9 @@
 //! revocations followed on its feed, refused while the feed is stale), presented from the node
 //! the token is bound to (asked of this gateway's own identity source). The token's `models`
 //! claim limits the models (a token without one is refused unless `allow_unrestricted`), its
-//! `quota` claim the requests and LLM tokens of its root run. Callers' credentials and account
+//! `quota` claim the requests and LLM tokens of its root run (kept in memory, written behind to
+//! a [`budget_store`] so they survive restarts and are shared by replicas on PostgreSQL).
+//! Callers' credentials and account
 //! headers never reach the upstream; the key is added here, and each call is audited.
 
 use std::net::{IpAddr, SocketAddr};
