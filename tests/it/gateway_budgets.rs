@@ -172,6 +172,16 @@ async fn gateway_budget_survives_a_restart_on_its_sqlite_file() {
     let third = site.gateway(&store).await;
     assert_eq!(third.quotas().used(&run), Some((3, 30)));
     assert_eq!(call(&third, &token).await.0, 429);
+    let metrics = reqwest::get(format!("http://{}/metrics", third.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tailpass_gateway_budget_flush_errors_total 0"),
+        "{metrics}"
+    );
     third.shutdown().await;
 }
 

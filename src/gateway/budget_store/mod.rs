@@ -17,6 +17,7 @@
 //! schema, migration 0004).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tailpass_verify::UnixTime;
@@ -78,6 +79,8 @@ pub struct Flusher {
     quotas: Arc<Quotas>,
     metrics: Arc<GatewayMetrics>,
     clock: Arc<dyn Clock>,
+    /// Whether the last flush failed (so that its recovery is logged once).
+    failing: Arc<AtomicBool>,
 }
 
 impl Flusher {
@@ -93,6 +96,7 @@ impl Flusher {
             quotas,
             metrics,
             clock,
+            failing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -113,9 +117,13 @@ impl Flusher {
         match self.store.flush(&deltas, now).await {
             Ok(totals) => {
                 self.quotas.absorb(&deltas, totals, now);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(runs = deltas.len(), "budget charges stored again");
+                }
                 Ok(())
             }
             Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
                 self.metrics.budget_flush_error();
                 tracing::warn!(
                     error = %e,
