@@ -247,6 +247,44 @@ async fn a_flush_the_sqlite_file_refuses_keeps_its_charges_until_one_is_stored()
     );
 }
 
+#[tokio::test]
+async fn a_crash_loses_only_what_was_charged_since_the_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn BudgetStore> =
+        Arc::new(SqliteBudgets::open(&sqlite_in(&dir)).await.unwrap());
+    let clock = Arc::new(ManualClock::new(NOW));
+    let metrics = Arc::new(GatewayMetrics::default());
+    let quota = Quota {
+        requests: Some(10),
+        tokens: None,
+    };
+    let before = Arc::new(Quotas::new(10));
+    let flusher = Flusher::new(
+        store.clone(),
+        before.clone(),
+        metrics.clone(),
+        clock.clone(),
+    );
+    for _ in 0..4 {
+        before.admit("r", quota, 0, UnixTime(5_000), NOW).unwrap();
+    }
+    flusher.flush().await.unwrap();
+    // Charged after the last flush, then the process dies without its last one.
+    before.admit("r", quota, 0, UnixTime(5_000), NOW).unwrap();
+    drop((flusher, before));
+
+    let after = Arc::new(Quotas::new(10));
+    Flusher::new(store, after.clone(), metrics, clock)
+        .load(10)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.used("r"),
+        Some((4, 0)),
+        "the fifth request is lost, no more"
+    );
+}
+
 /// A budget store on a database of its own, with the database.
 async fn postgres() -> Option<(TestDb, PostgresTarget)> {
     let db = TestDb::create().await?;
