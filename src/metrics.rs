@@ -221,6 +221,7 @@ pub struct GatewayMetrics {
     upstream: Histograms,
     tools_offered: Counters,
     tool_calls: Counters,
+    budget_flush_errors: std::sync::atomic::AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -244,6 +245,13 @@ impl GatewayMetrics {
     /// Observes the upstream's time to answer headers.
     pub fn upstream(&self, elapsed: Duration) {
         self.upstream.observe("upstream", elapsed);
+    }
+
+    /// Counts a flush of budget charges that the budget store refused or did not answer (the
+    /// charges are kept for the next flush).
+    pub fn budget_flush_error(&self) {
+        self.budget_flush_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The exposition text.
@@ -275,6 +283,12 @@ impl GatewayMetrics {
             "tailpass_gateway_upstream_seconds",
             "target",
             "Time to the upstream's response headers.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tailpass_gateway_budget_flush_errors_total Budget flushes that failed (charges kept in memory, retried).\n# TYPE tailpass_gateway_budget_flush_errors_total counter\ntailpass_gateway_budget_flush_errors_total {}",
+            self.budget_flush_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
         );
         out
     }

@@ -213,9 +213,25 @@ fn paths(global: GlobalOptions) -> Paths {
 
 /// The store: `--store` parsed, or the state directory's SQLite file.
 fn store_settings(global: &GlobalOptions, paths: &Paths) -> Result<StoreSettings, ConfigError> {
+    store_or(global, paths.database())
+}
+
+/// The store of a command that keeps a SQLite file of its own (the gateway's budgets):
+/// `--store` parsed, or `default_file` in the state directory (`./.tailpass` with `--dev`, as
+/// for `serve`). `global` is already layered over the file's.
+pub fn store_with_default(
+    global: &GlobalOptions,
+    default_file: &str,
+) -> Result<StoreSettings, ConfigError> {
+    let paths = paths(global.clone());
+    store_or(global, paths.state_dir.join(default_file))
+}
+
+/// `--store` parsed, or SQLite at `default`; the pool's settings.
+fn store_or(global: &GlobalOptions, default: PathBuf) -> Result<StoreSettings, ConfigError> {
     let location = match &global.store {
         Some(url) => url.parse().map_err(|e| invalid(e.to_string()))?,
-        None => StoreLocation::Sqlite(paths.database()),
+        None => StoreLocation::Sqlite(default),
     };
     let pool_size = global.store_pool_size();
     if pool_size == 0 {

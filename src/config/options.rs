@@ -123,8 +123,8 @@ options! {
         #[arg(long, global = true, env = "TAILPASS_CONFIG", value_name = "FILE")]
         #[serde(skip)]
         pub config: Option<PathBuf>,
-        /// State directory: database, admin socket, and keys unless --keys-dir
-        /// [default: /var/lib/tailpass, or ./.tailpass with --dev].
+        /// State directory: database, admin socket, and keys unless --keys-dir; the gateway's
+        /// budgets [default: /var/lib/tailpass, or ./.tailpass with --dev].
         #[arg(long, global = true, env = "TAILPASS_STATE_DIR", value_name = "DIR")]
         pub state_dir: Option<PathBuf>,
         /// Signing keys directory [default: STATE_DIR/keys, or ./keys with --dev].
@@ -136,7 +136,9 @@ options! {
         pub key_encryption_key_file: Option<PathBuf>,
         /// Where durable state lives: sqlite:PATH, or
         /// postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|prefer|require, shared by
-        /// replicas [default: sqlite:STATE_DIR/tailpass.db].
+        /// replicas (for the gateway, where run budgets persist, shared by gateway replicas on
+        /// PostgreSQL) [default: sqlite:STATE_DIR/tailpass.db; the gateway's:
+        /// sqlite:STATE_DIR/gateway-budgets.sqlite].
         #[arg(long, global = true, env = "TAILPASS_STORE", value_name = "URL", hide_env_values = true)]
         pub store: Option<StoreUrl>,
         /// PEM certificates that verify the database's certificate with sslmode=require,

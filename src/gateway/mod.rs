@@ -8,8 +8,9 @@
 //! the token is bound to (asked of this gateway's own identity source). The token's `models`
 //! claim limits the models (a token without one is refused unless `allow_unrestricted`), its
 //! `tools` claim the tools a request may offer the model, its `quota` claim the requests and
-//! LLM tokens of its root run. Callers' credentials and account headers never reach the
-//! upstream; the key is added here, and each call is audited.
+//! LLM tokens of its root run (kept in memory, written behind to a [`budget_store`] so they
+//! survive restarts and are shared by replicas on PostgreSQL). Callers' credentials and
+//! account headers never reach the upstream; the key is added here, and each call is audited.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use crate::identity::peer::Listener;
 
 pub mod admission;
 pub mod body;
+pub mod budget_store;
 pub mod endpoints;
 pub mod headers;
 pub mod meter;
@@ -119,6 +121,9 @@ pub struct GatewaySettings {
     /// The longest token lifetime accepted, seconds: the issuer's `max_token_lifetime`, how
     /// long the gateway remembers a revocation.
     pub max_token_lifetime: u64,
+    /// Where budgets persist (the global `--store`; for `tailpass gateway` by default
+    /// `STATE_DIR/gateway-budgets.sqlite`); `None` keeps them in memory only, lost at restart.
+    pub budget_store: Option<crate::store::StoreSettings>,
 }
 
 impl GatewaySettings {
@@ -142,6 +147,7 @@ impl GatewaySettings {
             allow_unrestricted: false,
             max_feed_staleness: DEFAULT_MAX_FEED_STALENESS,
             max_token_lifetime: tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
+            budget_store: None,
         }
     }
 }
@@ -167,6 +173,10 @@ pub enum GatewayError {
     /// Occurs when the identity table (`--identity-file`) cannot be loaded.
     #[error(transparent)]
     Identity(#[from] crate::identity::local::LocalTableError),
+    /// Occurs when the budget store cannot be opened or its totals read at start (the gateway
+    /// does not start with budgets it cannot know).
+    #[error("budget store: {0}")]
+    Budgets(crate::store::StoreError),
 }
 
 /// What the proxy handler shares.
@@ -212,6 +222,8 @@ pub struct RunningGateway {
     quotas: Arc<quota::Quotas>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The budget flusher: stopped (with a last flush) once nothing can charge any more.
+    flusher: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl RunningGateway {
@@ -230,12 +242,16 @@ impl RunningGateway {
         &self.quotas
     }
 
-    /// Stops listening and following the feed.
+    /// Stops listening and following the feed, then flushes the budgets' last charges.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for task in self.tasks {
             task.abort();
             let _ = task.await;
+        }
+        if let Some((stop, flusher)) = self.flusher {
+            stop.cancel();
+            let _ = flusher.await;
         }
     }
 }
@@ -317,11 +333,31 @@ pub async fn start(
         .build()
         .map_err(|e| GatewayError::Client(e.to_string()))?;
     let quotas = Arc::new(quota::Quotas::new(MAX_RUNS));
+    let log = meter::CallLog::open(settings.audit_file.as_deref())?;
+    let flusher = match &settings.budget_store {
+        Some(store) => {
+            let store = budget_store::open(store)
+                .await
+                .map_err(GatewayError::Budgets)?;
+            let flusher = budget_store::Flusher::new(
+                store,
+                quotas.clone(),
+                log.metrics().clone(),
+                clock.clone(),
+            );
+            flusher
+                .load(MAX_RUNS)
+                .await
+                .map_err(GatewayError::Budgets)?;
+            Some(flusher)
+        }
+        None => None,
+    };
     let state = GatewayState(Arc::new(Shared {
         verifier: verifier.clone(),
         identity,
         quotas: quotas.clone(),
-        log: meter::CallLog::open(settings.audit_file.as_deref())?,
+        log,
         http,
         routes,
         default_max_tokens: settings.default_max_tokens,
@@ -358,6 +394,10 @@ pub async fn start(
         quotas,
         shutdown,
         tasks: vec![feed, serve],
+        flusher: flusher.map(|flusher| {
+            let stop = CancellationToken::new();
+            (stop.clone(), flusher.spawn(stop))
+        }),
     })
 }
 
@@ -622,5 +662,60 @@ mod tests {
             let err = resolve(&["tailpass", "--config", path, "gateway", flag, value]).unwrap_err();
             assert!(err.to_string().contains(error), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn budgets_persist_in_the_state_dir_unless_the_global_store_says_where() {
+        use crate::store::StoreLocation;
+        let required = [
+            "--listen",
+            "127.0.0.1:1",
+            "--issuer",
+            "https://idp.example",
+            "--audience",
+            "https://gw.example",
+            "--upstream",
+            "https://api.example",
+            "--upstream-key-file",
+            "/k",
+        ];
+        let location = |global: &[&str]| {
+            let mut argv = vec!["tailpass"];
+            argv.extend_from_slice(global);
+            argv.push("gateway");
+            argv.extend_from_slice(&required);
+            resolve(&argv).unwrap().0.budget_store.unwrap().location
+        };
+        let sqlite = |global: &[&str]| match location(global) {
+            StoreLocation::Sqlite(path) => path,
+            StoreLocation::Postgres(_) => panic!("{global:?}: not SQLite"),
+        };
+        assert_eq!(
+            sqlite(&[]),
+            PathBuf::from("/var/lib/tailpass/gateway-budgets.sqlite")
+        );
+        assert_eq!(
+            sqlite(&["--dev"]),
+            PathBuf::from(".tailpass/gateway-budgets.sqlite")
+        );
+        assert_eq!(
+            sqlite(&["--state-dir", "/srv/gw"]),
+            PathBuf::from("/srv/gw/gateway-budgets.sqlite")
+        );
+        assert_eq!(
+            sqlite(&["--store", "sqlite:/srv/budgets.db"]),
+            PathBuf::from("/srv/budgets.db")
+        );
+        assert!(matches!(
+            location(&["--store", "postgres://gw:pw@db.example/tailpass"]),
+            StoreLocation::Postgres(_)
+        ));
+        let (_dir, path) = config("store = \"postgres://gw:pw@db.example/tailpass\"\n");
+        let mut argv = vec!["tailpass", "--config", path.as_str(), "gateway"];
+        argv.extend_from_slice(&required);
+        assert!(matches!(
+            resolve(&argv).unwrap().0.budget_store.unwrap().location,
+            StoreLocation::Postgres(_)
+        ));
     }
 }

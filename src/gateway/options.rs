@@ -229,14 +229,16 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 
 impl GatewaySettings {
     /// Layers flags (environment included) over the `--config` file and the defaults; the
-    /// settings and the identity source to use. Of the global options only `--dev` matters
-    /// here (and `--config`, to find the file).
+    /// settings and the identity source to use. Of the global options `--dev`, `--config`
+    /// (to find the file), `--state-dir` and the store's (`--store`, `--store-ca-file`,
+    /// `--store-pool-size`: where budgets persist) matter here.
     pub fn resolve(
         global: &GlobalOptions,
         args: &GatewayOptions,
     ) -> Result<(GatewaySettings, GatewayIdentity), ConfigError> {
         let (file_global, file) = file::load::<GatewayOptions>(global.config.as_deref())?;
-        let dev = global.clone().over(file_global).dev;
+        let global = global.clone().over(file_global);
+        let dev = global.dev;
         let options = args.clone().over(file);
         let required = |name: &str| {
             invalid(format!(
@@ -293,6 +295,10 @@ impl GatewaySettings {
             allow_unrestricted: options.allow_unrestricted,
             max_feed_staleness: options.max_feed_staleness().secs(),
             max_token_lifetime: options.max_token_lifetime().secs(),
+            budget_store: Some(crate::config::store_with_default(
+                &global,
+                super::budget_store::DEFAULT_FILE,
+            )?),
         };
         Ok((settings, identity))
     }

@@ -11,6 +11,13 @@
 //! (else a `max_tokens` above the remainder could never be served). Each admitted call thus
 //! starts with the total below the budget, so concurrent calls together overshoot it by at
 //! most one reservation (plus whatever the upstream reports beyond a call's reservation).
+//!
+//! Durability is write-behind ([`super::budget_store`]): admission never waits for a
+//! database. Each run's usage is what the store said at the last flush (`known`) plus what
+//! this gateway charged since (`unflushed`); a reservation is charged as it is made and
+//! corrected when the call settles, so a call in flight when the gateway dies stays charged
+//! its reservation, and replicas sharing a store see each other's calls in flight.
+//! [`Quotas::pending`] is what a flush sends, [`Quotas::absorb`] what it reads back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,12 +49,78 @@ pub enum QuotaError {
     Full,
 }
 
+/// What this gateway charged a run since its last flush: the change a flush adds to the
+/// store's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The root run charged.
+    pub run: String,
+    /// Requests admitted.
+    pub requests: u64,
+    /// LLM tokens charged: reservations made, plus each settled call's usage minus its
+    /// reservation (so negative when calls used less than they reserved).
+    pub tokens: i64,
+    /// The latest expiry of the run's tokens seen here.
+    pub expires: UnixTime,
+}
+
+/// A run's usage as a store holds it, summed over every gateway sharing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Total {
+    /// The root run.
+    pub run: String,
+    /// Requests admitted.
+    pub requests: u64,
+    /// LLM tokens charged (calls in flight at their reservation).
+    pub tokens: u64,
+    /// The latest expiry of the run's tokens any gateway saw: once past, the row may go.
+    pub expires: UnixTime,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Usage {
-    requests: u64,
-    tokens: u64,
+    /// Requests and tokens the store held at the last flush that mentioned the run.
+    known_requests: u64,
+    known_tokens: u64,
+    /// Charged here since, not yet flushed.
+    unflushed_requests: u64,
+    unflushed_tokens: i64,
+    /// Tokens reserved by this gateway's calls in flight (already in the charges above).
     reserved: u64,
     expires: UnixTime,
+}
+
+impl Usage {
+    fn new(expires: UnixTime) -> Usage {
+        Usage {
+            known_requests: 0,
+            known_tokens: 0,
+            unflushed_requests: 0,
+            unflushed_tokens: 0,
+            reserved: 0,
+            expires,
+        }
+    }
+
+    /// Whether anything charged here is not yet in the store.
+    fn unflushed(&self) -> bool {
+        self.unflushed_requests != 0 || self.unflushed_tokens != 0
+    }
+
+    fn requests(&self) -> u64 {
+        self.known_requests.saturating_add(self.unflushed_requests)
+    }
+
+    /// Tokens charged, reservations included.
+    fn charged(&self) -> u64 {
+        let known = i64::try_from(self.known_tokens).unwrap_or(i64::MAX);
+        u64::try_from(known.saturating_add(self.unflushed_tokens)).unwrap_or(0)
+    }
+}
+
+/// A signed token count from an unsigned one, saturating.
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Usage by root run.
@@ -110,20 +183,19 @@ impl Quotas {
     ) -> Result<Reservation, QuotaError> {
         let mut runs = self.runs.lock().map_err(|_| QuotaError::Full)?;
         if !runs.contains_key(run) && runs.len() >= self.capacity {
+            // No token of an expired run can be admitted any more: its charges, flushed or
+            // not, no longer matter.
             runs.retain(|_, u| u.expires > now);
             if runs.len() >= self.capacity {
                 return Err(QuotaError::Full);
             }
         }
-        let usage = runs.entry(run.to_owned()).or_insert(Usage {
-            requests: 0,
-            tokens: 0,
-            reserved: 0,
-            expires,
-        });
+        let usage = runs
+            .entry(run.to_owned())
+            .or_insert_with(|| Usage::new(expires));
         usage.expires = usage.expires.max(expires);
         if let Some(limit) = quota.tokens
-            && usage.tokens.saturating_add(usage.reserved) >= limit
+            && usage.charged() >= limit
         {
             return Err(QuotaError::Tokens {
                 run: run.to_owned(),
@@ -131,20 +203,21 @@ impl Quotas {
             });
         }
         if let Some(limit) = quota.requests
-            && usage.requests >= limit
+            && usage.requests() >= limit
         {
             return Err(QuotaError::Requests {
                 run: run.to_owned(),
                 limit,
             });
         }
-        usage.requests += 1;
+        usage.unflushed_requests = usage.unflushed_requests.saturating_add(1);
         let reserved = if quota.tokens.is_some() {
             reservation
         } else {
             0
         };
         usage.reserved = usage.reserved.saturating_add(reserved);
+        usage.unflushed_tokens = usage.unflushed_tokens.saturating_add(signed(reserved));
         Ok(Reservation {
             quotas: Arc::clone(self),
             run: run.to_owned(),
@@ -158,20 +231,84 @@ impl Quotas {
             && let Some(usage) = runs.get_mut(run)
         {
             usage.reserved = usage.reserved.saturating_sub(reserved);
-            usage.tokens = usage.tokens.saturating_add(used);
+            usage.unflushed_tokens = usage
+                .unflushed_tokens
+                .saturating_add(signed(used))
+                .saturating_sub(signed(reserved));
         }
     }
 
-    /// `(requests, tokens)` used by `run`, tokens in flight not included.
+    /// `(requests, tokens)` used by `run`, this gateway's tokens in flight not included.
     pub fn used(&self, run: &str) -> Option<(u64, u64)> {
         let runs = self.runs.lock().ok()?;
-        runs.get(run).map(|u| (u.requests, u.tokens))
+        runs.get(run)
+            .map(|u| (u.requests(), u.charged().saturating_sub(u.reserved)))
     }
 
-    /// LLM tokens reserved by `run`'s calls in flight.
+    /// LLM tokens reserved by `run`'s calls in flight at this gateway.
     pub fn reserved(&self, run: &str) -> Option<u64> {
         let runs = self.runs.lock().ok()?;
         runs.get(run).map(|u| u.reserved)
+    }
+
+    /// What was charged since the last flush, per run with anything to add: what the next
+    /// flush sends. Nothing changes until [`Quotas::absorb`] hears that it was stored.
+    pub fn pending(&self) -> Vec<Delta> {
+        let Ok(runs) = self.runs.lock() else {
+            return Vec::new();
+        };
+        let mut deltas: Vec<Delta> = runs
+            .iter()
+            .filter(|(_, u)| u.unflushed())
+            .map(|(run, u)| Delta {
+                run: run.clone(),
+                requests: u.unflushed_requests,
+                tokens: u.unflushed_tokens,
+                expires: u.expires,
+            })
+            .collect();
+        // In run order, so that replicas flushing overlapping runs lock their rows in the
+        // same order.
+        deltas.sort_by(|a, b| a.run.cmp(&b.run));
+        deltas
+    }
+
+    /// Takes in what a flush stored: `sent` (from [`Quotas::pending`]) is no longer
+    /// unflushed, and each of `totals` (the store's sums, `sent` included, and on a shared
+    /// store those other gateways changed) becomes what is known of its run. A run not in the
+    /// table joins it while there is room (and it has not expired at `now`): that is how a
+    /// gateway learns of runs first charged elsewhere, or before a restart.
+    pub fn absorb(&self, sent: &[Delta], totals: Vec<Total>, now: UnixTime) {
+        let Ok(mut runs) = self.runs.lock() else {
+            return;
+        };
+        let sent: HashMap<&str, &Delta> = sent.iter().map(|d| (d.run.as_str(), d)).collect();
+        for total in totals {
+            let flushed = sent.get(total.run.as_str());
+            let room = runs.len() < self.capacity;
+            let usage = match runs.entry(total.run.clone()) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(new) if total.expires > now && room => {
+                    new.insert(Usage::new(total.expires))
+                }
+                std::collections::hash_map::Entry::Vacant(_) => continue,
+            };
+            if let Some(delta) = flushed {
+                usage.unflushed_requests = usage.unflushed_requests.saturating_sub(delta.requests);
+                usage.unflushed_tokens = usage.unflushed_tokens.saturating_sub(delta.tokens);
+            }
+            usage.known_requests = total.requests;
+            usage.known_tokens = total.tokens;
+            usage.expires = usage.expires.max(total.expires);
+        }
+    }
+
+    /// Forgets the runs whose every token had expired by `before` and that have nothing left
+    /// to flush.
+    pub fn forget_expired(&self, before: UnixTime) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.retain(|_, u| u.expires > before || u.unflushed());
+        }
     }
 }
 
@@ -274,6 +411,106 @@ mod tests {
                 .admit("c", quota, 0, UnixTime(20), UnixTime(11))
                 .is_ok()
         );
+        assert_eq!(quotas.used("a"), None);
+    }
+
+    fn total(run: &str, requests: u64, tokens: u64) -> Total {
+        Total {
+            run: run.into(),
+            requests,
+            tokens,
+            expires: LATER,
+        }
+    }
+
+    #[test]
+    fn a_flush_sends_what_was_charged_since_the_last_and_keeps_what_came_during_it() {
+        let quotas = Arc::new(Quotas::new(10));
+        let quota = Quota {
+            requests: Some(10),
+            tokens: Some(1_000),
+        };
+        let now = UnixTime(1);
+        quotas.admit("r", quota, 50, LATER, now).unwrap().settle(20);
+        let in_flight = quotas.admit("r", quota, 50, LATER, now).unwrap();
+        let sent = quotas.pending();
+        assert_eq!(
+            sent,
+            vec![Delta {
+                run: "r".into(),
+                requests: 2,
+                tokens: 70,
+                expires: LATER
+            }],
+            "two requests; 20 used, 50 reserved by the call in flight"
+        );
+        // Charged while the flush is on its way: not in what it sent.
+        quotas.admit("r", quota, 0, LATER, now).unwrap().settle(5);
+        // The store's total also holds another gateway's 3 requests and 100 tokens.
+        quotas.absorb(&sent, vec![total("r", 5, 170)], now);
+        assert_eq!(
+            quotas.used("r"),
+            Some((6, 125)),
+            "5 + 1 requests; 170 + 5 tokens charged, less the 50 in flight here"
+        );
+        in_flight.settle(10);
+        assert_eq!(
+            quotas.pending(),
+            vec![Delta {
+                run: "r".into(),
+                requests: 1,
+                tokens: -35,
+                expires: LATER
+            }],
+            "the later request, its 5 tokens, and the in-flight call's 40 not used"
+        );
+        assert_eq!(quotas.used("r"), Some((6, 135)));
+    }
+
+    #[test]
+    fn an_unanswered_flush_keeps_every_charge_for_the_next() {
+        let quotas = Arc::new(Quotas::new(10));
+        let quota = Quota {
+            requests: Some(3),
+            tokens: None,
+        };
+        quotas.admit("r", quota, 0, LATER, UnixTime(1)).unwrap();
+        let first = quotas.pending();
+        // The store did not answer: nothing absorbed.
+        quotas.admit("r", quota, 0, LATER, UnixTime(1)).unwrap();
+        assert_eq!(quotas.pending().first().map(|d| d.requests), Some(2));
+        assert_eq!(first.first().map(|d| d.requests), Some(1));
+    }
+
+    #[test]
+    fn totals_read_back_teach_the_table_runs_charged_elsewhere_within_its_bound() {
+        let quotas = Arc::new(Quotas::new(2));
+        let quota = Quota {
+            requests: Some(3),
+            tokens: None,
+        };
+        let now = UnixTime(1);
+        quotas.absorb(
+            &[],
+            vec![
+                total("a", 3, 0),
+                total("b", 1, 0),
+                total("c", 1, 0),
+                Total {
+                    expires: UnixTime(1),
+                    ..total("expired", 1, 0)
+                },
+            ],
+            now,
+        );
+        assert!(matches!(
+            quotas.admit("a", quota, 0, LATER, now),
+            Err(QuotaError::Requests { limit: 3, .. })
+        ));
+        assert_eq!(quotas.used("b"), Some((1, 0)));
+        assert_eq!((quotas.used("c"), quotas.used("expired")), (None, None));
+        assert!(quotas.pending().is_empty(), "nothing charged here");
+        quotas.forget_expired(UnixTime(2_000));
         assert_eq!(quotas.used("a"), None);
     }
 }

@@ -147,6 +147,21 @@ async fn locked_consent(
     }
 }
 
+/// A pool of at most `pool_size` connections to `target` (TLS roots from `ca_file` when given)
+/// on a schema brought up to date: the embedded migrations applied under an advisory lock.
+/// What [`PostgresStore::open`] stands on, and what a part of tailpass that keeps its own
+/// tables in this one schema uses (the gateway's budgets), so that one schema is managed in
+/// one place.
+pub async fn migrated_pool(
+    target: &PostgresTarget,
+    ca_file: Option<&Path>,
+    pool_size: usize,
+) -> Result<Pool, StoreError> {
+    let pool = target.pool(ca_file, pool_size)?;
+    migrate::migrate(&pool).await?;
+    Ok(pool)
+}
+
 impl PostgresStore {
     /// Connects to `target` with a pool of at most `pool_size` connections (TLS roots from
     /// `ca_file` when given) and applies the embedded migrations under an advisory lock.
@@ -155,8 +170,7 @@ impl PostgresStore {
         ca_file: Option<&Path>,
         pool_size: usize,
     ) -> Result<PostgresStore, StoreError> {
-        let pool = target.pool(ca_file, pool_size)?;
-        migrate::migrate(&pool).await?;
+        let pool = migrated_pool(target, ca_file, pool_size).await?;
         Ok(PostgresStore {
             pool,
             connector: target.connector(ca_file)?,
