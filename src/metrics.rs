@@ -210,6 +210,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     calls: Counters,
+    mcp: Counters,
     upstream: Histograms,
 }
 
@@ -219,6 +220,12 @@ impl GatewayMetrics {
     pub fn call(&self, status: u16, refused: &str) {
         self.calls
             .add(vec![status.to_string(), refused.to_owned()], 1);
+    }
+
+    /// Counts one MCP `tools/call` by server (a configured name) and outcome (`ok`,
+    /// `tool_error`, `unknown`, `refused`, `unavailable`).
+    pub fn mcp_call(&self, server: &str, outcome: &str) {
+        self.mcp.add(vec![server.to_owned(), outcome.to_owned()], 1);
     }
 
     /// Observes the upstream's time to answer headers.
@@ -235,6 +242,13 @@ impl GatewayMetrics {
             "Gateway calls by status and refusal.",
             &["status", "refused"],
             &self.calls.snapshot(),
+        );
+        counters(
+            &mut out,
+            "tailpass_gateway_mcp_calls_total",
+            "MCP tool calls by server and outcome.",
+            &["server", "outcome"],
+            &self.mcp.snapshot(),
         );
         self.upstream.render(
             &mut out,

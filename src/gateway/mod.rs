@@ -30,10 +30,12 @@ pub mod admission;
 pub mod body;
 pub mod endpoints;
 pub mod headers;
+pub mod mcp;
 pub mod meter;
 pub mod options;
 pub mod proxy;
 pub mod quota;
+pub mod resource;
 
 pub use endpoints::Api;
 pub use headers::Auth;
@@ -92,6 +94,8 @@ pub struct GatewaySettings {
     pub audience: String,
     /// The upstream API.
     pub upstream: UpstreamSettings,
+    /// The MCP servers fronted (`[[mcp]]`).
+    pub mcp: Vec<mcp::McpSettings>,
     /// The local address connections to the issuer come from (a tailnet address).
     pub source_address: Option<IpAddr>,
     /// A JSONL mirror of the call log.
@@ -122,6 +126,7 @@ impl GatewaySettings {
             issuer: issuer.into(),
             audience: audience.into(),
             upstream,
+            mcp: Vec::new(),
             source_address: None,
             audit_file: None,
             default_max_tokens: DEFAULT_MAX_TOKENS,
@@ -291,6 +296,34 @@ fn layers() -> crate::http::Layers {
     }
 }
 
+/// The MCP routes of `settings`, and the RFC 9728 metadata routes: the gateway's and each
+/// MCP route's.
+fn mcp_routes(settings: &GatewaySettings) -> (Vec<Arc<mcp::McpRoute>>, Router<GatewayState>) {
+    let (audience, issuer) = (&settings.audience, &settings.issuer);
+    let routes: Vec<Arc<mcp::McpRoute>> = settings
+        .mcp
+        .iter()
+        .map(|server| {
+            Arc::new(mcp::McpRoute::new(
+                server.clone(),
+                audience,
+                &settings.public_url,
+            ))
+        })
+        .collect();
+    let documents = settings
+        .mcp
+        .iter()
+        .map(|server| {
+            let document =
+                resource::Metadata::new(audience, issuer, &server.prefix, Some(&server.name));
+            (server.prefix.clone(), document)
+        })
+        .collect();
+    let gateway = resource::Metadata::new(audience, issuer, "", None);
+    (routes, resource::router(gateway, documents))
+}
+
 /// Starts the gateway: reads the key, discovers the issuer, follows its feed, listens.
 pub async fn start(
     settings: GatewaySettings,
@@ -298,6 +331,8 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> Result<RunningGateway, GatewayError> {
     let upstream_key = read_key(&settings.upstream)?;
+    mcp::McpSettings::validate(&settings.mcp)
+        .map_err(|e| GatewayError::Config(crate::config::ConfigError::Invalid(e)))?;
     let mut issuer_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -344,6 +379,7 @@ pub async fn start(
         clock,
     }));
     let metrics = state.log.metrics().clone();
+    let (mcp_routes, metadata) = mcp_routes(&settings);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -353,6 +389,8 @@ pub async fn start(
                 async move { metrics.render() }
             }),
         )
+        .merge(mcp::router(&mcp_routes))
+        .merge(metadata)
         .fallback(any(proxy::proxy))
         .with_state(state);
     let app = layers().apply(app);
@@ -528,6 +566,44 @@ mod tests {
         ] {
             let err = resolve(&["tailpass", "--config", path, "gateway", flag, value]).unwrap_err();
             assert!(err.to_string().contains(error), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_files_tables_validated() {
+        let base = r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net"
+            audience = "https://gw.example.ts.net"
+            upstream = "https://api.openai.com"
+            upstream_key_file = "/etc/tailpass/upstream.key"
+            "#;
+        let (_dir, path) = config(&format!(
+            "{base}\n[[mcp]]\nname = \"docs\"\nurl = \"http://docs.internal:9000/mcp/\"\nprefix = \"/mcp/docs\"\n"
+        ));
+        let (settings, _) = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap();
+        assert_eq!(
+            settings.mcp,
+            vec![mcp::McpSettings::new(
+                "docs",
+                "http://docs.internal:9000/mcp",
+                "/mcp/docs"
+            )]
+        );
+        for (table, error) in [
+            (
+                "name = \"docs\"\nurl = \"http://d/mcp\"\nprefix = \"/healthz\"",
+                "gateway's own",
+            ),
+            ("name = \"docs\"\nurl = \"http://d/mcp\"", "prefix"),
+            (
+                "name = \"docs\"\nurl = \"http://d/mcp\"\nprefix = \"/d\"\ntoken = \"x\"",
+                "token",
+            ),
+        ] {
+            let (_dir, path) = config(&format!("{base}\n[[mcp]]\n{table}\n"));
+            let err = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap_err();
+            assert!(err.to_string().contains(error), "{table}: {err}");
         }
     }
 }

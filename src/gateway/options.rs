@@ -122,6 +122,10 @@ options! {
         /// Mirror each call's record to this JSONL file (0600).
         #[arg(long, env = "TAILPASS_AUDIT_FILE", value_name = "FILE")]
         pub audit_file: Option<PathBuf>,
+        /// MCP servers fronted: only in the file, as `[[mcp]]` tables (`name`, `url`,
+        /// `prefix`).
+        #[arg(skip)]
+        pub mcp: Vec<super::mcp::McpEntry>,
     }
 }
 
@@ -231,6 +235,7 @@ impl GatewaySettings {
             issuer,
             audience,
             upstream,
+            mcp: super::mcp::McpSettings::from_entries(&options.mcp).map_err(invalid)?,
             source_address: options.source_address,
             audit_file: options.audit_file.clone(),
             default_max_tokens: options.default_max_tokens(),
