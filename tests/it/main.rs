@@ -19,6 +19,7 @@ mod discovery;
 mod dpop;
 mod feed_client;
 mod gateway;
+mod gateway_mcp;
 mod health;
 mod hostile;
 mod keys;

@@ -3,7 +3,8 @@
 Environment: `MCP_URL` (the route), `MCP_TOKEN` (sent as `Authorization: Bearer`, as an
 agent's httpx client would), `MCP_MODE` (`auto`, the SDK's default, which speaks the
 stateless 2026-07-28 protocol to a server that has it, or `legacy`, the session-based
-handshake), `MCP_ALLOWED` and `MCP_DENIED` (the tools to call). It lists the tools, calls
+handshake), `MCP_LOCAL_ADDRESS` (the loopback address to connect from, which stands for the
+agent's tailnet node), `MCP_ALLOWED` and `MCP_DENIED` (the tools to call). It lists the tools, calls
 the allowed one and the denied one, and prints one JSON report:
 `{"tools": [...], "allowed": {"error", "text"}, "denied": {"error", "text"}}`.
 """
@@ -30,7 +31,8 @@ async def call(client, name, arguments):
 async def main():
     url = os.environ["MCP_URL"]
     headers = {"Authorization": f"Bearer {os.environ['MCP_TOKEN']}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+    transport = httpx2.AsyncHTTPTransport(local_address=os.environ.get("MCP_LOCAL_ADDRESS"))
+    async with httpx2.AsyncClient(headers=headers, timeout=30, transport=transport) as http:
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=os.environ.get("MCP_MODE", "auto")) as client:
             listed = await client.list_tools(cache_mode="refresh")
