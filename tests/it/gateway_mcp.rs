@@ -17,7 +17,7 @@ use tokio::io::AsyncBufReadExt as _;
 
 use crate::agents::mint;
 use crate::authorize::claims;
-use crate::support::{CI, GATEWAY_NODE, TestServer, ip, run_sdk_script, sdk_python};
+use crate::support::{CI, CI2, GATEWAY_NODE, TestServer, ip, run_sdk_script, sdk_python};
 
 /// The loopback address the gateway listens on in these tests (no peer uses it).
 const GATEWAY_IP: [u8; 4] = [127, 0, 0, 60];
@@ -452,4 +452,73 @@ async fn a_refused_client_finds_the_issuer_from_the_routes_rfc_9728_metadata() {
     assert_eq!(report["issuer"], issuer);
     assert_eq!(report["issuer_matches"], true, "{report}");
     assert_eq!(report["token_endpoint"], format!("{issuer}/token"));
+}
+
+#[tokio::test]
+async fn a_session_is_only_its_openers_and_its_streamed_listing_is_filtered() {
+    let Some(python) = sdk_python() else { return };
+    let setup = Setup::new(&python).await;
+    let (ci, ci2) = (
+        setup.token(CI, &setup.public_url).await,
+        setup.token(CI2, &setup.public_url).await,
+    );
+    let post = |from: u8, token: &str, session: Option<&str>, body: Value| {
+        let mut request = reqwest::Client::builder()
+            .local_address(ip(from))
+            .build()
+            .unwrap()
+            .post(setup.url("/mcp/docs"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let opened = post(
+        CI,
+        &ci,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    opened.text().await.unwrap();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let acked = post(CI, &ci, Some(&session), initialized).await.unwrap();
+    assert_eq!(acked.status(), 202);
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+
+    // Another agent's token (another node, the same rule) cannot use the session.
+    let hijack = post(CI2, &ci2, Some(&session), list.clone()).await.unwrap();
+    assert_eq!(hijack.status(), 404);
+    let answer: Value = hijack.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+
+    // Its opener can; the listing comes as server-sent events, filtered.
+    let listed = post(CI, &ci, Some(&session), list).await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["content-type"], "text/event-stream");
+    let events = listed.text().await.unwrap();
+    let data = events
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no event: {events}"));
+    let message: Value = serde_json::from_str(data).unwrap();
+    let names: Vec<&str> = message["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["search"]);
 }

@@ -37,6 +37,7 @@ use crate::identity::peer::{Conn, identify};
 
 pub mod answer;
 pub mod jsonrpc;
+pub mod sessions;
 
 /// An `[[mcp]]` table of the configuration file, as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -143,8 +144,8 @@ impl McpSettings {
     }
 }
 
-/// An MCP route as served: the server, and what its refusals and tokens name.
-#[derive(Debug, Clone)]
+/// An MCP route as served: the server, what its refusals and tokens name, and its sessions.
+#[derive(Debug)]
 pub struct McpRoute {
     /// The server.
     pub server: McpSettings,
@@ -152,6 +153,8 @@ pub struct McpRoute {
     pub resource: String,
     /// Where its protected-resource metadata is, named by its 401s.
     pub metadata_url: String,
+    /// Its sessions, each bound to the subject that opened it.
+    pub sessions: sessions::Sessions,
 }
 
 impl McpRoute {
@@ -160,6 +163,7 @@ impl McpRoute {
         McpRoute {
             resource: resource::identifier(audience, &server.prefix),
             metadata_url: resource::metadata_url(public_url, &server.prefix),
+            sessions: sessions::Sessions::default(),
             server,
         }
     }
@@ -284,6 +288,7 @@ async fn serve(
         route: &route,
         claims: &claims,
         started,
+        now,
     };
     match call.exchange(&parts, body, &mut record).await {
         Ok(response) => response,
@@ -329,6 +334,7 @@ struct Call<'a> {
     route: &'a McpRoute,
     claims: &'a AccessClaims,
     started: Instant,
+    now: tailpass_verify::UnixTime,
 }
 
 /// Request headers forwarded to an MCP server: those its transport defines (and the client's
@@ -471,6 +477,25 @@ impl Call<'_> {
                 }
             }
         }
+        // A session is its opener's: an id from anyone else is unknown here.
+        let session = parts
+            .headers
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap_or_default());
+        if let Some(id) = session {
+            self.route
+                .sessions
+                .check(id, &self.claims.sub, self.now)
+                .map_err(|e| {
+                    Refusal::rpc(
+                        StatusCode::NOT_FOUND,
+                        "mcp",
+                        &serde_json::Value::Null,
+                        jsonrpc::INVALID_REQUEST,
+                        e.to_string(),
+                    )
+                })?;
+        }
         let target = format!(
             "{}{rest}{}",
             server.url,
@@ -500,7 +525,42 @@ impl Call<'_> {
             )
         });
         let answer = answer?;
+        self.follow_session(&parts.method, session, &answer)?;
         Ok(self.relay(answer, tools, call_id, list, record.clone()))
+    }
+
+    /// Remembers a session the server opened for this caller, forgets one it ended.
+    fn follow_session(
+        &self,
+        method: &Method,
+        session: Option<&str>,
+        answer: &reqwest::Response,
+    ) -> Result<(), Refusal> {
+        let sessions = &self.route.sessions;
+        match session {
+            None => {
+                let Some(opened) = answer.headers().get("mcp-session-id") else {
+                    return Ok(());
+                };
+                let opened = opened.to_str().unwrap_or_default();
+                sessions
+                    .open(opened, &self.claims.sub, self.now)
+                    .map_err(|e| {
+                        Refusal::oauth(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "other",
+                            "temporarily_unavailable",
+                            e.to_string(),
+                        )
+                    })
+            }
+            Some(id) => {
+                if *method == Method::DELETE && answer.status().is_success() {
+                    sessions.end(id);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The server's answer streamed back, watched: listings filtered, a call's outcome read
