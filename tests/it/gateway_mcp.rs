@@ -106,7 +106,7 @@ impl Setup {
 src = ["tag:ci"]
 audiences = ["{public_url}", "{public_url}/mcp/docs"]
 max_lifetime = 600
-claims = {{ mcp = {{ docs = ["search"] }} }}
+claims = {{ mcp = {{ docs = ["search"], down = ["*"] }} }}
 
 [[rule]]
 src = ["tag:gateway"]
@@ -128,11 +128,15 @@ allow_introspect = true
             public_url: public_url.clone(),
             source_address: Some(ip(GATEWAY_NODE)),
             audit_file: Some(dir.path().join("calls.jsonl")),
-            mcp: vec![McpSettings::new(
-                "docs",
-                format!("http://127.0.0.1:{}/mcp", mcp.port),
-                "/mcp/docs",
-            )],
+            mcp: vec![
+                McpSettings::new(
+                    "docs",
+                    format!("http://127.0.0.1:{}/mcp", mcp.port),
+                    "/mcp/docs",
+                ),
+                // Nothing listens there.
+                McpSettings::new("down", "http://127.0.0.1:9/mcp", "/mcp/down"),
+            ],
             ..GatewaySettings::new(
                 listen,
                 server.url(""),
@@ -375,6 +379,26 @@ async fn a_token_for_the_routes_resource_works_there_only_and_one_without_an_ent
         setup.mcp.records().len(),
         before,
         "nothing more reached the server"
+    );
+
+    // A server the gateway cannot reach: 502, and the tool call counted as such.
+    let response = peer
+        .post(setup.url("/mcp/down"))
+        .bearer_auth(setup.token(CI, &setup.public_url).await)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "anything", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unavailable", "{body}");
+    let metrics = setup.metrics().await;
+    assert!(
+        metrics.contains(
+            "tailpass_gateway_mcp_calls_total{server=\"down\",outcome=\"unavailable\"} 1"
+        ),
+        "{metrics}"
     );
 }
 

@@ -442,7 +442,7 @@ impl Call<'_> {
         let (mut call_id, mut list) = (None, false);
         if let Some(incoming) = &incoming {
             let method = incoming.method();
-            if !header_agrees(&parts.headers, "mcp-method", method) && method.is_some() {
+            if method.is_some() && !header_agrees(&parts.headers, "mcp-method", method) {
                 return Err(Refusal::rpc(
                     StatusCode::BAD_REQUEST,
                     "mcp",
@@ -525,6 +525,16 @@ impl Call<'_> {
             )
         });
         let answer = answer?;
+        if answer.status() == StatusCode::UNAUTHORIZED {
+            // The server wants credentials of its own, which the gateway does not send: not
+            // the caller's token's fault, so not a 401 that would send it to its issuer.
+            return Err(Refusal::oauth(
+                StatusCode::BAD_GATEWAY,
+                "other",
+                "upstream_unavailable",
+                format!("the MCP server {:?} refused the gateway", server.name),
+            ));
+        }
         self.follow_session(&parts.method, session, &answer)?;
         Ok(self.relay(answer, tools, call_id, list, record.clone()))
     }
