@@ -228,6 +228,11 @@ impl GatewayMetrics {
         self.mcp.add(vec![server.to_owned(), outcome.to_owned()], 1);
     }
 
+    /// Observes an MCP server's time to answer headers (`target="mcp"`).
+    pub fn mcp_server(&self, elapsed: Duration) {
+        self.upstream.observe("mcp", elapsed);
+    }
+
     /// Observes the upstream's time to answer headers.
     pub fn upstream(&self, elapsed: Duration) {
         self.upstream.observe("upstream", elapsed);
@@ -254,7 +259,7 @@ impl GatewayMetrics {
             &mut out,
             "tailpass_gateway_upstream_seconds",
             "target",
-            "Time to the upstream's response headers.",
+            "Time to the upstream's (or an MCP server's) response headers.",
         );
         out
     }

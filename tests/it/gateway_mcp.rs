@@ -297,7 +297,9 @@ async fn the_sdk_client_calls_only_the_tools_its_token_allows_and_the_token_stay
         "{metrics}"
     );
     assert!(
-        metrics.contains("tailpass_gateway_mcp_calls_total{server=\"docs\",outcome=\"refused\"} 2"),
+        metrics.contains("tailpass_gateway_mcp_calls_total{server=\"docs\",outcome=\"refused\"} 2")
+            && metrics.contains("tailpass_gateway_upstream_seconds_count{target=\"mcp\"}")
+            && !metrics.contains("target=\"upstream\""),
         "{metrics}"
     );
 }

@@ -514,7 +514,7 @@ impl Call<'_> {
             .body(bytes)
             .send()
             .await;
-        self.state.log.metrics().upstream(asked.elapsed());
+        self.state.log.metrics().mcp_server(asked.elapsed());
         let answer = sent.map_err(|e| {
             tracing::warn!(error = %e, server = %server.name, "MCP server unreachable");
             Refusal::oauth(
