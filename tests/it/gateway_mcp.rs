@@ -369,6 +369,21 @@ async fn a_token_for_the_routes_resource_works_there_only_and_one_without_an_ent
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["error"]["code"], code, "{answer}");
     }
+    // Routing headers that disagree with the body are refused: the body is what was checked.
+    let response = peer
+        .post(setup.url("/mcp/docs"))
+        .bearer_auth(&token)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "delete_everything")
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "search", "arguments": {"query": "x"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["id"], 5, "{answer}");
     // A path that could be read as another is refused.
     let response = peer
         .get(setup.url("/mcp/docs/a%2F..%2Fadmin"))
