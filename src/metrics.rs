@@ -218,6 +218,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     calls: Counters,
+    mcp: Counters,
     upstream: Histograms,
     tools_offered: Counters,
     tool_calls: Counters,
@@ -240,6 +241,17 @@ impl GatewayMetrics {
                 counters.add_within(vec![name.clone()], 1, MAX_TOOL_SERIES);
             }
         }
+    }
+
+    /// Counts one MCP `tools/call` by server (a configured name) and outcome (`ok`,
+    /// `tool_error`, `unknown`, `refused`, `unavailable`).
+    pub fn mcp_call(&self, server: &str, outcome: &str) {
+        self.mcp.add(vec![server.to_owned(), outcome.to_owned()], 1);
+    }
+
+    /// Observes an MCP server's time to answer headers (`target="mcp"`).
+    pub fn mcp_server(&self, elapsed: Duration) {
+        self.upstream.observe("mcp", elapsed);
     }
 
     /// Observes the upstream's time to answer headers.
@@ -278,11 +290,18 @@ impl GatewayMetrics {
             &["tool"],
             &self.tool_calls.snapshot(),
         );
+        counters(
+            &mut out,
+            "tailpass_gateway_mcp_calls_total",
+            "MCP tool calls by server and outcome.",
+            &["server", "outcome"],
+            &self.mcp.snapshot(),
+        );
         self.upstream.render(
             &mut out,
             "tailpass_gateway_upstream_seconds",
             "target",
-            "Time to the upstream's response headers.",
+            "Time to the upstream's (or an MCP server's) response headers.",
         );
         let _ = writeln!(
             out,

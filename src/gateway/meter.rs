@@ -51,6 +51,10 @@ pub struct CallRecord {
     /// The MCP tool called (`tools/call`), or the JSON-RPC method for other MCP requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_tool: Option<String>,
+    /// For an MCP `tools/call` the server answered: whether its result was an error
+    /// (`isError`, or a JSON-RPC error); absent when no answer to it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_error: Option<bool>,
     /// LLM input tokens the upstream reported (prompt, cache reads and writes included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_in: Option<u64>,
@@ -67,7 +71,7 @@ pub struct CallRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// The kind of refusal, a bounded label for metrics (`token`, `feed`, `endpoint`,
-    /// `model`, `tool`, `quota`, `other`).
+    /// `model`, `tool`, `quota`, `mcp`, `other`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub reason: &'static str,
 }
@@ -120,6 +124,8 @@ impl CallLog {
             run_id = call.run_id.as_deref().unwrap_or(""),
             node = call.node.as_deref().unwrap_or(""),
             model = call.model.as_deref().unwrap_or(""),
+            mcp_server = call.mcp_server.as_deref().unwrap_or(""),
+            mcp_tool = call.mcp_tool.as_deref().unwrap_or(""),
             tokens = call.tokens.unwrap_or(0),
             status = call.status,
             latency_ms = call.latency_ms,

@@ -34,10 +34,12 @@ pub mod body;
 pub mod budget_store;
 pub mod endpoints;
 pub mod headers;
+pub mod mcp;
 pub mod meter;
 pub mod options;
 pub mod proxy;
 pub mod quota;
+pub mod resource;
 pub mod routes;
 pub mod tools;
 
@@ -108,6 +110,8 @@ pub struct GatewaySettings {
     pub audience: String,
     /// The upstream APIs, each under its own prefix.
     pub upstreams: Vec<UpstreamSettings>,
+    /// The MCP servers fronted (`[[mcp]]`).
+    pub mcp: Vec<mcp::McpSettings>,
     /// The local address connections to the issuer come from (a tailnet address).
     pub source_address: Option<IpAddr>,
     /// A JSONL mirror of the call log.
@@ -141,6 +145,7 @@ impl GatewaySettings {
             issuer: issuer.into(),
             audience: audience.into(),
             upstreams: vec![upstream],
+            mcp: Vec::new(),
             source_address: None,
             audit_file: None,
             default_max_tokens: DEFAULT_MAX_TOKENS,
@@ -296,6 +301,34 @@ fn layers() -> crate::http::Layers {
     }
 }
 
+/// The MCP routes of `settings`, and the RFC 9728 metadata routes: the gateway's and each
+/// MCP route's.
+fn mcp_routes(settings: &GatewaySettings) -> (Vec<Arc<mcp::McpRoute>>, Router<GatewayState>) {
+    let (audience, issuer) = (&settings.audience, &settings.issuer);
+    let routes: Vec<Arc<mcp::McpRoute>> = settings
+        .mcp
+        .iter()
+        .map(|server| {
+            Arc::new(mcp::McpRoute::new(
+                server.clone(),
+                audience,
+                &settings.public_url,
+            ))
+        })
+        .collect();
+    let documents = settings
+        .mcp
+        .iter()
+        .map(|server| {
+            let document =
+                resource::Metadata::new(audience, issuer, &server.prefix, Some(&server.name));
+            (server.prefix.clone(), document)
+        })
+        .collect();
+    let gateway = resource::Metadata::new(audience, issuer, "", None);
+    (routes, resource::router(gateway, documents))
+}
+
 /// Starts the gateway: reads the key, discovers the issuer, follows its feed, listens.
 pub async fn start(
     settings: GatewaySettings,
@@ -303,6 +336,9 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> Result<RunningGateway, GatewayError> {
     let routes = routes::Routes::new(&settings.upstreams)?;
+    mcp::McpSettings::validate(&settings.mcp)
+        .and_then(|()| mcp::check_against_upstreams(&settings.mcp, &settings.upstreams))
+        .map_err(|e| GatewayError::Config(crate::config::ConfigError::Invalid(e)))?;
     let mut issuer_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -366,6 +402,7 @@ pub async fn start(
         clock,
     }));
     let metrics = state.log.metrics().clone();
+    let (mcp_routes, metadata) = mcp_routes(&settings);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -375,6 +412,8 @@ pub async fn start(
                 async move { metrics.render() }
             }),
         )
+        .merge(mcp::router(&mcp_routes))
+        .merge(metadata)
         .fallback(any(proxy::proxy))
         .with_state(state);
     let app = layers().apply(app);
@@ -717,5 +756,53 @@ mod tests {
             resolve(&argv).unwrap().0.budget_store.unwrap().location,
             StoreLocation::Postgres(_)
         ));
+    }
+
+    #[test]
+    fn mcp_servers_come_from_the_files_tables_validated() {
+        let base = r#"
+            listen = "127.0.0.1:8080"
+            issuer = "https://idp.example.ts.net"
+            audience = "https://gw.example.ts.net"
+            upstream = "https://api.openai.com"
+            upstream_key_file = "/etc/tailpass/upstream.key"
+            "#;
+        let (_dir, path) = config(&format!(
+            "{base}\n[[mcp]]\nname = \"docs\"\nurl = \"http://docs.internal:9000/mcp/\"\nprefix = \"/mcp/docs\"\n"
+        ));
+        let (settings, _) = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap();
+        assert_eq!(
+            settings.mcp,
+            vec![mcp::McpSettings::new(
+                "docs",
+                "http://docs.internal:9000/mcp",
+                "/mcp/docs"
+            )]
+        );
+        for (table, error) in [
+            (
+                "name = \"docs\"\nurl = \"http://d/mcp\"\nprefix = \"/healthz\"",
+                "gateway's own",
+            ),
+            ("name = \"docs\"\nurl = \"http://d/mcp\"", "prefix"),
+            (
+                "name = \"docs\"\nurl = \"http://d/mcp\"\nprefix = \"/d\"\ntoken = \"x\"",
+                "token",
+            ),
+        ] {
+            let (_dir, path) = config(&format!("{base}\n[[mcp]]\n{table}\n"));
+            let err = resolve(&["tailpass", "--config", &path, "gateway"]).unwrap_err();
+            assert!(err.to_string().contains(error), "{table}: {err}");
+        }
+        let upstream = UpstreamSettings {
+            name: "openai".into(),
+            prefix: "/mcp/openai".into(),
+            ..UpstreamSettings::new("https://api.openai.com", "/k".into())
+        };
+        let docs = mcp::McpSettings::new("docs", "http://d/mcp", "/mcp");
+        let err = mcp::check_against_upstreams(&[docs.clone()], &[upstream]).unwrap_err();
+        assert!(err.contains("overlaps [[upstream]] \"openai\""), "{err}");
+        let catch_all = UpstreamSettings::new("https://api.openai.com", "/k".into());
+        assert!(mcp::check_against_upstreams(&[docs], &[catch_all]).is_ok());
     }
 }

@@ -200,6 +200,10 @@ options! {
         /// Mirror each call's record to this JSONL file (0600).
         #[arg(long, env = "TAILPASS_AUDIT_FILE", value_name = "FILE")]
         pub audit_file: Option<PathBuf>,
+        /// MCP servers fronted: only in the file, as `[[mcp]]` tables (`name`, `url`,
+        /// `prefix`).
+        #[arg(skip)]
+        pub mcp: Vec<super::mcp::McpEntry>,
     }
 }
 
@@ -289,6 +293,7 @@ impl GatewaySettings {
             issuer,
             audience,
             upstreams,
+            mcp: super::mcp::McpSettings::from_entries(&options.mcp).map_err(invalid)?,
             source_address: options.source_address,
             audit_file: options.audit_file.clone(),
             default_max_tokens: options.default_max_tokens(),

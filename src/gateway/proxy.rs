@@ -71,7 +71,8 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
                 reason,
                 ..CallRecord::default()
             });
-            return refused.into_response();
+            let metadata = super::resource::metadata_url(&state.public_url, "");
+            return refused.into_response_with_metadata(Some(&metadata));
         }
     };
     let mut record = CallRecord {

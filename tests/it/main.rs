@@ -20,6 +20,7 @@ mod dpop;
 mod feed_client;
 mod gateway;
 mod gateway_budgets;
+mod gateway_mcp;
 mod gateway_providers;
 mod health;
 mod hostile;

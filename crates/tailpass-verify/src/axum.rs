@@ -31,6 +31,11 @@ pub struct PresenterNode(pub String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalUrl(pub String);
 
+/// The RFC 9728 resource identifier of the route addressed, set by an earlier layer: a token
+/// whose `aud` is it is accepted there too, beside the verifier's own audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteResource(pub String);
+
 /// The claims of the request's verified token.
 #[derive(Debug, Clone)]
 pub struct Verified(pub AccessClaims);
@@ -60,13 +65,19 @@ impl Unauthorized {
     }
 }
 
-impl IntoResponse for Unauthorized {
-    fn into_response(self) -> Response {
+impl Unauthorized {
+    /// The refusal's response, its `WWW-Authenticate` challenge naming `resource_metadata`
+    /// when given: the URL of the resource's RFC 9728 metadata, from which a client finds the
+    /// authorization server to ask (RFC 9728 §5.1).
+    pub fn into_response_with_metadata(self, resource_metadata: Option<&str>) -> Response {
         let (status, code) = self.status();
         let reason = self.0.to_string();
         let body = serde_json::json!({"error": code, "error_description": reason});
+        let metadata = resource_metadata
+            .map(|url| format!(", resource_metadata=\"{}\"", url.replace(['"', '\\'], "")))
+            .unwrap_or_default();
         let challenge = format!(
-            "{BEARER} error=\"{code}\", error_description=\"{}\"",
+            "{BEARER} error=\"{code}\", error_description=\"{}\"{metadata}",
             reason.replace(['"', '\\'], "'")
         );
         let mut response = (status, axum::Json(body)).into_response();
@@ -84,6 +95,12 @@ impl IntoResponse for Unauthorized {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
+    }
+}
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        self.into_response_with_metadata(None)
     }
 }
 
@@ -111,6 +128,10 @@ pub async fn verify_parts(
             .extensions
             .get::<PresenterNode>()
             .map(|n| n.0.as_str()),
+        resource: parts
+            .extensions
+            .get::<RouteResource>()
+            .map(|r| r.0.as_str()),
     };
     verifier
         .verify_presented(&presented, now)

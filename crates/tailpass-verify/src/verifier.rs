@@ -158,6 +158,10 @@ pub struct Presented<'a> {
     pub url: &'a str,
     /// The presenting node's stable id, from the resource server's own identity source.
     pub node: Option<&'a str>,
+    /// A resource accepted as the token's audience beside the verifier's own: the RFC 9728
+    /// resource identifier of the route addressed (`<audience><prefix>` for a gateway's MCP
+    /// route), which a client that discovered the route's metadata asks its token for.
+    pub resource: Option<&'a str>,
 }
 
 impl Presented<'_> {
@@ -265,13 +269,14 @@ impl Verifier {
             None if dpop_scheme => return Err(crate::dpop::DpopError::Missing.into()),
             None => None,
         };
-        let claims = self.verify(
+        let claims = self.verify_for(
             keys,
             token,
             &Presenter {
                 node: presented.node,
                 dpop_jkt: proof.as_ref().map(|p| &p.jkt),
             },
+            presented.resource,
             now,
         )?;
         let bound_to_key = claims.cnf.as_ref().is_some_and(|c| c.jkt.is_some());
@@ -298,6 +303,19 @@ impl Verifier {
         presenter: &Presenter<'_>,
         now: UnixTime,
     ) -> Result<AccessClaims, VerifyError> {
+        self.verify_for(keys, token, presenter, None, now)
+    }
+
+    /// [`Verifier::verify`], accepting as the audience either the verifier's own or
+    /// `resource` (see [`Presented::resource`]).
+    pub fn verify_for(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        presenter: &Presenter<'_>,
+        resource: Option<&str>,
+        now: UnixTime,
+    ) -> Result<AccessClaims, VerifyError> {
         let jws = Jws::parse(token).map_err(ValidationError::from)?;
         if !self.algs.contains(&jws.alg) {
             return Err(VerifyError::Algorithm(jws.alg));
@@ -308,6 +326,12 @@ impl Verifier {
             .ok_or_else(|| ValidationError::UnknownKey(kid.to_owned()))?;
         jws.verify(key).map_err(ValidationError::from)?;
         let claims: AccessClaims = jws.claims().map_err(ValidationError::from)?;
+        // The route's own resource when the token names it, else the verifier's audience
+        // (which a refusal then names).
+        let audience = match resource {
+            Some(resource) if claims.aud.contains(resource) => resource,
+            _ => self.audience.as_str(),
+        };
         validate::check(
             &jws,
             Registered {
@@ -319,7 +343,7 @@ impl Verifier {
             },
             &Expect {
                 issuer: &self.issuer,
-                audience: Some(&self.audience),
+                audience: Some(audience),
                 typ: ACCESS_TYP,
                 leeway: self.leeway,
             },

@@ -225,3 +225,39 @@ fn every_token_a_revoked_kid_signed_is_refused() {
             .is_err()
     );
 }
+
+#[test]
+fn a_routes_resource_is_accepted_as_the_audience_only_on_that_route() {
+    let s = signer();
+    let v = verifier();
+    let at = UnixTime(NOW + 1);
+    let docs = format!("{AUD}/mcp/docs");
+    let for_route = s.access(json!({"aud": docs}));
+    assert!(
+        v.verify_for(&s.keys, &for_route, &NODE, Some(&docs), at)
+            .is_ok()
+    );
+    // The verifier's own audience is still accepted on the route.
+    let for_gateway = s.access(json!({}));
+    assert!(
+        v.verify_for(&s.keys, &for_gateway, &NODE, Some(&docs), at)
+            .is_ok()
+    );
+    // Elsewhere (another route, or none) the route's token is refused, naming the audience.
+    for elsewhere in [None, Some(format!("{AUD}/mcp/other"))] {
+        assert!(matches!(
+            v.verify_for(&s.keys, &for_route, &NODE, elsewhere.as_deref(), at),
+            Err(VerifyError::Token(ValidationError::Audience(a))) if a == AUD
+        ));
+    }
+    let presented = Presented {
+        authorization: Some(&format!("Bearer {for_route}")),
+        dpop: None,
+        method: "POST",
+        url: "https://gw.example/mcp/docs",
+        node: Some("n1"),
+        resource: Some(&docs),
+    };
+    let replay = crate::dpop::ReplayCache::new(16, 300);
+    assert!(v.verify_presented(&s.keys, &presented, &replay, at).is_ok());
+}

@@ -1,0 +1,234 @@
+//! The JSON-RPC 2.0 messages MCP's streamable HTTP carries, as far as the gateway reads them:
+//! a caller's message parsed into a type (its kind, method, id, and the tool a `tools/call`
+//! names), the JSON-RPC error the gateway answers with, and the `tools` array of a
+//! `tools/list` result filtered to what a token may call.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// JSON-RPC's "invalid request" code: a batch, or a message that is not one.
+pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC's "parse error" code: a body that is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC's "invalid params" code, which the gateway answers a `tools/call` of a tool the
+/// token does not allow with: what the MCP SDKs raise to the caller as a failed call (an
+/// error result, not a transport failure), as servers do for an unknown tool.
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// A message a caller sent, as the gateway reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A request (`method` and `id`): the server answers it.
+    Request {
+        /// Its method.
+        method: String,
+        /// Its id, echoed in the answer.
+        id: Value,
+        /// For `tools/call`, the tool named by `params.name`.
+        tool: Option<String>,
+    },
+    /// A notification (`method`, no `id`).
+    Notification {
+        /// Its method.
+        method: String,
+    },
+    /// A response to a request of the server's (sampling, elicitation, roots).
+    Response,
+}
+
+/// Why a caller's body is not one JSON-RPC message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// Occurs when the body is not JSON.
+    #[error("the body is not JSON")]
+    NotJson,
+    /// Occurs on a batch (an array), which only the 2025-03-26 revision had.
+    #[error("JSON-RPC batches are not forwarded; send one message per request")]
+    Batch,
+    /// Occurs when the body is JSON but not a JSON-RPC 2.0 message.
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    NotMessage(&'static str),
+}
+
+impl Malformed {
+    /// The JSON-RPC error code answering it.
+    pub fn code(&self) -> i64 {
+        match self {
+            Malformed::NotJson => PARSE_ERROR,
+            Malformed::Batch | Malformed::NotMessage(_) => INVALID_REQUEST,
+        }
+    }
+}
+
+/// The members of a message the gateway reads; the rest passes untouched.
+#[derive(Deserialize)]
+struct Wire {
+    jsonrpc: Option<String>,
+    method: Option<String>,
+    id: Option<Value>,
+    params: Option<Value>,
+    result: Option<Value>,
+    error: Option<Value>,
+}
+
+/// `tools/call`'s params, as far as the gateway reads them.
+#[derive(Deserialize)]
+struct CallParams {
+    name: String,
+}
+
+impl Incoming {
+    /// Parses a caller's POST body: one JSON-RPC 2.0 message.
+    pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
+        let value: Value = serde_json::from_slice(body).map_err(|_| Malformed::NotJson)?;
+        if value.is_array() {
+            return Err(Malformed::Batch);
+        }
+        let wire: Wire = serde_json::from_value(value)
+            .map_err(|_| Malformed::NotMessage("not an object with the members' types"))?;
+        if wire.jsonrpc.as_deref() != Some("2.0") {
+            return Err(Malformed::NotMessage("jsonrpc must be \"2.0\""));
+        }
+        match (wire.method, wire.id) {
+            (Some(method), Some(id)) => {
+                let tool = if method == "tools/call" {
+                    let params: CallParams = wire
+                        .params
+                        .and_then(|p| serde_json::from_value(p).ok())
+                        .ok_or(Malformed::NotMessage("tools/call needs params.name"))?;
+                    Some(params.name)
+                } else {
+                    None
+                };
+                Ok(Incoming::Request { method, id, tool })
+            }
+            (Some(method), None) => Ok(Incoming::Notification { method }),
+            (None, Some(_)) if wire.result.is_some() != wire.error.is_some() => {
+                Ok(Incoming::Response)
+            }
+            _ => Err(Malformed::NotMessage(
+                "neither a request, a notification nor a response",
+            )),
+        }
+    }
+
+    /// Its method, for a request or a notification.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Incoming::Request { method, .. } | Incoming::Notification { method } => Some(method),
+            Incoming::Response => None,
+        }
+    }
+}
+
+/// A JSON-RPC error response to `id` (null when the request's id is unknown).
+pub fn error(id: &Value, code: i64, message: &str) -> Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// What a server's message said about a tool call: its result's `isError`, or a JSON-RPC
+/// error (`true`); `None` when `message` is not the answer to `id`.
+pub fn call_failed(message: &Value, id: &Value) -> Option<bool> {
+    if message.get("id") != Some(id) {
+        return None;
+    }
+    if message.get("error").is_some() {
+        return Some(true);
+    }
+    let result = message.get("result")?;
+    Some(
+        result
+            .get("isError")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    )
+}
+
+/// Keeps only the tools `allowed` lets through in `message`, when it is a result listing
+/// tools (`result.tools`); whether it was one (and so may have changed).
+pub fn filter_tools(message: &mut Value, allowed: &dyn Fn(&str) -> bool) -> bool {
+    let Some(tools) = message
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(Value::as_array_mut)
+    else {
+        return false;
+    };
+    tools.retain(|tool| {
+        tool.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(allowed)
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_are_told_apart_and_a_tool_call_names_its_tool() {
+        let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{}}}"#;
+        assert_eq!(
+            Incoming::parse(call),
+            Ok(Incoming::Request {
+                method: "tools/call".into(),
+                id: json!(7),
+                tool: Some("search".into())
+            })
+        );
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        assert_eq!(
+            Incoming::parse(note).unwrap().method(),
+            Some("notifications/initialized")
+        );
+        let answer = br#"{"jsonrpc":"2.0","id":"s1","result":{}}"#;
+        assert_eq!(Incoming::parse(answer), Ok(Incoming::Response));
+        for (body, refused) in [
+            (
+                &b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]"[..],
+                Malformed::Batch,
+            ),
+            (b"{nope", Malformed::NotJson),
+        ] {
+            assert_eq!(Incoming::parse(body), Err(refused));
+        }
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+            br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":7}"#,
+            b"42",
+        ] {
+            assert!(
+                matches!(Incoming::parse(body), Err(Malformed::NotMessage(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn only_allowed_tools_stay_listed_and_call_outcomes_are_read() {
+        let mut listed = json!({"jsonrpc":"2.0","id":2,"result":{"tools":[
+            {"name":"search"},{"name":"delete_everything"},{"title":"no name"}]}});
+        assert!(filter_tools(&mut listed, &|name| name == "search"));
+        assert_eq!(listed["result"]["tools"], json!([{"name":"search"}]));
+        let mut other = json!({"jsonrpc":"2.0","id":3,"result":{"content":[]}});
+        assert!(!filter_tools(&mut other, &|_| false));
+        assert_eq!(other["result"]["content"], json!([]));
+
+        let id = json!(9);
+        let ok = json!({"jsonrpc":"2.0","id":9,"result":{"content":[],"isError":false}});
+        let tool_error = json!({"jsonrpc":"2.0","id":9,"result":{"isError":true}});
+        let rpc_error = json!({"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"x"}});
+        let progress = json!({"jsonrpc":"2.0","method":"notifications/progress"});
+        assert_eq!(call_failed(&ok, &id), Some(false));
+        assert_eq!(call_failed(&tool_error, &id), Some(true));
+        assert_eq!(call_failed(&rpc_error, &id), Some(true));
+        assert_eq!(call_failed(&progress, &id), None);
+        assert_eq!(call_failed(&ok, &json!("9")), None);
+    }
+}
