@@ -27,6 +27,7 @@ use crate::identity::IdentitySource;
 use crate::identity::peer::Listener;
 
 pub mod admission;
+pub mod ambient;
 pub mod body;
 pub mod endpoints;
 pub mod headers;
@@ -105,6 +106,8 @@ pub struct GatewaySettings {
     /// The longest token lifetime accepted, seconds: the issuer's `max_token_lifetime`, how
     /// long the gateway remembers a revocation.
     pub max_token_lifetime: u64,
+    /// Ambient mode, when on: the longest run obtained for a tokenless caller, seconds.
+    pub ambient: Option<u64>,
 }
 
 impl GatewaySettings {
@@ -128,6 +131,7 @@ impl GatewaySettings {
             allow_unrestricted: false,
             max_feed_staleness: DEFAULT_MAX_FEED_STALENESS,
             max_token_lifetime: tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
+            ambient: None,
         }
     }
 }
@@ -153,6 +157,9 @@ pub enum GatewayError {
     /// Occurs when the identity table (`--identity-file`) cannot be loaded.
     #[error(transparent)]
     Identity(#[from] crate::identity::local::LocalTableError),
+    /// Occurs when ambient mode cannot start (the public URL, the issuer's token endpoint).
+    #[error("ambient mode: {0}")]
+    Ambient(String),
 }
 
 /// What the proxy handler shares.
@@ -195,6 +202,8 @@ pub struct Shared {
     pub public_url: String,
     /// The time.
     pub clock: Arc<dyn Clock>,
+    /// Ambient mode: run tokens obtained for tokenless tailnet callers, when on.
+    pub ambient: Option<ambient::Ambient>,
 }
 
 /// A running gateway.
@@ -307,6 +316,12 @@ pub async fn start(
     let issuer_client = issuer_client
         .build()
         .map_err(|e| GatewayError::Client(e.to_string()))?;
+    let ambient = match settings.ambient {
+        Some(run_lifetime) => {
+            Some(ambient::Ambient::discover(issuer_client.clone(), &settings, run_lifetime).await?)
+        }
+        None => None,
+    };
     let revocations = Arc::new(RevocationList::with_max_lifetime(
         settings.max_token_lifetime,
     ));
@@ -342,6 +357,7 @@ pub async fn start(
         allow_unrestricted: settings.allow_unrestricted,
         public_url: settings.public_url.clone(),
         clock,
+        ambient,
     }));
     let metrics = state.log.metrics().clone();
     let app = Router::new()

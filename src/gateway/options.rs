@@ -122,6 +122,15 @@ options! {
         /// Mirror each call's record to this JSONL file (0600).
         #[arg(long, env = "TAILPASS_AUDIT_FILE", value_name = "FILE")]
         pub audit_file: Option<PathBuf>,
+        /// Serve tailnet callers that present no token with a run token the gateway obtains
+        /// for them from the issuer (ambient mode); needs a rule with act_for_peers for the
+        /// gateway. Cross-site browser requests are refused.
+        #[arg(long, env = "TAILPASS_AMBIENT")]
+        pub ambient: bool,
+        /// How long an ambient caller's run lasts at most (its rule's max_lifetime may cap
+        /// it): one run per caller node and lifetime [default: 1h].
+        #[arg(long, env = "TAILPASS_AMBIENT_RUN_LIFETIME", value_name = "DURATION")]
+        pub ambient_run_lifetime: Option<Seconds> = Seconds(super::ambient::DEFAULT_RUN_LIFETIME),
     }
 }
 
@@ -237,6 +246,9 @@ impl GatewaySettings {
             allow_unrestricted: options.allow_unrestricted,
             max_feed_staleness: options.max_feed_staleness().secs(),
             max_token_lifetime: options.max_token_lifetime().secs(),
+            ambient: options
+                .ambient
+                .then(|| options.ambient_run_lifetime().secs()),
         };
         Ok((settings, identity))
     }

@@ -41,6 +41,10 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
     );
     parts.extensions.insert(ExternalUrl(url));
     let now = state.clock.now();
+    if let Err(refused) = super::ambient::authorize(&state, &mut parts, node.as_deref(), now).await
+    {
+        return refused;
+    }
     let claims = match verify_parts(&state.verifier, &parts, now).await {
         Ok(claims) => claims,
         Err(refused) => {
