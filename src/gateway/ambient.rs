@@ -158,6 +158,35 @@ impl Slot {
     }
 }
 
+/// Why the token endpoint gave no token.
+enum Failed {
+    /// It could not be reached, or answered with something other than a token or an error.
+    Unavailable,
+    /// Its rate limit refused.
+    RateLimited,
+    /// It refused, with this OAuth error (both cut to [`MAX_DESCRIPTION`]).
+    Refused { error: String, description: String },
+}
+
+impl Failed {
+    /// The refusal the caller gets; `what` names the token that was asked for.
+    fn refusal(self, what: &str) -> Refusal {
+        match self {
+            Failed::Unavailable => unavailable(),
+            Failed::RateLimited => refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("the issuer's rate limit refused {what}; try again in a minute"),
+            ),
+            Failed::Refused { error, description } => refusal(
+                StatusCode::FORBIDDEN,
+                "ambient_refused",
+                format!("the issuer refused {what}: {error}: {description}"),
+            ),
+        }
+    }
+}
+
 /// What matters of the token endpoint's answer.
 #[derive(Deserialize)]
 struct Answer {
@@ -296,9 +325,8 @@ impl Ambient {
         Ok(slot)
     }
 
-    /// Posts `form` to the token endpoint: the token and its lifetime, or the refusal to
-    /// answer with (`what` names the token asked for in its description).
-    async fn ask(&self, form: &[(&str, &str)], what: &str, now: UnixTime) -> Result<Held, Refusal> {
+    /// Posts `form` to the token endpoint: the token and its lifetime, or why there is none.
+    async fn ask(&self, form: &[(&str, &str)], now: UnixTime) -> Result<Held, Failed> {
         let response = self
             .http
             .post(&self.token_endpoint)
@@ -307,10 +335,10 @@ impl Ambient {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "the issuer could not be reached for an ambient token");
-                unavailable()
+                Failed::Unavailable
             })?;
         let status = response.status();
-        let body = read_bounded(response).await.ok_or_else(unavailable)?;
+        let body = read_bounded(response).await.ok_or(Failed::Unavailable)?;
         let answer: Option<Answer> = serde_json::from_slice(&body).ok();
         match (status, answer) {
             (
@@ -321,23 +349,14 @@ impl Ambient {
                     ..
                 }),
             ) => Ok(Held::new(token, now, lifetime)),
-            (StatusCode::TOO_MANY_REQUESTS, _) => Err(refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("the issuer's rate limit refused {what}; try again in a minute"),
-            )),
-            (status, Some(answer)) if status.is_client_error() => Err(refusal(
-                StatusCode::FORBIDDEN,
-                "ambient_refused",
-                format!(
-                    "the issuer refused {what}: {}: {}",
-                    cut(answer.error.as_deref().unwrap_or("error")),
-                    cut(answer.error_description.as_deref().unwrap_or(""))
-                ),
-            )),
+            (StatusCode::TOO_MANY_REQUESTS, _) => Err(Failed::RateLimited),
+            (status, Some(answer)) if status.is_client_error() => Err(Failed::Refused {
+                error: cut(answer.error.as_deref().unwrap_or("error")),
+                description: cut(answer.error_description.as_deref().unwrap_or("")),
+            }),
             (status, _) => {
                 tracing::warn!(%status, "the issuer answered an ambient token request oddly");
-                Err(unavailable())
+                Err(Failed::Unavailable)
             }
         }
     }
@@ -349,9 +368,12 @@ impl Ambient {
             ("audience", self.audience.as_str()),
             ("run_label", "ambient gateway"),
         ];
-        self.own
-            .get(now, || self.ask(&form, "the gateway its own token", now))
-            .await
+        let fetch = || async {
+            self.ask(&form, now)
+                .await
+                .map_err(|f| f.refusal("the gateway its own token"))
+        };
+        self.own.get(now, fetch).await
     }
 
     /// A new run token for the caller at `peer`.
@@ -369,16 +391,16 @@ impl Ambient {
             ("audience", self.audience.as_str()),
             ("expires_in", lifetime.as_str()),
         ];
-        let asked = self
-            .ask(&form, "an ambient token for this caller", now)
-            .await;
-        if let Err(refused) = &asked
-            && refused.description.contains("actor_token")
+        let asked = self.ask(&form, now).await;
+        if let Err(Failed::Refused { error, description }) = &asked
+            && error == "invalid_grant"
+            && description.starts_with("actor_token")
         {
-            // The gateway's own token was refused (revoked, say): the next call gets another.
+            // The gateway's own token was refused (its run revoked, say): the next call gets
+            // another.
             self.own.forget().await;
         }
-        asked
+        asked.map_err(|f| f.refusal("an ambient token for this caller"))
     }
 
     /// The run token of caller `node` at `peer`: the one held, or a new one.
