@@ -7,7 +7,9 @@
 //! the token is bound to (asked of this gateway's own identity source). The token's `models`
 //! claim limits the models (a token without one is refused unless `allow_unrestricted`), its
 //! `quota` claim the requests and LLM tokens of its root run. Callers' credentials and account
-//! headers never reach the upstream; the key is added here, and each call is audited.
+//! headers never reach the upstream; the key is added here, and each call is audited. In
+//! ambient mode ([`ambient`]) a tailnet caller that presents no token is served with a run
+//! token the gateway obtains for it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -289,7 +291,9 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// The shared HTTP layers, as the gateway takes them. No `Host` name is required, only a
 /// single `Host`: the gateway is reached by address or by whichever name the tailnet gives it
 /// and knows none of them, and nothing it does rests on ambient authority (every call carries
-/// a token, which a rebinding page does not have). No route latency: calls are metered by
+/// a token, which a rebinding page does not have) — except ambient mode, which checks a
+/// tokenless call's `Host` against the public URL itself ([`ambient`]). No route latency:
+/// calls are metered by
 /// [`meter`]. Bodies are bounded by [`admission::MAX_REQUEST`].
 fn layers() -> crate::http::Layers {
     crate::http::Layers {
