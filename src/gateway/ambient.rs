@@ -145,9 +145,17 @@ impl Slot {
         }
     }
 
-    /// Forgets the held token, so that the next call obtains a new one.
-    async fn forget(&self) {
-        self.state.lock().await.held = None;
+    /// Forgets the held token if it is still `refused` (not one obtained meanwhile), so that
+    /// the next call obtains a new one.
+    async fn forget(&self, refused: &Held) {
+        let mut state = self.state.lock().await;
+        if state
+            .held
+            .as_ref()
+            .is_some_and(|h| h.token.expose() == refused.token.expose())
+        {
+            state.held = None;
+        }
     }
 
     /// Whether nobody is using the slot and it holds nothing valid at `now`.
@@ -378,29 +386,38 @@ impl Ambient {
 
     /// A new run token for the caller at `peer`.
     async fn exchange(&self, peer: SocketAddr, now: UnixTime) -> Result<Held, Refusal> {
-        let own = self.own_token(now).await?;
         let subject = peer.to_string();
         let lifetime = self.run_lifetime.to_string();
-        let form = [
-            ("grant_type", TOKEN_EXCHANGE_GRANT),
-            ("subject_token", subject.as_str()),
-            ("subject_token_type", TAILNET_PEER_TOKEN_TYPE),
-            ("actor_token", own.token.expose()),
-            ("actor_token_type", ACCESS_TOKEN_TYPE),
-            ("requested_token_type", ACCESS_TOKEN_TYPE),
-            ("audience", self.audience.as_str()),
-            ("expires_in", lifetime.as_str()),
-        ];
-        let asked = self.ask(&form, now).await;
-        if let Err(Failed::Refused { error, description }) = &asked
-            && error == "invalid_grant"
-            && description.starts_with("actor_token")
-        {
-            // The gateway's own token was refused (its run revoked, say): the next call gets
-            // another.
-            self.own.forget().await;
+        // Twice at most: when the issuer refuses the gateway's own token (its run revoked,
+        // say), once more with a new one.
+        let mut retried = false;
+        loop {
+            let own = self.own_token(now).await?;
+            let form = [
+                ("grant_type", TOKEN_EXCHANGE_GRANT),
+                ("subject_token", subject.as_str()),
+                ("subject_token_type", TAILNET_PEER_TOKEN_TYPE),
+                ("actor_token", own.token.expose()),
+                ("actor_token_type", ACCESS_TOKEN_TYPE),
+                ("requested_token_type", ACCESS_TOKEN_TYPE),
+                ("audience", self.audience.as_str()),
+                ("expires_in", lifetime.as_str()),
+            ];
+            let asked = self.ask(&form, now).await;
+            match &asked {
+                Err(Failed::Refused { error, description })
+                    if error == "invalid_grant" && description.starts_with("actor_token") =>
+                {
+                    self.own.forget(&own).await;
+                    if !retried {
+                        retried = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            return asked.map_err(|f| f.refusal("an ambient token for this caller"));
         }
-        asked.map_err(|f| f.refusal("an ambient token for this caller"))
     }
 
     /// The run token of caller `node` at `peer`: the one held, or a new one.

@@ -91,6 +91,11 @@ struct Setup {
 impl Setup {
     /// An issuer with [`policy`] and an ambient gateway in front of the paid API's double.
     async fn new(act_for_peers: bool) -> Setup {
+        Setup::with_run_lifetime(act_for_peers, 3600).await
+    }
+
+    /// The same, with ambient runs of at most `run_lifetime` seconds.
+    async fn with_run_lifetime(act_for_peers: bool, run_lifetime: u64) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy(act_for_peers)).unwrap();
@@ -105,7 +110,7 @@ impl Setup {
             public_url: PUBLIC_URL.into(),
             source_address: Some(ip(GATEWAY_NODE)),
             audit_file: Some(dir.path().join("calls.jsonl")),
-            ambient: Some(3600),
+            ambient: Some(run_lifetime),
             ..GatewaySettings::new(
                 "127.0.0.1:0".parse().unwrap(),
                 server.url(""),
@@ -291,6 +296,43 @@ async fn a_tokenless_caller_is_served_one_run_per_node_until_the_kill_switch_sto
     );
     // CI, whose node is not revoked, is served again.
     assert_eq!(setup.call(CI, &[]).await.0, 200);
+}
+
+#[tokio::test]
+async fn revoking_the_gateways_own_run_ends_the_runs_it_obtained_and_the_gateway_recovers() {
+    // Ambient runs of 300 s, renewed before the gateway's own 900 s token is.
+    let setup = Setup::with_run_lifetime(true, 300).await;
+    assert_eq!(setup.call(CI, &[]).await.0, 200);
+    let run = setup.last_run();
+    let (status, events) = admin(
+        &setup.server,
+        Method::GET,
+        "/admin/api/audit?node=nGateway8CNTRL",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{events}");
+    let own_run = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "agent_token" && e["outcome"] == "success")
+        .and_then(|e| e["run_id"].as_str())
+        .unwrap_or_else(|| panic!("the gateway's own token in {events}"))
+        .to_owned();
+
+    setup.revoke("run", &own_run).await;
+    let (status, body) = setup.call(CI, &[]).await;
+    assert_eq!(
+        status, 401,
+        "the caller's token names the gateway's run: {body}"
+    );
+    // Once the caller's run is due for renewal, the issuer refuses the revoked actor token and
+    // the gateway, with a new token of its own, obtains the caller a new run in the same call.
+    setup.server.clock.advance(300 - 60);
+    let (status, body) = setup.call(CI, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(setup.last_run(), run);
 }
 
 #[tokio::test]
