@@ -39,6 +39,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tailpass_verify::UnixTime;
 use tailpass_verify::claims::{ACCESS_TOKEN_TYPE, TAILNET_PEER_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
+use tailpass_verify::verifier::{BEARER, DPOP};
 
 use super::admission::Refusal;
 use super::meter::CallRecord;
@@ -214,16 +215,27 @@ struct Metadata {
     token_endpoint: String,
 }
 
-/// Whether a request carries a token of its own: any `Authorization`, or a provider's key
-/// header, in which callers may present their token too.
+/// Whether a request carries a token of its own: an `Authorization`, or a provider's key
+/// header, in which callers may present their token too. An empty value presents nothing
+/// (SDKs given an empty key send `x-api-key:` or `Authorization: Bearer` with nothing after),
+/// nor does a scheme alone.
 pub fn presents_token(headers: &HeaderMap) -> bool {
+    let credential = |value: &HeaderValue| match value.to_str().map(str::trim) {
+        Ok("") => false,
+        Ok(text) => match text.split_once(' ') {
+            Some((_, rest)) => !rest.trim().is_empty(),
+            None => !(text.eq_ignore_ascii_case(BEARER) || text.eq_ignore_ascii_case(DPOP)),
+        },
+        // Not text: a credential of some kind, which verification refuses.
+        Err(_) => true,
+    };
     [
         header::AUTHORIZATION.as_str(),
         "x-api-key",
         "x-goog-api-key",
     ]
     .iter()
-    .any(|name| headers.contains_key(*name))
+    .any(|name| headers.get_all(*name).iter().any(credential))
 }
 
 fn refusal(status: StatusCode, code: &'static str, description: impl Into<String>) -> Refusal {
@@ -592,10 +604,22 @@ mod tests {
     fn only_requests_without_any_credential_are_ambient() {
         let mut headers = HeaderMap::new();
         assert!(!presents_token(&headers));
-        for name in ["authorization", "x-api-key", "x-goog-api-key"] {
+        for (name, value, presents) in [
+            ("authorization", "Bearer eyJ.x.y", true),
+            ("authorization", "DPoP eyJ.x.y", true),
+            ("authorization", "Basic dXNlcg==", true),
+            ("authorization", "eyJ.x.y", true),
+            ("authorization", "Bearer ", false),
+            ("authorization", "bearer", false),
+            ("authorization", "", false),
+            ("x-api-key", "eyJ.x.y", true),
+            ("x-api-key", "", false),
+            ("x-goog-api-key", "eyJ.x.y", true),
+            ("x-goog-api-key", " ", false),
+        ] {
             headers.clear();
-            headers.insert(name, HeaderValue::from_static("x"));
-            assert!(presents_token(&headers), "{name}");
+            headers.insert(name, HeaderValue::from_str(value).unwrap());
+            assert_eq!(presents_token(&headers), presents, "{name}: {value:?}");
         }
     }
 }
