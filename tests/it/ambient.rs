@@ -20,6 +20,7 @@ use crate::agents::{mint, post_token};
 use crate::authorize::claims;
 use crate::support::{
     BOB, CI, CI2, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, admin, ip, peers_table,
+    run_sdk_script, sdk_python,
 };
 
 const UPSTREAM_KEY: &str = "sk-upstream-ambient-0123456789";
@@ -333,6 +334,32 @@ async fn revoking_the_gateways_own_run_ends_the_runs_it_obtained_and_the_gateway
     let (status, body) = setup.call(CI, &[]).await;
     assert_eq!(status, 200, "{body}");
     assert_ne!(setup.last_run(), run);
+}
+
+#[tokio::test]
+async fn the_official_openai_sdk_without_any_key_is_served_in_ambient_mode() {
+    let Some(python) = sdk_python() else { return };
+    let setup = Setup::new(true).await;
+    let (ok, report) = run_sdk_script(
+        &python,
+        "ambient_openai.py",
+        &[
+            ("GATEWAY_URL", format!("http://{}/v1", setup.gateway.addr())),
+            ("GATEWAY_HOST", PUBLIC_HOST.to_owned()),
+            ("LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(report, json!({"content": "hi", "total_tokens": 10}));
+    let log = setup.call_log();
+    let call = log.last().unwrap();
+    assert_eq!(
+        (call["status"].as_u64(), call["node"].as_str()),
+        (Some(200), Some("nBuildBot42CNTRL")),
+        "{call}"
+    );
+    assert!(call["run_id"].is_string(), "{call}");
 }
 
 #[tokio::test]
