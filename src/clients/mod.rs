@@ -106,7 +106,7 @@ impl GrantType {
             GrantType::AuthorizationCode => "authorization_code",
             GrantType::RefreshToken => "refresh_token",
             GrantType::ClientCredentials => "client_credentials",
-            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+            GrantType::TokenExchange => tailpass_verify::claims::TOKEN_EXCHANGE_GRANT,
         }
     }
 }

@@ -11,6 +11,8 @@
 //! LLM tokens of its root run (kept in memory, written behind to a [`budget_store`] so they
 //! survive restarts and are shared by replicas on PostgreSQL). Callers' credentials and
 //! account headers never reach the upstream; the key is added here, and each call is audited.
+//! In ambient mode ([`ambient`]) a tailnet caller that presents no token is served with a run
+//! token the gateway obtains for it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ use crate::identity::IdentitySource;
 use crate::identity::peer::Listener;
 
 pub mod admission;
+pub mod ambient;
 pub mod body;
 pub mod budget_store;
 pub mod endpoints;
@@ -128,6 +131,8 @@ pub struct GatewaySettings {
     /// Where budgets persist (the global `--store`; for `tailpass gateway` by default
     /// `STATE_DIR/gateway-budgets.sqlite`); `None` keeps them in memory only, lost at restart.
     pub budget_store: Option<crate::store::StoreSettings>,
+    /// Ambient mode, when on: the longest run obtained for a tokenless caller, seconds.
+    pub ambient: Option<u64>,
 }
 
 impl GatewaySettings {
@@ -153,6 +158,7 @@ impl GatewaySettings {
             max_feed_staleness: DEFAULT_MAX_FEED_STALENESS,
             max_token_lifetime: tailpass_verify::feed::DEFAULT_MAX_LIFETIME,
             budget_store: None,
+            ambient: None,
         }
     }
 }
@@ -182,6 +188,9 @@ pub enum GatewayError {
     /// does not start with budgets it cannot know).
     #[error("budget store: {0}")]
     Budgets(crate::store::StoreError),
+    /// Occurs when ambient mode cannot start (the public URL, the issuer's token endpoint).
+    #[error("ambient mode: {0}")]
+    Ambient(String),
 }
 
 /// What the proxy handler shares.
@@ -218,6 +227,8 @@ pub struct Shared {
     pub public_url: String,
     /// The time.
     pub clock: Arc<dyn Clock>,
+    /// Ambient mode: run tokens obtained for tokenless tailnet callers, when on.
+    pub ambient: Option<ambient::Ambient>,
 }
 
 /// A running gateway.
@@ -290,7 +301,9 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// The shared HTTP layers, as the gateway takes them. No `Host` name is required, only a
 /// single `Host`: the gateway is reached by address or by whichever name the tailnet gives it
 /// and knows none of them, and nothing it does rests on ambient authority (every call carries
-/// a token, which a rebinding page does not have). No route latency: calls are metered by
+/// a token, which a rebinding page does not have) — except ambient mode, which checks a
+/// tokenless call's `Host` against the public URL itself ([`ambient`]). No route latency:
+/// calls are metered by
 /// [`meter`]. Bodies are bounded by [`admission::MAX_REQUEST`].
 fn layers() -> crate::http::Layers {
     crate::http::Layers {
@@ -348,6 +361,12 @@ pub async fn start(
     let issuer_client = issuer_client
         .build()
         .map_err(|e| GatewayError::Client(e.to_string()))?;
+    let ambient = match settings.ambient {
+        Some(run_lifetime) => {
+            Some(ambient::Ambient::discover(issuer_client.clone(), &settings, run_lifetime).await?)
+        }
+        None => None,
+    };
     let revocations = Arc::new(RevocationList::with_max_lifetime(
         settings.max_token_lifetime,
     ));
@@ -400,6 +419,7 @@ pub async fn start(
         allow_unrestricted: settings.allow_unrestricted,
         public_url: settings.public_url.clone(),
         clock,
+        ambient,
     }));
     let metrics = state.log.metrics().clone();
     let (mcp_routes, metadata) = mcp_routes(&settings);
@@ -800,7 +820,8 @@ mod tests {
             ..UpstreamSettings::new("https://api.openai.com", "/k".into())
         };
         let docs = mcp::McpSettings::new("docs", "http://d/mcp", "/mcp");
-        let err = mcp::check_against_upstreams(&[docs.clone()], &[upstream]).unwrap_err();
+        let err =
+            mcp::check_against_upstreams(std::slice::from_ref(&docs), &[upstream]).unwrap_err();
         assert!(err.contains("overlaps [[upstream]] \"openai\""), "{err}");
         let catch_all = UpstreamSettings::new("https://api.openai.com", "/k".into());
         assert!(mcp::check_against_upstreams(&[docs], &[catch_all]).is_ok());

@@ -204,6 +204,15 @@ options! {
         /// `prefix`).
         #[arg(skip)]
         pub mcp: Vec<super::mcp::McpEntry>,
+        /// Serve tailnet callers that present no token with a run token the gateway obtains
+        /// for them from the issuer (ambient mode); needs a rule with act_for_peers for the
+        /// gateway. Cross-site browser requests are refused.
+        #[arg(long, env = "TAILPASS_AMBIENT")]
+        pub ambient: bool,
+        /// How long an ambient caller's run lasts at most (its rule's max_lifetime may cap
+        /// it): one run per caller node and lifetime [default: 1h].
+        #[arg(long, env = "TAILPASS_AMBIENT_RUN_LIFETIME", value_name = "DURATION")]
+        pub ambient_run_lifetime: Option<Seconds> = Seconds(super::ambient::DEFAULT_RUN_LIFETIME),
     }
 }
 
@@ -304,6 +313,9 @@ impl GatewaySettings {
                 &global,
                 super::budget_store::DEFAULT_FILE,
             )?),
+            ambient: options
+                .ambient
+                .then(|| options.ambient_run_lifetime().secs()),
         };
         Ok((settings, identity))
     }

@@ -19,24 +19,10 @@ use super::routes::Target;
 use super::{GatewayState, Shared};
 use crate::identity::peer::{Conn, identify};
 
-/// Any request under an upstream's prefix: the token verified, the call admitted, forwarded.
-pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
-    let started = Instant::now();
-    let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let Some(target) = state.routes.find(&path) else {
-        let refusal = Refusal::no_route(&path);
-        state.log.record(&CallRecord {
-            time: state.clock.now(),
-            status: refusal.status.as_u16(),
-            refused: Some(refusal.description.clone()),
-            reason: refusal.reason,
-            ..CallRecord::default()
-        });
-        return refusal.into_response();
-    };
-    target.route.lift_token(&mut parts.headers);
-    // The presenter's node, as this gateway's identity source says (none over Funnel).
+/// The presenter's node, as this gateway's identity source says (none over Funnel or for a
+/// stranger), set in `parts` for verification with the URL the caller addressed; shared by
+/// every route the gateway checks tokens on.
+pub(super) async fn presenter(state: &Shared, parts: &mut Parts) -> Option<String> {
     let node = identify(
         state.identity.as_ref(),
         parts.extensions.get::<Conn>(),
@@ -54,7 +40,32 @@ pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Respo
         parts.uri.path()
     );
     parts.extensions.insert(ExternalUrl(url));
+    node
+}
+
+/// Any request under an upstream's prefix: the token verified, the call admitted, forwarded.
+pub async fn proxy(State(state): State<GatewayState>, request: Request) -> Response {
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let Some(target) = state.routes.find(&path) else {
+        let refusal = Refusal::no_route(&path);
+        state.log.record(&CallRecord {
+            time: state.clock.now(),
+            status: refusal.status.as_u16(),
+            refused: Some(refusal.description.clone()),
+            reason: refusal.reason,
+            ..CallRecord::default()
+        });
+        return refusal.into_response();
+    };
+    target.route.lift_token(&mut parts.headers);
+    let node = presenter(&state, &mut parts).await;
     let now = state.clock.now();
+    if let Err(refused) = super::ambient::authorize(&state, &mut parts, node.as_deref(), now).await
+    {
+        return refused;
+    }
     let claims = match verify_parts(&state.verifier, &parts, now).await {
         Ok(claims) => claims,
         Err(refused) => {

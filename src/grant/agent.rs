@@ -121,15 +121,40 @@ pub async fn agent(
         let refusal = AgentError::Revoked(hit.to_string());
         return Err(refuse(ctx, Some(&identity), None, refusal).await);
     }
-    let label = request.run_label.clone();
     let lifetime = lifetime(ctx, request.expires_in, granted.max_lifetime);
+    let origin = granted.origin;
+    let run = RunClaims {
+        run_label: request.run_label.clone(),
+        ..RunClaims::default()
+    };
+    let jkt = proof.map(|p| p.jkt.0.clone());
+    let claims = run_claims(ctx, &identity, granted, run, jkt, lifetime);
+    let event = AuditEvent::new(now, EventKind::AgentToken, Outcome::Success)
+        .by(&identity)
+        .detail(format!("by {origin}"));
+    issue_run_token(ctx, &claims, event, lifetime, None).await
+}
+
+/// The claims of a fresh run token for `identity`, as its deciding rule `granted` allows:
+/// its subject, profile and tailnet claims, a new run id (beside `run`'s other members),
+/// bound to its node (and to `jkt`), with the rule's claims, living `lifetime` seconds. Shared
+/// by the agent grant and the exchange for a tailnet peer, whose token is the one the peer
+/// would get by asking itself.
+pub(super) fn run_claims(
+    ctx: &Context<'_>,
+    identity: &Identity,
+    granted: agent::Granted,
+    run: RunClaims,
+    jkt: Option<String>,
+    lifetime: u64,
+) -> AccessClaims {
+    let now = ctx.now();
     let subject = match &identity.user {
         Some(user) => tokens::user_subject(user.id),
         None => tokens::node_subject(&identity.node.stable_id),
     };
-    let jkt = proof.map(|p| p.jkt.0.clone());
     let (jti, run_id) = tokens::new_run_token_ids();
-    let claims = AccessClaims {
+    AccessClaims {
         iss: ctx.issuer.url().to_owned(),
         sub: subject.clone(),
         aud: Audience(granted.audiences),
@@ -142,23 +167,18 @@ pub async fn agent(
         auth_time: None,
         sid: None,
         profile: if identity.user.is_some() {
-            mint::profile(&identity, &[], ctx.issuer.host())
+            mint::profile(identity, &[], ctx.issuer.host())
         } else {
             Profile::default()
         },
-        tailnet: mint::tailnet(&identity),
+        tailnet: mint::tailnet(identity),
         run: RunClaims {
             run_id: Some(run_id),
-            run_label: label,
-            ..RunClaims::default()
+            ..run
         },
         cnf: Some(Confirmation::node(&identity.node.stable_id.0, jkt)),
         extra: granted.claims,
-    };
-    let event = AuditEvent::new(now, EventKind::AgentToken, Outcome::Success)
-        .by(&identity)
-        .detail(format!("by {}", granted.origin));
-    issue_run_token(ctx, &claims, event, lifetime, None).await
+    }
 }
 
 /// Signs a run token, records its audit event with the run's facts (run, parent and root run,

@@ -131,6 +131,21 @@ pub enum ExchangeError {
     /// Occurs when the parent token has no time left.
     #[error("the parent token has expired")]
     ParentExpired,
+    /// Occurs when the requester asks for a tailnet peer's token and the rule deciding its
+    /// own access to the audience does not set `act_for_peers` (or no rule does).
+    #[error("{0}")]
+    ActForPeers(String),
+    /// Occurs when the tailnet-peer subject's address belongs to no node of the tailnet, as
+    /// this issuer's identity source sees it.
+    #[error("subject_token: {0} is not on the tailnet")]
+    PeerNotOnTailnet(std::net::IpAddr),
+    /// Occurs when the tailnet peer's own rules refuse the token it would get.
+    #[error("{0}")]
+    Peer(Denied),
+    /// Occurs when the tailnet peer's budget of token requests is spent; carries the seconds
+    /// to wait.
+    #[error("rate limit exceeded")]
+    RateLimited(u64),
     /// Occurs when the server's own parts fail.
     #[error(transparent)]
     Fault(#[from] Fault),
@@ -314,6 +329,11 @@ impl Refusal for ExchangeError {
             ExchangeError::Denied(denied) => denied.label(),
             ExchangeError::Revoked(_) => "revoked",
             ExchangeError::ParentExpired => "parent_expired",
+            ExchangeError::ActForPeers(_) => "act_for_peers",
+            ExchangeError::PeerNotOnTailnet(_) => "peer_not_on_tailnet",
+            ExchangeError::Peer(Denied::NoRule(_)) => "peer_no_rule",
+            ExchangeError::Peer(denied) => denied.label(),
+            ExchangeError::RateLimited(_) => "rate_limited",
             ExchangeError::Fault(_) => "server_error",
         }
     }

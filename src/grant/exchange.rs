@@ -24,8 +24,7 @@ use crate::identity::peer::CallerError;
 use crate::policy::agent::{self, Ask};
 use crate::tokens::{self, mint};
 
-/// RFC 8693 §3: an access token.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub use tailpass_verify::claims::{ACCESS_TOKEN_TYPE, TAILNET_PEER_TOKEN_TYPE};
 /// RFC 8693 §3: a JWT.
 pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
@@ -46,8 +45,9 @@ pub fn token_type_ok(t: Option<&str>) -> bool {
     matches!(t, Some(ACCESS_TOKEN_TYPE) | Some(JWT_TYPE))
 }
 
-/// Reads a presented token and checks that the caller may present it.
-fn presented(
+/// Reads a presented token and checks that the caller may present it: a node-bound access
+/// token of this issuer, unrevoked, bound to the presenter (and its DPoP key).
+pub(super) fn presented(
     ctx: &Context<'_>,
     token: &str,
     presenter: &Presenter<'_>,

@@ -522,3 +522,246 @@ async fn a_client_revoking_its_refresh_token_ends_the_session_and_another_client
         "the session's access token goes with it"
     );
 }
+
+/// Ambient mode: a gateway obtains a tailnet peer's token by exchange (`grant::ambient`).
+mod ambient_exchange {
+    use super::*;
+    use crate::grant::ambient::{self, PeerExchangeRequest};
+    use tailpass_verify::feed::RevocationKind;
+
+    /// CI's tailnet address, as its WhoIs lists it.
+    const CI_ADDRESS: &str = "100.80.1.7";
+    /// Alice's, who has no agent rule.
+    const ALICE_ADDRESS: &str = "100.101.102.103";
+    const GATEWAY_NODE: &str = "nGateway8CNTRL";
+
+    fn gateway() -> Arc<Identity> {
+        identity(&format!(
+            r#"{{"Node": {{"ID": 1008, "StableID": "{GATEWAY_NODE}", "Name": "gw.tail1234.ts.net.",
+                "User": 9000, "Addresses": ["100.64.0.8/32"], "Tags": ["tag:gateway"]}},
+               "UserProfile": {{"ID": 9000, "LoginName": "tagged-devices", "DisplayName": "tagged devices"}},
+               "CapMap": null}}"#
+        ))
+    }
+
+    /// A fixture whose policy lets the gateway act for peers when `act_for_peers`, and whose
+    /// identity table knows CI and Alice by their tailnet addresses.
+    async fn ambient_fixture(act_for_peers: bool) -> Fixture {
+        let mut f = fixture(LIFETIMES).await;
+        f.policy = PolicyFile::parse(&format!(
+            "{POLICY}\n[[rule]]\nsrc = [\"tag:gateway\"]\naudiences = [\"{GATEWAY}\"]\n\
+             act_for_peers = {act_for_peers}\n"
+        ))
+        .unwrap();
+        let table = f._dir.path().join("ambient-peers.json");
+        let user = include_str!("../../tests/fixtures/whois-user.json");
+        let tagged = include_str!("../../tests/fixtures/whois-tagged.json");
+        std::fs::write(
+            &table,
+            format!("{{\"{ALICE_ADDRESS}\": {user}, \"{CI_ADDRESS}\": {tagged}}}"),
+        )
+        .unwrap();
+        f.identity = LocalTable::from_file(&table).unwrap();
+        f
+    }
+
+    impl Fixture {
+        /// The gateway's own agent token for its audience.
+        async fn gateway_token(&self) -> String {
+            let request = AgentRequest {
+                audiences: vec![GATEWAY.into()],
+                ..Default::default()
+            };
+            agent::agent(&self.ctx(), Ok(gateway()), None, &request, None)
+                .await
+                .unwrap()
+                .access_token
+        }
+
+        /// `requester` asks for the token of the peer at `peer`, presenting `actor_token`.
+        async fn for_peer(
+            &self,
+            requester: Arc<Identity>,
+            peer: &str,
+            actor_token: &str,
+        ) -> Result<TokenResponse, ExchangeError> {
+            let request = PeerExchangeRequest {
+                peer: ambient::parse_peer(peer).unwrap(),
+                actor_token: actor_token.into(),
+                token: AgentRequest {
+                    audiences: vec![GATEWAY.into()],
+                    expires_in: Some(3600),
+                    ..Default::default()
+                },
+            };
+            ambient::exchange(&self.ctx(), Ok(requester), &request, None).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gateway_with_act_for_peers_gets_the_token_the_peer_would_get_itself() {
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        let issued = f
+            .for_peer(gateway(), &format!("{CI_ADDRESS}:41234"), &own)
+            .await
+            .unwrap();
+        assert_eq!(issued.expires_in, 600, "the peer's rule caps the lifetime");
+        let claims = f.claims(&issued.access_token);
+        assert_eq!(claims.sub, "node:nBuildBot42CNTRL");
+        assert_eq!(claims.aud.0, [GATEWAY]);
+        assert_eq!(
+            claims.cnf.as_ref().and_then(|c| c.tailnet_node.as_deref()),
+            Some("nBuildBot42CNTRL")
+        );
+        assert_eq!(claims.scope.as_deref(), Some("llm:chat llm:embed"));
+        let act = claims.run.act.clone().unwrap();
+        assert_eq!(act.sub, format!("node:{GATEWAY_NODE}"));
+        assert_eq!(act.nid.as_deref(), Some(GATEWAY_NODE));
+        assert_eq!(act.run_id, f.claims(&own).run.run_id, "the gateway's run");
+        assert_eq!(
+            claims.run.run_label.as_deref(),
+            Some("ambient via gw.tail1234.ts.net")
+        );
+        let again = f.for_peer(gateway(), CI_ADDRESS, &own).await.unwrap();
+        assert_ne!(
+            f.claims(&again.access_token).run.run_id,
+            claims.run.run_id,
+            "each exchange is a run of its own; the gateway caches one per peer"
+        );
+
+        let filter = crate::store::AuditFilter {
+            node: Some("nBuildBot42CNTRL".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let events = f.store.audit(&filter).await.unwrap();
+        let event = &events
+            .iter()
+            .find(|r| r.event.event == crate::audit::EventKind::TokenExchange)
+            .expect("the exchange is audited under the peer")
+            .event;
+        assert_eq!(
+            event.client_id.as_deref(),
+            Some("node:nGateway8CNTRL"),
+            "with the gateway as the actor"
+        );
+        assert!(
+            event
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("act_for_peers by policy rule 2"),
+            "{event:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gateway_whose_rule_does_not_set_act_for_peers_is_refused() {
+        let f = ambient_fixture(false).await;
+        let own = f.gateway_token().await;
+        let refused = f.for_peer(gateway(), CI_ADDRESS, &own).await.unwrap_err();
+        assert!(
+            matches!(&refused, ExchangeError::ActForPeers(why) if why.contains("policy rule 2")),
+            "{refused:?}"
+        );
+        assert_eq!(crate::audit::Refusal::label(&refused), "act_for_peers");
+        // Nor may a node that has no rule for the audience at all.
+        let own = f.agent(&[GATEWAY]).await.unwrap().access_token;
+        let refused = f.for_peer(f.ci.clone(), ALICE_ADDRESS, &own).await;
+        assert!(
+            matches!(refused, Err(ExchangeError::ActForPeers(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_off_the_tailnet_is_refused() {
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        let refused = f.for_peer(gateway(), "100.99.9.9", &own).await.unwrap_err();
+        assert!(
+            matches!(refused, ExchangeError::PeerNotOnTailnet(ip) if ip.to_string() == "100.99.9.9"),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_actor_token_presented_by_another_node_is_refused() {
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        // CI holding a copy of the gateway's token cannot act as the gateway.
+        let refused = f
+            .for_peer(f.ci.clone(), CI_ADDRESS, &own)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, ExchangeError::Actor(_)), "{refused:?}");
+        let refused = f
+            .for_peer(gateway(), CI_ADDRESS, "not-a-token")
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, ExchangeError::Actor(_)), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_a_rule_is_refused_by_its_own_rules() {
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        let refused = f
+            .for_peer(gateway(), ALICE_ADDRESS, &own)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ExchangeError::Peer(Denied::NoRule(_))),
+            "{refused:?}"
+        );
+        assert_eq!(crate::audit::Refusal::label(&refused), "peer_no_rule");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_peer_node_gets_nothing_and_a_revoked_gateway_run_acts_for_no_one() {
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        f.revocations
+            .revoke(
+                f.store.as_ref(),
+                RevocationKind::Node,
+                "nBuildBot42CNTRL",
+                f.clock.now(),
+                None,
+            )
+            .await
+            .unwrap();
+        let refused = f.for_peer(gateway(), CI_ADDRESS, &own).await.unwrap_err();
+        assert!(matches!(refused, ExchangeError::Revoked(_)), "{refused:?}");
+
+        let f = ambient_fixture(true).await;
+        let own = f.gateway_token().await;
+        let issued = f.for_peer(gateway(), CI_ADDRESS, &own).await.unwrap();
+        let run = f.claims(&own).run.run_id.unwrap();
+        f.clock.advance(1);
+        f.revocations
+            .revoke(
+                f.store.as_ref(),
+                RevocationKind::Run,
+                &run,
+                f.clock.now(),
+                None,
+            )
+            .await
+            .unwrap();
+        let read = crate::tokens::read_access(
+            &issued.access_token,
+            &f.keys,
+            &f.revocations,
+            f.issuer.url(),
+            f.clock.now(),
+        );
+        assert!(
+            read.is_err(),
+            "the peer's token names the gateway's run in act"
+        );
+        let refused = f.for_peer(gateway(), CI_ADDRESS, &own).await.unwrap_err();
+        assert!(matches!(refused, ExchangeError::Actor(_)), "{refused:?}");
+    }
+}

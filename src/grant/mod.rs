@@ -14,6 +14,7 @@ use crate::tokens::mint::{self, Login};
 use crate::tokens::{ACCESS_TYP, ID_TYP};
 
 pub mod agent;
+pub mod ambient;
 pub mod authorization_code;
 pub mod authorize;
 mod context;

@@ -66,8 +66,10 @@ pub enum CallerError {
     Unavailable,
 }
 
-/// The address to ask WhoIs about.
-fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, CallerError> {
+/// The address to ask WhoIs about: the connection's peer, or on the proxy listener the last
+/// `X-Forwarded-For` value. The gateway names a tokenless caller to the issuer by it (ambient
+/// mode).
+pub fn peer_address(conn: Option<&Conn>, headers: &HeaderMap) -> Result<SocketAddr, CallerError> {
     let conn = conn.copied().ok_or(CallerError::NotOnTailnet)?;
     if headers.contains_key(FUNNEL_HEADER) {
         return Err(CallerError::Funnel);

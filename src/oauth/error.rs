@@ -470,6 +470,14 @@ impl From<ExchangeError> for Error {
             ExchangeError::WiderScope(_) => Code::InvalidScope,
             ExchangeError::Denied(ref denied) => denied_code(denied),
             ExchangeError::Revoked(_) => Code::AccessDenied,
+            // The client is the gateway: it is not authorized to act for peers.
+            ExchangeError::ActForPeers(_) => Code::UnauthorizedClient,
+            // The subject (a peer) is what is refused, as for every other subject here.
+            ExchangeError::PeerNotOnTailnet(_) | ExchangeError::Peer(Denied::NoRule(_)) => {
+                Code::InvalidGrant
+            }
+            ExchangeError::Peer(ref denied) => denied_code(denied),
+            ExchangeError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
         };
         Error::new(code, e.to_string())
     }

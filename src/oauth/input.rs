@@ -16,6 +16,7 @@ use tailpass_verify::verifier::{BEARER, DPOP};
 use super::error::{Code, Error};
 use crate::clients::GrantType;
 use crate::grant::agent::{AgentRequest, MAX_LABEL};
+use crate::grant::ambient::{self, PeerExchangeRequest, TAILNET_PEER_TOKEN_TYPE};
 use crate::grant::authorization_code::CodeRequest;
 use crate::grant::exchange::{self, ACCESS_TOKEN_TYPE, ExchangeRequest};
 use crate::grant::refresh::RefreshRequest;
@@ -261,6 +262,9 @@ pub enum GrantRequest {
     ClientCredentials(AgentRequest),
     /// `urn:ietf:params:oauth:grant-type:token-exchange`.
     TokenExchange(ExchangeRequest),
+    /// `urn:ietf:params:oauth:grant-type:token-exchange` with a tailnet-peer subject: a
+    /// gateway in ambient mode asking for a peer's token.
+    PeerExchange(PeerExchangeRequest),
 }
 
 /// Every parameter any grant takes, as sent (RFC 6749, RFC 7636, RFC 8707, RFC 8693,
@@ -328,11 +332,12 @@ impl TokenForm {
         })
     }
 
-    fn exchange(mut self) -> Result<ExchangeRequest, Error> {
+    fn exchange(mut self) -> Result<GrantRequest, Error> {
         let subject_token = required(self.subject_token.take(), "subject_token")?;
-        if !exchange::token_type_ok(self.subject_token_type.as_deref()) {
+        let peer = self.subject_token_type.as_deref() == Some(TAILNET_PEER_TOKEN_TYPE);
+        if !peer && !exchange::token_type_ok(self.subject_token_type.as_deref()) {
             return Err(Error::invalid_request(format!(
-                "subject_token_type must be {ACCESS_TOKEN_TYPE}"
+                "subject_token_type must be {ACCESS_TOKEN_TYPE} or {TAILNET_PEER_TOKEN_TYPE}"
             )));
         }
         if self
@@ -350,11 +355,24 @@ impl TokenForm {
                 "actor_token_type must be {ACCESS_TOKEN_TYPE}"
             )));
         }
-        Ok(ExchangeRequest {
+        if peer {
+            let peer = ambient::parse_peer(&subject_token).ok_or_else(|| {
+                Error::invalid_request(
+                    "a tailnet-peer subject_token is an IP address, with or without a port",
+                )
+            })?;
+            let actor_token = required(self.actor_token.take(), "actor_token")?;
+            return Ok(GrantRequest::PeerExchange(PeerExchangeRequest {
+                peer,
+                actor_token,
+                token: self.agent()?,
+            }));
+        }
+        Ok(GrantRequest::TokenExchange(ExchangeRequest {
             subject_token,
             actor_token: self.actor_token.take(),
             child: self.agent()?,
-        })
+        }))
     }
 }
 
@@ -389,7 +407,7 @@ impl TokenRequest {
                 })
             }
             GrantType::ClientCredentials => form.agent().map(GrantRequest::ClientCredentials),
-            GrantType::TokenExchange => form.exchange().map(GrantRequest::TokenExchange),
+            GrantType::TokenExchange => form.exchange(),
         };
         Ok(TokenRequest {
             client_id,
@@ -455,6 +473,23 @@ mod token_request_tests {
         };
         assert_eq!(exchange.subject_token, "t");
         assert_eq!(exchange.child.scope.as_deref(), Some("read"));
+        let peer = parse(&format!(
+            "grant_type={}&subject_token=%5Bfd7a%3A115c%3Aa1e0%3A%3A7%5D%3A4711&subject_token_type={TAILNET_PEER_TOKEN_TYPE}&actor_token=gw&actor_token_type={ACCESS_TOKEN_TYPE}&audience=https://gw&expires_in=3600",
+            GrantType::TokenExchange.as_str()
+        ))
+        .unwrap();
+        assert_eq!(
+            peer,
+            GrantRequest::PeerExchange(PeerExchangeRequest {
+                peer: "fd7a:115c:a1e0::7".parse().unwrap(),
+                actor_token: "gw".into(),
+                token: AgentRequest {
+                    audiences: vec!["https://gw".into()],
+                    expires_in: Some(3600),
+                    ..Default::default()
+                },
+            })
+        );
         assert_eq!(
             parse("grant_type=refresh_token&refresh_token=r").unwrap(),
             GrantRequest::RefreshToken(RefreshRequest {
@@ -529,6 +564,16 @@ mod token_request_tests {
                 "grant_type=client_credentials&scope=a&scope=b",
                 Code::InvalidRequest,
                 "repeated",
+            ),
+            (
+                "grant_type=urn:ietf:params:oauth:grant-type:token-exchange&subject_token=gw.example&subject_token_type=urn:tailpass:params:oauth:token-type:tailnet-peer&actor_token=t&actor_token_type=urn:ietf:params:oauth:token-type:access_token",
+                Code::InvalidRequest,
+                "IP address",
+            ),
+            (
+                "grant_type=urn:ietf:params:oauth:grant-type:token-exchange&subject_token=100.64.0.7&subject_token_type=urn:tailpass:params:oauth:token-type:tailnet-peer",
+                Code::InvalidRequest,
+                "actor_token is required",
             ),
         ];
         for (body, code, needle) in cases {

@@ -17,7 +17,7 @@ use super::input::{GrantRequest, TokenRequest};
 use super::paths;
 use crate::clients::GrantType;
 use crate::dpop;
-use crate::grant::{TokenResponse, agent, authorization_code, exchange, refresh};
+use crate::grant::{TokenResponse, agent, ambient, authorization_code, exchange, refresh};
 use crate::identity::peer::{self, Conn};
 use crate::oauth::caller::is_same_origin;
 use crate::oauth::client_auth::{self, Presented};
@@ -162,6 +162,10 @@ async fn grant_for(
         (GrantRequest::TokenExchange(exchange_request), _) => {
             let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
             Ok(exchange::exchange(ctx, caller, exchange_request, proof).await?)
+        }
+        (GrantRequest::PeerExchange(peer_request), _) => {
+            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
+            Ok(ambient::exchange(ctx, caller, peer_request, proof).await?)
         }
         (_, None) => Err(Error::server_error(
             &"a grant that needs a client was not given one",

@@ -142,6 +142,8 @@ pub struct Granted {
     pub claims: Arc<BTreeMap<String, Value>>,
     /// The rule's rate, tokens per minute.
     pub tokens_per_minute: Option<u32>,
+    /// Whether the rule lets the caller obtain run tokens for tailnet peers (ambient mode).
+    pub act_for_peers: bool,
 }
 
 /// Why an agent gets nothing.
@@ -321,6 +323,7 @@ pub fn decide(
         max_lifetime: rule.max_lifetime,
         claims: rule.claims.clone(),
         tokens_per_minute: rule.tokens_per_minute,
+        act_for_peers: rule.act_for_peers,
     })
 }
 
@@ -350,6 +353,7 @@ pub fn decide_resources(
             max_lifetime: rule.rule.max_lifetime,
             claims: rule.rule.claims.clone(),
             tokens_per_minute: rule.rule.tokens_per_minute,
+            act_for_peers: rule.rule.act_for_peers,
         })),
     }
 }
@@ -571,6 +575,38 @@ mod tests {
             ),
             Err(Denied::Unruled { .. })
         ));
+    }
+
+    #[test]
+    fn act_for_peers_comes_from_the_deciding_rule_of_the_file_or_the_tailnet() {
+        let p = policy(
+            "[[rule]]\nsrc = [\"tag:ci\"]\naudiences = [\"https://gw\"]\nact_for_peers = true\n\
+             [[rule]]\nsrc = [\"*\"]\naudiences = [\"https://docs\"]\n",
+        );
+        let node = ci(serde_json::json!({}));
+        assert!(for_audience(&node, &p, "https://gw").unwrap().act_for_peers);
+        assert!(
+            !for_audience(&node, &p, "https://docs")
+                .unwrap()
+                .act_for_peers,
+            "only for the audiences of the rule that says so"
+        );
+        // The capability grant has the same schema.
+        let node = ci(serde_json::json!({DEFAULT_CAPABILITY: [
+            {"audiences": ["https://other"], "act_for_peers": true}
+        ]}));
+        let empty = PolicyFile::default();
+        assert!(
+            for_audience(&node, &empty, "https://other")
+                .unwrap()
+                .act_for_peers
+        );
+        let node = ci(serde_json::json!({DEFAULT_CAPABILITY: [{"audiences": ["https://other"]}]}));
+        assert!(
+            !for_audience(&node, &empty, "https://other")
+                .unwrap()
+                .act_for_peers
+        );
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! max_lifetime = 900
 //! claims = { models = ["claude-sonnet"], quota = { requests = 200, tokens = 500000 } }
 //! tokens_per_minute = 60
+//!
+//! [[rule]]                       # a gateway that serves tokenless tailnet callers
+//! src = ["tag:gateway"]
+//! audiences = ["https://gateway.tail1234.ts.net"]
+//! act_for_peers = true
 //! ```
 //!
 //! Selectors name callers by tag, node stable id, login or group — never by node name, which
@@ -53,6 +58,12 @@ pub struct Rule {
     /// Whether the caller may use the introspection endpoint.
     #[serde(default)]
     pub allow_introspect: bool,
+    /// Whether the caller — a gateway in ambient mode — may obtain run tokens for tokenless
+    /// tailnet peers, for this rule's audiences, by token exchange with a tailnet-peer subject
+    /// (docs/design.md "Contracts": ambient exchange). The peer's own rules still decide
+    /// what it gets.
+    #[serde(default)]
+    pub act_for_peers: bool,
 }
 
 /// The policy file's contents.

@@ -12,6 +12,7 @@
 
 mod admin_ui;
 mod agents;
+mod ambient;
 mod authorize;
 mod binary;
 mod deploy;

@@ -276,6 +276,18 @@ pub struct IdClaims {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// RFC 8693 §2.1: the token exchange grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// RFC 8693 §3: an access token, as a subject, actor or issued token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The subject token type of ambient mode (docs/design.md "Contracts": ambient exchange): the
+/// subject is a tailnet peer, named by the address a gateway saw it connect from
+/// (`IP`, `IP:port` or `[IPv6]:port`), which the issuer resolves itself. Only a gateway whose
+/// rule has `act_for_peers` may present it, with its own access token as `actor_token`.
+pub const TAILNET_PEER_TOKEN_TYPE: &str = "urn:tailpass:params:oauth:token-type:tailnet-peer";
+
 /// The event member of a logout token (OIDC Back-Channel Logout §2.4).
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 

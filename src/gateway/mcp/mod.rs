@@ -29,11 +29,10 @@ use futures_util::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use tailpass_verify::AccessClaims;
-use tailpass_verify::axum::{ExternalUrl, PresenterNode, RouteResource, verify_parts};
+use tailpass_verify::axum::{RouteResource, verify_parts};
 
 use super::meter::{CallLog, CallRecord};
 use super::{GatewayState, Shared, admission, endpoints, resource};
-use crate::identity::peer::{Conn, identify};
 
 pub mod answer;
 pub mod jsonrpc;
@@ -259,27 +258,15 @@ async fn serve(
 ) -> Response {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let node = identify(
-        state.identity.as_ref(),
-        parts.extensions.get::<Conn>(),
-        &parts.headers,
-    )
-    .await
-    .ok()
-    .map(|id| id.node.stable_id.0.clone());
-    if let Some(node) = &node {
-        parts.extensions.insert(PresenterNode(node.clone()));
-    }
-    let url = format!(
-        "{}{}",
-        state.public_url.trim_end_matches('/'),
-        parts.uri.path()
-    );
-    parts.extensions.insert(ExternalUrl(url));
+    let node = super::proxy::presenter(&state, &mut parts).await;
     parts
         .extensions
         .insert(RouteResource(route.resource.clone()));
     let now = state.clock.now();
+    if let Err(refused) = super::ambient::authorize(&state, &mut parts, node.as_deref(), now).await
+    {
+        return refused;
+    }
     let mut record = CallRecord {
         time: now,
         node,
