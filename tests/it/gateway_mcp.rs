@@ -90,6 +90,12 @@ struct Setup {
 
 impl Setup {
     async fn new(python: &std::path::Path) -> Setup {
+        Setup::with(python, None).await
+    }
+
+    /// As [`Setup::new`], with the gateway in ambient mode when `ambient` gives its longest
+    /// run (its rule sets `act_for_peers` in every setup; only ambient mode uses it).
+    async fn with(python: &std::path::Path, ambient: Option<u64>) -> Setup {
         // The gateway's address is chosen first: it is its audience, which the policy names.
         let listen = std::net::TcpListener::bind((std::net::IpAddr::from(GATEWAY_IP), 0))
             .unwrap()
@@ -112,6 +118,7 @@ claims = {{ mcp = {{ docs = ["search"], down = ["*"] }} }}
 src = ["tag:gateway"]
 audiences = ["{public_url}"]
 allow_introspect = true
+act_for_peers = true
 "#
             ),
         )
@@ -128,6 +135,7 @@ allow_introspect = true
             public_url: public_url.clone(),
             source_address: Some(ip(GATEWAY_NODE)),
             audit_file: Some(dir.path().join("calls.jsonl")),
+            ambient,
             mcp: vec![
                 McpSettings::new(
                     "docs",
@@ -562,4 +570,65 @@ async fn a_session_is_only_its_openers_and_its_streamed_listing_is_filtered() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["search"]);
+}
+
+#[tokio::test]
+async fn a_tokenless_tailnet_caller_gets_its_own_rules_mcp_tools_in_ambient_mode() {
+    let Some(python) = sdk_python() else { return };
+    let setup = Setup::with(&python, Some(600)).await;
+    // The SDK client sends no Authorization at all; the gateway obtains CI's token for it.
+    let report = setup.client(&python, "", "auto").await;
+    assert_eq!(
+        report["tools"],
+        json!(["search"]),
+        "CI's own mcp claim decides"
+    );
+    assert_eq!(
+        report["allowed"],
+        json!({"error": null, "text": "found: tailpass"})
+    );
+    assert!(
+        report["denied"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not allowed for this token"),
+        "{report}"
+    );
+    assert_eq!(setup.mcp.tools_run(), ["search"]);
+    let calls: Vec<Value> = setup
+        .call_log()
+        .into_iter()
+        .filter(|c| c["mcp_tool"].is_string())
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let run = calls[0]["run_id"]
+        .as_str()
+        .expect("an ambient run")
+        .to_owned();
+    for call in &calls {
+        assert_eq!(
+            call["run_id"],
+            run.as_str(),
+            "one run for the caller's node"
+        );
+        assert_eq!(call["node"], "nBuildBot42CNTRL");
+        assert_eq!(call["sub"], "node:nBuildBot42CNTRL");
+    }
+    // Without ambient mode the same tokenless client is refused.
+    let plain = Setup::new(&python).await;
+    let (ok, _) = run_sdk_script(
+        &python,
+        "mcp_client.py",
+        &[
+            ("MCP_URL", plain.url("/mcp/docs")),
+            ("MCP_TOKEN", String::new()),
+            ("MCP_LOCAL_ADDRESS", ip(CI).to_string()),
+        ],
+    )
+    .await;
+    assert!(
+        !ok,
+        "a tokenless client is refused unless the gateway is ambient"
+    );
+    assert!(plain.mcp.tools_run().is_empty());
 }

@@ -30,7 +30,9 @@ async def call(client, name, arguments):
 
 async def main():
     url = os.environ["MCP_URL"]
-    headers = {"Authorization": f"Bearer {os.environ['MCP_TOKEN']}"}
+    # No token at all (an empty MCP_TOKEN) is a tailnet caller relying on ambient mode.
+    token = os.environ.get("MCP_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     transport = httpx2.AsyncHTTPTransport(local_address=os.environ.get("MCP_LOCAL_ADDRESS"))
     async with httpx2.AsyncClient(headers=headers, timeout=30, transport=transport) as http:
         transport = streamable_http_client(url, http_client=http)
