@@ -515,6 +515,13 @@ mod tests {
                 .unwrap_err()
                 .contains("no [[federation]] table")
         );
+        assert!(
+            PolicyFile::parse(
+                "[[rule]]\nsrc = [\"*\"]\naudiences = [\"a\"]\nclaims = { fed = \"x\" }\n"
+            )
+            .is_err(),
+            "a rule cannot pass for a federated token"
+        );
     }
 
     #[test]

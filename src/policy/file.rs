@@ -139,6 +139,12 @@ impl PolicyFile {
                     i + 1
                 ));
             }
+            if rule.claims.contains_key("fed") {
+                return Err(format!(
+                    "rule {}: claim \"fed\" is the federation grants' own",
+                    i + 1
+                ));
+            }
             for selector in &rule.src {
                 if let Selector::Group(group) = selector
                     && !file.groups.contains_key(group)
