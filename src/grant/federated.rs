@@ -103,9 +103,46 @@ async fn refuse(
     }
 }
 
-/// The audit detail of a federated token: its table, issuer and the run token's `fed` claim.
+/// Records the refusal of an external token that did not verify or match: its issuer and
+/// subject as it claims them, marked unverified (a caller with no tailnet identity is only
+/// counted, so what it claims is never written).
+async fn refuse_unverified(
+    ctx: &Context<'_>,
+    identity: Option<&Identity>,
+    token: &str,
+    refusal: FederationError,
+) -> FederationError {
+    #[derive(serde::Deserialize)]
+    struct Claimed {
+        iss: Option<String>,
+        sub: Option<String>,
+    }
+    let mut event =
+        AuditEvent::new(ctx.now(), EventKind::FederatedToken, Outcome::Denied).refused(&refusal);
+    if let Some(identity) = identity {
+        event = event.by(identity);
+    }
+    let claimed = tailpass_verify::Jws::parse(token)
+        .ok()
+        .and_then(|jws| jws.claims::<Claimed>().ok());
+    if let Some(claimed) = claimed {
+        event = event.detail(format!(
+            "unverified: iss {} sub {}",
+            claimed.iss.as_deref().unwrap_or("-"),
+            claimed.sub.as_deref().unwrap_or("-")
+        ));
+    }
+    match ctx.audit.record(event).await {
+        Ok(()) => refusal,
+        Err(e) => e.into(),
+    }
+}
+
+/// The audit detail of a federated token: its table and issuer (the external subject is the
+/// event's `client_id`, the run label its `run_label`; the whole `fed` claim would not fit a
+/// stored field).
 fn describe(fed: &Federated) -> String {
-    format!("fed:{} {}", fed.table, fed.claim())
+    format!("fed:{} iss {}", fed.table, fed.iss)
 }
 
 /// What names an external token in the store: a hash of its replay key, of fixed size.
@@ -145,7 +182,8 @@ pub async fn grant(
     let fed = match ctx.policy.trust.verify(&request.token, None, now).await {
         Ok(fed) => fed,
         Err(e) => {
-            return Err(refuse(ctx, identity, None, FederationError::External(e)).await);
+            let refusal = FederationError::External(e);
+            return Err(refuse_unverified(ctx, identity, &request.token, refusal).await);
         }
     };
     if identity.is_none() && proof.is_none() {
@@ -213,7 +251,7 @@ pub async fn grant(
     claims.extra = Arc::new(extra);
     let mut event = AuditEvent::new(now, EventKind::FederatedToken, Outcome::Success)
         .client(subject)
-        .detail(format!("{} by {origin}", describe(&fed)));
+        .detail(format!("{}; by {origin}", describe(&fed)));
     if let Some(identity) = identity {
         event = event.by(identity);
     }

@@ -495,6 +495,41 @@ async fn external_tokens_that_do_not_hold_are_refused_each_with_its_reason() {
             .all(|e| !e.event.reason.as_deref().unwrap_or("").contains(&payload)),
         "no token in the log"
     );
+    let mismatch = &events[0].event;
+    assert!(mismatch.reason.as_deref().unwrap().contains("repository"));
+    assert_eq!(
+        mismatch.detail.clone().unwrap(),
+        format!(
+            "unverified: iss {} sub repo:octo-org/octo-repo:ref:refs/heads/main",
+            setup.github.url
+        ),
+        "what the token claims, marked as such"
+    );
+
+    // An issuance names its table, issuer, subject and run.
+    let (status, body) = setup.exchange(CI, &setup.github_token(|_| {}), None).await;
+    assert_eq!(status, 200, "{body}");
+    let issued = setup
+        .server
+        .state()
+        .store
+        .audit(&tailpass::store::AuditFilter {
+            node: Some("nBuildBot42CNTRL".into()),
+            event: Some(tailpass::audit::EventKind::FederatedToken),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .event;
+    assert_eq!(issued.outcome, tailpass::audit::Outcome::Success);
+    assert_eq!(
+        issued.detail.unwrap(),
+        format!("fed:github iss {}; by policy rule 2", setup.github.url)
+    );
+    assert_eq!(issued.run_label.as_deref(), Some("123/1"));
 }
 
 #[tokio::test]
