@@ -642,3 +642,25 @@ async fn without_tables_the_assertion_grant_is_neither_served_nor_advertised() {
         (400, Some("unsupported_grant_type"))
     );
 }
+
+#[tokio::test]
+async fn a_single_use_token_traded_many_times_at_once_is_traded_once() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let token = setup.github_token(|_| {});
+    let attempts = (0..6).map(|_| setup.exchange(STRANGER, &token, Some(&key)));
+    let answers = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .all(|(_, body)| body["error"] == "invalid_grant"),
+        "{answers:?}"
+    );
+}
