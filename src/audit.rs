@@ -46,6 +46,9 @@ pub enum EventKind {
     AgentToken,
     /// An RFC 8693 token exchange.
     TokenExchange,
+    /// An external token (a `[[federation]]` table's) traded for a run token, by RFC 8693
+    /// exchange or RFC 7523 assertion.
+    FederatedToken,
     /// A token or refresh family was revoked (RFC 7009 or kill switch).
     Revocation,
     /// A revocation was lifted.
@@ -73,6 +76,7 @@ impl EventKind {
             EventKind::Refresh => "refresh",
             EventKind::AgentToken => "agent_token",
             EventKind::TokenExchange => "token_exchange",
+            EventKind::FederatedToken => "federated_token",
             EventKind::Revocation => "revocation",
             EventKind::RevocationLifted => "revocation_lifted",
             EventKind::Logout => "logout",

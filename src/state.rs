@@ -74,6 +74,9 @@ pub struct Shared {
     pub feed_slots: crate::revocation::FeedSlots,
     /// Counters for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The policy file's `[[federation]]` tables with their issuers' key caches: the
+    /// external tokens the federation grants accept.
+    pub federation: Arc<crate::federation::external::Trust>,
 }
 
 /// The background tasks behind a state: await them after the last state handle is dropped, so
@@ -122,6 +125,10 @@ pub enum OpenError {
          `tailpass keys new-kek`; every replica needs the same)"
     )]
     KekRequired,
+    /// Occurs when a `[[federation]]` table's keys cannot be set up (an unreadable
+    /// `ca_file`).
+    #[error("federation: {0}")]
+    Federation(#[from] crate::federation::keys::KeysError),
     /// Occurs when the back-channel logout HTTP clients cannot be built (no TLS roots).
     #[error("back-channel logout client: {0}")]
     Backchannel(#[from] reqwest::Error),
@@ -230,6 +237,7 @@ impl AppState {
                 (consent_key, nonces)
             }
         };
+        let federation = crate::federation::external::Trust::new(&settings.policy.federation)?;
         let feed_slots = crate::revocation::FeedSlots::new(settings.feed_reserved_slots);
         let rate = crate::ratelimit::RateLimiter::new(100_000);
         // Replicas share each budget through the store (counted per minute, flushed every
@@ -269,6 +277,7 @@ impl AppState {
                 rate: Arc::new(rate),
                 feed_slots,
                 metrics,
+                federation: Arc::new(federation),
             })),
             Tasks(vec![audit_task, backchannel_task]),
         ))
@@ -324,6 +333,7 @@ impl AppState {
             policy: crate::grant::Policy {
                 file: &settings.policy,
                 capability: &settings.agent_capability,
+                trust: &self.federation,
             },
             lifetimes: crate::grant::Lifetimes {
                 token: settings.token_lifetime,

@@ -22,20 +22,30 @@ pub async fn explain(state: &AppState, request: &ExplainRequest) -> Result<Expla
             .ok()
             .map(|ip| (ip, 0).into())
     });
-    let identity = match address {
-        Some(addr) => state.identity.whois(addr).await.map_err(|e| match e {
-            WhoisError::NotOnTailnet => {
-                Error::invalid_request(format!("{} is not on the tailnet", request.caller))
-            }
-            other => Error::unavailable(other.to_string()),
-        })?,
-        None => {
-            std::sync::Arc::new(explain::stand_in(&request.caller).map_err(Error::invalid_request)?)
-        }
+    let stand_in = match address {
+        Some(addr) => explain::StandIn {
+            identity: Some(
+                state
+                    .identity
+                    .whois(addr)
+                    .await
+                    .map_err(|e| match e {
+                        WhoisError::NotOnTailnet => Error::invalid_request(format!(
+                            "{} is not on the tailnet",
+                            request.caller
+                        )),
+                        other => Error::unavailable(other.to_string()),
+                    })?
+                    .as_ref()
+                    .clone(),
+            ),
+            fed: None,
+        },
+        None => explain::stand_in(&request.caller).map_err(Error::invalid_request)?,
     };
     let settings = &state.settings;
     Ok(explain::explain(
-        &identity,
+        stand_in.caller(),
         &settings.policy,
         &settings.agent_capability,
         request,

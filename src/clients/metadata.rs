@@ -155,6 +155,7 @@ impl ClientMetadata {
                 let mut grants = Vec::new();
                 for name in &names {
                     let grant = GrantType::parse(name)
+                        .filter(|g| g.registrable())
                         .ok_or_else(|| metadata(format!("grant type {name:?} is not supported")))?;
                     if !grants.contains(&grant) {
                         grants.push(grant);

@@ -84,16 +84,25 @@ pub enum GrantType {
     ClientCredentials,
     /// RFC 8693 token exchange.
     TokenExchange,
+    /// RFC 7523: a JWT another issuer signed, as the grant (federation, never a client's).
+    JwtBearer,
 }
 
 impl GrantType {
     /// Every grant type, in the order discovery lists them.
-    pub const ALL: [GrantType; 4] = [
+    pub const ALL: [GrantType; 5] = [
         GrantType::AuthorizationCode,
         GrantType::RefreshToken,
         GrantType::ClientCredentials,
         GrantType::TokenExchange,
+        GrantType::JwtBearer,
     ];
+
+    /// Whether a client may register for the grant: the federation grant (RFC 7523) is the
+    /// external token's, never a registered client's.
+    pub fn registrable(self) -> bool {
+        self != GrantType::JwtBearer
+    }
 
     /// Parses the grant type's registered name.
     pub fn parse(name: &str) -> Option<GrantType> {
@@ -107,6 +116,7 @@ impl GrantType {
             GrantType::RefreshToken => "refresh_token",
             GrantType::ClientCredentials => "client_credentials",
             GrantType::TokenExchange => tailpass_verify::claims::TOKEN_EXCHANGE_GRANT,
+            GrantType::JwtBearer => "urn:ietf:params:oauth:grant-type:jwt-bearer",
         }
     }
 }

@@ -58,12 +58,18 @@ async fn explain(global: &GlobalOptions, args: PolicyExplainArgs) -> Result<Verd
     let explanation: Explanation = match &args.policy {
         Some(path) => {
             let policy = PolicyFile::load(path).map_err(fail)?;
-            let identity = explain::stand_in(&request.caller).map_err(|e| {
+            let stand_in = explain::stand_in(&request.caller).map_err(|e| {
                 CommandError(format!(
                     "{e} (offline, with --policy; a peer address needs the running server)"
                 ))
             })?;
-            explain::explain(&identity, &policy, DEFAULT_CAPABILITY, &request, None)
+            explain::explain(
+                stand_in.caller(),
+                &policy,
+                DEFAULT_CAPABILITY,
+                &request,
+                None,
+            )
         }
         None => {
             let body = serde_json::to_value(&request).map_err(fail)?;

@@ -7,6 +7,7 @@ use tailpass_verify::{Alg, UnixTime};
 use crate::audit_log::AuditLog;
 use crate::client_registry::Clients;
 use crate::clock::Clock;
+use crate::federation::external::Trust;
 use crate::identity::IdentitySource;
 use crate::issuer::Issuer;
 use crate::keys::KeyRing;
@@ -45,6 +46,9 @@ pub struct Policy<'a> {
     pub file: &'a PolicyFile,
     /// The tailnet capability that carries agent rules.
     pub capability: &'a str,
+    /// The external issuers trusted (the policy file's `[[federation]]` tables), with their
+    /// key caches.
+    pub trust: &'a Trust,
 }
 
 /// Request budgets: per node, client or address, per minute, by the context's clock.

@@ -5,6 +5,7 @@
 
 use crate::audit::Refusal;
 use crate::audit_log::AuditError;
+use crate::federation::ExternalError;
 use crate::keys::KeyError;
 use crate::policy::agent::Denied;
 use crate::policy::login::{ClaimConflict, LoginDenied, TargetDenied};
@@ -151,6 +152,39 @@ pub enum ExchangeError {
     Fault(#[from] Fault),
 }
 
+/// Why a federation grant (an external token traded for a run token) refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// Occurs when the policy file has no `[[federation]]` table: the grant is not served.
+    #[error("no [[federation]] table is configured: external tokens are not accepted")]
+    NotConfigured,
+    /// Occurs when the identity source cannot answer now.
+    #[error("the tailnet identity of the caller cannot be determined right now")]
+    IdentityUnavailable,
+    /// Occurs when the caller's budget is spent; carries the seconds to wait.
+    #[error("rate limit exceeded")]
+    RateLimited(u64),
+    /// Occurs when the external token does not verify or matches no table.
+    #[error("external token: {0}")]
+    External(ExternalError),
+    /// Occurs when a caller with no tailnet identity sends no DPoP proof: its run token
+    /// could not be bound to anything.
+    #[error("a caller off the tailnet must send a DPoP proof: its run token is bound to that key")]
+    DpopRequired,
+    /// Occurs when policy refuses.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// Occurs when the caller's node or user is revoked, or its external token's claims.
+    #[error("{0}")]
+    Revoked(String),
+    /// Occurs when a single-use external token is presented again.
+    #[error("external token: already used")]
+    Replayed,
+    /// Occurs when the server's own parts fail.
+    #[error(transparent)]
+    Fault(#[from] Fault),
+}
+
 /// Why a refresh (RFC 6749 §6) refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -252,7 +286,13 @@ macro_rules! faults_into {
     )*};
 }
 
-faults_into!(AgentError, ExchangeError, RefreshError, RedeemError);
+faults_into!(
+    AgentError,
+    ExchangeError,
+    FederationError,
+    RefreshError,
+    RedeemError
+);
 
 /// What issuing a person's tokens may fail with: policy, or the server's parts.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +375,22 @@ impl Refusal for ExchangeError {
             ExchangeError::Peer(denied) => denied.label(),
             ExchangeError::RateLimited(_) => "rate_limited",
             ExchangeError::Fault(_) => "server_error",
+        }
+    }
+}
+
+impl Refusal for FederationError {
+    fn label(&self) -> &'static str {
+        match self {
+            FederationError::NotConfigured => "not_configured",
+            FederationError::IdentityUnavailable => "identity_unavailable",
+            FederationError::RateLimited(_) => "rate_limited",
+            FederationError::External(e) => e.label(),
+            FederationError::DpopRequired => "dpop_required",
+            FederationError::Denied(denied) => denied.label(),
+            FederationError::Revoked(_) => "revoked",
+            FederationError::Replayed => "replayed",
+            FederationError::Fault(_) => "server_error",
         }
     }
 }

@@ -61,6 +61,7 @@ struct Fixture {
     backchannel: Backchannel,
     rate: RateLimiter,
     policy: PolicyFile,
+    trust: crate::federation::external::Trust,
     lifetimes: Lifetimes,
     consent_key: ring::hmac::Key,
     client: Arc<Client>,
@@ -138,6 +139,7 @@ async fn fixture(lifetimes: Lifetimes) -> Fixture {
         backchannel,
         rate: RateLimiter::new(1_000),
         policy: PolicyFile::parse(POLICY).unwrap(),
+        trust: crate::federation::external::Trust::default(),
         lifetimes,
         consent_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"test consent key"),
         client,
@@ -174,6 +176,7 @@ impl Fixture {
             policy: Policy {
                 file: &self.policy,
                 capability: "tailpass/cap/agent",
+                trust: &self.trust,
             },
             lifetimes: self.lifetimes,
             signing: Signing {

@@ -20,6 +20,7 @@ pub mod authorize;
 mod context;
 pub mod error;
 pub mod exchange;
+pub mod federated;
 #[cfg(test)]
 mod flows;
 pub mod introspect;

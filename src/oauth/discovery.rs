@@ -92,7 +92,12 @@ pub fn document(state: &AppState) -> Metadata {
         scopes_supported: vec!["openid", "profile", "email", "groups", "offline_access"],
         response_types_supported: vec!["code"],
         response_modes_supported: vec!["query"],
-        grant_types_supported: GrantType::ALL.map(GrantType::as_str).to_vec(),
+        // RFC 7523 is served only with a [[federation]] table to verify assertions against.
+        grant_types_supported: GrantType::ALL
+            .into_iter()
+            .filter(|g| *g != GrantType::JwtBearer || !state.federation.is_empty())
+            .map(GrantType::as_str)
+            .collect(),
         subject_types_supported: vec!["public"],
         id_token_signing_alg_values_supported: state.keys.enabled().iter().copied().collect(),
         token_endpoint_auth_methods_supported: vec![

@@ -12,9 +12,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::federation::ExternalError;
 use crate::grant::error::{
-    AgentError, AuthorizeError, ExchangeError, Fault, LoginRefused, RedeemError, RefreshError,
-    Shown,
+    AgentError, AuthorizeError, ExchangeError, Fault, FederationError, LoginRefused, RedeemError,
+    RefreshError, Shown,
 };
 use crate::grant::revoke::RevokeError;
 use crate::killswitch::KillError;
@@ -452,6 +453,28 @@ impl From<AgentError> for Error {
             AgentError::GrantNotAllowed => Code::UnauthorizedClient,
             AgentError::NoAudience | AgentError::Resource { .. } => Code::InvalidTarget,
             AgentError::Scopes => Code::InvalidScope,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+impl From<FederationError> for Error {
+    fn from(e: FederationError) -> Error {
+        let code = match e {
+            FederationError::Fault(fault) => return fault.into(),
+            FederationError::NotConfigured => Code::UnsupportedGrantType,
+            FederationError::IdentityUnavailable => Code::TemporarilyUnavailable,
+            FederationError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
+            // The issuer's keys out of reach is ours to retry, not the caller's fault.
+            FederationError::External(ExternalError::Keys(_)) => Code::TemporarilyUnavailable,
+            FederationError::External(_) | FederationError::Replayed => Code::InvalidGrant,
+            // RFC 9449 §5: at the token endpoint, a proof problem is a 400.
+            FederationError::DpopRequired => {
+                return Error::new(Code::InvalidDpopProof, e.to_string())
+                    .with_status(StatusCode::BAD_REQUEST);
+            }
+            FederationError::Denied(ref denied) => denied_code(denied),
+            FederationError::Revoked(_) => Code::AccessDenied,
         };
         Error::new(code, e.to_string())
     }

@@ -18,7 +18,8 @@ use crate::clients::GrantType;
 use crate::grant::agent::{AgentRequest, MAX_LABEL};
 use crate::grant::ambient::{self, PeerExchangeRequest, TAILNET_PEER_TOKEN_TYPE};
 use crate::grant::authorization_code::CodeRequest;
-use crate::grant::exchange::{self, ACCESS_TOKEN_TYPE, ExchangeRequest};
+use crate::grant::exchange::{self, ACCESS_TOKEN_TYPE, ExchangeRequest, JWT_TYPE};
+use crate::grant::federated::{FederatedRequest, ID_TOKEN_TYPE, Presentation};
 use crate::grant::refresh::RefreshRequest;
 
 /// A form body (`application/x-www-form-urlencoded`).
@@ -265,6 +266,17 @@ pub enum GrantRequest {
     /// `urn:ietf:params:oauth:grant-type:token-exchange` with a tailnet-peer subject: a
     /// gateway in ambient mode asking for a peer's token.
     PeerExchange(PeerExchangeRequest),
+    /// An external token traded for a run token: token exchange with `subject_token_type`
+    /// `jwt` or `id_token`, or `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523).
+    Federated(FederatedRequest),
+}
+
+impl GrantRequest {
+    /// Whether the request is one of the federation grants, the only ones served over
+    /// Funnel.
+    pub fn is_federated(&self) -> bool {
+        matches!(self, GrantRequest::Federated(_))
+    }
 }
 
 /// Every parameter any grant takes, as sent (RFC 6749, RFC 7636, RFC 8707, RFC 8693,
@@ -290,6 +302,7 @@ struct TokenForm {
     actor_token: Option<String>,
     actor_token_type: Option<String>,
     requested_token_type: Option<String>,
+    assertion: Option<String>,
 }
 
 fn required(value: Option<String>, name: &'static str) -> Result<String, Error> {
@@ -335,9 +348,14 @@ impl TokenForm {
     fn exchange(mut self) -> Result<GrantRequest, Error> {
         let subject_token = required(self.subject_token.take(), "subject_token")?;
         let peer = self.subject_token_type.as_deref() == Some(TAILNET_PEER_TOKEN_TYPE);
-        if !peer && !exchange::token_type_ok(self.subject_token_type.as_deref()) {
+        let external = matches!(
+            self.subject_token_type.as_deref(),
+            Some(JWT_TYPE | ID_TOKEN_TYPE)
+        );
+        if !peer && !external && self.subject_token_type.as_deref() != Some(ACCESS_TOKEN_TYPE) {
             return Err(Error::invalid_request(format!(
-                "subject_token_type must be {ACCESS_TOKEN_TYPE} or {TAILNET_PEER_TOKEN_TYPE}"
+                "subject_token_type must be {ACCESS_TOKEN_TYPE}, {TAILNET_PEER_TOKEN_TYPE}, \
+                 {JWT_TYPE} or {ID_TOKEN_TYPE}"
             )));
         }
         if self
@@ -354,6 +372,18 @@ impl TokenForm {
             return Err(Error::invalid_request(format!(
                 "actor_token_type must be {ACCESS_TOKEN_TYPE}"
             )));
+        }
+        if external {
+            if self.actor_token.is_some() {
+                return Err(Error::invalid_request(
+                    "an external subject_token is exchanged without an actor_token",
+                ));
+            }
+            return Ok(GrantRequest::Federated(FederatedRequest {
+                token: subject_token,
+                presentation: Presentation::Exchange,
+                run: self.agent()?,
+            }));
         }
         if peer {
             let peer = ambient::parse_peer(&subject_token).ok_or_else(|| {
@@ -408,6 +438,13 @@ impl TokenRequest {
             }
             GrantType::ClientCredentials => form.agent().map(GrantRequest::ClientCredentials),
             GrantType::TokenExchange => form.exchange(),
+            GrantType::JwtBearer => (|| {
+                Ok(GrantRequest::Federated(FederatedRequest {
+                    token: required(form.assertion.take(), "assertion")?,
+                    presentation: Presentation::Assertion,
+                    run: form.agent()?,
+                }))
+            })(),
         };
         Ok(TokenRequest {
             client_id,

@@ -6,6 +6,11 @@
 //!   `urn:ietf:params:oauth:grant-type:token-exchange` acts for the calling node: both rest on
 //!   the connection's ambient identity, so they refuse cross-site requests and send no CORS
 //!   headers.
+//! - The federation grants — token exchange of an external `jwt` or `id_token`, and
+//!   `urn:ietf:params:oauth:grant-type:jwt-bearer` — take no client authentication either: the
+//!   external token is the credential (with the connection's identity when it has one). Over
+//!   Funnel (`Tailscale-Funnel-Request`) they are the only grants served; any other is
+//!   `unsupported_grant_type` there.
 
 use axum::Extension;
 use axum::extract::State;
@@ -17,7 +22,9 @@ use super::input::{GrantRequest, TokenRequest};
 use super::paths;
 use crate::clients::GrantType;
 use crate::dpop;
-use crate::grant::{TokenResponse, agent, ambient, authorization_code, exchange, refresh};
+use crate::grant::{
+    TokenResponse, agent, ambient, authorization_code, exchange, federated, refresh,
+};
 use crate::identity::peer::{self, Conn};
 use crate::oauth::caller::is_same_origin;
 use crate::oauth::client_auth::{self, Presented};
@@ -118,6 +125,15 @@ async fn grant_for(
     request: &TokenRequest,
     proof: Option<&tailpass_verify::dpop::Proof>,
 ) -> Result<TokenResponse, Error> {
+    // Funnel brings the public internet: only the external token can say who it is.
+    if headers.contains_key(peer::FUNNEL_HEADER)
+        && !request.grant.as_ref().is_ok_and(GrantRequest::is_federated)
+    {
+        return Err(Error::new(
+            super::error::Code::UnsupportedGrantType,
+            "over Funnel, /token serves only the federation grants",
+        ));
+    }
     let presented = client_auth::presented(
         headers,
         request.client_id.as_deref(),
@@ -135,7 +151,8 @@ async fn grant_for(
     // The client authenticates (or, for grants on the caller's network identity, the request
     // is same-origin) before the grant's own parameters are looked at.
     let client = match (request.grant_type, &presented) {
-        (GrantType::TokenExchange, _) | (GrantType::ClientCredentials, Presented::Nothing) => {
+        (GrantType::TokenExchange | GrantType::JwtBearer, _)
+        | (GrantType::ClientCredentials, Presented::Nothing) => {
             same_origin()?;
             None
         }
@@ -166,6 +183,11 @@ async fn grant_for(
         (GrantRequest::PeerExchange(peer_request), _) => {
             let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
             Ok(ambient::exchange(ctx, caller, peer_request, proof).await?)
+        }
+        (GrantRequest::Federated(federated_request), _) => {
+            let caller = peer::identify(state.identity.as_ref(), conn.as_ref(), headers).await;
+            let address = conn.and_then(|c| c.remote).map(|a| a.ip());
+            Ok(federated::grant(ctx, caller, address, federated_request, proof).await?)
         }
         (_, None) => Err(Error::server_error(
             &"a grant that needs a client was not given one",

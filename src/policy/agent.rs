@@ -22,7 +22,7 @@ use serde_json::Value;
 use tailpass_verify::claims::STANDARD_CLAIMS;
 
 use super::file::{PolicyFile, Rule};
-use super::selector::{Selector, UNSCOPED_GRANT_RANK};
+use super::selector::{Caller, Selector, UNSCOPED_GRANT_RANK};
 use crate::identity::Identity;
 
 /// The default name of tailpass's capability in the tailnet policy.
@@ -55,18 +55,18 @@ struct Candidate<'p> {
 }
 
 /// The best rank among `rule`'s selectors that select the caller, if any does.
-fn rank_of(rule: &Rule, identity: &Identity, policy: &PolicyFile) -> Option<u8> {
+fn rank_of(rule: &Rule, caller: Caller<'_>, policy: &PolicyFile) -> Option<u8> {
     rule.src
         .iter()
-        .filter(|s| s.selects(identity, policy))
+        .filter(|s| s.selects(caller, policy))
         .map(Selector::rank)
         .min()
 }
 
 /// The rules that apply to the caller, best first: the policy file's borrowed, the tailnet
-/// grants carried by the caller's identity owned.
+/// grants carried by the caller's identity (when it has one) owned.
 fn candidates<'p>(
-    identity: &Identity,
+    caller: Caller<'_>,
     policy: &'p PolicyFile,
     capability: &str,
 ) -> Vec<Candidate<'p>> {
@@ -75,14 +75,18 @@ fn candidates<'p>(
         .iter()
         .enumerate()
         .filter_map(|(i, rule)| {
-            rank_of(rule, identity, policy).map(|rank| Candidate {
+            rank_of(rule, caller, policy).map(|rank| Candidate {
                 rank,
                 origin: Origin::File(i + 1),
                 rule: Cow::Borrowed(rule),
             })
         })
         .collect();
-    for (i, value) in identity.caps.get(capability).iter().enumerate() {
+    let grants = caller
+        .identity
+        .map(|i| i.caps.get(capability))
+        .unwrap_or_default();
+    for (i, value) in grants.iter().enumerate() {
         let rule = match serde_json::from_value::<Rule>(value.clone()) {
             Ok(rule) => rule,
             Err(e) => {
@@ -102,7 +106,7 @@ fn candidates<'p>(
         let rank = if rule.src.is_empty() {
             Some(UNSCOPED_GRANT_RANK)
         } else {
-            rank_of(&rule, identity, policy)
+            rank_of(&rule, caller, policy)
         };
         if let Some(rank) = rank {
             found.push(Candidate {
@@ -218,6 +222,17 @@ impl Denied {
     }
 }
 
+/// A caller of the policy as rules name it, for messages: its identity ([`describe`]), its
+/// federation table, or both.
+pub fn describe_caller(caller: Caller<'_>) -> String {
+    match (caller.identity, caller.fed) {
+        (Some(identity), Some(fed)) => format!("{} with fed:{fed}", describe(identity)),
+        (Some(identity), None) => describe(identity),
+        (None, Some(fed)) => format!("fed:{fed}"),
+        (None, None) => "an unidentified caller".to_owned(),
+    }
+}
+
 /// A caller as rules name it, for messages: `node nX (tag:ci)` or `alice@example.com`.
 pub fn describe(identity: &Identity) -> String {
     match &identity.user {
@@ -266,16 +281,18 @@ fn deciding<'r, 'a>(
     Ok((decider, unruled))
 }
 
-/// Decides an agent's request: the one rule that decides, and what it grants.
-pub fn decide(
-    identity: &Identity,
+/// Decides an agent's request: the one rule that decides, and what it grants. The caller is
+/// a tailnet identity, or (for a federated mint) a federation table with or without one.
+pub fn decide<'a>(
+    who: impl Into<Caller<'a>>,
     policy: &PolicyFile,
     capability: &str,
     ask: Ask<'_>,
 ) -> Result<Granted, Denied> {
+    let who = who.into();
     // Who asked is spelled out only when refusing.
-    let caller = || describe(identity);
-    let rules = candidates(identity, policy, capability);
+    let caller = || describe_caller(who);
+    let rules = candidates(who, policy, capability);
     let Some(best) = rules.first() else {
         return Err(Denied::NoRule(caller()));
     };
@@ -337,7 +354,7 @@ pub fn decide_resources(
     capability: &str,
     resources: &[String],
 ) -> Result<Option<Granted>, Denied> {
-    let rules = candidates(identity, policy, capability);
+    let rules = candidates(identity.into(), policy, capability);
     let (ruled, unruled) = deciding(&rules, resources)?;
     match (ruled, unruled) {
         (None, _) => Ok(None),
@@ -360,7 +377,7 @@ pub fn decide_resources(
 
 /// Whether a rule for the caller lets it use the introspection endpoint.
 pub fn may_introspect(identity: &Identity, policy: &PolicyFile, capability: &str) -> bool {
-    candidates(identity, policy, capability)
+    candidates(identity.into(), policy, capability)
         .iter()
         .any(|c| c.rule.allow_introspect)
 }
@@ -436,6 +453,74 @@ mod tests {
         assert!(
             !sel("tag:ci+fed:github").selects(&node, &p),
             "a + join needs both halves"
+        );
+        let with_token = Caller {
+            identity: Some(&node),
+            fed: Some("github"),
+        };
+        assert!(sel("tag:ci+fed:github").selects(with_token, &p));
+        assert!(sel("node:nBuildBot42CNTRL+fed:github").selects(with_token, &p));
+        assert!(!sel("tag:prod+fed:github").selects(with_token, &p));
+        assert!(!sel("tag:ci+fed:gitlab").selects(with_token, &p));
+        let off_tailnet = Caller {
+            identity: None,
+            fed: Some("github"),
+        };
+        assert!(sel("fed:github").selects(off_tailnet, &p));
+        assert!(!sel("fed:gitlab").selects(off_tailnet, &p));
+        assert!(
+            !sel("*").selects(off_tailnet, &p),
+            "* names tailnet callers only"
+        );
+        assert!(!sel("tag:ci+fed:github").selects(off_tailnet, &p));
+    }
+
+    #[test]
+    fn a_federated_caller_is_decided_by_its_best_selector() {
+        let p = policy(
+            r#"
+            [[federation]]
+            name = "github"
+            issuer = "https://token.actions.githubusercontent.com"
+            audience = "https://idp.example"
+            subject = "*"
+
+            [[rule]]
+            src = ["fed:github"]
+            audiences = ["https://gw"]
+            max_lifetime = 300
+
+            [[rule]]
+            src = ["tag:ci+fed:github"]
+            audiences = ["https://gw"]
+            max_lifetime = 600
+            "#,
+        );
+        let node = ci(serde_json::json!({}));
+        let on_tailnet = Caller {
+            identity: Some(&node),
+            fed: Some("github"),
+        };
+        let off_tailnet = Caller {
+            identity: None,
+            fed: Some("github"),
+        };
+        let audience = ["https://gw".to_owned()];
+        let decided = |who| decide(who, &p, DEFAULT_CAPABILITY, ask(&audience, None));
+        assert_eq!(decided(on_tailnet).unwrap().origin, Origin::File(2));
+        assert_eq!(decided(off_tailnet).unwrap().origin, Origin::File(1));
+        assert!(matches!(decided((&node).into()), Err(Denied::NoRule(_))));
+        assert!(
+            PolicyFile::parse("[[rule]]\nsrc = [\"fed:nope\"]\naudiences = [\"a\"]\n")
+                .unwrap_err()
+                .contains("no [[federation]] table")
+        );
+        assert!(
+            PolicyFile::parse(
+                "[[rule]]\nsrc = [\"*\"]\naudiences = [\"a\"]\nclaims = { fed = \"x\" }\n"
+            )
+            .is_err(),
+            "a rule cannot pass for a federated token"
         );
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::agent::{self, Ask};
 use super::file::PolicyFile;
-use super::selector::Selector;
+use super::selector::{Caller, Selector};
 use crate::identity::{CapMap, Identity, Node, StableNodeId, User};
 
 /// Whether the token would be issued.
@@ -59,10 +59,10 @@ pub struct ExplainRequest {
     pub scope: Option<Vec<String>>,
 }
 
-/// Explains the agent decision for `identity`. `lifetimes` is the server's default and
-/// ceiling for agent tokens, when known.
-pub fn explain(
-    identity: &Identity,
+/// Explains the agent decision for `caller` (a tailnet identity, a federation table, or
+/// both). `lifetimes` is the server's default and ceiling for agent tokens, when known.
+pub fn explain<'a>(
+    caller: impl Into<Caller<'a>>,
     policy: &PolicyFile,
     capability: &str,
     request: &ExplainRequest,
@@ -72,7 +72,7 @@ pub fn explain(
         audiences: &request.audience,
         scopes: request.scope.as_deref(),
     };
-    match agent::decide(identity, policy, capability, ask) {
+    match agent::decide(caller, policy, capability, ask) {
         Ok(granted) => {
             let lifetime = match (lifetimes, granted.max_lifetime) {
                 (Some((default, ceiling)), cap) => {
@@ -103,9 +103,29 @@ pub fn explain(
 }
 
 /// A stand-in caller for a selector: a tagged node for `tag:`, a node for `node:`, a person
-/// for a login. It carries no capability grants (those come only from a live WhoIs), so only
-/// the policy file's rules apply to it.
-pub fn stand_in(selector: &str) -> Result<Identity, String> {
+/// for a login, a federated caller off the tailnet for `fed:`, and the node with its
+/// federation table for `tag:X+fed:Y` and `node:X+fed:Y`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandIn {
+    /// The tailnet identity, with no capability grants (those come only from a live WhoIs),
+    /// so only the policy file's rules apply to it.
+    pub identity: Option<Identity>,
+    /// The federation table its external token would match.
+    pub fed: Option<String>,
+}
+
+impl StandIn {
+    /// The caller the decision is asked about.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            identity: self.identity.as_ref(),
+            fed: self.fed.as_deref(),
+        }
+    }
+}
+
+/// The stand-in caller for `selector` (see [`StandIn`]).
+pub fn stand_in(selector: &str) -> Result<StandIn, String> {
     let node = |stable_id: &str, tags: Vec<String>| Node {
         id: 0,
         stable_id: StableNodeId(stable_id.to_owned()),
@@ -121,9 +141,17 @@ pub fn stand_in(selector: &str) -> Result<Identity, String> {
             "{selector} is a peer address: only a live WhoIs can say who it is"
         ));
     }
-    let (user, node) = match Selector::parse(selector)? {
-        Selector::Tag(tag) => (None, node("nExplain", vec![tag])),
-        Selector::Node(id) => (None, node(&id, Vec::new())),
+    let (user, node, fed) = match Selector::parse(selector)? {
+        Selector::Fed(fed) => {
+            return Ok(StandIn {
+                identity: None,
+                fed: Some(fed),
+            });
+        }
+        Selector::TagFed { tag, fed } => (None, node("nExplain", vec![tag]), Some(fed)),
+        Selector::NodeFed { node: id, fed } => (None, node(&id, Vec::new()), Some(fed)),
+        Selector::Tag(tag) => (None, node("nExplain", vec![tag]), None),
+        Selector::Node(id) => (None, node(&id, Vec::new()), None),
         Selector::Login(login) => (
             Some(User {
                 id: 0,
@@ -132,18 +160,22 @@ pub fn stand_in(selector: &str) -> Result<Identity, String> {
                 picture: None,
             }),
             node("nExplain", Vec::new()),
+            None,
         ),
         other => {
             return Err(format!(
-                "explain for a peer address, tag:, node: or a login, not {other}"
+                "explain for a peer address, tag:, node:, fed: or a login, not {other}"
             ));
         }
     };
-    Ok(Identity {
-        user,
-        node,
-        tailnet: "explain".into(),
-        caps: CapMap::default(),
+    Ok(StandIn {
+        identity: Some(Identity {
+            user,
+            node,
+            tailnet: "explain".into(),
+            caps: CapMap::default(),
+        }),
+        fed,
     })
 }
 
@@ -169,7 +201,7 @@ mod tests {
         .unwrap();
         let ci = stand_in("tag:ci").unwrap();
         let e = explain(
-            &ci,
+            ci.caller(),
             &policy,
             agent::DEFAULT_CAPABILITY,
             &request("tag:ci", &["https://gw"], None),
@@ -180,7 +212,7 @@ mod tests {
         assert_eq!((e.scopes, e.lifetime), (vec!["llm".to_owned()], Some(600)));
         assert_eq!(e.claims["models"], serde_json::json!(["small"]));
         let e = explain(
-            &ci,
+            ci.caller(),
             &policy,
             agent::DEFAULT_CAPABILITY,
             &request("tag:ci", &["https://gw"], Some(&["admin"])),
@@ -191,13 +223,50 @@ mod tests {
     }
 
     #[test]
-    fn stand_ins_follow_their_selector() {
-        assert!(stand_in("tag:ci").unwrap().node.tags == ["tag:ci"]);
-        assert_eq!(stand_in("node:nX").unwrap().node.stable_id.0, "nX");
+    fn federated_callers_are_explained_by_their_table() {
+        let policy = PolicyFile::parse(
+            "[[federation]]\nname = \"github\"\nissuer = \"https://token.actions.githubusercontent.com\"\n\
+             audience = \"https://idp\"\nsubject = \"*\"\n\
+             [[rule]]\nsrc = [\"fed:github\"]\naudiences = [\"https://gw\"]\nmax_lifetime = 300\n\
+             [[rule]]\nsrc = [\"tag:ci+fed:github\"]\naudiences = [\"https://gw\"]\n",
+        )
+        .unwrap();
+        let rule_for = |who: &str| {
+            let stand_in = stand_in(who).unwrap();
+            explain(
+                stand_in.caller(),
+                &policy,
+                agent::DEFAULT_CAPABILITY,
+                &request(who, &["https://gw"], None),
+                None,
+            )
+            .rule
+        };
+        assert_eq!(rule_for("fed:github").as_deref(), Some("policy rule 1"));
         assert_eq!(
-            stand_in("alice@example.com").unwrap().user.unwrap().login,
+            rule_for("tag:ci+fed:github").as_deref(),
+            Some("policy rule 2")
+        );
+        assert_eq!(rule_for("tag:ci"), None, "the token is needed");
+    }
+
+    #[test]
+    fn stand_ins_follow_their_selector() {
+        let identity = |s: &str| stand_in(s).unwrap().identity.unwrap();
+        assert!(identity("tag:ci").node.tags == ["tag:ci"]);
+        assert_eq!(identity("node:nX").node.stable_id.0, "nX");
+        assert_eq!(
+            identity("alice@example.com").user.unwrap().login,
             "alice@example.com"
         );
+        let federated = stand_in("fed:github").unwrap();
+        assert_eq!(
+            (federated.identity, federated.fed.as_deref()),
+            (None, Some("github"))
+        );
+        let joined = stand_in("tag:ci+fed:github").unwrap();
+        assert_eq!(joined.fed.as_deref(), Some("github"));
+        assert!(joined.identity.unwrap().node.tags == ["tag:ci"]);
         assert!(stand_in("group:sre").is_err());
         assert!(stand_in("100.64.0.1").is_err(), "an address is not a login");
         assert!(stand_in("tag:").is_err());

@@ -16,10 +16,21 @@
 //! src = ["tag:gateway"]
 //! audiences = ["https://gateway.tail1234.ts.net"]
 //! act_for_peers = true
+//!
+//! [[federation]]                 # an external issuer whose tokens become run tokens
+//! name = "github"
+//! profile = "github"
+//! issuer = "https://token.actions.githubusercontent.com"
+//! audience = "https://idp.tail1234.ts.net"
+//! subject = "repo:octo-org/*"
+//!
+//! [[rule]]                       # workflows of octo-org, wherever they run
+//! src = ["fed:github"]
+//! audiences = ["https://gateway.tail1234.ts.net"]
 //! ```
 //!
-//! Selectors name callers by tag, node stable id, login or group — never by node name, which
-//! a device's owner chooses.
+//! Selectors name callers by tag, node stable id, login, group or federation table — never by
+//! node name, which a device's owner chooses. A `fed:` selector must name a table of the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -29,6 +40,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::selector::Selector;
+use crate::federation::table::{self, FederationTable};
 
 /// One rule: who (`src`) may get what. Shared by the policy file's `[[rule]]` tables and the
 /// tailnet capability `tailpass/cap/agent` (docs/design.md "Contracts": policy capability).
@@ -76,6 +88,9 @@ pub struct PolicyFile {
     /// Agent rules.
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// External issuers trusted for federated run tokens (`[[federation]]`).
+    #[serde(default)]
+    pub federation: Vec<FederationTable>,
 }
 
 /// Why the policy file was refused.
@@ -116,10 +131,17 @@ impl PolicyFile {
     /// Parses and checks policy TOML.
     pub fn parse(text: &str) -> Result<PolicyFile, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        table::check_all(&file.federation).map_err(|e| e.to_string())?;
         for (i, rule) in file.rules.iter().enumerate() {
             if rule.src.is_empty() {
                 return Err(format!(
                     "rule {}: src is empty, so it matches nobody",
+                    i + 1
+                ));
+            }
+            if rule.claims.contains_key("fed") {
+                return Err(format!(
+                    "rule {}: claim \"fed\" is the federation grants' own",
                     i + 1
                 ));
             }
@@ -128,6 +150,14 @@ impl PolicyFile {
                     && !file.groups.contains_key(group)
                 {
                     return Err(format!("rule {}: unknown group {group:?}", i + 1));
+                }
+                if let Some(fed) = selector.fed()
+                    && !file.federation.iter().any(|t| t.name == fed)
+                {
+                    return Err(format!(
+                        "rule {}: no [[federation]] table is named {fed:?}",
+                        i + 1
+                    ));
                 }
             }
         }

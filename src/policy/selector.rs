@@ -43,6 +43,31 @@ pub enum Selector {
     Any,
 }
 
+/// Who a rule is asked about: a tailnet identity, the federation table an external token it
+/// presented matched, or both (a CI runner on the tailnet trading its platform's token).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    /// The tailnet identity of the connection, if it has one.
+    pub identity: Option<&'a Identity>,
+    /// The `[[federation]]` table the presented external token matched, if any.
+    pub fed: Option<&'a str>,
+}
+
+impl<'a> From<&'a Identity> for Caller<'a> {
+    fn from(identity: &'a Identity) -> Caller<'a> {
+        Caller {
+            identity: Some(identity),
+            fed: None,
+        }
+    }
+}
+
+impl<'a> From<&'a std::sync::Arc<Identity>> for Caller<'a> {
+    fn from(identity: &'a std::sync::Arc<Identity>) -> Caller<'a> {
+        Caller::from(identity.as_ref())
+    }
+}
+
 /// The rank a caller gets when a tailnet grant of tailpass's capability has no `src`: last.
 pub const UNSCOPED_GRANT_RANK: u8 = 8;
 
@@ -114,22 +139,49 @@ impl Selector {
         }
     }
 
-    /// Whether the selector names the caller. Federation selectors select nobody yet: no
-    /// caller arrives with a federated token until federation exists, and a `+` join needs
-    /// both halves.
-    pub fn selects(&self, identity: &Identity, policy: &PolicyFile) -> bool {
+    /// Whether the selector names the caller. `fed:Y` selects a caller whose external token
+    /// matched table `Y`; a `+` join needs both halves. `*` and every other selector name
+    /// tailnet identities only: a federated caller off the tailnet is selected by `fed:`
+    /// alone, so that a rule written for the tailnet never reaches a CI job elsewhere.
+    pub fn selects<'a>(&self, caller: impl Into<Caller<'a>>, policy: &PolicyFile) -> bool {
+        let caller = caller.into();
+        let fed_is = |name: &str| caller.fed == Some(name);
+        let tagged = |tag: &str| {
+            caller
+                .identity
+                .is_some_and(|i| i.node.tags.iter().any(|t| t == tag))
+        };
+        let node_is = |node: &str| caller.identity.is_some_and(|i| i.node.stable_id.0 == node);
+        let login = || {
+            caller
+                .identity
+                .and_then(|i| i.user.as_ref())
+                .map(|u| &u.login)
+        };
         match self {
-            Selector::Any => true,
-            Selector::Tag(tag) => identity.node.tags.iter().any(|t| t == tag),
-            Selector::Node(node) => identity.node.stable_id.0 == *node,
-            Selector::NodeFed { .. } | Selector::TagFed { .. } | Selector::Fed(_) => false,
-            Selector::Login(login) => identity.user.as_ref().is_some_and(|u| u.login == *login),
-            Selector::Group(group) => identity.user.as_ref().is_some_and(|u| {
+            Selector::Any => caller.identity.is_some(),
+            Selector::Tag(tag) => tagged(tag),
+            Selector::Node(node) => node_is(node),
+            Selector::NodeFed { node, fed } => node_is(node) && fed_is(fed),
+            Selector::TagFed { tag, fed } => tagged(tag) && fed_is(fed),
+            Selector::Fed(fed) => fed_is(fed),
+            Selector::Login(wanted) => login().is_some_and(|l| l == wanted),
+            Selector::Group(group) => login().is_some_and(|l| {
                 policy
                     .groups
                     .get(group)
-                    .is_some_and(|members| members.contains(&u.login))
+                    .is_some_and(|members| members.contains(l))
             }),
+        }
+    }
+
+    /// The federation table the selector names, if it names one.
+    pub fn fed(&self) -> Option<&str> {
+        match self {
+            Selector::NodeFed { fed, .. } | Selector::TagFed { fed, .. } | Selector::Fed(fed) => {
+                Some(fed)
+            }
+            _ => None,
         }
     }
 }

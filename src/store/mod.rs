@@ -450,6 +450,16 @@ pub trait Store: Send + Sync + 'static {
 
     // Shared keys: sealed signing keys and HMAC secrets for replicas sharing the store.
 
+    /// Records the external token `key` (a hash naming it, see `grant::federated`) as
+    /// traded, until `expires_at`; false if it was recorded already — a replay, possibly at
+    /// another replica. Unlike DPoP proofs this is written on every backend, so a restart
+    /// does not make a used token good again.
+    async fn claim_federated_token(
+        &self,
+        key: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError>;
+
     /// The signing keys' manifest, if one was ever written.
     async fn key_manifest(&self) -> Result<Option<KeyManifest>, StoreError>;
     /// Writes the manifest if the stored one is still at version `expected` (`None`: there is

@@ -4,7 +4,8 @@
 //! Rows are the columns both backends store alike (records as the same JSON text, times as
 //! seconds), so a copy is opaque: nothing is decoded but the audit events, which SQLite keeps
 //! split into contexts and per-event rows. The replica-coordination tables (DPoP proofs, rate
-//! counts) are ephemeral — a proof or a count matters for minutes — and are not copied.
+//! counts) and the used federation tokens are ephemeral — each matters for minutes — and are
+//! not copied.
 
 /// A client row.
 #[derive(Debug, Clone, PartialEq, Eq)]

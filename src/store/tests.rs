@@ -947,6 +947,38 @@ pub(crate) async fn import_refuses_a_store_that_is_not_empty<S: Store + Raw>(sto
     assert_eq!(store.count("audit").await.unwrap(), 0);
 }
 
+/// An external token is traded once: the second claim of its key is refused, whoever makes
+/// it, until the token has expired and the purge has swept it.
+pub(crate) async fn a_federated_token_is_claimed_once_until_it_expires<S: Raw>(store: &S) {
+    assert!(
+        store
+            .claim_federated_token("k1", UnixTime(100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_federated_token("k1", UnixTime(100))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_federated_token("k2", UnixTime(300))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count("federation_replay").await.unwrap(), 2);
+    store.purge(UnixTime(200), 0, UnixTime(0)).await.unwrap();
+    assert_eq!(store.count("federation_replay").await.unwrap(), 1);
+    assert!(
+        !store
+            .claim_federated_token("k2", UnixTime(300))
+            .await
+            .unwrap()
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -993,6 +1025,7 @@ suite!(
     audit_retention_drops_whole_old_ranges_and_nothing_else,
     shared_keys_manifest_is_compare_and_swap,
     import_refuses_a_store_that_is_not_empty,
+    a_federated_token_is_claimed_once_until_it_expires,
 );
 
 /// Whole-store copies between the backends ([`Store::export`], [`Store::import`]).

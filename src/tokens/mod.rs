@@ -30,6 +30,11 @@ pub fn node_subject(node: &StableNodeId) -> String {
     format!("node:{node}")
 }
 
+/// `sub` for a federated caller with no tailnet identity: its table and its external `sub`.
+pub fn federated_subject(table: &str, external_sub: &str) -> String {
+    format!("fed:{table}:{external_sub}")
+}
+
 /// `sub` for a confidential client using client credentials.
 pub fn client_subject(client_id: &str) -> String {
     format!("client:{client_id}")

@@ -18,6 +18,7 @@ mod binary;
 mod deploy;
 mod discovery;
 mod dpop;
+mod federation;
 mod feed_client;
 mod gateway;
 mod gateway_budgets;

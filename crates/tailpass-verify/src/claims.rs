@@ -352,6 +352,7 @@ pub const STANDARD_CLAIMS: &[&str] = &[
     "root_run_id",
     "act",
     "cnf",
+    "fed",
     "events",
     "email_verified",
     "acr",

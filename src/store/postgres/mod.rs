@@ -657,6 +657,12 @@ impl Store for PostgresStore {
                 &[&time(now)],
             )
             .await?;
+        let replay = tx
+            .execute(
+                "DELETE FROM federation_replay WHERE expires_at < $1",
+                &[&time(now)],
+            )
+            .await?;
         let window = i64::try_from(now.0 / 60).unwrap_or(i64::MAX);
         let rates = tx
             .execute(
@@ -669,6 +675,7 @@ impl Store for PostgresStore {
             .saturating_add(families)
             .saturating_add(revocations)
             .saturating_add(proofs)
+            .saturating_add(replay)
             .saturating_add(rates))
     }
 
@@ -676,6 +683,23 @@ impl Store for PostgresStore {
 
     fn shared_by_replicas(&self) -> bool {
         true
+    }
+
+    async fn claim_federated_token(
+        &self,
+        key: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(
+                "INSERT INTO federation_replay (key, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .await?;
+        // The primary key decides: of two replicas trading one token, one inserts a row.
+        let inserted = conn.execute(&statement, &[&key, &time(expires_at)]).await?;
+        Ok(inserted == 1)
     }
 
     async fn claim_dpop_proof(

@@ -31,7 +31,7 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
@@ -40,6 +40,7 @@ const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/sqlite/0006_audit_retention.sql"),
     include_str!("../migrations/sqlite/0007_revocation_lifts.sql"),
     include_str!("../migrations/sqlite/0008_shared_keys.sql"),
+    include_str!("../migrations/sqlite/0009_federation_replay.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -679,6 +680,24 @@ impl Store for SqliteStore {
         Ok(counts.to_vec())
     }
 
+    async fn claim_federated_token(
+        &self,
+        key: &str,
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.worker
+            .write(move |c| {
+                let inserted = c.execute(
+                    "INSERT INTO federation_replay (key, expires_at) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO NOTHING",
+                    params![key, time(expires_at)],
+                )?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
     // --- end of replica coordination ---
 
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
@@ -702,7 +721,11 @@ impl Store for SqliteStore {
                      (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < ?2) OR kind IN ('run', 'jti', 'family'))",
                     params![time(horizon), time(now)],
                 )?;
-                Ok(u64::try_from(codes + families + revocations).unwrap_or(u64::MAX))
+                let replay = c.execute(
+                    "DELETE FROM federation_replay WHERE expires_at < ?1",
+                    params![time(now)],
+                )?;
+                Ok(u64::try_from(codes + families + revocations + replay).unwrap_or(u64::MAX))
             })
             .await
     }

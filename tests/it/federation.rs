@@ -1,0 +1,666 @@
+//! Federation: tokens other issuers signed traded for run tokens at `/token`, by RFC 8693
+//! exchange and RFC 7523 assertion, against a test double of GitHub's OIDC issuer and of a
+//! Kubernetes API server's (neither can be reached here): discovery and a JWKS on loopback,
+//! tokens signed with a real RSA key in each platform's exact claim set.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tailpass::clock::Clock as _;
+use tailpass::dpop::ProofKey;
+use tailpass::keys::SigningKey;
+use tailpass_verify::Alg;
+
+use crate::agents::post_token;
+use crate::authorize::claims;
+use crate::support::{ALICE, CI, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, json as read};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// The audience the tables expect external tokens to carry.
+const AUDIENCE: &str = "https://idp.tail1234.ts.net";
+
+/// A test double of an OIDC issuer: discovery and a JWKS on loopback, a real RS256 key.
+struct Issuer {
+    url: String,
+    key: SigningKey,
+}
+
+async fn issuer() -> Issuer {
+    let (key, _) = SigningKey::generate(Alg::RS256).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let jwks = json!({"keys": [key.jwk()]});
+    let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/.well-known/jwks")});
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || async move { axum::Json(discovery) }),
+        )
+        .route(
+            "/.well-known/jwks",
+            axum::routing::get(move || async move { axum::Json(jwks) }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Issuer { url, key }
+}
+
+/// GitHub Actions' claim set, for a push to main of octo-org/octo-repo, valid at `now`.
+fn github_claims(issuer: &str, now: u64) -> Value {
+    json!({
+        "jti": tailpass::secret::random_token(12),
+        "sub": "repo:octo-org/octo-repo:ref:refs/heads/main",
+        "aud": AUDIENCE, "ref": "refs/heads/main", "sha": "abc123",
+        "repository": "octo-org/octo-repo", "repository_owner": "octo-org",
+        "repository_id": "74", "repository_owner_id": "65", "actor_id": "12",
+        "run_id": "123", "run_number": "10", "run_attempt": "1",
+        "repository_visibility": "private", "actor": "octocat",
+        "workflow": "CI", "head_ref": "", "base_ref": "", "event_name": "push",
+        "ref_type": "branch",
+        "job_workflow_ref": "octo-org/octo-repo/.github/workflows/ci.yml@refs/heads/main",
+        "workflow_ref": "octo-org/octo-repo/.github/workflows/ci.yml@refs/heads/main",
+        "runner_environment": "github-hosted", "environment": "prod",
+        "iss": issuer, "nbf": now - 5, "exp": now + 300, "iat": now - 5
+    })
+}
+
+/// A Kubernetes projected service-account token's claim set, valid at `now`.
+fn k8s_claims(issuer: &str, now: u64) -> Value {
+    json!({
+        "aud": [AUDIENCE], "exp": now + 3600, "iat": now - 5, "nbf": now - 5,
+        "iss": issuer, "jti": "7c1e4a52-1d7b-4c1b-9a53-0b0c4d1f6e2a",
+        "kubernetes.io": {
+            "namespace": "ci",
+            "node": {"name": "worker-1", "uid": "0b1d"},
+            "pod": {"name": "runner-7f9c", "uid": "5e2a"},
+            "serviceaccount": {"name": "deployer", "uid": "9d3c"}
+        },
+        "sub": "system:serviceaccount:ci:deployer"
+    })
+}
+
+fn policy(github: &str, k8s: &str) -> String {
+    format!(
+        r#"
+[[federation]]
+name = "github"
+profile = "github"
+issuer = "{github}"
+audience = "{AUDIENCE}"
+# Both of GitHub's subject forms: repo:octo-org/… and repo:octo-org@65/octo-repo@74:…;
+# the repository claim pins the organisation.
+subject = "repo:octo-org*"
+claims = {{ repository = "octo-org/*" }}
+
+[[federation]]
+name = "k8s"
+profile = "kubernetes"
+issuer = "{k8s}"
+audience = "{AUDIENCE}"
+subject = "system:serviceaccount:ci:*"
+
+[[rule]]
+src = ["fed:github"]
+audiences = ["{GATEWAY}"]
+max_lifetime = 300
+claims = {{ models = ["gpt-small"] }}
+
+[[rule]]
+src = ["tag:ci+fed:github"]
+audiences = ["{GATEWAY}"]
+max_lifetime = 600
+
+[[rule]]
+src = ["fed:k8s"]
+audiences = ["{GATEWAY}"]
+"#
+    )
+}
+
+struct Setup {
+    server: TestServer,
+    github: Issuer,
+    k8s: Issuer,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let (github, k8s) = (issuer().await, issuer().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy(&github.url, &k8s.url)).unwrap();
+    let server = TestServer::with_args(&["--policy", path.to_str().unwrap()]).await;
+    Setup {
+        server,
+        github,
+        k8s,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn now(&self) -> u64 {
+        self.server.clock.now().0
+    }
+
+    fn github_token(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let mut claims = github_claims(&self.github.url, self.now());
+        edit(&mut claims);
+        self.github.key.sign_jwt("JWT", &claims).unwrap()
+    }
+
+    fn proof(&self, key: &ProofKey) -> String {
+        key.proof("POST", &self.server.url("/token"), None, None)
+            .unwrap()
+    }
+
+    /// A federation request from peer `from`, with a DPoP proof by `key` when given.
+    async fn trade(
+        &self,
+        from: u8,
+        pairs: &[(&str, &str)],
+        key: Option<&ProofKey>,
+        funnel: bool,
+    ) -> (u16, Value) {
+        let mut request = self
+            .server
+            .peer(from)
+            .post(self.server.url("/token"))
+            .form(pairs);
+        if let Some(key) = key {
+            request = request.header("DPoP", self.proof(key));
+        }
+        if funnel {
+            request = request.header("Tailscale-Funnel-Request", "?1");
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    async fn exchange(&self, from: u8, token: &str, key: Option<&ProofKey>) -> (u16, Value) {
+        let pairs = [
+            ("grant_type", EXCHANGE),
+            ("subject_token", token),
+            ("subject_token_type", ID_TOKEN_TYPE),
+            ("audience", GATEWAY),
+            ("expires_in", "3600"),
+        ];
+        self.trade(from, &pairs, key, false).await
+    }
+
+    async fn assertion(&self, from: u8, token: &str, key: Option<&ProofKey>) -> (u16, Value) {
+        let pairs = [
+            ("grant_type", JWT_BEARER),
+            ("assertion", token),
+            ("audience", GATEWAY),
+        ];
+        self.trade(from, &pairs, key, false).await
+    }
+}
+
+fn lifetime(token: &Value) -> u64 {
+    token["exp"].as_u64().unwrap() - token["iat"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_workflow_off_the_tailnet_gets_a_key_bound_run_token_carrying_its_github_claims() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let (status, body) = setup
+        .exchange(STRANGER, &setup.github_token(|_| {}), Some(&key))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    let token = claims(body["access_token"].as_str().unwrap());
+    let subject = "fed:github:repo:octo-org/octo-repo:ref:refs/heads/main";
+    assert_eq!(token["sub"], subject);
+    assert_eq!(token["client_id"], subject);
+    assert_eq!(
+        token["cnf"],
+        json!({"jkt": key.thumbprint().0}),
+        "the key only"
+    );
+    assert_eq!(token["aud"], GATEWAY);
+    assert_eq!(token["run_label"], "123/1");
+    assert_eq!(
+        token["models"],
+        json!(["gpt-small"]),
+        "the fed:github rule's"
+    );
+    assert_eq!(lifetime(&token), 300, "capped by the rule");
+    assert!(token.get("nid").is_none() && token.get("tags").is_none());
+    let fed = &token["fed"];
+    for (claim, value) in [
+        ("iss", setup.github.url.as_str()),
+        ("sub", "repo:octo-org/octo-repo:ref:refs/heads/main"),
+        ("name", "github"),
+        ("repository", "octo-org/octo-repo"),
+        ("repository_id", "74"),
+        ("ref", "refs/heads/main"),
+        ("workflow", "CI"),
+        (
+            "job_workflow_ref",
+            "octo-org/octo-repo/.github/workflows/ci.yml@refs/heads/main",
+        ),
+        ("run_id", "123"),
+        ("run_attempt", "1"),
+        ("actor", "octocat"),
+        ("environment", "prod"),
+        ("event_name", "push"),
+    ] {
+        assert_eq!(fed[claim], value, "fed.{claim}");
+    }
+    assert!(fed.get("sha").is_none(), "only the profile's claims");
+
+    // The same token again: it was single-use.
+    let again = setup.github_token(|_| {});
+    let replayed = setup.exchange(STRANGER, &again, Some(&key)).await;
+    assert_eq!(replayed.0, 200, "{}", replayed.1);
+    let (status, body) = setup.exchange(STRANGER, &again, Some(&key)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{body}"
+    );
+
+    // RFC 7523, the immutable subject form, a label of the caller's own.
+    let immutable = setup.github_token(|c| {
+        c["sub"] = json!("repo:octo-org@65/octo-repo@74:ref:refs/heads/main");
+    });
+    let pairs = [
+        ("grant_type", JWT_BEARER),
+        ("assertion", immutable.as_str()),
+        ("audience", GATEWAY),
+        ("run_label", "deploy"),
+    ];
+    let (status, body) = setup.trade(STRANGER, &pairs, Some(&key), false).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("issued_token_type").is_none());
+    let token = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        token["sub"],
+        "fed:github:repo:octo-org@65/octo-repo@74:ref:refs/heads/main"
+    );
+    assert_eq!(token["run_label"], "deploy");
+
+    // Off the tailnet, no proof, no token: it would be a bearer token anyone could use.
+    let (status, body) = setup
+        .assertion(STRANGER, &setup.github_token(|_| {}), None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{body}"
+    );
+
+    // Discovery advertises the assertion grant, since tables are configured.
+    let (_, metadata) = read(
+        setup
+            .server
+            .peer(ALICE)
+            .get(setup.server.url("/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        metadata["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(JWT_BEARER))
+    );
+}
+
+#[tokio::test]
+async fn a_tailnet_runner_keeps_its_node_subject_and_binding_and_the_best_selector_decides() {
+    let setup = setup().await;
+    // tag:ci + fed:github: the joined selector outranks fed:github alone.
+    let (status, body) = setup.exchange(CI, &setup.github_token(|_| {}), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    let token = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(token["sub"], "node:nBuildBot42CNTRL");
+    assert_eq!(token["cnf"], json!({"tailnet_node": "nBuildBot42CNTRL"}));
+    assert_eq!(token["fed"]["repository"], "octo-org/octo-repo");
+    assert_eq!(lifetime(&token), 600, "the tag:ci+fed:github rule's cap");
+    assert!(
+        token.get("models").is_none(),
+        "not the fed:github rule's claims"
+    );
+
+    // With a proof, bound to the node and the key.
+    let key = ProofKey::generate().unwrap();
+    let (status, body) = setup
+        .assertion(CI, &setup.github_token(|_| {}), Some(&key))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let token = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        token["cnf"],
+        json!({"tailnet_node": "nBuildBot42CNTRL", "jkt": key.thumbprint().0})
+    );
+
+    // A node without tag:ci is decided by fed:github, yet stays itself.
+    let (status, body) = setup
+        .exchange(GATEWAY_NODE, &setup.github_token(|_| {}), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(token["sub"], "node:nGateway8CNTRL");
+    assert_eq!(lifetime(&token), 300);
+    assert_eq!(token["models"], json!(["gpt-small"]));
+
+    // The token alone does not make an agent grant of the runner's: no tag:ci rule.
+    let (status, body) = post_token(
+        &setup.server,
+        CI,
+        &[("grant_type", "client_credentials"), ("audience", GATEWAY)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+}
+
+#[tokio::test]
+async fn external_tokens_that_do_not_hold_are_refused_each_with_its_reason() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let now = setup.now();
+    let header = |alg: &str| {
+        URL_SAFE_NO_PAD.encode(format!(
+            "{{\"alg\":\"{alg}\",\"kid\":\"{}\",\"typ\":\"JWT\"}}",
+            setup.github.key.kid().0
+        ))
+    };
+    // alg confusion: HS256, keyed with the issuer's published (public) key.
+    let payload = URL_SAFE_NO_PAD.encode(github_claims(&setup.github.url, now).to_string());
+    let input = format!("{}.{payload}", header("HS256"));
+    let public = serde_json::to_vec(setup.github.key.jwk()).unwrap();
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &public),
+        input.as_bytes(),
+    );
+    let confused = format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()));
+    let (stranger, _) = SigningKey::generate(Alg::RS256).unwrap();
+    let unknown = github_claims("https://token.evil.example", now);
+    let cases = [
+        (
+            "another organisation's repository",
+            setup.github_token(|c| c["repository"] = json!("evil-org/octo-repo")),
+            "repository",
+        ),
+        (
+            "another audience",
+            setup.github_token(|c| c["aud"] = json!("https://elsewhere.example")),
+            "audience",
+        ),
+        (
+            "expired",
+            setup.github_token(|c| {
+                c["iat"] = json!(now - 900);
+                c["nbf"] = json!(now - 900);
+                c["exp"] = json!(now - 600);
+            }),
+            "expired",
+        ),
+        (
+            "an issuer no table trusts",
+            stranger.sign_jwt("JWT", &unknown).unwrap(),
+            "not trusted",
+        ),
+        ("HS256 keyed with the public key", confused, "not a JWT"),
+    ];
+    for (case, token, says) in &cases {
+        for (status, body) in [
+            setup.exchange(STRANGER, token, Some(&key)).await,
+            setup.assertion(CI, token, None).await,
+        ] {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some("invalid_grant")),
+                "{case}: {body}"
+            );
+            let description = body["error_description"].as_str().unwrap();
+            assert!(description.contains(says), "{case}: {description}");
+        }
+    }
+    // Bad input of the form itself.
+    let (status, body) = setup
+        .trade(
+            STRANGER,
+            &[("grant_type", JWT_BEARER), ("audience", GATEWAY)],
+            Some(&key),
+            false,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // Each refusal is counted by its bounded label; the tailnet caller's are in the log.
+    let (_, metrics) = {
+        let response = setup
+            .server
+            .peer(ALICE)
+            .get(setup.server.url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    for reason in ["mismatch", "audience", "lifetime", "issuer", "malformed"] {
+        let line =
+            format!("tailpass_denials_total{{event=\"federated_token\",reason=\"{reason}\"}} 2");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    let events = setup
+        .server
+        .state()
+        .store
+        .audit(&tailpass::store::AuditFilter {
+            node: Some("nBuildBot42CNTRL".into()),
+            event: Some(tailpass::audit::EventKind::FederatedToken),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let labels: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.event.refusal.as_deref())
+        .collect();
+    assert_eq!(
+        labels,
+        ["mismatch", "audience", "lifetime", "issuer", "malformed"]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.event.reason.as_deref().unwrap_or("").contains(&payload)),
+        "no token in the log"
+    );
+    let mismatch = &events[0].event;
+    assert!(mismatch.reason.as_deref().unwrap().contains("repository"));
+    assert_eq!(
+        mismatch.detail.clone().unwrap(),
+        format!(
+            "unverified: iss {} sub repo:octo-org/octo-repo:ref:refs/heads/main",
+            setup.github.url
+        ),
+        "what the token claims, marked as such"
+    );
+
+    // An issuance names its table, issuer, subject and run.
+    let (status, body) = setup.exchange(CI, &setup.github_token(|_| {}), None).await;
+    assert_eq!(status, 200, "{body}");
+    let issued = setup
+        .server
+        .state()
+        .store
+        .audit(&tailpass::store::AuditFilter {
+            node: Some("nBuildBot42CNTRL".into()),
+            event: Some(tailpass::audit::EventKind::FederatedToken),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .event;
+    assert_eq!(issued.outcome, tailpass::audit::Outcome::Success);
+    assert_eq!(
+        issued.detail.unwrap(),
+        format!("fed:github iss {}; by policy rule 2", setup.github.url)
+    );
+    assert_eq!(issued.run_label.as_deref(), Some("123/1"));
+}
+
+#[tokio::test]
+async fn over_funnel_only_the_federation_grants_are_served_and_always_with_a_key() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let (status, body) = setup
+        .trade(
+            CI,
+            &[("grant_type", "client_credentials"), ("audience", GATEWAY)],
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type")),
+        "{body}"
+    );
+    let token = setup.github_token(|_| {});
+    let pairs = [
+        ("grant_type", JWT_BEARER),
+        ("assertion", token.as_str()),
+        ("audience", GATEWAY),
+    ];
+    // A tailnet node's own address counts for nothing over Funnel: no key, no token.
+    let (status, body) = setup.trade(CI, &pairs, None, true).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof"))
+    );
+    let (status, body) = setup.trade(CI, &pairs, Some(&key), true).await;
+    assert_eq!(status, 200, "{body}");
+    let token = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        token["sub"],
+        "fed:github:repo:octo-org/octo-repo:ref:refs/heads/main"
+    );
+    assert_eq!(token["cnf"], json!({"jkt": key.thumbprint().0}));
+}
+
+#[tokio::test]
+async fn a_kubernetes_service_account_token_is_reusable_and_labelled_by_its_pod() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let token = setup
+        .k8s
+        .key
+        .sign_jwt("JWT", &k8s_claims(&setup.k8s.url, setup.now()))
+        .unwrap();
+    for _ in 0..2 {
+        let pairs = [
+            ("grant_type", EXCHANGE),
+            ("subject_token", token.as_str()),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", GATEWAY),
+        ];
+        let (status, body) = setup.trade(STRANGER, &pairs, Some(&key), false).await;
+        assert_eq!(status, 200, "the kubelet reuses its token: {body}");
+        let run = claims(body["access_token"].as_str().unwrap());
+        assert_eq!(run["sub"], "fed:k8s:system:serviceaccount:ci:deployer");
+        assert_eq!(run["run_label"], "runner-7f9c");
+        assert_eq!(
+            run["fed"],
+            json!({
+                "iss": setup.k8s.url, "sub": "system:serviceaccount:ci:deployer",
+                "name": "k8s", "namespace": "ci", "service_account": "deployer",
+                "pod": "runner-7f9c", "node": "worker-1"
+            })
+        );
+    }
+    // Another namespace's service account matches no table.
+    let mut other = k8s_claims(&setup.k8s.url, setup.now());
+    other["sub"] = json!("system:serviceaccount:prod:deployer");
+    let token = setup.k8s.key.sign_jwt("JWT", &other).unwrap();
+    let (status, body) = setup.assertion(STRANGER, &token, Some(&key)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(body["error_description"].as_str().unwrap().contains("sub"));
+}
+
+#[tokio::test]
+async fn without_tables_the_assertion_grant_is_neither_served_nor_advertised() {
+    let server = TestServer::start().await;
+    let (_, metadata) = read(
+        server
+            .peer(ALICE)
+            .get(server.url("/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        !metadata["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(JWT_BEARER))
+    );
+    let (status, body) = post_token(
+        &server,
+        CI,
+        &[("grant_type", JWT_BEARER), ("assertion", "x.y.z")],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
+}
+
+#[tokio::test]
+async fn a_single_use_token_traded_many_times_at_once_is_traded_once() {
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let token = setup.github_token(|_| {});
+    let attempts = (0..6).map(|_| setup.exchange(STRANGER, &token, Some(&key)));
+    let answers = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .all(|(_, body)| body["error"] == "invalid_grant"),
+        "{answers:?}"
+    );
+}
