@@ -134,6 +134,14 @@ async fn grant_for(
             "over Funnel, /token serves only the federation grants",
         ));
     }
+    // The assertion grant exists only where some issuer is trusted: without a table it is
+    // unsupported whatever its parameters (and discovery does not advertise it).
+    if request.grant_type == GrantType::JwtBearer && state.federation.is_empty() {
+        return Err(Error::new(
+            super::error::Code::UnsupportedGrantType,
+            "no external issuer is trusted here ([[federation]] tables)",
+        ));
+    }
     let presented = client_auth::presented(
         headers,
         request.client_id.as_deref(),
