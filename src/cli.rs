@@ -176,6 +176,12 @@ pub struct TokenArgs {
     /// Bind the token to this DPoP key (PKCS#8 PEM, P-256; created if missing).
     #[arg(long, value_name = "FILE")]
     pub dpop_key: Option<PathBuf>,
+    /// Trade an external token instead (a CI platform's OIDC token, e.g. GitHub Actions'),
+    /// read from FILE or from standard input with `-` (never from the command line, where
+    /// other users see it): an RFC 8693 exchange that a `[[federation]]` table of the issuer
+    /// must match. Off the tailnet the issuer requires --dpop-key.
+    #[arg(long, value_name = "FILE", conflicts_with = "helper")]
+    pub subject_token: Option<PathBuf>,
     /// Print the whole token response as JSON instead of the token alone.
     #[arg(long, conflicts_with = "helper")]
     pub json: bool,

@@ -88,6 +88,32 @@ fn print(line: &str) -> Result<(), CommandError> {
         .map_err(|e| CommandError(format!("writing the token: {e}")))
 }
 
+/// The largest external token read (a CI platform's is a few kilobytes).
+const MAX_SUBJECT_TOKEN: u64 = 64 * 1024;
+
+/// The external token in `file`, or on standard input for `-`: its first line, trimmed.
+fn read_subject_token(file: &std::path::Path) -> Result<String, CommandError> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_SUBJECT_TOKEN)
+            .read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MAX_SUBJECT_TOKEN).read_to_string(&mut text))
+    };
+    read.map_err(|e| CommandError(format!("--subject-token {}: {e}", file.display())))?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err(CommandError(format!(
+            "--subject-token {}: no token",
+            file.display()
+        )));
+    }
+    Ok(token.to_owned())
+}
+
 /// Asks the issuer for a token as `args` say.
 async fn mint(args: &TokenArgs) -> Result<Minted, CommandError> {
     let http = reqwest::Client::builder()
@@ -113,7 +139,20 @@ async fn mint(args: &TokenArgs) -> Result<Minted, CommandError> {
         .transpose()
         .map_err(fail)?;
 
-    let mut form: Vec<(&str, String)> = vec![("grant_type", "client_credentials".into())];
+    let mut form: Vec<(&str, String)> = match &args.subject_token {
+        None => vec![("grant_type", "client_credentials".into())],
+        Some(file) => vec![
+            (
+                "grant_type",
+                tailpass_verify::claims::TOKEN_EXCHANGE_GRANT.into(),
+            ),
+            (
+                "subject_token_type",
+                crate::grant::exchange::JWT_TYPE.into(),
+            ),
+            ("subject_token", read_subject_token(file)?),
+        ],
+    };
     form.extend(args.audiences.iter().map(|a| ("audience", a.clone())));
     form.extend(args.resources.iter().map(|r| ("resource", r.clone())));
     if let Some(scope) = &args.scope {
