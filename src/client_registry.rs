@@ -128,8 +128,10 @@ impl Clients {
         Ok(self.registered(id).await?)
     }
 
-    /// A static or stored client.
-    async fn registered(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+    /// A static or stored client, never a metadata document's: for callers that only act on
+    /// what a registration holds (back-channel logout, which documents never carry), so
+    /// that they fetch nothing.
+    pub async fn registered(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         let key = ClientId(id.to_owned());
         if let Some(found) = self.statics.get(&key) {
             return Ok(Some(found.clone()));

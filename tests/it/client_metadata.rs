@@ -377,3 +377,157 @@ async fn documents_that_cannot_be_trusted_are_refused_on_the_page() {
         "only the issuer that lists the host fetched"
     );
 }
+
+/// Peers as usual, but Carol's tsidp grant lets her sign in for any resource (here: the
+/// gateway's MCP route, whose address the test picks).
+fn peers_with_carol_granted_any_resource() -> Value {
+    let mut table = crate::support::peers_table();
+    for whois in table.as_object_mut().unwrap().values_mut() {
+        if whois["UserProfile"]["LoginName"] == "carol@example.com" {
+            whois["CapMap"]["tailscale.com/cap/tsidp"][0]["resources"] = json!(["*"]);
+        }
+    }
+    table
+}
+
+#[tokio::test]
+async fn the_mcp_sdks_oauth_client_registers_by_metadata_document_and_calls_a_tool() {
+    use crate::gateway_mcp::{GATEWAY_IP, McpServer};
+    use crate::support::{GATEWAY_NODE, ip, run_sdk_script, sdk_python};
+    use tailpass::gateway::mcp::McpSettings;
+    use tailpass::gateway::{GatewaySettings, UpstreamSettings};
+
+    let Some(python) = sdk_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (site, addr, ca) = site(dir.path()).await;
+    let client_id = format!("https://localhost:{}/sdk-client.json", addr.port());
+    let redirect = "http://127.0.0.1:9/sdk-callback";
+    site.put(
+        "sdk-client.json",
+        json!({
+            "client_id": client_id,
+            "client_name": "SDK CIMD client",
+            "redirect_uris": [redirect],
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        })
+        .to_string(),
+        Some("max-age=600"),
+    );
+
+    // The gateway's address first: it is its audience, which the policy names.
+    let listen = std::net::TcpListener::bind((std::net::IpAddr::from(GATEWAY_IP), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let public_url = format!("http://{listen}");
+    let route = format!("{public_url}/mcp/docs");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[[rule]]
+src = ["carol@example.com"]
+audiences = ["{route}"]
+claims = {{ mcp = {{ docs = ["search"] }} }}
+
+[[rule]]
+src = ["tag:gateway"]
+audiences = ["{public_url}"]
+allow_introspect = true
+"#
+        ),
+    )
+    .unwrap();
+    let server_dir = tempfile::tempdir().unwrap();
+    let table = server_dir.path().join("peers.json");
+    std::fs::write(&table, peers_with_carol_granted_any_resource().to_string()).unwrap();
+    let server = TestServer::in_dir(
+        server_dir,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--client-metadata-hosts",
+            "localhost",
+            "--client-metadata-ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &["--identity-file", table.to_str().unwrap()],
+    )
+    .await;
+    let mcp = McpServer::start(&python, dir.path()).await;
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, "sk-unused\n").unwrap();
+    let identity = Arc::new(tailpass::identity::local::LocalTable::from_file(&table).unwrap());
+    let settings = GatewaySettings {
+        public_url: public_url.clone(),
+        source_address: Some(ip(GATEWAY_NODE)),
+        mcp: vec![McpSettings::new(
+            "docs",
+            format!("http://127.0.0.1:{}/mcp", mcp.port),
+            "/mcp/docs",
+        )],
+        ..GatewaySettings::new(
+            listen,
+            server.url(""),
+            public_url.clone(),
+            // No model API is called here; the upstream is never reached.
+            UpstreamSettings::new("http://127.0.0.1:9", key_file),
+        )
+    };
+    let _gateway = tailpass::gateway::start(
+        settings,
+        identity,
+        server.clock.clone() as Arc<dyn tailpass::clock::Clock>,
+    )
+    .await
+    .unwrap();
+
+    let (ok, report) = run_sdk_script(
+        &python,
+        "mcp_cimd.py",
+        &[
+            ("MCP_URL", route.clone()),
+            ("MCP_CLIENT_ID", client_id.clone()),
+            ("MCP_REDIRECT_URI", redirect.to_owned()),
+            ("MCP_LOCAL_ADDRESS", ip(CAROL).to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "mcp_cimd.py failed: {report}");
+    // The SDK used the document's URL as its client id, with PKCE S256 and the route as
+    // its resource; Carol saw the document's name and host, approved, and the tool ran.
+    assert_eq!(report["client_id"], client_id.as_str(), "{report}");
+    let asked = &report["authorize_query"];
+    assert_eq!(asked["client_id"], json!([client_id]), "{report}");
+    assert_eq!(asked["code_challenge_method"], json!(["S256"]), "{report}");
+    assert_eq!(asked["resource"], json!([route]), "{report}");
+    let page = report["consent_page"]["text"].as_str().unwrap();
+    assert_eq!(report["consent_page"]["status"], 200, "{page}");
+    assert!(
+        page.contains("SDK CIMD client") && page.contains("<code>localhost</code>"),
+        "{page}"
+    );
+    assert_eq!(report["consent_status"], 303, "{report}");
+    assert_eq!(
+        report["tools"],
+        json!(["search"]),
+        "the listing is the token's: {report}"
+    );
+    assert_eq!(report["search_error"], false, "{report}");
+    assert_eq!(mcp.tools_run(), ["search"]);
+    let access = claims(report["access_token"].as_str().unwrap());
+    assert_eq!(access["client_id"], client_id.as_str());
+    assert!(
+        access["aud"].as_array().unwrap().contains(&json!(route)),
+        "{access}"
+    );
+    assert_eq!(access["mcp"], json!({"docs": ["search"]}), "{access}");
+    assert_eq!(
+        site.fetches("sdk-client.json"),
+        1,
+        "one fetch, cached for the rest"
+    );
+}
