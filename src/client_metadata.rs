@@ -513,8 +513,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 /// How long a response may be kept, from its `Cache-Control` (RFC 9111 §5.2.2): `None` for
-/// `no-store`, `no-cache` or `max-age=0` (used for this request only); `max-age=N` clamped to
-/// [`MIN_CACHE`]..[`MAX_CACHE`]; [`MIN_CACHE`] when it says nothing (or nothing readable).
+/// `no-store`, `no-cache` or `max-age=0` (used for this request only); `max-age=N` less the
+/// response's `Age`, `None` when nothing is left, else clamped to [`MIN_CACHE`]..[`MAX_CACHE`];
+/// [`MIN_CACHE`] when it says nothing (or nothing readable). `Expires` is not read.
 pub fn freshness(headers: &HeaderMap) -> Option<Duration> {
     let mut max_age: Option<u64> = None;
     for value in headers.get_all(CACHE_CONTROL) {
@@ -538,7 +539,13 @@ pub fn freshness(headers: &HeaderMap) -> Option<Duration> {
             }
         }
     }
-    match max_age {
+    // RFC 9111 §4.2.3: what a cache on the way already spent of it is gone.
+    let age = headers
+        .get(reqwest::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    match max_age.map(|m| m.saturating_sub(age)) {
         Some(0) => None,
         Some(seconds) => Some(Duration::from_secs(seconds).clamp(MIN_CACHE, MAX_CACHE)),
         None => Some(MIN_CACHE),
@@ -697,6 +704,16 @@ mod tests {
             Some(MIN_CACHE),
             "unreadable: ignored"
         );
+        let mut aged = HeaderMap::new();
+        aged.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+        aged.insert(reqwest::header::AGE, HeaderValue::from_static("600"));
+        assert_eq!(
+            freshness(&aged),
+            Some(Duration::from_secs(3000)),
+            "Age is spent"
+        );
+        aged.insert(reqwest::header::AGE, HeaderValue::from_static("3600"));
+        assert_eq!(freshness(&aged), None, "stale on arrival: not kept");
     }
 
     fn documents(hosts: &[&str]) -> Documents {
