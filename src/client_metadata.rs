@@ -856,6 +856,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fetches_beyond_the_bound_are_refused_not_queued() {
+        let docs = documents(&["app.example.com"]);
+        let _all = docs
+            .fetches
+            .try_acquire_many(u32::try_from(MAX_FETCHES).unwrap())
+            .unwrap();
+        assert_eq!(
+            docs.client("https://app.example.com/client.json", UnixTime(0))
+                .await
+                .unwrap_err(),
+            DocumentError::Busy
+        );
+    }
+
+    #[tokio::test]
     async fn a_host_resolving_to_loopback_is_refused_outside_dev() {
         let docs = documents(&["localhost"]);
         let refused = docs.resolve("localhost", 443).await.unwrap_err();

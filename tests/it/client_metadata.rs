@@ -48,6 +48,13 @@ async fn document(State(site): State<Arc<Site>>, Path(path): Path<String>) -> Re
         .unwrap()
         .entry(path.clone())
         .or_default() += 1;
+    if path == "endless.json" {
+        // No Content-Length: a body that never stops, cut by the reader's bound.
+        let chunks = futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 8192]))
+        });
+        return axum::body::Body::from_stream(chunks).into_response();
+    }
     let Some((body, cache_control)) = site.documents.lock().unwrap().get(&path).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -331,6 +338,11 @@ async fn documents_that_cannot_be_trusted_are_refused_on_the_page() {
         (&mismatch, &[][..], "client_id is not its URL"),
         (&secret, &[][..], "must be public"),
         (&big, &[][..], "larger than 65536 bytes"),
+        (
+            &format!("{base}/endless.json"),
+            &[][..],
+            "larger than 65536 bytes",
+        ),
         (
             "https://10.0.0.1/client.json",
             &[][..],
