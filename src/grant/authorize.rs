@@ -4,10 +4,12 @@
 //! checked — client, redirect URI, scopes, PKCE, who may log in and which resources — and
 //! answered with a single-use code valid for [`CODE_LIFETIME`] seconds. Until the client and
 //! redirect URI are validated, refusals are shown to the user and never redirected (RFC 6749
-//! §4.1.2.1); after, they go back to the client. A dynamically registered client first gets
-//! the person's consent, which records what was approved (scopes, resources, redirect URI,
-//! client version): a request for more, or a changed client, asks again. Until then its
-//! refusals never name the person, and its resources are checked only after consent.
+//! §4.1.2.1), a metadata document that cannot be used (`client_metadata`) among them; after,
+//! they go back to the client. A dynamically registered client, or one identified by its
+//! metadata document, first gets the person's consent, which records what was approved
+//! (scopes, resources, redirect URI, client version): a request for more, or a changed
+//! client, asks again. Until then its refusals never name the person, and its resources are
+//! checked only after consent.
 //!
 //! What is answered is an [`Outcome`]; the endpoint turns it into a redirect (with `state`
 //! and `iss`, RFC 9207), a page or an error.
