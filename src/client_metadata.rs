@@ -8,7 +8,8 @@
 //! loopback, private (RFC 1918, ULA, CGNAT — which holds the tailnet's own addresses), link-local,
 //! unspecified, multicast or otherwise reserved ([`is_refused_ip`]); the connection made only
 //! to the addresses checked (so a second DNS answer cannot point it inside); at most
-//! [`MAX_DOCUMENT`] bytes in at most [`FETCH_TIMEOUT`]; at most [`MAX_FETCHES`] at once.
+//! [`MAX_DOCUMENT`] bytes in at most [`FETCH_TIMEOUT`]; at most [`MAX_FETCHES`] at once, and
+//! one at a time per URL (lookups meanwhile wait for it, then read the cache).
 //! Under `--dev` loopback targets are allowed too ([`Targets::DevLoopback`]), for trying it on
 //! one machine; nothing else is.
 //!
@@ -152,6 +153,9 @@ pub struct Documents {
     roots: Vec<reqwest::Certificate>,
     cache: Mutex<HashMap<String, Cached>>,
     fetches: Semaphore,
+    /// One lock per URL being fetched: lookups of a URL wait for the fetch under way, then
+    /// find it in the cache, rather than fetch it again. Bounded like the cache.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Documents {
@@ -187,6 +191,7 @@ impl Documents {
             roots,
             cache: Mutex::new(HashMap::new()),
             fetches: Semaphore::new(MAX_FETCHES),
+            flights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -206,10 +211,31 @@ impl Documents {
         if let Some(client) = self.cached(client_id) {
             return Ok(client);
         }
+        let flight = self.join(client_id)?;
+        let fetched = self.fetch_in_turn(client_id, &url, &flight, now).await;
+        self.leave(client_id, &flight);
+        fetched
+    }
+
+    /// Fetches `url` once the fetch of it under way, if any, is done — unless that one left
+    /// it in the cache.
+    async fn fetch_in_turn(
+        &self,
+        client_id: &str,
+        url: &Url,
+        flight: &tokio::sync::Mutex<()>,
+        now: UnixTime,
+    ) -> Result<Arc<Client>, DocumentError> {
+        let Ok(_turn) = tokio::time::timeout(FETCH_TIMEOUT, flight.lock()).await else {
+            return Err(DocumentError::Busy);
+        };
+        if let Some(client) = self.cached(client_id) {
+            return Ok(client);
+        }
         let Ok(_permit) = self.fetches.try_acquire() else {
             return Err(DocumentError::Busy);
         };
-        let (body, keep) = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&url))
+        let (body, keep) = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(url))
             .await
             .map_err(|_| DocumentError::Fetch)??;
         let client = Arc::new(self.read(client_id, &body, now)?);
@@ -217,6 +243,33 @@ impl Documents {
             self.remember(client_id, client.clone(), keep);
         }
         Ok(client)
+    }
+
+    /// The lock of `client_id`'s fetches, made if none is under way; refused when as many
+    /// URLs as the cache holds are being fetched.
+    fn join(&self, client_id: &str) -> Result<Arc<tokio::sync::Mutex<()>>, DocumentError> {
+        let Ok(mut flights) = self.flights.lock() else {
+            return Err(DocumentError::Busy);
+        };
+        if let Some(flight) = flights.get(client_id) {
+            return Ok(flight.clone());
+        }
+        if flights.len() >= CACHE_ENTRIES {
+            return Err(DocumentError::Busy);
+        }
+        let flight = Arc::new(tokio::sync::Mutex::new(()));
+        flights.insert(client_id.to_owned(), flight.clone());
+        Ok(flight)
+    }
+
+    /// Forgets `client_id`'s lock once no other lookup holds it (joining and leaving happen
+    /// under the table's lock, so none can join meanwhile).
+    fn leave(&self, client_id: &str, flight: &Arc<tokio::sync::Mutex<()>>) {
+        if let Ok(mut flights) = self.flights.lock()
+            && Arc::strong_count(flight) <= 2
+        {
+            flights.remove(client_id);
+        }
     }
 
     /// The URL, if it may name a document here: https, normal form, a path, no fragment or
@@ -853,6 +906,23 @@ mod tests {
             docs.read(id, b"[1, 2]", now),
             Err(DocumentError::NotJson(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_urls_fetch_lock_is_shared_while_used_then_forgotten() {
+        let docs = documents(&["app.example.com"]);
+        let id = "https://app.example.com/client.json";
+        let first = docs.join(id).unwrap();
+        let second = docs.join(id).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "one fetch per URL at a time");
+        docs.leave(id, &first);
+        drop(first);
+        assert_eq!(docs.flights.lock().unwrap().len(), 1, "still held");
+        docs.leave(id, &second);
+        assert!(
+            docs.flights.lock().unwrap().is_empty(),
+            "forgotten once unused"
+        );
     }
 
     #[tokio::test]

@@ -271,6 +271,19 @@ async fn a_client_identified_by_its_metadata_document_signs_in_with_pkce_and_con
     // Every lookup above (authorize, consent, token) was served by one fetch: max-age holds.
     assert_eq!(site.fetches("notes.json"), 1);
 
+    // Lookups at once of a document not yet fetched share one fetch.
+    let busy = format!("https://localhost:{}/busy.json", addr.port());
+    site.put("busy.json", document_for(&busy, "Busy").to_string(), None);
+    let busy_url = authorize_url(&server, &busy, &[]);
+    let pages =
+        futures_util::future::join_all((0..8).map(|_| open(&server, CAROL, &busy_url))).await;
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.as_ref().is_err_and(|(status, _)| *status == 200))
+    );
+    assert_eq!(site.fetches("busy.json"), 1, "one fetch for eight lookups");
+
     // A changed document is another version: Carol is asked again.
     site.put(
         "notes.json",
