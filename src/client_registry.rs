@@ -1,6 +1,8 @@
 //! The registry of relying parties: static clients from the configuration, the rest in the
-//! store, read through a small cache. It sits above the store, which persists the clients'
-//! records ([`Client`]) without knowing the registry.
+//! store, read through a small cache, and — when `client_metadata_hosts` is set — clients
+//! whose id is the https URL of their metadata document ([`crate::client_metadata`]), fetched
+//! rather than stored. It sits above the store, which persists the clients' records
+//! ([`Client`]) without knowing the registry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tailpass_verify::UnixTime;
 
+use crate::client_metadata::{DocumentError, Documents, is_document_url};
 use crate::clients::{Client, ClientId, ClientOrigin, ValidMetadata};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -39,6 +42,17 @@ pub enum ClientsError {
     Store(#[from] StoreError),
 }
 
+/// Why a client could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Occurs when the store fails.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Occurs when the client id is a metadata document's URL that cannot be used.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
 /// How long a stored client is served from memory before it is read again. Changes made
 /// through this process take effect at once; the delay only bounds how long another replica's
 /// change can go unseen.
@@ -51,6 +65,7 @@ pub struct Clients {
     statics: HashMap<ClientId, Arc<Client>>,
     store: Arc<dyn Store>,
     cache: RwLock<HashMap<ClientId, (Arc<Client>, Instant)>>,
+    documents: Option<Documents>,
 }
 
 impl fmt::Debug for Clients {
@@ -71,11 +86,52 @@ impl Clients {
                 .collect(),
             store,
             cache: RwLock::new(HashMap::new()),
+            documents: None,
         }
     }
 
-    /// The client with this id.
+    /// This registry, also finding clients by metadata document under `documents` (when
+    /// they are [`Documents::enabled`]).
+    pub fn with_documents(mut self, documents: Documents) -> Clients {
+        self.documents = documents.enabled().then_some(documents);
+        self
+    }
+
+    /// Whether clients may be identified by metadata documents (discovery says so).
+    pub fn documents_enabled(&self) -> bool {
+        self.documents.is_some()
+    }
+
+    /// The client with this id. A metadata document that cannot be used is logged and
+    /// answered as no client; `/authorize`, which shows the person why, uses
+    /// [`Clients::lookup`].
     pub async fn get(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+        match self.lookup(id).await {
+            Ok(found) => Ok(found),
+            Err(LookupError::Store(e)) => Err(e),
+            Err(LookupError::Document(e)) => {
+                tracing::debug!(error = %e, "client metadata document not used");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The client with this id: static, stored, or — for an https URL when documents are
+    /// on and no registered client has that id — described by its metadata document.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<Client>>, LookupError> {
+        if let Some(documents) = &self.documents
+            && is_document_url(id)
+            && !self.statics.contains_key(&ClientId(id.to_owned()))
+        {
+            return Ok(Some(documents.client(id, UnixTime::now()).await?));
+        }
+        Ok(self.registered(id).await?)
+    }
+
+    /// A static or stored client, never a metadata document's: for callers that only act on
+    /// what a registration holds (back-channel logout, which documents never carry), so
+    /// that they fetch nothing.
+    pub async fn registered(&self, id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         let key = ClientId(id.to_owned());
         if let Some(found) = self.statics.get(&key) {
             return Ok(Some(found.clone()));

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod backchannel;
 pub mod cli;
+pub mod client_metadata;
 pub mod client_registry;
 pub mod clients;
 pub mod clock;

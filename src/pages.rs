@@ -24,6 +24,9 @@ pub struct Consent<'a> {
     pub client_id: &'a str,
     /// Who registered the client, for a self-registered one.
     pub registered_by: Option<&'a str>,
+    /// The host serving the client's metadata document, for a client identified by one:
+    /// the site that is asking.
+    pub document_host: Option<&'a str>,
     /// Where the code will go.
     pub redirect_uri: &'a str,
     /// The scopes asked for.
@@ -47,6 +50,7 @@ struct ConsentPage<'a> {
     client_name: &'a str,
     client_id: &'a str,
     registered_by: Option<&'a str>,
+    document_host: Option<&'a str>,
     redirect_uri: &'a str,
     scopes: &'a [String],
     resources: &'a [String],
@@ -93,6 +97,7 @@ pub fn consent(view: &Consent<'_>) -> Result<Response, askama::Error> {
         },
         client_id: view.client_id,
         registered_by: view.registered_by,
+        document_host: view.document_host,
         redirect_uri: view.redirect_uri,
         scopes: view.scopes,
         resources: view.resources,
@@ -129,6 +134,7 @@ mod tests {
             client_name: "<script>alert(1)</script>",
             client_id: "c1",
             registered_by: Some("mallory@example.com"),
+            document_host: None,
             redirect_uri: "https://evil.example/cb?a=\"><b>",
             scopes: &["openid".into()],
             resources: &[],
@@ -147,6 +153,31 @@ mod tests {
             "escaped, not dropped: {body}"
         );
         assert!(body.contains("mallory@example.com"));
+    }
+
+    #[test]
+    fn consent_page_names_a_metadata_documents_host() {
+        let view = Consent {
+            client_name: "Example <MCP> client",
+            client_id: "https://mcp.example.com/client.json",
+            registered_by: None,
+            document_host: Some("mcp.example.com"),
+            redirect_uri: "http://127.0.0.1:3000/callback",
+            scopes: &[],
+            resources: &["https://gw.example/mcp/docs".into()],
+            login: "alice@example.com",
+            params: &[],
+            token: "t",
+            action: "/authorize/consent",
+        };
+        let body = futures_body(consent(&view).unwrap());
+        assert!(body.contains("<code>mcp.example.com</code>"), "{body}");
+        assert!(
+            body.contains("Example &#60;MCP&#62; client")
+                || body.contains("Example &lt;MCP&gt; client"),
+            "{body}"
+        );
+        assert!(!body.contains("registered dynamically"), "{body}");
     }
 
     fn futures_body(response: Response) -> String {

@@ -186,7 +186,8 @@ pub async fn end(
 /// Queues a logout token for the session's client if it registered a URI; true if queued.
 /// A client that cannot be read now is not told (its session is ended all the same).
 async fn tell(ctx: Ctx<'_>, session: &Session) -> bool {
-    let client = match ctx.clients.get(&session.client_id.0).await {
+    // Metadata-document clients have no back-channel logout: nothing to fetch for them.
+    let client = match ctx.clients.registered(&session.client_id.0).await {
         Ok(Some(client)) => client,
         Ok(None) => return false,
         Err(e) => {

@@ -129,6 +129,9 @@ pub enum OpenError {
     /// `ca_file`).
     #[error("federation: {0}")]
     Federation(#[from] crate::federation::keys::KeysError),
+    /// Occurs when the client metadata documents' settings cannot be used.
+    #[error(transparent)]
+    ClientMetadata(#[from] crate::client_metadata::DocumentError),
     /// Occurs when the back-channel logout HTTP clients cannot be built (no TLS roots).
     #[error("back-channel logout client: {0}")]
     Backchannel(#[from] reqwest::Error),
@@ -215,7 +218,12 @@ impl AppState {
             AuditLog::start(store.clone(), settings.audit_file.clone(), metrics.clone());
         let (backchannel, backchannel_task) =
             Backchannel::start(keys.clone(), issuer.url().to_owned(), clock.clone())?;
-        let clients = Clients::new(settings.static_clients.clone(), store.clone());
+        let documents = crate::client_metadata::Documents::new(
+            settings.client_metadata.clone(),
+            settings.metadata_rules(crate::clients::Registrant::SelfRegistered),
+        )?;
+        let clients =
+            Clients::new(settings.static_clients.clone(), store.clone()).with_documents(documents);
         let (consent_key, dpop_nonces) = match secrets {
             Some(shared) => (
                 shared.forms,

@@ -145,6 +145,9 @@ pub enum ClientOrigin {
     Admin,
     /// Dynamic registration (RFC 7591); shows a consent page before its first code.
     Dynamic,
+    /// A Client ID Metadata Document: the client id is the document's https URL, fetched
+    /// by `client_metadata`, never stored; shows a consent page like a dynamic client.
+    Metadata,
 }
 
 /// A registered client.
@@ -250,6 +253,23 @@ impl Client {
         self.redirect_uris
             .iter()
             .any(|registered| redirect::matches(registered, uri, self.is_public()))
+    }
+
+    /// Whether the person is asked before this client's first code: it registered itself
+    /// (dynamically, or by a metadata document), not through an administrator.
+    pub fn needs_consent(&self) -> bool {
+        matches!(self.origin, ClientOrigin::Dynamic | ClientOrigin::Metadata)
+    }
+
+    /// The host of a metadata document client's URL, which the consent page shows so the
+    /// person sees which site is asking; `None` for registered clients.
+    pub fn document_host(&self) -> Option<String> {
+        if self.origin != ClientOrigin::Metadata {
+            return None;
+        }
+        url::Url::parse(&self.client_id.0)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
     }
 
     /// Whether this is a public client (no secret, PKCE mandatory).

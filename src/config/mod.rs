@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use tailpass_verify::Alg;
 use url::Url;
 
+use crate::client_metadata::{DocumentSettings, Targets};
 use crate::clients::redirect::RedirectRules;
 use crate::clients::{Client, MetadataRules, Registrant};
 use crate::policy::file::PolicyFile;
@@ -156,6 +157,8 @@ pub struct Settings {
     pub audit_file: Option<PathBuf>,
     /// Clients from the file.
     pub static_clients: Vec<Client>,
+    /// Client ID Metadata Documents: which hosts, which roots, which addresses.
+    pub client_metadata: DocumentSettings,
 }
 
 impl Settings {
@@ -391,6 +394,17 @@ fn resolve_for(
         dpop_nonce: options.dpop_nonce,
         audit_file: options.audit_file.clone(),
         static_clients: Vec::new(),
+        client_metadata: DocumentSettings {
+            hosts: options.client_metadata_hosts.clone(),
+            ca_file: options.client_metadata_ca_file.clone(),
+            // Loopback documents only for trying tailpass on one machine: `--dev` also makes
+            // every loopback caller an administrator, so it is never a production setting.
+            targets: if dev {
+                Targets::DevLoopback
+            } else {
+                Targets::Public
+            },
+        },
     };
     settings.static_clients = static_clients(&options.client, &settings)?;
     Ok(settings)

@@ -252,6 +252,16 @@ options! {
         /// Accept http:// redirect URIs to non-loopback hosts.
         #[arg(long, env = "TAILPASS_ALLOW_HTTP_REDIRECT_URIS")]
         pub allow_http_redirect_uris: bool,
+        /// Hosts (globs, `*` any run of characters) whose https URLs clients may use as their
+        /// client_id: a Client ID Metadata Document (MCP 2025-11-25), fetched from that URL
+        /// (public addresses only; loopback too with --dev). Empty turns them off
+        /// [default: none].
+        #[arg(long, env = "TAILPASS_CLIENT_METADATA_HOSTS", value_name = "GLOB", value_delimiter = ',')]
+        pub client_metadata_hosts: Vec<String>,
+        /// PEM certificates that verify client metadata hosts' certificates, instead of the
+        /// built-in roots.
+        #[arg(long, env = "TAILPASS_CLIENT_METADATA_CA_FILE", value_name = "FILE")]
+        pub client_metadata_ca_file: Option<PathBuf>,
         /// Local policy file (TOML): groups, and agent rules.
         #[arg(long, env = "TAILPASS_POLICY", value_name = "FILE")]
         pub policy: Option<PathBuf>,

@@ -27,6 +27,9 @@ pub struct CodeRequest {
     pub redirect_uri: String,
     /// The PKCE verifier.
     pub code_verifier: Option<String>,
+    /// RFC 8707 §2.2: the resources the access token is for, each one the authorization
+    /// request named (MCP clients send it at both endpoints); empty: all of them.
+    pub resources: Vec<String>,
 }
 
 /// Redeems a code for `client`. `proof` is the request's checked DPoP proof: it binds a public
@@ -76,6 +79,20 @@ pub async fn redeem(
     if let Some(hit) = ctx.revocations.blocks_issuance(&code.identity, now) {
         return Err(refuse(RedeemError::Revoked(hit.to_string())).await);
     }
+    if let Some(other) = request
+        .resources
+        .iter()
+        .find(|r| !code.resources.contains(r))
+    {
+        return Err(refuse(RedeemError::Target(other.clone())).await);
+    }
+    // The access token is for what this request names; the refresh family keeps the whole
+    // grant, for later tokens to name another of its resources (RFC 8707 §2.2).
+    let audience = if request.resources.is_empty() {
+        &code.resources
+    } else {
+        &request.resources
+    };
     let scopes = Scopes(code.scope.clone());
     let issued = super::issue_login(
         ctx,
@@ -83,7 +100,7 @@ pub async fn redeem(
         super::LoginGrant {
             identity: &code.identity,
             scopes: &scopes,
-            resources: &code.resources,
+            resources: audience,
             auth_time: code.auth_time,
             sid: &code.sid,
             nonce: code.nonce.as_deref(),

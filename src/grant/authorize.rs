@@ -4,10 +4,12 @@
 //! checked — client, redirect URI, scopes, PKCE, who may log in and which resources — and
 //! answered with a single-use code valid for [`CODE_LIFETIME`] seconds. Until the client and
 //! redirect URI are validated, refusals are shown to the user and never redirected (RFC 6749
-//! §4.1.2.1); after, they go back to the client. A dynamically registered client first gets
-//! the person's consent, which records what was approved (scopes, resources, redirect URI,
-//! client version): a request for more, or a changed client, asks again. Until then its
-//! refusals never name the person, and its resources are checked only after consent.
+//! §4.1.2.1), a metadata document that cannot be used (`client_metadata`) among them; after,
+//! they go back to the client. A dynamically registered client, or one identified by its
+//! metadata document, first gets the person's consent, which records what was approved
+//! (scopes, resources, redirect URI, client version): a request for more, or a changed
+//! client, asks again. Until then its refusals never name the person, and its resources are
+//! checked only after consent.
 //!
 //! What is answered is an [`Outcome`]; the endpoint turns it into a redirect (with `state`
 //! and `iss`, RFC 9207), a page or an error.
@@ -22,7 +24,8 @@ use tailpass_verify::UnixTime;
 use super::error::{AuthorizeError, Fault, Shown};
 use super::{Context, Scopes};
 use crate::audit::{AuditEvent, EventKind, Outcome as AuditOutcome};
-use crate::clients::{Client, ClientOrigin, GrantType};
+use crate::client_registry::LookupError;
+use crate::clients::{Client, GrantType};
 use crate::identity::Identity;
 use crate::identity::peer::CallerError;
 use crate::pkce::{self, Challenge};
@@ -160,6 +163,8 @@ pub struct ConsentRequest {
     pub client_id: String,
     /// Who registered the client.
     pub registered_by: Option<String>,
+    /// The host serving the client's metadata document, for a client identified by one.
+    pub document_host: Option<String>,
     /// Where the code will go.
     pub redirect_uri: String,
     /// Requested scopes.
@@ -204,14 +209,19 @@ pub async fn authorize(
     let Some(client_id) = params.client_id.as_deref() else {
         return Outcome::Show(Shown::NoClientId);
     };
-    let client = match ctx.clients.get(client_id).await {
+    let client = match ctx.clients.lookup(client_id).await {
         Ok(Some(client)) => client,
         Ok(None) => {
             let shown = Shown::UnknownClient;
             audit_denial(ctx, caller.as_deref().ok(), Some(client_id), &shown).await;
             return Outcome::Show(shown);
         }
-        Err(e) => return Outcome::Show(Shown::Fault(Fault::Store(e))),
+        Err(LookupError::Document(e)) => {
+            let shown = Shown::ClientMetadata(e);
+            audit_denial(ctx, caller.as_deref().ok(), Some(client_id), &shown).await;
+            return Outcome::Show(shown);
+        }
+        Err(LookupError::Store(e)) => return Outcome::Show(Shown::Fault(Fault::Store(e))),
     };
     let Some(redirect_uri) = params.redirect_uri.as_deref() else {
         return Outcome::Show(Shown::NoRedirectUri);
@@ -267,7 +277,7 @@ impl Denied {
     /// Marks a refusal that names the person: a dynamically registered client, which has
     /// not been approved yet wherever this is used, is told `anonymous` instead.
     fn naming_the_user(mut self, client: &Client, anonymous: &'static str) -> Denied {
-        if client.origin == ClientOrigin::Dynamic {
+        if client.needs_consent() {
             self.shown = Some(anonymous);
         }
         self
@@ -398,7 +408,7 @@ async fn check_request(
 
     // A dynamic client's consent comes before the resource check, whose answer says what the
     // person is granted; what was approved covers this request or the person is asked again.
-    if client.origin == ClientOrigin::Dynamic && !approved {
+    if client.needs_consent() && !approved {
         let asked = asked_consent(client, &scopes, params);
         let consented = ctx
             .store
@@ -414,6 +424,7 @@ async fn check_request(
                 client_name: client.client_name.clone(),
                 client_id: client.client_id.0.clone(),
                 registered_by: client.created_by.clone(),
+                document_host: client.document_host(),
                 redirect_uri: params.redirect_uri.clone().unwrap_or_default(),
                 scopes: scopes.0.clone(),
                 resources: params.resource.clone(),

@@ -250,6 +250,9 @@ pub enum RedeemError {
     /// Occurs when the PKCE verifier does not match (RFC 7636 §4.6).
     #[error(transparent)]
     Pkce(#[from] crate::pkce::PkceError),
+    /// Occurs when a `resource` was not one the authorization request named (RFC 8707 §2.2).
+    #[error("resource {0:?} was not part of the authorization request")]
+    Target(String),
     /// Occurs when the person's run, node or user is revoked.
     #[error("{0}")]
     Revoked(String),
@@ -424,6 +427,7 @@ impl Refusal for RedeemError {
             RedeemError::OtherClient => "other_client",
             RedeemError::RedirectUri => "redirect_uri",
             RedeemError::Pkce(_) => "pkce",
+            RedeemError::Target(_) => "resource",
             RedeemError::Revoked(_) => "revoked",
             RedeemError::Login(refused) => refused.label(),
             RedeemError::Fault(_) => "server_error",
@@ -531,6 +535,9 @@ pub enum Shown {
     /// Occurs when a consent form is not one this process served, or has expired.
     #[error("the consent form is invalid or has expired; start the login again")]
     BadConsent,
+    /// Occurs when the client id is a metadata document's URL that could not be used.
+    #[error(transparent)]
+    ClientMetadata(crate::client_metadata::DocumentError),
     /// Occurs when the server's own parts fail (the cause is logged, never shown).
     #[error(transparent)]
     Fault(#[from] Fault),
@@ -574,6 +581,7 @@ impl Refusal for Shown {
             Shown::NoRedirectUri => "no_redirect_uri",
             Shown::UnregisteredRedirectUri => "redirect_uri",
             Shown::BadConsent => "bad_consent",
+            Shown::ClientMetadata(_) => "client_metadata",
             Shown::Fault(_) => "server_error",
         }
     }

@@ -220,6 +220,7 @@ impl Fixture {
             code: code.into(),
             redirect_uri: REDIRECT.into(),
             code_verifier: Some(VERIFIER.into()),
+            resources: Vec::new(),
         };
         authorization_code::redeem(&self.ctx(), &self.client, &request, None).await
     }

@@ -72,6 +72,10 @@ pub struct Metadata {
     pub request_uri_parameter_supported: bool,
     /// The `claims` parameter is not supported.
     pub claims_parameter_supported: bool,
+    /// Clients may use the https URL of their metadata document as `client_id`
+    /// (draft-ietf-oauth-client-id-metadata-document, MCP 2025-11-25): true when
+    /// `client_metadata_hosts` is set.
+    pub client_id_metadata_document_supported: bool,
 }
 
 /// Builds the document for this server.
@@ -145,6 +149,7 @@ pub fn document(state: &AppState) -> Metadata {
         request_parameter_supported: false,
         request_uri_parameter_supported: false,
         claims_parameter_supported: false,
+        client_id_metadata_document_supported: state.clients.documents_enabled(),
     }
 }
 

@@ -537,6 +537,7 @@ impl From<RedeemError> for Error {
             RedeemError::Fault(fault) => return fault.into(),
             RedeemError::RateLimited(retry_after) => return Error::rate_limited(retry_after),
             RedeemError::GrantNotAllowed => Code::UnauthorizedClient,
+            RedeemError::Target(_) => Code::InvalidTarget,
             RedeemError::Invalid
             | RedeemError::Replayed
             | RedeemError::OtherClient
@@ -612,7 +613,8 @@ impl From<Shown> for Error {
             Shown::NoClientId
             | Shown::UnknownClient
             | Shown::NoRedirectUri
-            | Shown::UnregisteredRedirectUri => Error::invalid_request(e.to_string()),
+            | Shown::UnregisteredRedirectUri
+            | Shown::ClientMetadata(_) => Error::invalid_request(e.to_string()),
         }
     }
 }

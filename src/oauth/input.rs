@@ -425,6 +425,7 @@ impl TokenRequest {
                     code: required(form.code.take(), "code")?,
                     redirect_uri: required(form.redirect_uri.take(), "redirect_uri")?,
                     code_verifier: form.code_verifier.take(),
+                    resources: std::mem::take(&mut form.resource),
                 }))
             })(),
             GrantType::RefreshToken => {
@@ -485,6 +486,7 @@ mod token_request_tests {
                 code: "c".into(),
                 redirect_uri: "https://a/cb".into(),
                 code_verifier: Some("v".into()),
+                resources: Vec::new(),
             })
         );
         let agent = parse(

@@ -20,6 +20,7 @@ pub fn consent(request: &ConsentRequest, action: &str) -> Response {
         client_name: &request.client_name,
         client_id: &request.client_id,
         registered_by: request.registered_by.as_deref(),
+        document_host: request.document_host.as_deref(),
         redirect_uri: &request.redirect_uri,
         scopes: &request.scopes,
         resources: &request.resources,

@@ -20,17 +20,17 @@ use crate::authorize::claims;
 use crate::support::{CI, CI2, GATEWAY_NODE, TestServer, ip, run_sdk_script, sdk_python};
 
 /// The loopback address the gateway listens on in these tests (no peer uses it).
-const GATEWAY_IP: [u8; 4] = [127, 0, 0, 60];
+pub const GATEWAY_IP: [u8; 4] = [127, 0, 0, 60];
 
 /// The SDK's MCP server, running as a child process (killed when dropped).
-struct McpServer {
+pub struct McpServer {
     _child: tokio::process::Child,
-    port: u16,
+    pub port: u16,
     record: PathBuf,
 }
 
 impl McpServer {
-    async fn start(python: &std::path::Path, dir: &std::path::Path) -> McpServer {
+    pub async fn start(python: &std::path::Path, dir: &std::path::Path) -> McpServer {
         let record = dir.join("mcp-server.jsonl");
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_server.py");
@@ -69,7 +69,7 @@ impl McpServer {
     }
 
     /// The tools it ran, in order.
-    fn tools_run(&self) -> Vec<String> {
+    pub fn tools_run(&self) -> Vec<String> {
         self.records()
             .iter()
             .filter_map(|r| r["tool"].as_str().map(str::to_owned))

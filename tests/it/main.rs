@@ -15,6 +15,7 @@ mod agents;
 mod ambient;
 mod authorize;
 mod binary;
+mod client_metadata;
 mod deploy;
 mod discovery;
 mod dpop;
