@@ -664,3 +664,85 @@ async fn a_single_use_token_traded_many_times_at_once_is_traded_once() {
         "{answers:?}"
     );
 }
+
+/// `tailpass token --subject-token`, the real binary, as a CI job off the tailnet would run it
+/// (it connects from 127.0.0.1, which is no tailnet peer here): the external token from a file
+/// or standard input, a DPoP key of its own, a key-bound run token for the federated subject.
+#[tokio::test]
+async fn the_cli_trades_a_ci_token_for_a_key_bound_run_token_off_the_tailnet() {
+    let setup = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let external = dir.path().join("github.jwt");
+    std::fs::write(&external, format!("{}\n", setup.github_token(|_| {}))).unwrap();
+    let key = dir.path().join("dpop.pem");
+    let run = |subject: &str, with_key: bool, stdin: Option<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tailpass"));
+        command.args([
+            "token",
+            "--issuer",
+            &setup.server.url(""),
+            "--audience",
+            GATEWAY,
+            "--subject-token",
+            subject,
+            "--json",
+        ]);
+        if with_key {
+            command.arg("--dpop-key").arg(&key);
+        }
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        async move {
+            let mut child = command.spawn().unwrap();
+            if let Some(text) = stdin {
+                use tokio::io::AsyncWriteExt as _;
+                let mut pipe = child.stdin.take().unwrap();
+                pipe.write_all(text.as_bytes()).await.unwrap();
+            }
+            drop(child.stdin.take());
+            let output =
+                tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        }
+    };
+
+    let (ok, stdout, stderr) = run(external.to_str().unwrap(), true, None).await;
+    assert!(ok, "{stderr}");
+    let answer: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["token_type"], "DPoP");
+    let token = claims(answer["access_token"].as_str().unwrap());
+    assert_eq!(
+        token["sub"],
+        "fed:github:repo:octo-org/octo-repo:ref:refs/heads/main"
+    );
+    assert_eq!(token["fed"]["run_id"], "123");
+    assert_eq!(token["run_label"], "123/1");
+    assert!(token["cnf"]["jkt"].is_string() && token["cnf"].get("tailnet_node").is_none());
+
+    // The same from standard input; the first token was single use, so this is a new one.
+    let fresh = setup.github_token(|_| {});
+    let (ok, stdout, stderr) = run("-", true, Some(fresh)).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("access_token"));
+
+    // Off the tailnet, without a key, the issuer refuses and the CLI says why.
+    std::fs::write(&external, setup.github_token(|_| {})).unwrap();
+    let (ok, stdout, stderr) = run(external.to_str().unwrap(), false, None).await;
+    assert!(!ok && stdout.is_empty());
+    assert!(stderr.contains("invalid_dpop_proof"), "{stderr}");
+    // A replayed token is refused with its reason.
+    let (ok, _, stderr) = run("-", true, Some(std::fs::read_to_string(&external).unwrap())).await;
+    assert!(ok, "the keyless attempt consumed nothing: {stderr}");
+    let (ok, _, stderr) = run(external.to_str().unwrap(), true, None).await;
+    assert!(!ok && stderr.contains("invalid_grant"), "{stderr}");
+}
