@@ -746,3 +746,78 @@ async fn the_cli_trades_a_ci_token_for_a_key_bound_run_token_off_the_tailnet() {
     let (ok, _, stderr) = run(external.to_str().unwrap(), true, None).await;
     assert!(!ok && stderr.contains("invalid_grant"), "{stderr}");
 }
+
+/// A federated token minted off the tailnet is accepted by a gateway (`tailpass-verify`) from a
+/// presenter with no tailnet identity only with a DPoP proof by its key: without a proof, or
+/// with another key's, it is refused and reaches no upstream.
+#[tokio::test]
+async fn a_gateway_accepts_an_off_tailnet_federated_token_only_with_its_key() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let setup = setup().await;
+    let key = ProofKey::generate().unwrap();
+    let (status, body) = setup
+        .exchange(STRANGER, &setup.github_token(|_| {}), Some(&key))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    // A test double of the paid API behind the gateway, counting what reaches it.
+    let reached = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            axum::Json(
+                json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(&key_file, "sk-test").unwrap();
+    let table = dir.path().join("peers.json");
+    std::fs::write(&table, crate::support::peers_table().to_string()).unwrap();
+    let identity =
+        std::sync::Arc::new(tailpass::identity::local::LocalTable::from_file(&table).unwrap());
+    let gateway = tailpass::gateway::start(
+        tailpass::gateway::GatewaySettings {
+            public_url: "http://gateway.invalid".into(),
+            source_address: Some(crate::support::ip(GATEWAY_NODE)),
+            ..tailpass::gateway::GatewaySettings::new(
+                "127.0.0.1:0".parse().unwrap(),
+                setup.server.url(""),
+                GATEWAY,
+                tailpass::gateway::UpstreamSettings::new(format!("http://{upstream}"), key_file),
+            )
+        },
+        identity,
+        setup.server.clock.clone() as std::sync::Arc<dyn tailpass::clock::Clock>,
+    )
+    .await
+    .unwrap();
+    let call = |proof: Option<String>| {
+        let mut request = setup
+            .server
+            .peer(STRANGER)
+            .post(format!("http://{}/v1/chat/completions", gateway.addr()))
+            .header("authorization", format!("DPoP {token}"))
+            .json(&json!({"model": "gpt-small", "messages": []}));
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let htu = "http://gateway.invalid/v1/chat/completions";
+    assert_eq!(call(None).await, 401, "no proof");
+    let other = ProofKey::generate().unwrap();
+    let wrong = other.proof("POST", htu, Some(&token), None).unwrap();
+    assert_eq!(call(Some(wrong)).await, 401, "another key's proof");
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+    let right = key.proof("POST", htu, Some(&token), None).unwrap();
+    assert_eq!(call(Some(right)).await, 200, "its own key");
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+    gateway.shutdown().await;
+}
