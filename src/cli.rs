@@ -190,7 +190,7 @@ pub struct TokenArgs {
 
 /// `tailpass revoke`.
 #[derive(Debug, Clone, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["run", "node", "user", "jti"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["run", "node", "user", "jti", "fed"])))]
 pub struct RevokeArgs {
     /// A run id: the run and every run exchanged from it.
     #[arg(long)]
@@ -204,7 +204,16 @@ pub struct RevokeArgs {
     /// One token's id.
     #[arg(long)]
     pub jti: Option<String>,
-    /// For --node and --user: refuse new tokens until then (a duration like 2h, or a time).
+    /// A `[[federation]]` table: every unexpired run minted from its external tokens whose
+    /// claims match every --claim, and new trades of such tokens until --until (by default
+    /// for the server's max_token_lifetime).
+    #[arg(long, value_name = "NAME", requires = "claim", conflicts_with = "lift")]
+    pub fed: Option<String>,
+    /// With --fed: a claim the external token had, compared as text (repeat for several).
+    #[arg(long, value_name = "K=V", requires = "fed")]
+    pub claim: Vec<String>,
+    /// For --node, --user and --fed: refuse new tokens until then (a duration like 2h, or a
+    /// time).
     #[arg(long, value_name = "T", value_parser = parse_until)]
     pub until: Option<u64>,
     /// Allow new tokens for the node or user again (revoked tokens stay revoked).
@@ -224,6 +233,13 @@ pub struct AuditArgs {
     /// Events of this user (login).
     #[arg(long)]
     pub user: Option<String>,
+    /// The runs minted from external tokens of this `[[federation]]` table whose claims
+    /// match every --claim, each with its events.
+    #[arg(long, value_name = "NAME", requires = "claim", conflicts_with_all = ["run", "node", "user", "gateway_logs"])]
+    pub fed: Option<String>,
+    /// With --fed: a claim the external token had, compared as text (repeat for several).
+    #[arg(long, value_name = "K=V", requires = "fed")]
+    pub claim: Vec<String>,
     /// Events since then (a duration like 1h meaning "the last hour", or a time).
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<u64>,
