@@ -82,8 +82,8 @@ pub enum StoreAction {
         /// Where the copy goes.
         file: PathBuf,
     },
-    /// Copy every client, consent, code, refresh family, revocation and audit event, and the
-    /// shared keys, from one store into another, empty one (numbers kept), then verify the
+    /// Copy every client, consent, code, refresh family, revocation and audit event, federated
+    /// run and federation block, and the shared keys, from one store into another, empty one (numbers kept), then verify the
     /// copy by re-reading it. Keys kept in files (a keys directory) stay files.
     Migrate {
         /// The store to copy: `sqlite:PATH` or `postgres://…`.

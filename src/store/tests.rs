@@ -135,6 +135,16 @@ pub(crate) fn full_event(time: u64, run: &str) -> AuditEvent {
 /// redeemed and one replayed, two families (one rotated twice, one revoked by the replay),
 /// three revocations of which one lifted, audit events (a first one purged), and shared keys.
 pub(crate) async fn populate(store: &dyn Store) {
+    store
+        .insert_federated_run(&fed_run("fr1", "123", 1, 4_000_000_000))
+        .await
+        .unwrap();
+    let block = FederationBlock {
+        selection: fed_match("github", &["run_id=123"]),
+        since: UnixTime(50),
+        until: UnixTime(4_000_000_000),
+    };
+    store.insert_federation_block(&block).await.unwrap();
     store.insert_client(&client("c1")).await.unwrap();
     let mut c2 = client("c2");
     c2.created_at = UnixTime(5);
@@ -1136,6 +1146,18 @@ mod snapshots {
     /// What a copy must keep beyond equal snapshots: the store answers as the source did, and
     /// its sequences go on after the imported numbers.
     async fn answers_like(copy: &dyn Store, source: &Snapshot) {
+        let runs = copy
+            .federated_runs(&fed_match("github", &["run_id=123"]))
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            copy.federation_blocks("github", UnixTime(100))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let revocations = copy.revocations_since(0).await.unwrap();
         assert_eq!(revocations.len(), 3);
         assert!(revocations.iter().any(|r| r.lift_seq.is_some()));
@@ -1183,6 +1205,8 @@ mod snapshots {
         assert_eq!(exported.audit.len(), 5);
         assert_eq!(exported.audit_horizon, 20_000_000);
         assert!(exported.key_manifest.is_some());
+        assert_eq!(exported.federated_runs.len(), 1);
+        assert_eq!(exported.federation_blocks.len(), 1);
 
         db.store.import(&exported).await.unwrap();
         let on_postgres = db.store.export().await.unwrap();
