@@ -492,6 +492,28 @@ mod tests {
         assert!(Cli::try_parse_from(["tailpass", "revoke"]).is_err());
         assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "a", "--node", "b"]).is_err());
         assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "r1"]).is_ok());
+        // --fed needs a claim, a claim needs --fed, and --fed is not lifted.
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--fed", "github"]).is_err());
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--claim", "run_id=1"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--claim", "a=b", "--lift"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--run", "r1", "--claim", "a=b"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--claim", "a=b", "--claim", "c=d", "--until",
+                "2h"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -818,3 +818,105 @@ async fn revoking_by_external_claims_ends_the_matching_runs_at_the_gateway_and_b
     let (status, body) = trade_from_ci(server, &external("123", "4")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The same kill switch through the binary: `tailpass serve --dev` with the policy, the dev
+/// caller (a tailnet node) trading GitHub tokens of runs 123 (two attempts) and 456, then
+/// `tailpass revoke --fed github --claim run_id=123` over the admin socket and `tailpass
+/// audit --fed github --claim run_id=123 --json`, which lists exactly the two runs.
+#[tokio::test]
+async fn the_cli_revokes_and_audits_by_external_claims() {
+    let (github, k8s) = (issuer().await, issuer().await);
+    let cwd = tempfile::tempdir().unwrap();
+    let path = cwd.path().join("policy.toml");
+    std::fs::write(&path, policy(&github.url, &k8s.url)).unwrap();
+    let served = crate::binary::serve_dev_with(
+        cwd.path(),
+        "server.log",
+        &["--policy", path.to_str().unwrap()],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let trade = |run_id: &str, attempt: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut claims = github_claims(&github.url, now);
+        claims["run_id"] = json!(run_id);
+        claims["run_attempt"] = json!(attempt);
+        let external = github.key.sign_jwt("JWT", &claims).unwrap();
+        let request = http.post(format!("{}/token", served.issuer)).form(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", external.as_str()),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", GATEWAY),
+        ]);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let mut runs = Vec::new();
+    for (run_id, attempt) in [("123", "1"), ("123", "2"), ("456", "1")] {
+        let (status, body) = trade(run_id, attempt).await;
+        assert_eq!(status, 200, "{body}");
+        let token = claims(body["access_token"].as_str().unwrap());
+        runs.push(token["run_id"].as_str().unwrap().to_owned());
+    }
+    let run_123: Vec<&str> = runs.iter().take(2).map(String::as_str).collect();
+
+    let args = [
+        "revoke",
+        "--fed",
+        "github",
+        "--claim",
+        "run_id=123",
+        "--until",
+        "1h",
+    ];
+    let (ok, stdout, stderr) = crate::binary::cli(cwd.path(), &args).await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let revoked: Vec<&str> = report["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(revoked, run_123);
+
+    let (status, body) = trade("123", "3").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("access_denied")),
+        "{body}"
+    );
+    assert_eq!(trade("456", "2").await.0, 200);
+
+    let args = [
+        "audit",
+        "--fed",
+        "github",
+        "--claim",
+        "run_id=123",
+        "--json",
+    ];
+    let (ok, stdout, stderr) = crate::binary::cli(cwd.path(), &args).await;
+    assert!(ok, "{stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let issued: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "federated_token" && e["outcome"] == "success")
+        .map(|e| e["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(issued, run_123);
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "revocation").count(),
+        2,
+        "each run's revocation: {stdout}"
+    );
+    // The whole table is never taken for a selection without claims.
+    let (ok, _, _) = crate::binary::cli(cwd.path(), &["revoke", "--fed", "github"]).await;
+    assert!(!ok);
+    served.terminate().await;
+}
