@@ -149,6 +149,28 @@ fn describe(fed: &Federated) -> String {
     format!("fed:{} iss {}", fed.table, fed.iss)
 }
 
+/// The refusal of a trade a stored block covers (read from the store at each trade, so every
+/// replica refuses from the block's commit on), if one does.
+async fn blocked(
+    ctx: &Context<'_>,
+    fed: &Federated,
+    now: tailpass_verify::UnixTime,
+) -> Result<Option<FederationError>, FederationError> {
+    let claims = fed.claim_map();
+    let blocks = ctx.store.federation_blocks(&fed.table, now).await?;
+    Ok(blocks
+        .into_iter()
+        .find(|b| b.blocks(&fed.table, &claims, now))
+        .map(|block| {
+            FederationError::Revoked(format!(
+                "runs of fed:{} with {} are revoked; new trades are refused until {}",
+                fed.table,
+                describe_selection(&block.selection),
+                block.until.0
+            ))
+        }))
+}
+
 /// A selection as the refusal names it: `K=V` pairs.
 fn describe_selection(selection: &RunMatch) -> String {
     let pairs: Vec<String> = selection
@@ -240,21 +262,8 @@ pub async fn grant(
         let refusal = FederationError::Revoked(hit.to_string());
         return Err(refuse(ctx, identity, Some(&fed), refusal).await);
     }
-    // A kill switch on matching external tokens (`tailpass revoke --fed`), read from the
-    // store at each trade so that every replica refuses from the commit on.
-    if let Some(block) = ctx
-        .store
-        .federation_blocks(&fed.table, now)
-        .await?
-        .into_iter()
-        .find(|b| b.blocks(&fed.table, &fed.claim_map(), now))
-    {
-        let refusal = FederationError::Revoked(format!(
-            "runs of fed:{} with {} are revoked; new trades are refused until {}",
-            fed.table,
-            describe_selection(&block.selection),
-            block.until.0
-        ));
+    // A kill switch on matching external tokens (`tailpass revoke --fed`).
+    if let Some(refusal) = blocked(ctx, &fed, now).await? {
         return Err(refuse(ctx, identity, Some(&fed), refusal).await);
     }
     // Used up only once everything else said yes, and before anything is signed.
@@ -290,6 +299,11 @@ pub async fn grant(
             exp: claims.exp,
         };
         ctx.store.insert_federated_run(&record).await?;
+        // Checked again once the run is recorded: the kill switch stores its block before it
+        // reads the runs, so a trade racing it either sees the block here or is found there.
+        if let Some(refusal) = blocked(ctx, &fed, now).await? {
+            return Err(refuse(ctx, identity, Some(&fed), refusal).await);
+        }
     }
     let mut event = AuditEvent::new(now, EventKind::FederatedToken, Outcome::Success)
         .client(subject)
