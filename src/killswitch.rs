@@ -19,9 +19,9 @@ use tailpass_verify::feed::RevocationKind;
 
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::audit_log::AuditError;
-use crate::federation::runs::{FederationBlock, MatchError, RunMatch};
+use crate::federation::runs::{FederatedRun, FederationBlock, MatchError, RunMatch};
 use crate::session::{self, EndError, Reason, Selection};
-use crate::store::{Revocation, StoreError};
+use crate::store::{Revocation, Store, StoreError};
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +233,16 @@ pub async fn revoke_federated(
     ));
     ctx.audit.record(event).await?;
     Ok(FedReport { revocations, until })
+}
+
+/// The recorded runs minted from external tokens `selection` matches, oldest first
+/// (`tailpass audit --fed`).
+pub async fn federated_runs(
+    store: &dyn Store,
+    selection: &RunMatch,
+) -> Result<Vec<FederatedRun>, KillError> {
+    selection.check()?;
+    Ok(store.federated_runs(selection).await?)
 }
 
 /// A selection as the audit names it: `fed:NAME K=V …`.

@@ -69,8 +69,7 @@ pub(super) async fn federated_runs(
     _: Admin,
     Json(selection): Json<RunMatch>,
 ) -> Result<axum::Json<Vec<FederatedRun>>, Error> {
-    selection
-        .check()
-        .map_err(|e| Error::invalid_request(e.to_string()))?;
-    Ok(axum::Json(state.store.federated_runs(&selection).await?))
+    Ok(axum::Json(
+        killswitch::federated_runs(state.store.as_ref(), &selection).await?,
+    ))
 }
