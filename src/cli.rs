@@ -82,8 +82,8 @@ pub enum StoreAction {
         /// Where the copy goes.
         file: PathBuf,
     },
-    /// Copy every client, consent, code, refresh family, revocation and audit event, and the
-    /// shared keys, from one store into another, empty one (numbers kept), then verify the
+    /// Copy every client, consent, code, refresh family, revocation and audit event, federated
+    /// run and federation block, and the shared keys, from one store into another, empty one (numbers kept), then verify the
     /// copy by re-reading it. Keys kept in files (a keys directory) stay files.
     Migrate {
         /// The store to copy: `sqlite:PATH` or `postgres://…`.
@@ -196,7 +196,7 @@ pub struct TokenArgs {
 
 /// `tailpass revoke`.
 #[derive(Debug, Clone, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["run", "node", "user", "jti"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["run", "node", "user", "jti", "fed"])))]
 pub struct RevokeArgs {
     /// A run id: the run and every run exchanged from it.
     #[arg(long)]
@@ -210,7 +210,16 @@ pub struct RevokeArgs {
     /// One token's id.
     #[arg(long)]
     pub jti: Option<String>,
-    /// For --node and --user: refuse new tokens until then (a duration like 2h, or a time).
+    /// A `[[federation]]` table: every unexpired run minted from its external tokens whose
+    /// claims match every --claim, and new trades of such tokens until --until (by default
+    /// for the server's max_token_lifetime).
+    #[arg(long, value_name = "NAME", requires = "claim", conflicts_with = "lift")]
+    pub fed: Option<String>,
+    /// With --fed: a claim the external token had, compared as text (repeat for several).
+    #[arg(long, value_name = "K=V", requires = "fed")]
+    pub claim: Vec<String>,
+    /// For --node, --user and --fed: refuse new tokens until then (a duration like 2h, or a
+    /// time).
     #[arg(long, value_name = "T", value_parser = parse_until)]
     pub until: Option<u64>,
     /// Allow new tokens for the node or user again (revoked tokens stay revoked).
@@ -230,6 +239,13 @@ pub struct AuditArgs {
     /// Events of this user (login).
     #[arg(long)]
     pub user: Option<String>,
+    /// The runs minted from external tokens of this `[[federation]]` table whose claims
+    /// match every --claim, each with its events.
+    #[arg(long, value_name = "NAME", requires = "claim", conflicts_with_all = ["run", "node", "user", "gateway_logs"])]
+    pub fed: Option<String>,
+    /// With --fed: a claim the external token had, compared as text (repeat for several).
+    #[arg(long, value_name = "K=V", requires = "fed")]
+    pub claim: Vec<String>,
     /// Events since then (a duration like 1h meaning "the last hour", or a time).
     #[arg(long, value_name = "T", value_parser = parse_since)]
     pub since: Option<u64>,
@@ -482,6 +498,28 @@ mod tests {
         assert!(Cli::try_parse_from(["tailpass", "revoke"]).is_err());
         assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "a", "--node", "b"]).is_err());
         assert!(Cli::try_parse_from(["tailpass", "revoke", "--run", "r1"]).is_ok());
+        // --fed needs a claim, a claim needs --fed, and --fed is not lifted.
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--fed", "github"]).is_err());
+        assert!(Cli::try_parse_from(["tailpass", "revoke", "--claim", "run_id=1"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--claim", "a=b", "--lift"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--run", "r1", "--claim", "a=b"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "tailpass", "revoke", "--fed", "gh", "--claim", "a=b", "--claim", "c=d", "--until",
+                "2h"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

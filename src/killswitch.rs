@@ -7,6 +7,11 @@
 //! name it as parent, root or actor). Revoking a node or a user also refuses new tokens for it
 //! until lifted or until `until`, and ends its sessions through `session::end`: refresh
 //! families revoked, relying parties told by back-channel logout.
+//!
+//! Runs minted from external tokens are revoked by what those tokens said
+//! ([`revoke_federated`], `tailpass revoke --fed NAME --claim K=V`): every unexpired run
+//! recorded for a matching token is revoked as a `run` entry — the kind every gateway already
+//! follows —, and a block refuses new trades of matching tokens until `until`.
 
 use serde::{Deserialize, Serialize};
 use tailpass_verify::UnixTime;
@@ -14,8 +19,9 @@ use tailpass_verify::feed::RevocationKind;
 
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::audit_log::AuditError;
+use crate::federation::runs::{FederatedRun, FederationBlock, MatchError, RunMatch};
 use crate::session::{self, EndError, Reason, Selection};
-use crate::store::{Revocation, StoreError};
+use crate::store::{Revocation, Store, StoreError};
 
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +60,9 @@ pub enum KillError {
     /// Occurs when `until` is given for a kind other than node or user.
     #[error("until applies to node and user revocations")]
     Until,
+    /// Occurs when a `--fed` selection is empty or out of bounds.
+    #[error(transparent)]
+    Selection(#[from] MatchError),
     /// Occurs when the store or the revocation index cannot be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -156,6 +165,93 @@ async fn record(
         revocation,
         sessions_ended,
     })
+}
+
+/// What to revoke by external token: the runs minted from tokens `selection` matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FedTarget {
+    /// The table and the claims (as text) a token must have had.
+    #[serde(flatten)]
+    pub selection: RunMatch,
+    /// Refuse new trades of matching tokens until then (`None`: for the longest lifetime a
+    /// run token can have, after which every run minted before the revocation has expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixTime>,
+}
+
+/// What a revocation by external token did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FedReport {
+    /// One `run` revocation per unexpired run minted from a matching token, as the feed
+    /// carries them.
+    pub revocations: Vec<Revocation>,
+    /// New trades of matching tokens are refused until then.
+    pub until: UnixTime,
+}
+
+/// Revokes at `now`, on behalf of `actor`, every unexpired run minted from an external token
+/// `target` matches (each a `run` revocation: stored, in the index, on the feed, audited with
+/// its run id), and stores a block refusing new trades of matching tokens until
+/// `target.until`, or `default_until` when it names none. The block is stored first, so that
+/// a trade racing the revocation is either refused or recorded before the runs are read.
+pub async fn revoke_federated(
+    ctx: session::Ctx<'_>,
+    target: &FedTarget,
+    default_until: UnixTime,
+    actor: &str,
+    now: UnixTime,
+) -> Result<FedReport, KillError> {
+    target.selection.check()?;
+    let until = target.until.unwrap_or(default_until);
+    let block = FederationBlock {
+        selection: target.selection.clone(),
+        since: now,
+        until,
+    };
+    ctx.store.insert_federation_block(&block).await?;
+    let described = describe(&target.selection);
+    let mut revocations = Vec::new();
+    for run in ctx.store.federated_runs(&target.selection).await? {
+        if run.exp <= now {
+            continue;
+        }
+        let revocation = ctx
+            .revocations
+            .revoke(ctx.store, RevocationKind::Run, &run.run_id, now, None)
+            .await?;
+        let mut event = AuditEvent::new(now, EventKind::Revocation, Outcome::Success).detail(
+            format!("run {} revoked by {actor}: {described}", run.run_id),
+        );
+        event.run_id = Some(run.run_id);
+        ctx.audit.record(event).await?;
+        revocations.push(revocation);
+    }
+    let event = AuditEvent::new(now, EventKind::Revocation, Outcome::Success).detail(format!(
+        "{described} revoked by {actor}: {} runs, new trades refused until {}",
+        revocations.len(),
+        until.0
+    ));
+    ctx.audit.record(event).await?;
+    Ok(FedReport { revocations, until })
+}
+
+/// The recorded runs minted from external tokens `selection` matches, oldest first
+/// (`tailpass audit --fed`).
+pub async fn federated_runs(
+    store: &dyn Store,
+    selection: &RunMatch,
+) -> Result<Vec<FederatedRun>, KillError> {
+    selection.check()?;
+    Ok(store.federated_runs(selection).await?)
+}
+
+/// A selection as the audit names it: `fed:NAME K=V …`.
+fn describe(selection: &RunMatch) -> String {
+    let mut text = format!("fed:{}", selection.table);
+    for (k, v) in &selection.claims {
+        text.push_str(&format!(" {k}={v}"));
+    }
+    text
 }
 
 /// Allows new tokens for a node or user again at `now`. Tokens revoked stay revoked.

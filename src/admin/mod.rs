@@ -126,6 +126,11 @@ pub fn routes() -> Router<AppState> {
                 get(revocations::list).post(revocations::revoke),
             )
             .route("/revocations/lift", post(revocations::lift))
+            .route(
+                "/revocations/federated",
+                post(revocations::revoke_federated),
+            )
+            .route("/federated-runs", post(revocations::federated_runs))
             .route("/audit", get(audit::query))
             .route("/policy/explain", post(policy::explain_policy)),
     )

@@ -1,16 +1,19 @@
-//! The kill switch through the admin API: revoke a run, node, user or token; lift a node or
-//! user; list what is revoked.
+//! The kill switch through the admin API: revoke a run, node, user or token, or the runs
+//! minted from matching external tokens; lift a node or user; list what is revoked and the
+//! runs an external-token selection matches.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::Admin;
-use crate::killswitch::{self, Target};
+use crate::federation::runs::{FederatedRun, RunMatch};
+use crate::killswitch::{self, FedReport, FedTarget, Target};
 use crate::oauth::error::Error;
 use crate::oauth::input::Json;
 use crate::state::AppState;
 use crate::store::Revocation;
+use tailpass_verify::UnixTime;
 
 /// `POST /admin/api/revocations`.
 pub(super) async fn revoke(
@@ -41,4 +44,32 @@ pub(super) async fn list(
     let mut all = state.store.revocations_since(0).await?;
     all.sort_by_key(|r| r.seq);
     Ok(axum::Json(all))
+}
+
+/// `POST /admin/api/revocations/federated`: the runs minted from matching external tokens
+/// revoked, and new trades of such tokens refused until `until` (by default for the server's
+/// `max_token_lifetime`).
+pub(super) async fn revoke_federated(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(target): Json<FedTarget>,
+) -> Result<Response, Error> {
+    let now = state.now();
+    let default_until = UnixTime(now.0.saturating_add(state.settings.max_token_lifetime));
+    let report: FedReport =
+        killswitch::revoke_federated(state.sessions(), &target, default_until, &admin.actor, now)
+            .await?;
+    Ok((StatusCode::CREATED, axum::Json(report)).into_response())
+}
+
+/// `POST /admin/api/federated-runs`: the recorded runs a selection (table and claims, in
+/// the body) matches, oldest first.
+pub(super) async fn federated_runs(
+    State(state): State<AppState>,
+    _: Admin,
+    Json(selection): Json<RunMatch>,
+) -> Result<axum::Json<Vec<FederatedRun>>, Error> {
+    Ok(axum::Json(
+        killswitch::federated_runs(state.store.as_ref(), &selection).await?,
+    ))
 }

@@ -14,8 +14,9 @@ use crate::admin::{
 use crate::cli::{ClientAddArgs, ClientsAction, KeysAction, RevokeArgs};
 use crate::commands::admin_client::{AdminClient, Answer};
 use crate::config::GlobalOptions;
+use crate::federation::runs::RunMatch;
 use crate::keys::{Kek, KeyInfo};
-use crate::killswitch::{Report, Target};
+use crate::killswitch::{FedReport, FedTarget, Report, Target};
 use crate::store::Revocation;
 
 /// The answer's JSON, or the admin API's refusal as the error to print.
@@ -205,6 +206,9 @@ async fn add_client(admin: &AdminClient, args: ClientAddArgs) -> Result<(), Comm
 
 /// `tailpass revoke`.
 pub async fn revoke(global: &GlobalOptions, args: RevokeArgs) -> Result<(), CommandError> {
+    if let Some(table) = &args.fed {
+        return revoke_federated(global, table, &args).await;
+    }
     let (kind, value) = match (&args.run, &args.node, &args.user, &args.jti) {
         (Some(v), _, _, _) => (RevocationKind::Run, v.clone()),
         (_, Some(v), _, _) => (RevocationKind::Node, v.clone()),
@@ -242,6 +246,41 @@ pub async fn revoke(global: &GlobalOptions, args: RevokeArgs) -> Result<(), Comm
         .await
         .map_err(fail)?;
     let report: Report = decode(&answer)?;
+    print_json(&report)?;
+    if !answer.via_server {
+        eprintln!(
+            "No server was running: the revocation is stored and takes effect when it starts."
+        );
+    }
+    Ok(())
+}
+
+/// `tailpass revoke --fed NAME --claim K=V …`: prints the report, one `run` revocation per
+/// run ended and the time until which new trades are refused.
+async fn revoke_federated(
+    global: &GlobalOptions,
+    table: &str,
+    args: &RevokeArgs,
+) -> Result<(), CommandError> {
+    let target = FedTarget {
+        selection: RunMatch {
+            table: table.to_owned(),
+            claims: RunMatch::parse_claims(args.claim.iter().map(String::as_str))
+                .map_err(CommandError)?,
+        },
+        until: args.until.map(UnixTime),
+    };
+    let admin = AdminClient::new(global).map_err(fail)?;
+    let body = serde_json::to_value(&target).map_err(fail)?;
+    let answer = admin
+        .call(
+            Method::POST,
+            &format!("{PREFIX}/revocations/federated"),
+            Some(body),
+        )
+        .await
+        .map_err(fail)?;
+    let report: FedReport = decode(&answer)?;
     print_json(&report)?;
     if !answer.via_server {
         eprintln!(

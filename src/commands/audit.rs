@@ -13,6 +13,7 @@ use crate::admin::{AuditQuery, PREFIX};
 use crate::cli::AuditArgs;
 use crate::commands::admin_client::AdminClient;
 use crate::config::GlobalOptions;
+use crate::federation::runs::{FederatedRun, RunMatch};
 use crate::store::AuditRecord;
 
 /// The most events the admin API answers at once.
@@ -21,6 +22,9 @@ const MAX_PAGE: u32 = 10_000;
 /// `tailpass audit`.
 pub async fn audit(global: &GlobalOptions, args: AuditArgs) -> Result<(), CommandError> {
     let admin = AdminClient::new(global).map_err(fail)?;
+    if let Some(table) = &args.fed {
+        return federated(&admin, table, &args).await;
+    }
     let query = AuditQuery {
         run: args.run.clone(),
         node: args.node.clone(),
@@ -41,6 +45,49 @@ pub async fn audit(global: &GlobalOptions, args: AuditArgs) -> Result<(), Comman
         return Ok(());
     }
     merged(&admin, query, records, &args).await
+}
+
+/// `tailpass audit --fed NAME --claim K=V …`: the runs minted from matching external
+/// tokens, each with its events (its issuance, its revocation, the runs exchanged from it),
+/// in the log's order, the newest `--limit`.
+async fn federated(admin: &AdminClient, table: &str, args: &AuditArgs) -> Result<(), CommandError> {
+    let selection = RunMatch {
+        table: table.to_owned(),
+        claims: RunMatch::parse_claims(args.claim.iter().map(String::as_str))
+            .map_err(CommandError)?,
+    };
+    let body = serde_json::to_value(&selection).map_err(fail)?;
+    let answer = admin
+        .call(
+            Method::POST,
+            &format!("{PREFIX}/federated-runs"),
+            Some(body),
+        )
+        .await
+        .map_err(fail)?;
+    let runs: Vec<FederatedRun> = decode(&answer)?;
+    let mut records = Vec::new();
+    for run in runs {
+        let query = AuditQuery {
+            run: Some(run.run_id),
+            since: args.since,
+            limit: Some(args.limit),
+            ..AuditQuery::default()
+        };
+        records.extend(events(admin, &query).await?);
+    }
+    records.sort_by_key(|r| r.seq);
+    records.dedup_by_key(|r| r.seq);
+    let limit = usize::try_from(args.limit.clamp(1, MAX_PAGE)).unwrap_or(usize::MAX);
+    let skip = records.len().saturating_sub(limit);
+    for record in records.iter().skip(skip) {
+        if args.json {
+            println!("{}", serde_json::to_string(record).map_err(fail)?);
+        } else {
+            println!("{}", issuer_line(record, false));
+        }
+    }
+    Ok(())
 }
 
 /// The events `query` selects.

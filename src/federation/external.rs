@@ -92,11 +92,17 @@ pub struct Federated {
 impl Federated {
     /// The run token's `fed` object: issuer, subject, table, and the carried claims.
     pub fn claim(&self) -> Value {
+        Value::Object(self.claim_map())
+    }
+
+    /// The `fed` object as a map: what a federated run is recorded and selected by
+    /// ([`super::runs`]).
+    pub fn claim_map(&self) -> Map<String, Value> {
         let mut fed = self.carried.clone();
         fed.insert("iss".into(), Value::String(self.iss.clone()));
         fed.insert("sub".into(), Value::String(self.sub.clone()));
         fed.insert("name".into(), Value::String(self.table.clone()));
-        Value::Object(fed)
+        fed
     }
 }
 

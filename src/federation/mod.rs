@@ -8,11 +8,13 @@
 //! matches a table in every pattern makes its presenter selectable as `fed:<table>` in policy
 //! rules, and the run token minted for it carries a `fed` object of the claims its profile
 //! names ([`profile`]). [`external`] is the check itself: signature, algorithm, issuer,
-//! audience, lifetime, then the table's patterns.
+//! audience, lifetime, then the table's patterns. [`runs`] is what each trade records, so that
+//! the runs minted from matching tokens can be listed and revoked.
 
 pub mod external;
 pub mod keys;
 pub mod profile;
+pub mod runs;
 pub mod table;
 
 pub use external::{ExternalError, Federated};

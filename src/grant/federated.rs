@@ -16,6 +16,9 @@
 //!   (`cnf.jkt`), so that the run token is worth nothing to whoever reads it off a CI log;
 //! - the run token carries `fed` (issuer, subject, table and the profile's claims) and, unless
 //!   the request names one, the profile's run label (GitHub: `<run_id>/<run_attempt>`);
+//! - every trade records its run and `fed` claims (`Store::insert_federated_run`) before
+//!   signing, and a trade whose token matches a stored block (`tailpass revoke --fed`) is
+//!   refused;
 //! - a `single_use` table's token is traded once: its replay key is claimed in the store, by
 //!   hash, until the token expires; a second trade is `invalid_grant`.
 //!
@@ -38,6 +41,7 @@ use super::{Context, Scopes, TokenResponse};
 use crate::audit::{AuditEvent, EventKind, Outcome};
 use crate::federation::Federated;
 use crate::federation::external::LEEWAY;
+use crate::federation::runs::{FederatedRun, RunMatch};
 use crate::identity::Identity;
 use crate::identity::peer::CallerError;
 use crate::policy::agent::{self, Ask};
@@ -145,6 +149,38 @@ fn describe(fed: &Federated) -> String {
     format!("fed:{} iss {}", fed.table, fed.iss)
 }
 
+/// The refusal of a trade a stored block covers (read from the store at each trade, so every
+/// replica refuses from the block's commit on), if one does.
+async fn blocked(
+    ctx: &Context<'_>,
+    fed: &Federated,
+    now: tailpass_verify::UnixTime,
+) -> Result<Option<FederationError>, FederationError> {
+    let claims = fed.claim_map();
+    let blocks = ctx.store.federation_blocks(&fed.table, now).await?;
+    Ok(blocks
+        .into_iter()
+        .find(|b| b.blocks(&fed.table, &claims, now))
+        .map(|block| {
+            FederationError::Revoked(format!(
+                "runs of fed:{} with {} are revoked; new trades are refused until {}",
+                fed.table,
+                describe_selection(&block.selection),
+                block.until.0
+            ))
+        }))
+}
+
+/// A selection as the refusal names it: `K=V` pairs.
+fn describe_selection(selection: &RunMatch) -> String {
+    let pairs: Vec<String> = selection
+        .claims
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pairs.join(" ")
+}
+
 /// What names an external token in the store: a hash of its replay key, of fixed size.
 fn replay_key(fed: &Federated) -> String {
     SecretHash::of(&fed.replay_key).to_hex()
@@ -226,6 +262,10 @@ pub async fn grant(
         let refusal = FederationError::Revoked(hit.to_string());
         return Err(refuse(ctx, identity, Some(&fed), refusal).await);
     }
+    // A kill switch on matching external tokens (`tailpass revoke --fed`).
+    if let Some(refusal) = blocked(ctx, &fed, now).await? {
+        return Err(refuse(ctx, identity, Some(&fed), refusal).await);
+    }
     // Used up only once everything else said yes, and before anything is signed.
     if fed.single_use
         && !ctx
@@ -249,6 +289,22 @@ pub async fn grant(
     let mut extra = (*claims.extra).clone();
     extra.insert("fed".into(), fed.claim());
     claims.extra = Arc::new(extra);
+    // Recorded before signing, so that a kill switch finding no row means no such token.
+    if let Some(run_id) = &claims.run.run_id {
+        let record = FederatedRun {
+            run_id: run_id.clone(),
+            table: fed.table.clone(),
+            claims: fed.claim_map(),
+            iat: claims.iat,
+            exp: claims.exp,
+        };
+        ctx.store.insert_federated_run(&record).await?;
+        // Checked again once the run is recorded: the kill switch stores its block before it
+        // reads the runs, so a trade racing it either sees the block here or is found there.
+        if let Some(refusal) = blocked(ctx, &fed, now).await? {
+            return Err(refuse(ctx, identity, Some(&fed), refusal).await);
+        }
+    }
     let mut event = AuditEvent::new(now, EventKind::FederatedToken, Outcome::Success)
         .client(subject)
         .detail(format!("{}; by {origin}", describe(&fed)));

@@ -561,9 +561,11 @@ impl From<RevokeError> for Error {
 impl From<KillError> for Error {
     fn from(e: KillError) -> Error {
         match e {
-            KillError::Value | KillError::Family | KillError::Kid | KillError::Until => {
-                Error::invalid_request(e.to_string())
-            }
+            KillError::Value
+            | KillError::Family
+            | KillError::Kid
+            | KillError::Until
+            | KillError::Selection(_) => Error::invalid_request(e.to_string()),
             KillError::Store(e) => Error::server_error(&e),
             KillError::Audit(e) => Error::server_error(&e),
             KillError::Sessions(e) => Error::server_error(&e),

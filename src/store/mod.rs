@@ -18,6 +18,7 @@ use tailpass_verify::{Thumbprint, UnixTime};
 
 use crate::audit::{AuditEvent, EventKind};
 use crate::clients::{Client, ClientId};
+use crate::federation::runs::{FederatedRun, FederationBlock, RunMatch};
 use crate::identity::Identity;
 use crate::secret::SecretHash;
 
@@ -418,7 +419,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes what can no longer matter at `now`: codes past expiry (kept `grace` seconds
     /// more to detect replays), families and revocations past `horizon`, DPoP proofs past
-    /// their `expires_at` and rate counts of windows before the last.
+    /// their `expires_at`, rate counts of windows before the last, federated runs past their
+    /// `exp` and federation blocks past their `until`.
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError>;
     // --- Replica coordination: DPoP proofs and rate counts shared by replicas ---
 
@@ -459,6 +461,23 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         expires_at: UnixTime,
     ) -> Result<bool, StoreError>;
+
+    // Federated runs: what the kill switch and the audit select by external claims.
+
+    /// Records a run minted from an external token, kept until its `exp`.
+    async fn insert_federated_run(&self, run: &FederatedRun) -> Result<(), StoreError>;
+    /// The recorded runs `selection` matches (its table, every claim equal as text), oldest
+    /// first, expired ones not yet purged included.
+    async fn federated_runs(&self, selection: &RunMatch) -> Result<Vec<FederatedRun>, StoreError>;
+    /// Stores a refusal of new trades of matching external tokens, kept until its `until`.
+    async fn insert_federation_block(&self, block: &FederationBlock) -> Result<(), StoreError>;
+    /// The refusals of `table` still in force at `now`, oldest first. Read at every trade of
+    /// that table, so every replica sees a block as soon as it is committed.
+    async fn federation_blocks(
+        &self,
+        table: &str,
+        now: UnixTime,
+    ) -> Result<Vec<FederationBlock>, StoreError>;
 
     /// The signing keys' manifest, if one was ever written.
     async fn key_manifest(&self) -> Result<Option<KeyManifest>, StoreError>;

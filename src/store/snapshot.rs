@@ -5,7 +5,8 @@
 //! seconds), so a copy is opaque: nothing is decoded but the audit events, which SQLite keeps
 //! split into contexts and per-event rows. The replica-coordination tables (DPoP proofs, rate
 //! counts) and the used federation tokens are ephemeral — each matters for minutes — and are
-//! not copied.
+//! not copied. The federated runs and federation blocks are copied: they are what
+//! `tailpass revoke --fed` and `audit --fed` select by, and a block must outlive a move.
 
 /// A client row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +113,35 @@ pub struct BlobRow {
     pub blob: Vec<u8>,
 }
 
+/// A run minted from an external token (`federated_runs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedRunRow {
+    /// The run id.
+    pub run_id: String,
+    /// The table its external token matched.
+    pub table_name: String,
+    /// The run token's `fed` object, JSON.
+    pub claims: String,
+    /// When the run token was issued.
+    pub iat: i64,
+    /// When it expires.
+    pub exp: i64,
+}
+
+/// A refusal of new trades (`federation_blocks`); its row number is not kept, the rows are
+/// numbered again in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationBlockRow {
+    /// The table.
+    pub table_name: String,
+    /// The claims, JSON.
+    pub claims: String,
+    /// When it was made.
+    pub since: i64,
+    /// When it ends.
+    pub until: i64,
+}
+
 /// Every durable row of a store, as of one commit, each table in its key's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -140,6 +170,10 @@ pub struct Snapshot {
     pub key_blobs: Vec<BlobRow>,
     /// Sealed shared secrets.
     pub shared_secrets: Vec<BlobRow>,
+    /// Runs minted from external tokens.
+    pub federated_runs: Vec<FederatedRunRow>,
+    /// Refusals of new trades.
+    pub federation_blocks: Vec<FederationBlockRow>,
 }
 
 impl Snapshot {
@@ -155,13 +189,22 @@ impl Snapshot {
         self.tokens.sort_by(|a, b| a.token_hash.cmp(&b.token_hash));
         self.revocations.sort_by_key(|r| r.seq);
         self.audit.sort_by_key(|r| r.seq);
+        self.federated_runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        self.federation_blocks.sort_by(|a, b| {
+            (a.since, &a.table_name, &a.claims, a.until).cmp(&(
+                b.since,
+                &b.table_name,
+                &b.claims,
+                b.until,
+            ))
+        });
         for blobs in [&mut self.key_blobs, &mut self.shared_secrets] {
             blobs.sort_by(|a, b| (&a.name, a.generation).cmp(&(&b.name, b.generation)));
         }
     }
 
     /// The number of rows of each table, by table name (for progress and verification).
-    pub fn counts(&self) -> [(&'static str, usize); 10] {
+    pub fn counts(&self) -> [(&'static str, usize); 12] {
         [
             ("clients", self.clients.len()),
             ("consents", self.consents.len()),
@@ -173,6 +216,8 @@ impl Snapshot {
             ("key manifest", usize::from(self.key_manifest.is_some())),
             ("sealed keys", self.key_blobs.len()),
             ("shared secrets", self.shared_secrets.len()),
+            ("federated runs", self.federated_runs.len()),
+            ("federation blocks", self.federation_blocks.len()),
         ]
     }
 
@@ -195,7 +240,7 @@ impl Snapshot {
 }
 
 /// The tables a snapshot fills, each empty in a store that may import one.
-pub(crate) const TABLES: [&str; 10] = [
+pub(crate) const TABLES: [&str; 12] = [
     "clients",
     "consents",
     "codes",
@@ -206,6 +251,8 @@ pub(crate) const TABLES: [&str; 10] = [
     "key_manifest",
     "key_blobs",
     "shared_secrets",
+    "federated_runs",
+    "federation_blocks",
 ];
 
 /// Why a store refuses an import: what it holds already.

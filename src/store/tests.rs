@@ -135,6 +135,16 @@ pub(crate) fn full_event(time: u64, run: &str) -> AuditEvent {
 /// redeemed and one replayed, two families (one rotated twice, one revoked by the replay),
 /// three revocations of which one lifted, audit events (a first one purged), and shared keys.
 pub(crate) async fn populate(store: &dyn Store) {
+    store
+        .insert_federated_run(&fed_run("fr1", "123", 1, 4_000_000_000))
+        .await
+        .unwrap();
+    let block = FederationBlock {
+        selection: fed_match("github", &["run_id=123"]),
+        since: UnixTime(50),
+        until: UnixTime(4_000_000_000),
+    };
+    store.insert_federation_block(&block).await.unwrap();
     store.insert_client(&client("c1")).await.unwrap();
     let mut c2 = client("c2");
     c2.created_at = UnixTime(5);
@@ -1006,6 +1016,105 @@ macro_rules! suite {
     };
 }
 
+fn fed_run(run_id: &str, run: &str, attempt: u32, exp: u64) -> FederatedRun {
+    let claims = serde_json::json!({"name": "github", "iss": "https://token.actions.githubusercontent.com",
+        "sub": "repo:acme/app:ref:refs/heads/main", "run_id": run, "run_attempt": attempt.to_string(),
+        "repository": "acme/app"});
+    FederatedRun {
+        run_id: run_id.into(),
+        table: "github".into(),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+        iat: UnixTime(10),
+        exp: UnixTime(exp),
+    }
+}
+
+fn fed_match(table: &str, pairs: &[&str]) -> RunMatch {
+    RunMatch {
+        table: table.into(),
+        claims: RunMatch::parse_claims(pairs.iter().copied()).unwrap(),
+    }
+}
+
+/// Federated runs are found by table and every claim as text, and purged after `exp`; blocks
+/// are answered per table while in force, and purged at `until`.
+pub(crate) async fn federated_runs_are_selected_by_claims_and_purged<S: Raw>(store: &S) {
+    store
+        .insert_federated_run(&fed_run("r1", "123", 1, 100))
+        .await
+        .unwrap();
+    store
+        .insert_federated_run(&fed_run("r2", "123", 2, 300))
+        .await
+        .unwrap();
+    store
+        .insert_federated_run(&fed_run("r3", "456", 1, 300))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .insert_federated_run(&fed_run("r3", "456", 1, 300))
+            .await
+            .is_err()
+    );
+    let ids = |runs: Vec<FederatedRun>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let run_123 = fed_match("github", &["run_id=123"]);
+    assert_eq!(
+        ids(store.federated_runs(&run_123).await.unwrap()),
+        ["r1", "r2"]
+    );
+    let found = store.federated_runs(&run_123).await.unwrap();
+    assert_eq!(found.first(), Some(&fed_run("r1", "123", 1, 100)));
+    assert_eq!(
+        ids(store
+            .federated_runs(&fed_match("github", &["run_id=123", "run_attempt=2"]))
+            .await
+            .unwrap()),
+        ["r2"]
+    );
+    assert!(
+        store
+            .federated_runs(&fed_match("gitlab", &["run_id=123"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let block = FederationBlock {
+        selection: run_123.clone(),
+        since: UnixTime(50),
+        until: UnixTime(250),
+    };
+    store.insert_federation_block(&block).await.unwrap();
+    assert_eq!(
+        store
+            .federation_blocks("github", UnixTime(200))
+            .await
+            .unwrap(),
+        [block]
+    );
+    assert!(
+        store
+            .federation_blocks("github", UnixTime(250))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .federation_blocks("gitlab", UnixTime(200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    store.purge(UnixTime(200), 0, UnixTime(0)).await.unwrap();
+    assert_eq!(ids(store.federated_runs(&run_123).await.unwrap()), ["r2"]);
+    assert_eq!(store.count("federation_blocks").await.unwrap(), 1);
+    store.purge(UnixTime(250), 0, UnixTime(0)).await.unwrap();
+    assert_eq!(store.count("federation_blocks").await.unwrap(), 0);
+}
+
 suite!(
     clients_round_trip_and_conflict,
     a_code_is_redeemed_exactly_once_even_under_concurrency,
@@ -1026,6 +1135,7 @@ suite!(
     shared_keys_manifest_is_compare_and_swap,
     import_refuses_a_store_that_is_not_empty,
     a_federated_token_is_claimed_once_until_it_expires,
+    federated_runs_are_selected_by_claims_and_purged,
 );
 
 /// Whole-store copies between the backends ([`Store::export`], [`Store::import`]).
@@ -1036,6 +1146,18 @@ mod snapshots {
     /// What a copy must keep beyond equal snapshots: the store answers as the source did, and
     /// its sequences go on after the imported numbers.
     async fn answers_like(copy: &dyn Store, source: &Snapshot) {
+        let runs = copy
+            .federated_runs(&fed_match("github", &["run_id=123"]))
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            copy.federation_blocks("github", UnixTime(100))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let revocations = copy.revocations_since(0).await.unwrap();
         assert_eq!(revocations.len(), 3);
         assert!(revocations.iter().any(|r| r.lift_seq.is_some()));
@@ -1083,6 +1205,8 @@ mod snapshots {
         assert_eq!(exported.audit.len(), 5);
         assert_eq!(exported.audit_horizon, 20_000_000);
         assert!(exported.key_manifest.is_some());
+        assert_eq!(exported.federated_runs.len(), 1);
+        assert_eq!(exported.federation_blocks.len(), 1);
 
         db.store.import(&exported).await.unwrap();
         let on_postgres = db.store.export().await.unwrap();

@@ -14,9 +14,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_tailpass");
 /// Generous: a first start generates RSA keys in a debug build.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
     stdout: Vec<String>,
     log: PathBuf,
 }
@@ -27,7 +27,7 @@ async fn serve_dev(cwd: &Path, log_name: &str) -> Served {
 }
 
 /// [`serve_dev`] with extra `serve` flags.
-async fn serve_dev_with(cwd: &Path, log_name: &str, extra: &[&str]) -> Served {
+pub(crate) async fn serve_dev_with(cwd: &Path, log_name: &str, extra: &[&str]) -> Served {
     let log = cwd.join(log_name);
     let mut child = Command::new(BIN)
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
@@ -68,7 +68,7 @@ async fn serve_dev_with(cwd: &Path, log_name: &str, extra: &[&str]) -> Served {
 
 impl Served {
     /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> (bool, String) {
+    pub(crate) async fn terminate(mut self) -> (bool, String) {
         let pid = self.child.id().unwrap().to_string();
         let killed = Command::new("kill")
             .args(["-TERM", &pid])
@@ -87,7 +87,7 @@ impl Served {
     }
 }
 
-async fn cli(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn cli(cwd: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .arg("--dev")
         .args(args)

@@ -13,7 +13,7 @@ use tailpass_verify::Alg;
 
 use crate::agents::post_token;
 use crate::authorize::claims;
-use crate::support::{ALICE, CI, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, json as read};
+use crate::support::{ALICE, CI, GATEWAY, GATEWAY_NODE, STRANGER, TestServer, admin, json as read};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -820,4 +820,260 @@ async fn a_gateway_accepts_an_off_tailnet_federated_token_only_with_its_key() {
     assert_eq!(call(Some(right)).await, 200, "its own key");
     assert_eq!(reached.load(Ordering::SeqCst), 1);
     gateway.shutdown().await;
+}
+
+/// A tailnet runner (tag:ci) trading a GitHub token for a run token for the gateway.
+async fn trade_from_ci(server: &TestServer, external: &str) -> (u16, Value) {
+    let pairs = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", external),
+        ("subject_token_type", JWT_TYPE),
+        ("audience", GATEWAY),
+    ];
+    let request = server.peer(CI).post(server.url("/token")).form(&pairs);
+    read(request.send().await.unwrap()).await
+}
+
+/// `tailpass revoke --fed github --claim run_id=123` (its admin API): both runs minted from
+/// GitHub run 123's tokens (two attempts) are revoked as `run` entries on the feed, so the
+/// gateway following it refuses them while run 456's token still works; a fresh token of run
+/// 123 is refused with the reason until `until`, then traded again; `tailpass audit --fed`'s
+/// listing names exactly the two runs, each with its issuance and its revocation.
+#[tokio::test]
+async fn revoking_by_external_claims_ends_the_matching_runs_at_the_gateway_and_blocks_new_trades() {
+    let (github, k8s) = (issuer().await, issuer().await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy(&github.url, &k8s.url)).unwrap();
+    let server = TestServer::with_args(&["--policy", path.to_str().unwrap()]).await;
+    // tag:ci+fed:github's run tokens carry no `models` claim.
+    let setup =
+        crate::gateway::Setup::in_front_of(server, dir, |s| s.allow_unrestricted = true).await;
+    let server = &setup.server;
+    let external = |run_id: &str, attempt: &str| {
+        let mut claims = github_claims(&github.url, server.clock.now().0);
+        claims["run_id"] = json!(run_id);
+        claims["run_attempt"] = json!(attempt);
+        github.key.sign_jwt("JWT", &claims).unwrap()
+    };
+    let mut minted = Vec::new();
+    for (run_id, attempt) in [("123", "1"), ("123", "2"), ("456", "1")] {
+        let (status, body) = trade_from_ci(server, &external(run_id, attempt)).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(claims(&token)["fed"]["run_id"], run_id);
+        assert_eq!(setup.call(CI, &token, "gpt-small").await.0, 200);
+        minted.push(token);
+    }
+    let run_of = |token: &str| claims(token)["run_id"].as_str().unwrap().to_owned();
+    let run_123: Vec<String> = minted.iter().take(2).map(|t| run_of(t)).collect();
+
+    let until = server.clock.now().0 + 120;
+    let (status, report) = admin(
+        server,
+        axum::http::Method::POST,
+        "/admin/api/revocations/federated",
+        Some(json!({"table": "github", "claims": {"run_id": "123"}, "until": until})),
+    )
+    .await;
+    assert_eq!(status, 201, "{report}");
+    assert_eq!(report["until"], until);
+    let revoked: Vec<(&str, &str)> = report["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        revoked,
+        run_123
+            .iter()
+            .map(|r| ("run", r.as_str()))
+            .collect::<Vec<_>>()
+    );
+    crate::gateway::feed_caught_up(&setup).await;
+    for token in minted.iter().take(2) {
+        let (status, _, body) = setup.call(CI, token, "gpt-small").await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("revoked"),
+            "{body}"
+        );
+    }
+    let (status, _, body) = setup.call(CI, &minted[2], "gpt-small").await;
+    assert_eq!(status, 200, "run 456 is another run: {body}");
+
+    // New trades of run 123's tokens are refused until `until`; run 456's are not.
+    let (status, body) = trade_from_ci(server, &external("123", "3")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("access_denied")),
+        "{body}"
+    );
+    let reason = body["error_description"].as_str().unwrap();
+    assert!(
+        reason.contains("fed:github with run_id=123 are revoked")
+            && reason.contains(&until.to_string()),
+        "{reason}"
+    );
+    assert_eq!(trade_from_ci(server, &external("456", "2")).await.0, 200);
+
+    // What `tailpass audit --fed github --claim run_id=123` lists: exactly the two runs.
+    let (status, runs) = admin(
+        server,
+        axum::http::Method::POST,
+        "/admin/api/federated-runs",
+        Some(json!({"table": "github", "claims": {"run_id": "123"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{runs}");
+    let listed: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        run_123.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for run in &run_123 {
+        let (_, events) = admin(
+            server,
+            axum::http::Method::GET,
+            &format!("/admin/api/audit?run={run}"),
+            None,
+        )
+        .await;
+        let kinds: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["federated_token", "revocation"], "{events}");
+    }
+    // A selection naming no claim is refused, not taken for the whole table.
+    let (status, body) = admin(
+        server,
+        axum::http::Method::POST,
+        "/admin/api/revocations/federated",
+        Some(json!({"table": "github", "claims": {}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+
+    // Past `until`, run 123's fresh tokens trade again (the revoked runs stay revoked).
+    server.clock.advance(121);
+    let (status, body) = trade_from_ci(server, &external("123", "4")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The same kill switch through the binary: `tailpass serve --dev` with the policy, the dev
+/// caller (a tailnet node) trading GitHub tokens of runs 123 (two attempts) and 456, then
+/// `tailpass revoke --fed github --claim run_id=123` over the admin socket and `tailpass
+/// audit --fed github --claim run_id=123 --json`, which lists exactly the two runs.
+#[tokio::test]
+async fn the_cli_revokes_and_audits_by_external_claims() {
+    let (github, k8s) = (issuer().await, issuer().await);
+    let cwd = tempfile::tempdir().unwrap();
+    let path = cwd.path().join("policy.toml");
+    std::fs::write(&path, policy(&github.url, &k8s.url)).unwrap();
+    let served = crate::binary::serve_dev_with(
+        cwd.path(),
+        "server.log",
+        &["--policy", path.to_str().unwrap()],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let trade = |run_id: &str, attempt: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut claims = github_claims(&github.url, now);
+        claims["run_id"] = json!(run_id);
+        claims["run_attempt"] = json!(attempt);
+        let external = github.key.sign_jwt("JWT", &claims).unwrap();
+        let request = http.post(format!("{}/token", served.issuer)).form(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", external.as_str()),
+            ("subject_token_type", JWT_TYPE),
+            ("audience", GATEWAY),
+        ]);
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let mut runs = Vec::new();
+    for (run_id, attempt) in [("123", "1"), ("123", "2"), ("456", "1")] {
+        let (status, body) = trade(run_id, attempt).await;
+        assert_eq!(status, 200, "{body}");
+        let token = claims(body["access_token"].as_str().unwrap());
+        runs.push(token["run_id"].as_str().unwrap().to_owned());
+    }
+    let run_123: Vec<&str> = runs.iter().take(2).map(String::as_str).collect();
+
+    let args = [
+        "revoke",
+        "--fed",
+        "github",
+        "--claim",
+        "run_id=123",
+        "--until",
+        "1h",
+    ];
+    let (ok, stdout, stderr) = crate::binary::cli(cwd.path(), &args).await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let revoked: Vec<&str> = report["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(revoked, run_123);
+
+    let (status, body) = trade("123", "3").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("access_denied")),
+        "{body}"
+    );
+    assert_eq!(trade("456", "2").await.0, 200);
+
+    let args = [
+        "audit",
+        "--fed",
+        "github",
+        "--claim",
+        "run_id=123",
+        "--json",
+    ];
+    let (ok, stdout, stderr) = crate::binary::cli(cwd.path(), &args).await;
+    assert!(ok, "{stderr}");
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let issued: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "federated_token" && e["outcome"] == "success")
+        .map(|e| e["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(issued, run_123);
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "revocation").count(),
+        2,
+        "each run's revocation: {stdout}"
+    );
+    // The whole table is never taken for a selection without claims.
+    let (ok, _, _) = crate::binary::cli(cwd.path(), &["revoke", "--fed", "github"]).await;
+    assert!(!ok);
+    served.terminate().await;
 }

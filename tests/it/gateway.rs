@@ -195,9 +195,9 @@ async fn paid_api(
     .into_response()
 }
 
-struct Setup {
-    server: TestServer,
-    gateway: RunningGateway,
+pub(crate) struct Setup {
+    pub(crate) server: TestServer,
+    pub(crate) gateway: RunningGateway,
     upstream: Arc<PaidApiDouble>,
     dir: tempfile::TempDir,
     _policy_dir: tempfile::TempDir,
@@ -226,7 +226,7 @@ impl Setup {
         Setup::in_front_of(server, policy_dir, configure).await
     }
 
-    async fn in_front_of(
+    pub(crate) async fn in_front_of(
         server: TestServer,
         policy_dir: tempfile::TempDir,
         configure: impl FnOnce(&mut GatewaySettings),
@@ -280,7 +280,7 @@ impl Setup {
 
     /// A chat completion through the gateway from peer `from`, read to its end: status, the
     /// `WWW-Authenticate` header, and the body.
-    async fn call(&self, from: u8, token: &str, model: &str) -> (u16, bool, Value) {
+    pub(crate) async fn call(&self, from: u8, token: &str, model: &str) -> (u16, bool, Value) {
         let response = self
             .peer(from)
             .post(self.url("/v1/chat/completions"))
@@ -958,6 +958,17 @@ async fn a_strangers_dpop_proofs_never_take_room_in_the_gateways_replay_cache() 
 }
 
 /// Revokes `run` through the admin API and waits until the gateway has the feed event.
+/// Waits until the gateway's copy of the feed holds every revocation the server has made.
+pub(crate) async fn feed_caught_up(setup: &Setup) {
+    let seq = setup.server.state().revocations.last_seq();
+    let revocations = setup.gateway.verifier().verifier().revocations().clone();
+    let arrived =
+        tokio::task::spawn_blocking(move || revocations.wait_for_seq(seq, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(arrived, "the gateway received the feed events");
+}
+
 async fn revoke_run(setup: &Setup, run: &str) {
     let (status, report) = admin(
         &setup.server,

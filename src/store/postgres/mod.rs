@@ -29,6 +29,7 @@ use super::{
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
+use crate::federation::runs::{FederatedRun, FederationBlock, RunMatch};
 use crate::secret::SecretHash;
 
 mod audit;
@@ -663,6 +664,15 @@ impl Store for PostgresStore {
                 &[&time(now)],
             )
             .await?;
+        let runs = tx
+            .execute("DELETE FROM federated_runs WHERE exp < $1", &[&time(now)])
+            .await?;
+        let blocks = tx
+            .execute(
+                "DELETE FROM federation_blocks WHERE until <= $1",
+                &[&time(now)],
+            )
+            .await?;
         let window = i64::try_from(now.0 / 60).unwrap_or(i64::MAX);
         let rates = tx
             .execute(
@@ -676,6 +686,8 @@ impl Store for PostgresStore {
             .saturating_add(revocations)
             .saturating_add(proofs)
             .saturating_add(replay)
+            .saturating_add(runs)
+            .saturating_add(blocks)
             .saturating_add(rates))
     }
 
@@ -683,6 +695,94 @@ impl Store for PostgresStore {
 
     fn shared_by_replicas(&self) -> bool {
         true
+    }
+
+    async fn insert_federated_run(&self, run: &FederatedRun) -> Result<(), StoreError> {
+        let claims = encode(&run.claims)?;
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO federated_runs (run_id, table_name, claims, iat, exp) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &run.run_id,
+                &run.table,
+                &claims,
+                &time(run.iat),
+                &time(run.exp),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn federated_runs(&self, selection: &RunMatch) -> Result<Vec<FederatedRun>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                "SELECT run_id, claims, iat, exp FROM federated_runs \
+                 WHERE table_name = $1 ORDER BY iat, run_id",
+                &[&selection.table],
+            )
+            .await?;
+        let mut runs = Vec::new();
+        for row in &rows {
+            let claims: serde_json::Map<String, serde_json::Value> =
+                decode(&get::<String>(row, 1)?)?;
+            if selection.matches(&selection.table, &claims) {
+                runs.push(FederatedRun {
+                    run_id: get(row, 0)?,
+                    table: selection.table.clone(),
+                    claims,
+                    iat: from_time(get(row, 2)?),
+                    exp: from_time(get(row, 3)?),
+                });
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn insert_federation_block(&self, block: &FederationBlock) -> Result<(), StoreError> {
+        let claims = encode(&block.selection.claims)?;
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO federation_blocks (table_name, claims, since, until) \
+             VALUES ($1, $2, $3, $4)",
+            &[
+                &block.selection.table,
+                &claims,
+                &time(block.since),
+                &time(block.until),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn federation_blocks(
+        &self,
+        table: &str,
+        now: UnixTime,
+    ) -> Result<Vec<FederationBlock>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                "SELECT claims, since, until FROM federation_blocks \
+                 WHERE table_name = $1 AND until > $2 ORDER BY id",
+                &[&table, &time(now)],
+            )
+            .await?;
+        let mut blocks = Vec::new();
+        for row in &rows {
+            blocks.push(FederationBlock {
+                selection: RunMatch {
+                    table: table.to_owned(),
+                    claims: decode(&get::<String>(row, 0)?)?,
+                },
+                since: from_time(get(row, 1)?),
+                until: from_time(get(row, 2)?),
+            });
+        }
+        Ok(blocks)
     }
 
     async fn claim_federated_token(

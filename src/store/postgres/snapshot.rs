@@ -7,8 +7,8 @@ use super::get;
 use crate::audit::AuditEvent;
 use crate::store::codec::{decode, encode, from_seq, int};
 use crate::store::snapshot::{
-    BlobRow, ClientRow, CodeRow, ConsentRow, FamilyRow, RevocationRow, Snapshot, TABLES, TokenRow,
-    not_empty,
+    BlobRow, ClientRow, CodeRow, ConsentRow, FamilyRow, FederatedRunRow, FederationBlockRow,
+    RevocationRow, Snapshot, TABLES, TokenRow, not_empty,
 };
 use crate::store::{AuditRecord, KeyManifest, StoreError};
 
@@ -159,6 +159,31 @@ pub(super) async fn export(conn: &mut deadpool_postgres::Object) -> Result<Snaps
     };
     let key_blobs = blobs(q("SELECT kid, generation, blob FROM key_blobs").await?)?;
     let shared_secrets = blobs(q("SELECT name, generation, blob FROM shared_secrets").await?)?;
+    let federated_runs = q("SELECT run_id, table_name, claims, iat, exp FROM federated_runs")
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(FederatedRunRow {
+                run_id: get(r, 0)?,
+                table_name: get(r, 1)?,
+                claims: get(r, 2)?,
+                iat: get(r, 3)?,
+                exp: get(r, 4)?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let federation_blocks = q("SELECT table_name, claims, since, until FROM federation_blocks")
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(FederationBlockRow {
+                table_name: get(r, 0)?,
+                claims: get(r, 1)?,
+                since: get(r, 2)?,
+                until: get(r, 3)?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
     tx.commit().await?;
     let mut s = Snapshot {
         clients,
@@ -173,6 +198,8 @@ pub(super) async fn export(conn: &mut deadpool_postgres::Object) -> Result<Snaps
         key_manifest,
         key_blobs,
         shared_secrets,
+        federated_runs,
+        federation_blocks,
     };
     s.sort();
     Ok(s)
@@ -384,6 +411,29 @@ pub(super) async fn import(
             tx.execute(&insert, &[&r.name, &r.generation, &r.blob])
                 .await?;
         }
+    }
+    let insert = tx
+        .prepare(
+            "INSERT INTO federated_runs (run_id, table_name, claims, iat, exp) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+    for r in &s.federated_runs {
+        tx.execute(
+            &insert,
+            &[&r.run_id, &r.table_name, &r.claims, &r.iat, &r.exp],
+        )
+        .await?;
+    }
+    let insert = tx
+        .prepare(
+            "INSERT INTO federation_blocks (table_name, claims, since, until) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    for r in &s.federation_blocks {
+        tx.execute(&insert, &[&r.table_name, &r.claims, &r.since, &r.until])
+            .await?;
     }
     tx.commit().await?;
     Ok(())

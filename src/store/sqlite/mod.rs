@@ -22,6 +22,7 @@ use super::{
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
+use crate::federation::runs::{FederatedRun, FederationBlock, RunMatch};
 use crate::secret::SecretHash;
 
 mod audit;
@@ -31,7 +32,7 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 9] = [
+const MIGRATIONS: [&str; 10] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
@@ -41,6 +42,7 @@ const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/sqlite/0007_revocation_lifts.sql"),
     include_str!("../migrations/sqlite/0008_shared_keys.sql"),
     include_str!("../migrations/sqlite/0009_federation_replay.sql"),
+    include_str!("../migrations/sqlite/0010_federated_runs.sql"),
 ];
 
 /// A store in one SQLite file.
@@ -700,6 +702,103 @@ impl Store for SqliteStore {
 
     // --- end of replica coordination ---
 
+    async fn insert_federated_run(&self, run: &FederatedRun) -> Result<(), StoreError> {
+        let claims = encode(&run.claims)?;
+        let (run_id, table) = (run.run_id.clone(), run.table.clone());
+        let (iat, exp) = (time(run.iat), time(run.exp));
+        self.worker
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO federated_runs (run_id, table_name, claims, iat, exp) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run_id, table, claims, iat, exp],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn federated_runs(&self, selection: &RunMatch) -> Result<Vec<FederatedRun>, StoreError> {
+        let selection = selection.clone();
+        self.worker
+            .read(move |c| {
+                let mut statement = c.prepare_cached(
+                    "SELECT run_id, claims, iat, exp FROM federated_runs \
+                     WHERE table_name = ?1 ORDER BY iat, run_id",
+                )?;
+                let mut rows = statement.query(params![selection.table])?;
+                // Filtered row by row: only matching runs are held.
+                let mut runs = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let claims: serde_json::Map<String, serde_json::Value> =
+                        decode(&row.get::<_, String>(1)?)?;
+                    if selection.matches(&selection.table, &claims) {
+                        runs.push(FederatedRun {
+                            run_id: row.get(0)?,
+                            table: selection.table.clone(),
+                            claims,
+                            iat: from_time(row.get(2)?),
+                            exp: from_time(row.get(3)?),
+                        });
+                    }
+                }
+                Ok(runs)
+            })
+            .await
+    }
+
+    async fn insert_federation_block(&self, block: &FederationBlock) -> Result<(), StoreError> {
+        let claims = encode(&block.selection.claims)?;
+        let table = block.selection.table.clone();
+        let (since, until) = (time(block.since), time(block.until));
+        self.worker
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO federation_blocks (table_name, claims, since, until) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![table, claims, since, until],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn federation_blocks(
+        &self,
+        table: &str,
+        now: UnixTime,
+    ) -> Result<Vec<FederationBlock>, StoreError> {
+        let table = table.to_owned();
+        self.worker
+            .read(move |c| {
+                let mut statement = c.prepare_cached(
+                    "SELECT claims, since, until FROM federation_blocks \
+                     WHERE table_name = ?1 AND until > ?2 ORDER BY id",
+                )?;
+                let rows = statement.query_map(params![table, time(now)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?;
+                let mut blocks = Vec::new();
+                for row in rows {
+                    let (claims, since, until) = row?;
+                    blocks.push(FederationBlock {
+                        selection: RunMatch {
+                            table: table.clone(),
+                            claims: decode(&claims)?,
+                        },
+                        since: from_time(since),
+                        until: from_time(until),
+                    });
+                }
+                Ok(blocks)
+            })
+            .await
+    }
+
     async fn purge_audit_before(&self, before: UnixTime) -> Result<u64, StoreError> {
         self.worker
             .write(move |c| audit::purge_before(c, before))
@@ -725,7 +824,16 @@ impl Store for SqliteStore {
                     "DELETE FROM federation_replay WHERE expires_at < ?1",
                     params![time(now)],
                 )?;
-                Ok(u64::try_from(codes + families + revocations + replay).unwrap_or(u64::MAX))
+                let runs = c.execute(
+                    "DELETE FROM federated_runs WHERE exp < ?1",
+                    params![time(now)],
+                )?;
+                let blocks = c.execute(
+                    "DELETE FROM federation_blocks WHERE until <= ?1",
+                    params![time(now)],
+                )?;
+                Ok(u64::try_from(codes + families + revocations + replay + runs + blocks)
+                    .unwrap_or(u64::MAX))
             })
             .await
     }

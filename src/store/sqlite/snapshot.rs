@@ -6,8 +6,8 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use super::audit;
 use crate::store::codec::{from_seq, int};
 use crate::store::snapshot::{
-    BlobRow, ClientRow, CodeRow, ConsentRow, FamilyRow, RevocationRow, Snapshot, TABLES, TokenRow,
-    not_empty,
+    BlobRow, ClientRow, CodeRow, ConsentRow, FamilyRow, FederatedRunRow, FederationBlockRow,
+    RevocationRow, Snapshot, TABLES, TokenRow, not_empty,
 };
 use crate::store::{KeyManifest, StoreError};
 
@@ -115,6 +115,31 @@ pub(super) fn export(c: &Connection) -> Result<Snapshot, StoreError> {
             }),
         key_blobs: blobs(&tx, "SELECT kid, generation, blob FROM key_blobs")?,
         shared_secrets: blobs(&tx, "SELECT name, generation, blob FROM shared_secrets")?,
+        federated_runs: rows(
+            &tx,
+            "SELECT run_id, table_name, claims, iat, exp FROM federated_runs",
+            |r| {
+                Ok(FederatedRunRow {
+                    run_id: r.get(0)?,
+                    table_name: r.get(1)?,
+                    claims: r.get(2)?,
+                    iat: r.get(3)?,
+                    exp: r.get(4)?,
+                })
+            },
+        )?,
+        federation_blocks: rows(
+            &tx,
+            "SELECT table_name, claims, since, until FROM federation_blocks",
+            |r| {
+                Ok(FederationBlockRow {
+                    table_name: r.get(0)?,
+                    claims: r.get(1)?,
+                    since: r.get(2)?,
+                    until: r.get(3)?,
+                })
+            },
+        )?,
     };
     tx.commit()?;
     s.sort();
@@ -223,6 +248,20 @@ pub(super) fn import(c: &Connection, s: &Snapshot) -> Result<(), StoreError> {
         for r in rows {
             insert.execute(params![r.name, r.generation, r.blob])?;
         }
+    }
+    let mut insert = c.prepare(
+        "INSERT INTO federated_runs (run_id, table_name, claims, iat, exp) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in &s.federated_runs {
+        insert.execute(params![r.run_id, r.table_name, r.claims, r.iat, r.exp])?;
+    }
+    let mut insert = c.prepare(
+        "INSERT INTO federation_blocks (table_name, claims, since, until) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for r in &s.federation_blocks {
+        insert.execute(params![r.table_name, r.claims, r.since, r.until])?;
     }
     Ok(())
 }
