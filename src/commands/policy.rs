@@ -112,6 +112,9 @@ fn print_explanation(e: &Explanation) {
             for (name, value) in &e.claims {
                 println!("  claim {name} = {value}");
             }
+            if e.act_for_peers {
+                println!("  act_for_peers: may obtain run tokens for tokenless tailnet callers");
+            }
         }
         Decision::Refused => {
             println!("refused: {}", e.reason.as_deref().unwrap_or("?"));

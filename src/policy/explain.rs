@@ -40,6 +40,10 @@ pub struct Explanation {
     pub lifetime: Option<u64>,
     /// The rule's extra claims.
     pub claims: BTreeMap<String, Value>,
+    /// Whether the deciding rule lets this caller, as a gateway, obtain run tokens for
+    /// tokenless tailnet callers (ambient mode).
+    #[serde(default)]
+    pub act_for_peers: bool,
     /// Why it is refused.
     pub reason: Option<String>,
 }
@@ -87,6 +91,7 @@ pub fn explain<'a>(
                 scopes: granted.scopes,
                 lifetime,
                 claims: (*granted.claims).clone(),
+                act_for_peers: granted.act_for_peers,
                 reason: None,
             }
         }
@@ -97,6 +102,7 @@ pub fn explain<'a>(
             scopes: Vec::new(),
             lifetime: None,
             claims: BTreeMap::new(),
+            act_for_peers: false,
             reason: Some(denied.to_string()),
         },
     }
@@ -211,6 +217,22 @@ mod tests {
         assert_eq!(e.rule.as_deref(), Some("policy rule 1"));
         assert_eq!((e.scopes, e.lifetime), (vec!["llm".to_owned()], Some(600)));
         assert_eq!(e.claims["models"], serde_json::json!(["small"]));
+        assert!(!e.act_for_peers);
+        let gateway = PolicyFile::parse(
+            "[[rule]]\nsrc = [\"tag:gateway\"]\naudiences = [\"https://gw\"]\nact_for_peers = true\n",
+        )
+        .unwrap();
+        let explained = explain(
+            stand_in("tag:gateway").unwrap().caller(),
+            &gateway,
+            agent::DEFAULT_CAPABILITY,
+            &request("tag:gateway", &["https://gw"], None),
+            None,
+        );
+        assert!(
+            explained.act_for_peers,
+            "the rule's act_for_peers is explained"
+        );
         let e = explain(
             ci.caller(),
             &policy,
