@@ -7,16 +7,14 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use tailpass_verify::KeySet;
+use tailpass_verify::remote::RemoteError;
 use url::Url;
 
 use super::table::{FederationTable, fetchable};
 
 /// The least time between two fetches of one issuer's keys.
 pub const MIN_REFETCH: Duration = Duration::from_secs(10);
-/// The largest discovery or JWKS document read.
-const MAX_DOCUMENT: usize = 256 * 1024;
 /// How long one fetch may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,6 +65,8 @@ struct Discovery {
     jwks_uri: Url,
 }
 
+/// `url` as JSON, fetched only when [`fetchable`], bounded as the issuer's own documents are
+/// ([`tailpass_verify::remote::get_json`]).
 async fn get_json(http: &reqwest::Client, url: &Url) -> Result<serde_json::Value, KeysError> {
     let fail = |message: String| KeysError::Fetch {
         url: url.to_string(),
@@ -75,25 +75,12 @@ async fn get_json(http: &reqwest::Client, url: &Url) -> Result<serde_json::Value
     if !fetchable(url) {
         return Err(fail("only https is fetched".into()));
     }
-    let response = http
-        .get(url.clone())
-        .header("accept", "application/json")
-        .send()
+    tailpass_verify::remote::get_json(http, url.as_str())
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(fail(format!("status {}", response.status())));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(fail(format!("larger than {MAX_DOCUMENT} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))
+        .map_err(|e| match e {
+            RemoteError::Http { message, .. } => fail(message),
+            other => fail(other.to_string()),
+        })
 }
 
 impl IssuerKeys {

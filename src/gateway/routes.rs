@@ -100,8 +100,14 @@ pub struct Routes {
     routes: Vec<Route>,
 }
 
-/// Paths the gateway answers itself, which no prefix may cover.
-const RESERVED: &[&str] = &["/healthz", "/metrics", "/.well-known"];
+/// Paths the gateway answers itself, which no upstream or MCP prefix may cover.
+pub const RESERVED: &[&str] = &["/healthz", "/metrics", "/.well-known"];
+
+/// Whether `path` is `prefix` or under it, at a segment boundary.
+pub fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
 
 /// Checks that `prefix` is `""` or `/segment[/segment…]` without a trailing `/`, dot segments,
 /// encoded separators or the gateway's own paths.
@@ -128,10 +134,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
     {
         return bad("segments are letters, digits, '-', '_' and '.'");
     }
-    if RESERVED
-        .iter()
-        .any(|r| prefix == *r || prefix.starts_with(&format!("{r}/")))
-    {
+    if RESERVED.iter().any(|r| under(prefix, r)) {
         return bad("the gateway serves this path itself");
     }
     Ok(())

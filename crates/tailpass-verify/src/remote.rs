@@ -107,7 +107,10 @@ impl Drop for Connected<'_> {
     }
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
+/// GETs `url` as JSON: no more than a 256 KiB document, any failure (connection, status,
+/// size, parse) a [`RemoteError::Http`] naming the URL. Shared with other fetchers of
+/// issuers' documents (a federation's keys), so they are bounded alike.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<T, RemoteError> {

@@ -32,6 +32,7 @@ use tailpass_verify::AccessClaims;
 use tailpass_verify::axum::{RouteResource, verify_parts};
 
 use super::meter::{CallLog, CallRecord};
+use super::routes::{RESERVED, under};
 use super::{GatewayState, Shared, admission, endpoints, resource};
 
 pub mod answer;
@@ -61,9 +62,6 @@ pub struct McpSettings {
     pub prefix: String,
 }
 
-/// Paths of the gateway's own that no prefix may take.
-const RESERVED: &[&str] = &["/.well-known", "/healthz", "/metrics"];
-
 /// Whether `prefix` is `/`-separated segments of unreserved URL characters.
 fn valid_prefix(prefix: &str) -> bool {
     prefix.len() > 1
@@ -74,12 +72,6 @@ fn valid_prefix(prefix: &str) -> bool {
         && prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
-}
-
-/// Whether `path` is `prefix` or under it.
-pub(crate) fn under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Refuses an MCP prefix that covers an upstream's, or one an upstream's (other than the
