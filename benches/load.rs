@@ -3,9 +3,13 @@
 //! `bench/run.sh` starts the server pinned to one core and this program pinned to another.
 //!
 //! ```text
-//! load code-flow --issuer URL --client-id ID --client-secret S --redirect-uri U [--from 127.0.0.2]
+//! load code-flow --issuer URL --client-id ID --client-secret=S --redirect-uri U [--from 127.0.0.2]
 //! load agent --issuer URL --audience A [--from 127.0.0.3]
 //! ```
+//!
+//! The client side is kept lean so that it is not what is measured: one keep-alive HTTP/1.1
+//! connection per worker straight on hyper (no pool, no redirects, no cookie store), on a
+//! single-threaded runtime, since the program is pinned to one core anyway.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,17 +18,23 @@
     missing_docs
 )]
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
 
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]
     scenario: Scenario,
-    /// Concurrent workers.
+    /// Concurrent workers (each with its own connections).
     #[arg(long, global = true, default_value_t = 32)]
     concurrency: usize,
     /// Measured seconds (after one second of warm-up).
@@ -60,134 +70,274 @@ enum Scenario {
         /// The agent's address: a tagged node in the identity table.
         #[arg(long, default_value = "127.0.0.3")]
         from: IpAddr,
-        /// A replica's address, for an issuer served by several (repeat): the issuer's host
-        /// is resolved to each in turn, request by request.
+        /// A replica's address, for an issuer served by several (repeat): worker `i`
+        /// connects to replica `i mod n`, naming the issuer's host.
         #[arg(long = "replica")]
-        replicas: Vec<std::net::SocketAddr>,
+        replicas: Vec<SocketAddr>,
     },
 }
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-fn client(from: Option<IpAddr>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(1024);
-    if let Some(ip) = from {
-        builder = builder.local_address(ip);
+/// Where requests go: the address to connect to and the `Host` to name.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    host: String,
+}
+
+impl Target {
+    fn of(issuer: &str) -> (Target, String) {
+        let url = url::Url::parse(issuer).expect("issuer URL");
+        let host = url.host_str().expect("issuer host").to_owned();
+        let port = url.port_or_known_default().expect("issuer port");
+        let addr = format!("{host}:{port}")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)));
+        let base = url.path().trim_end_matches('/').to_owned();
+        (
+            Target {
+                addr,
+                host: match url.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                },
+            },
+            base,
+        )
     }
-    builder.build().unwrap()
 }
 
-struct CodeFlow {
-    browser: reqwest::Client,
-    rp: reqwest::Client,
-    authorize: String,
-    token: String,
-    userinfo: String,
-    client_id: String,
-    client_secret: String,
-    redirect_uri: String,
+/// One keep-alive HTTP/1.1 connection from `from` to `target`, reopened when it closes.
+struct Conn {
+    from: Option<IpAddr>,
+    target: Target,
+    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
-impl CodeFlow {
-    async fn once(&self) -> Result<(), String> {
-        let response = self
-            .browser
-            .get(&self.authorize)
-            .send()
+/// An answer: its status, its `Location` (if any) and its body.
+struct Answer {
+    status: StatusCode,
+    location: Option<String>,
+    body: Bytes,
+}
+
+impl Conn {
+    fn new(from: Option<IpAddr>, target: Target) -> Conn {
+        Conn {
+            from,
+            target,
+            sender: None,
+        }
+    }
+
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        if let Some(ip) = self.from {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| e.to_string())?;
+        }
+        let stream = socket
+            .connect(self.target.addr)
             .await
             .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.sender = Some(self.open().await?);
+        }
+        let sender = self.sender.as_mut().unwrap();
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header("host", &self.target.host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.sender = None;
+                return Err(e.to_string());
+            }
+        };
+        let status = response.status();
         let location = response
             .headers()
             .get("location")
-            .ok_or_else(|| format!("authorize answered {}", response.status()))?
-            .to_str()
-            .map_err(|e| e.to_string())?;
-        let url = url::Url::parse(location).map_err(|e| e.to_string())?;
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            location,
+            body,
+        })
+    }
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+/// Whether a token endpoint's answer carries an access token.
+fn has_access_token(body: &[u8]) -> bool {
+    body.windows(16).any(|w| w == b"\"access_token\":\"")
+}
+
+/// One worker's connections for the code flow: the browser's and the RP's.
+struct CodeFlow {
+    browser: Conn,
+    rp: Conn,
+    authorize: Rc<str>,
+    token: Rc<str>,
+    userinfo: Rc<str>,
+    basic: Rc<str>,
+    redirect_uri: Rc<str>,
+}
+
+#[derive(serde::Deserialize)]
+struct Tokens {
+    access_token: String,
+}
+
+impl CodeFlow {
+    async fn once(&mut self) -> Result<(), String> {
+        let answer = self
+            .browser
+            .send(Method::GET, &self.authorize, &[], Bytes::new())
+            .await?;
+        let location = answer
+            .location
+            .ok_or_else(|| format!("authorize answered {}", answer.status))?;
+        let url = url::Url::parse(&location).map_err(|e| e.to_string())?;
         let code = url
             .query_pairs()
             .find(|(k, _)| k == "code")
             .map(|(_, v)| v.into_owned())
             .ok_or_else(|| format!("no code in {location}"))?;
-        let tokens: serde_json::Value = self
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", &code)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("code_verifier", VERIFIER)
+            .finish();
+        let answer = self
             .rp
-            .post(&self.token)
-            .basic_auth(&self.client_id, Some(&self.client_secret))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", &self.redirect_uri),
-                ("code_verifier", VERIFIER),
-            ])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let access = tokens["access_token"]
-            .as_str()
-            .ok_or_else(|| format!("token: {tokens}"))?;
+            .send(
+                Method::POST,
+                &self.token,
+                &[FORM, ("authorization", &self.basic)],
+                Bytes::from(form),
+            )
+            .await?;
+        let tokens: Tokens = serde_json::from_slice(&answer.body).map_err(|_| {
+            format!(
+                "token answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )
+        })?;
+        let bearer = format!("Bearer {}", tokens.access_token);
         let info = self
             .rp
-            .get(&self.userinfo)
-            .bearer_auth(access)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !info.status().is_success() {
-            return Err(format!("userinfo answered {}", info.status()));
+            .send(
+                Method::GET,
+                &self.userinfo,
+                &[("authorization", &bearer)],
+                Bytes::new(),
+            )
+            .await?;
+        if !info.status.is_success() {
+            return Err(format!("userinfo answered {}", info.status));
         }
         Ok(())
     }
 }
 
-/// One agent token request; fails unless a token comes back.
-async fn agent_once(client: &reqwest::Client, token: &str, audience: &str) -> Result<(), String> {
-    let response = client
-        .post(token)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("audience", audience),
-            ("run_label", "load"),
-        ])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() || !body["access_token"].is_string() {
-        return Err(format!("token answered {status}: {body}"));
-    }
-    Ok(())
+/// One worker's connection for the agent grant.
+struct Agent {
+    conn: Conn,
+    token: Rc<str>,
+    body: Bytes,
 }
 
-/// Runs `work` from `concurrency` workers, as fast as possible or at `rate` per second.
-async fn drive<F, Fut>(
+impl Agent {
+    /// One agent token request; fails unless a token comes back.
+    async fn once(&mut self) -> Result<(), String> {
+        let answer = self
+            .conn
+            .send(Method::POST, &self.token, &[FORM], self.body.clone())
+            .await?;
+        if !answer.status.is_success() || !has_access_token(&answer.body) {
+            return Err(format!(
+                "token answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one worker does, over and over.
+trait Work: 'static {
+    async fn once(&mut self) -> Result<(), String>;
+}
+
+impl Work for CodeFlow {
+    async fn once(&mut self) -> Result<(), String> {
+        CodeFlow::once(self).await
+    }
+}
+
+impl Work for Agent {
+    async fn once(&mut self) -> Result<(), String> {
+        Agent::once(self).await
+    }
+}
+
+/// Runs `concurrency` workers made by `make`, as fast as possible or at `rate` per second.
+async fn drive<W: Work>(
     concurrency: usize,
     seconds: u64,
     rate: Option<u64>,
-    work: F,
-) -> (Vec<u32>, u64, f64)
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let work = Arc::new(work);
-    // Warm-up: connections, caches.
+    make: impl Fn(usize) -> W,
+) -> (Vec<u32>, u64, f64) {
     let warm_until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < warm_until {
-        let _ = work().await;
-    }
-    let start = Instant::now();
+    let start = warm_until;
     let deadline = start + Duration::from_secs(seconds);
     let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r as f64));
     let mut workers = Vec::new();
     for i in 0..concurrency {
-        let work = work.clone();
-        workers.push(tokio::spawn(async move {
+        let mut work = make(i);
+        workers.push(tokio::task::spawn_local(async move {
+            // Warm-up: connections, caches.
+            while Instant::now() < warm_until {
+                let _ = work.once().await;
+            }
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut next = start
@@ -200,7 +350,7 @@ where
                     next += d;
                 }
                 let t = Instant::now();
-                match work().await {
+                match work.once().await {
                     Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
                     Err(e) => {
                         errors += 1;
@@ -242,9 +392,17 @@ fn report(name: &str, mut latencies: Vec<u32>, errors: u64, elapsed: f64) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(args));
+}
+
+async fn run(args: Args) {
     match args.scenario {
         Scenario::CodeFlow {
             issuer,
@@ -253,6 +411,7 @@ async fn main() {
             redirect_uri,
             from,
         } => {
+            let (target, base) = Target::of(&issuer);
             let mut authorize = url::Url::parse(&format!("{issuer}/authorize")).unwrap();
             authorize.query_pairs_mut().extend_pairs([
                 ("response_type", "code"),
@@ -263,20 +422,32 @@ async fn main() {
                 ("code_challenge", CHALLENGE),
                 ("code_challenge_method", "S256"),
             ]);
-            let flow = Arc::new(CodeFlow {
-                browser: client(Some(from)),
-                rp: client(None),
-                authorize: authorize.to_string(),
-                token: format!("{issuer}/token"),
-                userinfo: format!("{issuer}/userinfo"),
-                client_id,
-                client_secret,
-                redirect_uri,
-            });
+            let authorize: Rc<str> = format!(
+                "{}?{}",
+                authorize.path(),
+                authorize.query().unwrap_or_default()
+            )
+            .into();
+            let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                form_encode(&client_id),
+                form_encode(&client_secret)
+            ));
+            let basic: Rc<str> = format!("Basic {credentials}").into();
+            let (token, userinfo): (Rc<str>, Rc<str>) = (
+                format!("{base}/token").into(),
+                format!("{base}/userinfo").into(),
+            );
+            let redirect_uri: Rc<str> = redirect_uri.into();
             let (latencies, errors, elapsed) =
-                drive(args.concurrency, args.seconds, args.rate, move || {
-                    let flow = flow.clone();
-                    async move { flow.once().await }
+                drive(args.concurrency, args.seconds, args.rate, |_| CodeFlow {
+                    browser: Conn::new(Some(from), target.clone()),
+                    rp: Conn::new(None, target.clone()),
+                    authorize: authorize.clone(),
+                    token: token.clone(),
+                    userinfo: userinfo.clone(),
+                    basic: basic.clone(),
+                    redirect_uri: redirect_uri.clone(),
                 })
                 .await;
             report(
@@ -292,37 +463,34 @@ async fn main() {
             from,
             replicas,
         } => {
-            let host = url::Url::parse(&issuer)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .unwrap_or_default();
-            let clients: Arc<Vec<reqwest::Client>> = Arc::new(if replicas.is_empty() {
-                vec![client(Some(from))]
-            } else {
-                replicas
-                    .iter()
-                    .map(|addr| {
-                        reqwest::Client::builder()
-                            .pool_max_idle_per_host(1024)
-                            .local_address(from)
-                            .resolve(&host, *addr)
-                            .build()
-                            .unwrap()
-                    })
-                    .collect()
-            });
-            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let token = Arc::new(format!("{issuer}/token"));
-            let audience = Arc::new(audience);
+            let (target, base) = Target::of(&issuer);
+            let token: Rc<str> = format!("{base}/token").into();
+            let body = Bytes::from(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "client_credentials")
+                    .append_pair("audience", &audience)
+                    .append_pair("run_label", "load")
+                    .finish(),
+            );
             let (latencies, errors, elapsed) =
-                drive(args.concurrency, args.seconds, args.rate, move || {
-                    let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let client = clients[turn % clients.len()].clone();
-                    let (token, audience) = (token.clone(), audience.clone());
-                    async move { agent_once(&client, &token, &audience).await }
+                drive(args.concurrency, args.seconds, args.rate, |i| {
+                    let mut target = target.clone();
+                    if let Some(addr) = replicas.get(i % replicas.len().max(1)) {
+                        target.addr = *addr;
+                    }
+                    Agent {
+                        conn: Conn::new(Some(from), target),
+                        token: token.clone(),
+                        body: body.clone(),
+                    }
                 })
                 .await;
             report("agent tokens over HTTP", latencies, errors, elapsed);
         }
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding, as RFC 6749 §2.3.1 asks of Basic credentials.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

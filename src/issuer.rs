@@ -56,14 +56,17 @@ impl Issuer {
 
     /// Whether a request's `Host` (or HTTP/2 `:authority`) names this issuer.
     pub fn matches_host(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
-        let with_port = match host.rsplit_once(':') {
+        let host = host.trim();
+        match host.rsplit_once(':') {
             // An IPv6 literal without a port ends in `]`; with one, the part after the last
             // colon is all digits.
-            Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
-            _ => format!("{host}:{}", self.default_port),
-        };
-        with_port == self.authority
+            Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host.eq_ignore_ascii_case(&self.authority)
+            }
+            _ => self.authority.rsplit_once(':').is_some_and(|(name, port)| {
+                name.eq_ignore_ascii_case(host) && port.parse() == Ok(self.default_port)
+            }),
+        }
     }
 }
 

@@ -6,13 +6,11 @@
 //!   same-origin check, which endpoints acting on that identity add, is
 //!   `oauth::caller::SameOrigin`.)
 //! - **Response headers** every answer carries.
+//!
+//! Both are plain functions, run by the one front middleware of [`super::layers`].
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::identity::peer::{Conn, Listener};
 use crate::issuer::Issuer;
@@ -21,44 +19,37 @@ use crate::oauth::error::Error;
 /// Paths answered whatever the `Host`: orchestrators probe health by pod IP.
 const HOST_EXEMPT: [&str; 1] = ["/healthz"];
 
-/// Refuses requests with more than one `Host`, and, given an issuer, requests whose `Host`
-/// is not the issuer's.
-pub async fn check_host(
-    State(issuer): State<Option<Arc<Issuer>>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Why `req` is refused for its `Host`: more than one, or, given an issuer, one that is not
+/// the issuer's. `None` lets it through.
+pub fn host_refusal(issuer: Option<&Issuer>, req: &Request) -> Option<Error> {
     // RFC 9112 §3.2: a request with more than one Host is refused, whatever the path. Two
     // parts of a stack that each read a different one disagree on which site was asked for.
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
-        return Error::invalid_request("more than one Host header").into_response();
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some(Error::invalid_request("more than one Host header"));
     }
-    let Some(issuer) = issuer else {
-        return next.run(req).await;
-    };
+    let issuer = issuer?;
     let on_socket = req
         .extensions()
         .get::<Conn>()
         .is_some_and(|c| c.listener == Listener::AdminSocket);
     if on_socket || HOST_EXEMPT.contains(&req.uri().path()) {
-        return next.run(req).await;
+        return None;
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
+    let host = first
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     match host {
-        Some(host) if issuer.matches_host(&host) => next.run(req).await,
-        _ => Error::invalid_request("the Host header does not name this issuer").into_response(),
+        Some(host) if issuer.matches_host(host) => None,
+        _ => Some(Error::invalid_request(
+            "the Host header does not name this issuer",
+        )),
     }
 }
 
-/// Adds headers every response should carry.
-pub async fn response_headers(req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    let headers = response.headers_mut();
+/// Adds the headers every response carries.
+pub fn add_response_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -70,5 +61,4 @@ pub async fn response_headers(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    response
 }

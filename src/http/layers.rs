@@ -1,6 +1,7 @@
 //! The middleware every route of the issuer and of the gateway goes through, outermost first:
 //! panic catching, tracing (method and path only — never the query, which may carry codes),
-//! security headers, the `Host` check, the time limit, the body limit, and request latency.
+//! then one front door: security headers, the `Host` check, the time limit and request
+//! latency; and the body limit.
 //!
 //! The layers take only what they need ([`Layers`]), never a handler's state, so that both
 //! servers wrap their routers in the same ones. Their own refusals (a timeout, a panic, a bad
@@ -42,51 +43,62 @@ pub struct Layers {
 impl Layers {
     /// Wraps `routes` (routes and fallbacks alike) in every layer.
     pub fn apply(&self, routes: Router) -> Router {
-        let routes = match &self.metrics {
-            Some(metrics) => routes.layer(middleware::from_fn_with_state(metrics.clone(), timed)),
-            None => routes,
-        };
-        let time_limit = self.time_limit;
+        let front = Arc::new(Front {
+            metrics: self.metrics.clone(),
+            host: self.host.clone(),
+            time_limit: self.time_limit,
+        });
         routes
             .layer(DefaultBodyLimit::max(self.body_limit))
-            .layer(middleware::from_fn(move |req: Request, next: Next| {
-                limited(time_limit, req, next)
-            }))
-            .layer(middleware::from_fn_with_state(
-                self.host.clone(),
-                guard::check_host,
-            ))
-            .layer(middleware::from_fn(guard::response_headers))
+            .layer(middleware::from_fn_with_state(front, front_door))
             .layer(
+                // At debug level: at the default level nothing in a request's span is
+                // printed, and building one costs each request more than parsing its form.
                 TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
                 }),
             )
             .layer(CatchPanicLayer::custom(panicked))
     }
 }
 
-/// Observes each request's latency by route template (bounded labels; unmatched paths share
-/// one).
-async fn timed(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let start = std::time::Instant::now();
-    let response = next.run(req).await;
-    metrics.request(&endpoint, start.elapsed());
-    response
+/// What the front door needs: where latency goes, whose `Host` to hold requests to, and how
+/// long a handler may take.
+#[derive(Debug)]
+struct Front {
+    metrics: Option<Arc<Metrics>>,
+    host: Option<Arc<Issuer>>,
+    time_limit: Duration,
 }
 
-async fn limited(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => Error::unavailable("the request took too long")
-            .with_status(StatusCode::REQUEST_TIMEOUT)
-            .into_response(),
-    }
+/// The guards, the time limit, latency by route template, and the response headers, in one
+/// middleware: each layer of its own would clone the route's service and box a future for
+/// every request.
+async fn front_door(State(front): State<Arc<Front>>, req: Request, next: Next) -> Response {
+    let mut response = match guard::host_refusal(front.host.as_deref(), &req) {
+        Some(refusal) => refusal.into_response(),
+        None => {
+            let start = std::time::Instant::now();
+            let endpoint = front.metrics.as_ref().map(|_| {
+                req.extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".to_owned())
+            });
+            let response = match tokio::time::timeout(front.time_limit, next.run(req)).await {
+                Ok(response) => response,
+                Err(_) => Error::unavailable("the request took too long")
+                    .with_status(StatusCode::REQUEST_TIMEOUT)
+                    .into_response(),
+            };
+            if let (Some(metrics), Some(endpoint)) = (&front.metrics, endpoint) {
+                metrics.request(&endpoint, start.elapsed());
+            }
+            response
+        }
+    };
+    guard::add_response_headers(response.headers_mut());
+    response
 }
 
 /// The last line of defence: a bug that panics answers `server_error` instead of closing the

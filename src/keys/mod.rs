@@ -26,11 +26,13 @@ use crate::clock::Clock;
 mod dir;
 pub mod kek;
 mod sealed;
+mod signed_here;
 mod signing;
 pub mod storage;
 
 pub use dir::{KeyEntry, KeyState};
 pub use kek::{Kek, KekError};
+pub use signed_here::SignedHere;
 pub use signing::{SigningError, SigningKey};
 pub use storage::KeyStorage;
 
@@ -198,6 +200,8 @@ pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
     /// Serializes changes (rotation, pruning) so that two never interleave their file writes.
     writer: Mutex<()>,
+    /// The tokens signed here lately, whose signatures need no check when read back.
+    signed: SignedHere,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -236,6 +240,7 @@ impl KeyRing {
             clock,
             current: RwLock::new(Arc::new(KeySet::build(Vec::new(), HashMap::new()))),
             writer: Mutex::new(()),
+            signed: SignedHere::default(),
         };
         {
             let _guard = ring.writer.lock().map_err(|_| KeyError::Poisoned)?;
@@ -353,7 +358,15 @@ impl KeyRing {
         typ: &str,
         claims: &C,
     ) -> Result<String, KeyError> {
-        Ok(self.active(alg)?.sign_jwt(typ, claims)?)
+        let token = self.active(alg)?.sign_jwt(typ, claims)?;
+        self.signed.remember(&token);
+        Ok(token)
+    }
+
+    /// Whether `token` is, byte for byte, one this ring signed lately ([`SignedHere`]): its
+    /// signature is known good, though whether its key is still published is not.
+    pub fn signed_here(&self, token: &str) -> bool {
+        self.signed.contains(token)
     }
 
     /// The published key set: active, next and not yet expired retired keys.

@@ -108,7 +108,20 @@ pub fn public_document<T: Serialize>(body: &T) -> Response {
 /// A JSON answer that carries a credential (a secret, a token) and must not be cached
 /// (RFC 6749 §5.1).
 pub fn no_store<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    let mut response = (status, axum::Json(body)).into_response();
+    // Sized for a signed token or two, so the common answer is written without regrowing.
+    let mut bytes = Vec::with_capacity(2048);
+    let mut response = match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => return error::Error::server_error(&e).into_response(),
+    };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -105,7 +105,10 @@ pub fn read_signed<C: serde::de::DeserializeOwned>(
         .ok()
         .flatten()
         .ok_or_else(|| ValidationError::UnknownKey(kid.clone()))?;
-    jws.verify(&key)?;
+    // A token signed here lately is known good; its key must still be published (above).
+    if !keys.signed_here(token) {
+        jws.verify(&key)?;
+    }
     let claims: C = jws.claims()?;
     let expect = Expect {
         issuer,
@@ -154,6 +157,92 @@ pub fn read_id_token_hint(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A token read back by the ring that signed it skips only the signature check: the same
+    /// bytes read by another ring on the same keys (a replica, a restart) verify in full, a
+    /// forged payload under the real signature is refused by both, and once its key is revoked
+    /// the remembered token is refused too.
+    #[test]
+    fn tokens_signed_here_read_back_without_a_signature_check_and_nothing_else_is_waived() {
+        use std::collections::BTreeSet;
+        use std::sync::Arc;
+
+        use tailpass_verify::jws::JwsError;
+        use tailpass_verify::{Alg, Audience};
+
+        use crate::clock::ManualClock;
+        use crate::keys::KeySettings;
+
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Claims {
+            iss: String,
+            aud: Audience,
+            exp: UnixTime,
+            iat: UnixTime,
+        }
+        fn registered(c: &Claims) -> Registered<'_> {
+            Registered {
+                iss: &c.iss,
+                aud: &c.aud,
+                exp: c.exp,
+                iat: c.iat,
+                nbf: None,
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let now = UnixTime(1_000_000);
+        let clock = Arc::new(ManualClock::new(now));
+        let settings = KeySettings {
+            enabled: BTreeSet::from([Alg::ES256]),
+            retire_after: 3_600,
+            rotation_interval: None,
+        };
+        let here = KeyRing::open(tmp.path(), settings.clone(), clock.clone()).unwrap();
+        let replica = KeyRing::open(tmp.path(), settings, clock).unwrap();
+        let claims = Claims {
+            iss: "https://idp.example".into(),
+            aud: Audience(vec!["https://rs.example".into()]),
+            exp: now.plus(60),
+            iat: now,
+        };
+        let token = here.sign_jwt(Alg::ES256, ACCESS_TYP, &claims).unwrap();
+        let read = |ring: &KeyRing, token: &str, issuer: &str| {
+            read_signed(token, ring, issuer, ACCESS_TYP, now, registered).map(|(c, _)| c.aud)
+        };
+        let idp = "https://idp.example";
+        assert!(here.signed_here(&token) && !replica.signed_here(&token));
+        assert_eq!(read(&here, &token, idp).unwrap(), claims.aud);
+        assert_eq!(read(&replica, &token, idp).unwrap(), claims.aud);
+        // The payload swapped for another audience, the signature kept.
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged_payload = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Claims {
+                aud: Audience(vec!["https://other.example".into()]),
+                ..claims
+            })
+            .unwrap(),
+        );
+        let forged = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+        for ring in [&here, &replica] {
+            assert!(matches!(
+                read(ring, &forged, idp),
+                Err(ValidationError::Jws(JwsError::Signature))
+            ));
+        }
+        // A wrong issuer is refused even for a token remembered here.
+        assert!(matches!(
+            read(&here, &token, "https://else.example"),
+            Err(ValidationError::Issuer(_))
+        ));
+        let kid = here.active(Alg::ES256).unwrap().kid().0.clone();
+        here.revoke(&kid).unwrap();
+        assert!(matches!(
+            read(&here, &token, idp),
+            Err(ValidationError::UnknownKey(_))
+        ));
+    }
+
     #[test]
     fn run_token_ids_are_distinct_128_bit_values() {
         let pairs: Vec<(String, String)> = (0..500).map(|_| super::new_run_token_ids()).collect();
@@ -184,8 +273,6 @@ mod tests {
                     .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         }));
     }
-
-    use super::*;
 
     #[test]
     fn subjects_are_typed_and_never_collide() {

@@ -1,0 +1,95 @@
+//! The tokens this process signed lately, remembered by digest, so that reading one back
+//! (`/userinfo` right after a login, introspection, an exchange of a fresh agent token) need
+//! not check a signature that this process made itself. An ES256 check costs about three
+//! signatures; a SHA-256 digest of the token and a set lookup cost a few percent of one.
+//!
+//! Sound because the digest is of the whole compact token: a token whose bytes hash to a
+//! digest remembered here is, but for a SHA-256 collision, exactly a token this process
+//! signed. Everything else about it — the key still being published, type, issuer, time,
+//! revocation — is checked as for any other token. The set is bounded (the oldest digest is
+//! forgotten first); a token not found in it, signed before a restart or by another replica,
+//! gets the full check.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+/// How many digests are remembered: at a few tens of thousands of tokens a second, the last
+/// half second or so, which covers a login's `/userinfo` call; about 1 MiB when full.
+pub const REMEMBERED: usize = 16_384;
+
+type Digest = [u8; 32];
+
+/// A bounded set of digests of tokens signed here.
+#[derive(Debug, Default)]
+pub struct SignedHere {
+    inner: Mutex<Remembered>,
+}
+
+#[derive(Debug, Default)]
+struct Remembered {
+    set: HashSet<Digest>,
+    order: VecDeque<Digest>,
+}
+
+fn digest(token: &str) -> Option<Digest> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .try_into()
+        .ok()
+}
+
+impl SignedHere {
+    /// Remembers `token`, just signed here, forgetting the oldest one if the set is full.
+    pub fn remember(&self, token: &str) {
+        let Some(digest) = digest(token) else { return };
+        let Ok(mut remembered) = self.inner.lock() else {
+            return;
+        };
+        if !remembered.set.insert(digest) {
+            return;
+        }
+        remembered.order.push_back(digest);
+        if remembered.order.len() > REMEMBERED
+            && let Some(oldest) = remembered.order.pop_front()
+        {
+            remembered.set.remove(&oldest);
+        }
+    }
+
+    /// Whether `token` is, byte for byte, one this process signed and still remembers.
+    pub fn contains(&self, token: &str) -> bool {
+        let Some(digest) = digest(token) else {
+            return false;
+        };
+        self.inner
+            .lock()
+            .map(|remembered| remembered.set.contains(&digest))
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_exact_tokens_only_and_forgets_the_oldest_past_the_bound() {
+        let signed = SignedHere::default();
+        signed.remember("header.payload.signature");
+        assert!(signed.contains("header.payload.signature"));
+        assert!(!signed.contains("header.payload.signaturf"));
+        assert!(!signed.contains("header.payloaD.signature"));
+        for i in 0..REMEMBERED {
+            signed.remember(&format!("token-{i}"));
+        }
+        assert!(
+            !signed.contains("header.payload.signature"),
+            "the oldest is forgotten"
+        );
+        assert!(signed.contains("token-1"));
+        assert!(signed.contains(&format!("token-{}", REMEMBERED - 1)));
+        let remembered = signed.inner.lock().unwrap();
+        assert_eq!(remembered.set.len(), REMEMBERED);
+        assert_eq!(remembered.order.len(), REMEMBERED);
+    }
+}
