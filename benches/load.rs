@@ -65,6 +65,26 @@ enum Scenario {
         #[arg(long = "replica")]
         replicas: Vec<std::net::SocketAddr>,
     },
+    /// `client_credentials` by a confidential client (client_secret_basic), against any
+    /// OAuth server: the same load for tailpass and a peer implementation (`bench/run.sh peer`).
+    ClientCredentials {
+        /// The token endpoint.
+        #[arg(long)]
+        token_url: String,
+        #[arg(long)]
+        client_id: String,
+        /// Give it as `--client-secret=S`: a secret may begin with `-`.
+        #[arg(long)]
+        client_secret: String,
+        /// Sent as `audience`.
+        #[arg(long, conflicts_with = "resource")]
+        audience: Option<String>,
+        /// Sent as `resource` (RFC 8707).
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        scope: Option<String>,
+    },
 }
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -153,6 +173,30 @@ async fn agent_once(client: &reqwest::Client, token: &str, audience: &str) -> Re
             ("audience", audience),
             ("run_label", "load"),
         ])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() || !body["access_token"].is_string() {
+        return Err(format!("token answered {status}: {body}"));
+    }
+    Ok(())
+}
+
+/// One `client_credentials` request with Basic authentication and a form body; fails unless
+/// an access token comes back.
+async fn client_credentials_once(
+    client: &reqwest::Client,
+    token_url: &str,
+    client_id: &str,
+    client_secret: &str,
+    form: &[(&str, String)],
+) -> Result<(), String> {
+    let response = client
+        .post(token_url)
+        .basic_auth(client_id, Some(client_secret))
+        .form(form)
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -323,6 +367,31 @@ async fn main() {
                 })
                 .await;
             report("agent tokens over HTTP", latencies, errors, elapsed);
+        }
+        Scenario::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            audience,
+            resource,
+            scope,
+        } => {
+            let mut form = vec![("grant_type", "client_credentials".to_owned())];
+            form.extend(audience.map(|a| ("audience", a)));
+            form.extend(resource.map(|r| ("resource", r)));
+            form.extend(scope.map(|s| ("scope", s)));
+            let client = client(None);
+            let fixed = Arc::new((token_url, client_id, client_secret, form));
+            let (latencies, errors, elapsed) =
+                drive(args.concurrency, args.seconds, args.rate, move || {
+                    let (client, fixed) = (client.clone(), fixed.clone());
+                    async move {
+                        let (token_url, id, secret, form) = &*fixed;
+                        client_credentials_once(&client, token_url, id, secret, form).await
+                    }
+                })
+                .await;
+            report("client_credentials tokens", latencies, errors, elapsed);
         }
     }
 }
