@@ -98,7 +98,11 @@ done
 # globalThis.crypto, which Node 18 lacks), else npm's node@20 package installed beside it.
 peer_node() {
   local dir=bench/peer
-  command -v npm >/dev/null || { apt-get update && apt-get -y install nodejs npm; } >&2
+  if ! command -v npm >/dev/null; then
+    local sudo_=""
+    [ "$(id -u)" = 0 ] || sudo_=sudo
+    { $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get -y -qq install nodejs npm; } >&2
+  fi
   [ -d "$dir/node_modules/oidc-provider" ] || (cd "$dir" && npm ci --no-audit --no-fund) >&2
   local major
   major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -185,6 +189,8 @@ import re, sys
 rnd, name, rss, line = sys.argv[1:5]
 m = re.search(r"([\d.]+)/s .*?(\d+) errors.*p50 ([\d.]+).*p99 ([\d.]+)", line)
 rate, errors, p50, p99 = m.groups()
+if float(rate) == 0:
+    sys.exit(f"peer: {name} answered no token in round {rnd}")
 print(f"round {rnd}  {name:<8} {float(rate):>8.0f}/s  p50 {p50} ms  p99 {p99} ms  "
       f"rss {int(rss) / 1024:.1f} MiB" + (f"  ({errors} errors)" if errors != "0" else ""))
 PY
