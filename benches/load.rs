@@ -5,6 +5,7 @@
 //! ```text
 //! load code-flow --issuer URL --client-id ID --client-secret=S --redirect-uri U [--from 127.0.0.2]
 //! load agent --issuer URL --audience A [--from 127.0.0.3]
+//! load client-credentials --token-url URL --client-id ID --client-secret=S [--audience A | --resource R]
 //! ```
 //!
 //! The client side is kept lean so that it is not what is measured: one keep-alive HTTP/1.1
@@ -74,6 +75,25 @@ enum Scenario {
         /// connects to replica `i mod n`, naming the issuer's host.
         #[arg(long = "replica")]
         replicas: Vec<SocketAddr>,
+    },
+    /// `client_credentials` with `client_secret_basic`: the same load against any server.
+    ClientCredentials {
+        /// The token endpoint.
+        #[arg(long)]
+        token_url: String,
+        #[arg(long)]
+        client_id: String,
+        /// Give it as `--client-secret=S`: a secret may begin with `-`.
+        #[arg(long)]
+        client_secret: String,
+        /// Sent as `audience`.
+        #[arg(long, conflicts_with = "resource")]
+        audience: Option<String>,
+        /// Sent as `resource` (RFC 8707).
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long)]
+        scope: Option<String>,
     },
 }
 
@@ -302,6 +322,37 @@ impl Agent {
     }
 }
 
+/// One worker's connection for `client_credentials` with a secret.
+struct ClientCredentials {
+    conn: Conn,
+    path: Rc<str>,
+    basic: Rc<str>,
+    body: Bytes,
+}
+
+impl ClientCredentials {
+    /// One token request; fails unless a token comes back.
+    async fn once(&mut self) -> Result<(), String> {
+        let answer = self
+            .conn
+            .send(
+                Method::POST,
+                &self.path,
+                &[FORM, ("authorization", &self.basic)],
+                self.body.clone(),
+            )
+            .await?;
+        if !answer.status.is_success() || !has_access_token(&answer.body) {
+            return Err(format!(
+                "token answered {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What one worker does, over and over.
 trait Work: 'static {
     async fn once(&mut self) -> Result<(), String>;
@@ -316,6 +367,12 @@ impl Work for CodeFlow {
 impl Work for Agent {
     async fn once(&mut self) -> Result<(), String> {
         Agent::once(self).await
+    }
+}
+
+impl Work for ClientCredentials {
+    async fn once(&mut self) -> Result<(), String> {
+        ClientCredentials::once(self).await
     }
 }
 
@@ -428,12 +485,7 @@ async fn run(args: Args) {
                 authorize.query().unwrap_or_default()
             )
             .into();
-            let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                form_encode(&client_id),
-                form_encode(&client_secret)
-            ));
-            let basic: Rc<str> = format!("Basic {credentials}").into();
+            let basic: Rc<str> = basic(&client_id, &client_secret).into();
             let (token, userinfo): (Rc<str>, Rc<str>) = (
                 format!("{base}/token").into(),
                 format!("{base}/userinfo").into(),
@@ -487,7 +539,54 @@ async fn run(args: Args) {
                 .await;
             report("agent tokens over HTTP", latencies, errors, elapsed);
         }
+        Scenario::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            audience,
+            resource,
+            scope,
+        } => {
+            let url = url::Url::parse(&token_url).expect("token URL");
+            let origin = url.origin().ascii_serialization();
+            let (target, _) = Target::of(&origin);
+            let path: Rc<str> = url.path().into();
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(a) = &audience {
+                form.append_pair("audience", a);
+            }
+            if let Some(r) = &resource {
+                form.append_pair("resource", r);
+            }
+            if let Some(s) = &scope {
+                form.append_pair("scope", s);
+            }
+            let body = Bytes::from(form.finish());
+            let basic: Rc<str> = basic(&client_id, &client_secret).into();
+            let (latencies, errors, elapsed) =
+                drive(args.concurrency, args.seconds, args.rate, |_| {
+                    ClientCredentials {
+                        conn: Conn::new(None, target.clone()),
+                        path: path.clone(),
+                        basic: basic.clone(),
+                        body: body.clone(),
+                    }
+                })
+                .await;
+            report("client_credentials tokens", latencies, errors, elapsed);
+        }
     }
+}
+
+/// `Authorization: Basic` for a client: id and secret form-encoded first (RFC 6749 §2.3.1).
+fn basic(client_id: &str, client_secret: &str) -> String {
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        form_encode(client_id),
+        form_encode(client_secret)
+    ));
+    format!("Basic {credentials}")
 }
 
 /// `application/x-www-form-urlencoded` encoding, as RFC 6749 §2.3.1 asks of Basic credentials.
