@@ -266,6 +266,7 @@ impl AppState {
         let identity: Arc<dyn IdentitySource> = Arc::new(crate::identity::bounded::Bounded::new(
             identity,
             settings.identity_timeout,
+            settings.identity_max_lookups,
         ));
         Ok((
             AppState(Arc::new(Shared {

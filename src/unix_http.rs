@@ -92,7 +92,10 @@ async fn exchange(socket: &Path, request: UnixRequest<'_>) -> Result<(u16, Bytes
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| http(&e))?;
-    let driver = tokio::spawn(conn);
+    // Ends with this exchange however it ends: given up on at its deadline, the connection
+    // must not outlive it waiting on a peer that never answers (one leaked task and socket
+    // per timed-out call to a hung tailscaled).
+    let _driver = AbortOnDrop(tokio::spawn(conn));
     let mut builder = Request::builder()
         .method(request.method)
         .uri(request.path)
@@ -109,6 +112,14 @@ async fn exchange(socket: &Path, request: UnixRequest<'_>) -> Result<(u16, Bytes
         .await
         .map_err(|e| http(&*e))?
         .to_bytes();
-    driver.abort();
     Ok((status, body))
+}
+
+/// A spawned task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -123,6 +123,8 @@ pub struct Settings {
     pub identity: IdentitySettings,
     /// How long a WhoIs may take.
     pub identity_timeout: std::time::Duration,
+    /// How many WhoIs lookups may be in flight at once.
+    pub identity_max_lookups: usize,
     /// The probes' listener (`/healthz`, `/readyz`).
     pub health_listen: Option<SocketAddr>,
     /// TLS, or `None` for plain HTTP on loopback.
@@ -356,6 +358,10 @@ fn resolve_for(
     if identity_timeout == 0 {
         return Err(invalid("identity_timeout must be positive"));
     }
+    let identity_max_lookups = options.identity_max_lookups();
+    if identity_max_lookups == 0 {
+        return Err(invalid("identity_max_lookups must be positive"));
+    }
 
     let mut settings = Settings {
         paths,
@@ -367,6 +373,7 @@ fn resolve_for(
         algs,
         identity,
         identity_timeout: std::time::Duration::from_secs(identity_timeout),
+        identity_max_lookups,
         health_listen: options.health_listen,
         tls,
         token_lifetime,

@@ -210,6 +210,11 @@ options! {
         /// e.g. 2s [default: 2s].
         #[arg(long, env = "TAILPASS_IDENTITY_TIMEOUT", value_name = "DURATION")]
         pub identity_timeout: Option<Seconds> = Seconds(2),
+        /// WhoIs lookups waiting on the identity source at once; past it, a request answers
+        /// temporarily_unavailable (503) at once rather than queueing behind a stalled source
+        /// [default: 256].
+        #[arg(long, env = "TAILPASS_IDENTITY_MAX_LOOKUPS", value_name = "N")]
+        pub identity_max_lookups: Option<usize> = crate::identity::bounded::DEFAULT_MAX_LOOKUPS,
         /// A listener serving only /healthz and /readyz, with no identity and no Host check,
         /// for orchestrators' probes.
         #[arg(long, env = "TAILPASS_HEALTH_LISTEN", value_name = "ADDR:PORT")]

@@ -295,7 +295,11 @@ impl IntoResponse for Error {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if let Some(secs) = self.retry_after
+        // Every 503 says when to try again (RFC 9110 §10.2.3): what it reports is transient.
+        let retry_after = self.retry_after.or_else(|| {
+            (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(UNAVAILABLE_RETRY_AFTER)
+        });
+        if let Some(secs) = retry_after
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {
             headers.insert(header::RETRY_AFTER, value);
@@ -382,12 +386,13 @@ impl From<crate::store::StoreError> for Error {
 fn store_unavailable(cause: &dyn std::fmt::Display) -> Error {
     tracing::warn!(error = %cause, "database unavailable");
     let mut refused = Error::unavailable("the database cannot be reached right now");
-    refused.retry_after = Some(STORE_RETRY_AFTER);
+    refused.retry_after = Some(UNAVAILABLE_RETRY_AFTER);
     refused
 }
 
-/// Seconds a client is asked to wait when the database cannot be reached.
-const STORE_RETRY_AFTER: u64 = 5;
+/// Seconds a client is asked to wait on a 503: the database out of reach or its disk full, the
+/// identity source stalled or saturated.
+const UNAVAILABLE_RETRY_AFTER: u64 = 5;
 
 impl From<crate::session::EndError> for Error {
     fn from(e: crate::session::EndError) -> Error {
@@ -655,6 +660,25 @@ mod tests {
         assert_eq!(down.headers()[header::RETRY_AFTER], "5");
         assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        use crate::identity::peer::CallerError;
+        for response in [
+            Error::from(CallerError::Unavailable).into_response(),
+            Error::from(AgentError::IdentityUnavailable).into_response(),
+            Error::from(RefreshError::IdentityUnavailable).into_response(),
+        ] {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        }
+        let limited = Error::rate_limited(7).into_response();
+        assert_eq!(
+            limited.headers()[header::RETRY_AFTER],
+            "7",
+            "a 429 keeps its own"
+        );
     }
 
     #[test]

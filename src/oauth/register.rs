@@ -69,10 +69,12 @@ fn view(state: &AppState, client: &Client) -> Registration {
     }
 }
 
-/// The RFC 7592 answer to a client that vanished between lookup and change.
+/// The RFC 7592 answer to a client that vanished between lookup and change; a store that
+/// cannot take the write now (out of reach, its disk full) is 503 with `Retry-After`.
 fn management_error(e: ClientsError) -> Error {
     match e {
         ClientsError::NotFound => Error::invalid_token("unknown client"),
+        ClientsError::Store(store) => store.into(),
         other => Error::server_error(&other),
     }
 }
@@ -142,7 +144,7 @@ pub async fn register(
             Some(registrant),
         )
         .await
-        .map_err(|e| Error::server_error(&e))?;
+        .map_err(management_error)?;
     state
         .audit
         .record(

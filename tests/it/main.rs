@@ -19,6 +19,7 @@ mod client_metadata;
 mod deploy;
 mod discovery;
 mod dpop;
+mod faults;
 mod federation;
 mod feed_client;
 mod gateway;

@@ -116,7 +116,7 @@ pub fn loopback_peers() -> serde_json::Value {
 
 /// Key directories generated once per set of algorithms and copied into each test, so that
 /// tests do not each wait for RSA key generation.
-fn keys_template(algs: &[Alg]) -> PathBuf {
+pub fn keys_template(algs: &[Alg]) -> PathBuf {
     static TEMPLATES: OnceLock<Mutex<HashMap<Vec<Alg>, TempDir>>> = OnceLock::new();
     let mut algs = algs.to_vec();
     algs.sort();
@@ -137,7 +137,7 @@ fn keys_template(algs: &[Alg]) -> PathBuf {
         .to_owned()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     tailpass::private_fs::ensure_dir(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

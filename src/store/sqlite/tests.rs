@@ -348,3 +348,108 @@ async fn a_backup_of_a_store_being_written_is_consistent_and_opens() {
     );
     assert_eq!(store.revocations_since(0).await.unwrap().len(), 300);
 }
+
+#[test]
+fn a_full_disk_and_io_errors_are_unavailable_a_duplicate_a_conflict_the_rest_backend() {
+    use rusqlite::ffi;
+    let failure = |code: i32| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+    let full = StoreError::from(failure(ffi::SQLITE_FULL));
+    assert!(matches!(full, StoreError::Unavailable(_)), "{full}");
+    assert!(full.to_string().contains("disk is full"), "{full}");
+    for code in [
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_IOERR_SHMSIZE,
+        ffi::SQLITE_IOERR_TRUNCATE,
+    ] {
+        let io = StoreError::from(failure(code));
+        assert!(matches!(io, StoreError::Unavailable(_)), "{code}: {io}");
+        assert!(io.to_string().contains("I/O error"), "{io}");
+    }
+    assert!(matches!(
+        StoreError::from(failure(ffi::SQLITE_CONSTRAINT_UNIQUE)),
+        StoreError::Conflict(_)
+    ));
+    for code in [ffi::SQLITE_CORRUPT, ffi::SQLITE_CONSTRAINT_CHECK] {
+        assert!(
+            matches!(StoreError::from(failure(code)), StoreError::Backend(_)),
+            "{code}"
+        );
+    }
+}
+
+async fn client_ids(store: &SqliteStore) -> Vec<String> {
+    let clients = store.clients().await.unwrap();
+    clients.into_iter().map(|c| c.client_id.0).collect()
+}
+
+/// Caps the writer connection's database at its current size (`PRAGMA max_page_count`), so
+/// that SQLite itself answers `SQLITE_FULL` as it does when the file system is full; `None`
+/// lifts the cap.
+async fn cap_database(store: &SqliteStore, cap: bool) {
+    store
+        .worker
+        .write(move |c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let max = if cap { pages } else { 1 << 30 };
+            let _: i64 =
+                c.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_and_recovers() {
+    let (_dir, store) = store().await;
+    let mut answered: Vec<String> = Vec::new();
+    for i in 0..5 {
+        let id = format!("kept{i}");
+        store.insert_client(&client(&id)).await.unwrap();
+        answered.push(id);
+    }
+    cap_database(&store, true).await;
+    // Writes, batched together, until pages run out: each is answered or refused whole.
+    let mut refused: Vec<(String, StoreError)> = Vec::new();
+    for round in 0..200 {
+        let batch: Vec<Client> = (0..8).map(|i| client(&format!("r{round}-{i}"))).collect();
+        let outcomes =
+            futures_util::future::join_all(batch.iter().map(|c| store.insert_client(c))).await;
+        for (c, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => answered.push(c.client_id.0),
+                Err(e) => refused.push((c.client_id.0, e)),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(!refused.is_empty(), "a capped database fills up");
+    for (id, e) in &refused {
+        assert!(
+            matches!(e, StoreError::Unavailable(_)),
+            "{id}: 503, not 500: {e}"
+        );
+    }
+    let stored = client_ids(&store).await;
+    for (id, _) in &refused {
+        assert!(!stored.contains(id), "a refused write leaves nothing: {id}");
+    }
+    // Space returns: the same connection writes again, and nothing answered is lost.
+    cap_database(&store, false).await;
+    store.insert_client(&client("after")).await.unwrap();
+    answered.push("after".into());
+    let stored = client_ids(&store).await;
+    for id in &answered {
+        assert!(stored.contains(id), "answered, then lost: {id}");
+    }
+    let check: String = store
+        .worker
+        .read(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+}

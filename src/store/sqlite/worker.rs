@@ -40,8 +40,18 @@ enum Isolation {
     /// The job is the whole transaction: if it fails, the transaction is rolled back, which
     /// spares the savepoint's journal on the common path of one job per batch.
     Alone,
+    /// The batch's transaction is gone (SQLite rolled it back itself after a full disk or an
+    /// I/O error): the job must not run, since outside a transaction each of its statements
+    /// would commit alone. Its caller gets the batch's error.
+    Lost,
 }
 
+/// How a SQLite failure reaches callers: a duplicate key is a [`StoreError::Conflict`]; a full
+/// disk (`SQLITE_FULL`, which SQLite answers for `ENOSPC`) or an I/O error (`SQLITE_IOERR_*`,
+/// `EFBIG` or `EIO` on the WAL, the database or its shared memory) is
+/// [`StoreError::Unavailable`] — nothing was written, the file is intact, and the same
+/// request succeeds once space returns, so clients are told to retry (503 with `Retry-After`)
+/// rather than that the server failed; anything else is [`StoreError::Backend`].
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
         match &e {
@@ -50,6 +60,17 @@ impl From<rusqlite::Error> for StoreError {
                     || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
             {
                 StoreError::Conflict(message.clone().unwrap_or_else(|| e.to_string()))
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Unavailable(format!("the disk is full ({e})"))
+            }
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::SystemIoFailure =>
+            {
+                StoreError::Unavailable(format!(
+                    "I/O error writing the database ({e}, extended code {})",
+                    f.extended_code
+                ))
             }
             _ => StoreError::Backend(e.to_string()),
         }
@@ -110,6 +131,9 @@ impl Worker {
             let outcome = match isolation {
                 Isolation::Savepoint => in_savepoint(conn, f),
                 Isolation::Alone => f(conn),
+                Isolation::Lost => Err(StoreError::Unavailable(
+                    "the write batch's transaction was rolled back".into(),
+                )),
             };
             let failed = outcome.is_err();
             let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
@@ -190,7 +214,11 @@ fn in_savepoint<T>(
             Ok(value)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            // After a full disk SQLite may have rolled the whole transaction back already, and
+            // the savepoint with it: the job's own error is the one to tell.
+            if let Err(undo) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+                tracing::debug!(error = %undo, "undoing a failed job's savepoint failed");
+            }
             Err(e)
         }
     }
@@ -216,34 +244,44 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         };
         let begun = run(&conn, "BEGIN IMMEDIATE");
         let mut any_failed = false;
-        let replies: Vec<Reply> = match &begun {
-            Ok(()) => batch
-                .drain(..)
-                .map(|job| {
-                    let (failed, reply) = job(&conn, isolation);
-                    any_failed |= failed;
-                    reply
-                })
-                .collect(),
-            Err(_) => {
-                // No transaction: run nothing, fail everything.
-                batch.clear();
-                Vec::new()
-            }
-        };
-        let committed = if any_failed && isolation == Isolation::Alone {
+        let replies: Vec<Reply> = batch
+            .drain(..)
+            .map(|job| {
+                // SQLite ends the transaction itself on some failures (a full disk, an I/O
+                // error); what follows must not run outside it, one autocommit at a time. With
+                // no transaction at all nothing runs, and every caller hears why.
+                let now = if begun.is_err() || conn.is_autocommit() {
+                    Isolation::Lost
+                } else {
+                    isolation
+                };
+                let (failed, reply) = job(&conn, now);
+                any_failed |= failed;
+                reply
+            })
+            .collect();
+        let committed = if begun.is_ok() && any_failed && isolation == Isolation::Alone {
             // The lone job failed part-way: none of its writes may stay. Its caller gets the
             // job's own error.
-            if let Err(e) = run(&conn, "ROLLBACK") {
+            if !conn.is_autocommit()
+                && let Err(e) = run(&conn, "ROLLBACK")
+            {
                 tracing::error!(error = %e, "rolling back a failed write failed");
             }
             Ok(())
+        } else if begun.is_ok() && conn.is_autocommit() {
+            // The transaction was rolled back under the batch: nothing of it is committed.
+            Err(StoreError::Unavailable(
+                "the write batch's transaction was rolled back (disk full or I/O error)".into(),
+            ))
         } else {
             begun.and_then(|()| run(&conn, "COMMIT"))
         };
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         for reply in replies {
             reply(
