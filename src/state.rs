@@ -293,9 +293,14 @@ impl AppState {
     }
 
     /// Whether the store answers a cheap read (an index lookup past the last revocation)
-    /// within [`READY_TIMEOUT`], for `/readyz`. Why not is said in words that name nothing of
+    /// within [`READY_TIMEOUT`] and has not just refused a write for want of space
+    /// (`Store::writes_failing`), for `/readyz`. Why not is said in words that name nothing of
     /// the database, since probes are answered with no identity; the detail goes to the log.
     pub async fn store_ready(&self) -> Result<(), &'static str> {
+        if self.store.writes_failing() {
+            tracing::warn!("readiness: the store refuses writes (disk full or I/O error)");
+            return Err("writes failing");
+        }
         match tokio::time::timeout(READY_TIMEOUT, self.store.revocations_since(u64::MAX)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {

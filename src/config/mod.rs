@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn unsafe_combinations_are_refused() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
             (
                 &[
                     "serve",
@@ -594,6 +594,10 @@ mod tests {
             (
                 &["serve", "--dev", "--token-lifetime", "2d"],
                 "max_token_lifetime",
+            ),
+            (
+                &["serve", "--dev", "--identity-max-lookups", "0"],
+                "identity_max_lookups",
             ),
         ];
         for (argv, needle) in cases {

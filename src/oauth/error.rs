@@ -571,9 +571,10 @@ impl From<KillError> for Error {
             | KillError::Kid
             | KillError::Until
             | KillError::Selection(_) => Error::invalid_request(e.to_string()),
-            KillError::Store(e) => Error::server_error(&e),
-            KillError::Audit(e) => Error::server_error(&e),
-            KillError::Sessions(e) => Error::server_error(&e),
+            // A store out of reach or out of space is 503 here too, like every write's.
+            KillError::Store(e) => e.into(),
+            KillError::Audit(e) => e.into(),
+            KillError::Sessions(e) => e.into(),
         }
     }
 }

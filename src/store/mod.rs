@@ -31,6 +31,10 @@ pub mod sqlite;
 pub use location::{StoreLocation, StoreSettings, StoreUrl};
 pub use snapshot::Snapshot;
 
+/// How long a write refused for want of space or an I/O error keeps `/readyz` unready, unless
+/// a write commits first: the `Retry-After` the refusal asked for.
+pub const WRITE_FAULT_SHOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -428,6 +432,15 @@ pub trait Store: Send + Sync + 'static {
     /// not, a process's memory is the whole picture, and the methods of this block answer
     /// without writing.
     fn shared_by_replicas(&self) -> bool;
+    /// Whether the last write was refused for want of space or an I/O error, and that only a
+    /// few seconds ago with none committed since: `/readyz` says so, though reads still
+    /// answer. It clears on the next committed write, or by itself after
+    /// [`WRITE_FAULT_SHOWN`], so a probe that takes the server out of rotation cannot keep it
+    /// out once the writes that would succeed again stop coming. A store that cannot tell
+    /// answers false.
+    fn writes_failing(&self) -> bool {
+        false
+    }
     /// Records the DPoP proof `jti` of the key `jkt` as used, until `expires_at`; false if it
     /// was recorded already (a replay, possibly at another replica). A store no other process
     /// shares records nothing and answers true: the process's own cache is the record.

@@ -851,7 +851,13 @@ async fn a_full_disk_is_503_with_retry_after_and_writes_resume_when_space_return
     );
     assert!(retry_after.is_some());
 
-    // Reads answer meanwhile.
+    // Readiness says the store is failing; reads answer meanwhile.
+    let (status, ready) = json(alice.get(served.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, ready["store"].as_str()),
+        (503, Some("writes failing")),
+        "{ready}"
+    );
     for path in [
         "/.well-known/openid-configuration",
         "/.well-known/jwks.json",
@@ -900,6 +906,8 @@ async fn a_full_disk_is_503_with_retry_after_and_writes_resume_when_space_return
         let kinds = run_events(&served, run).await;
         assert!(kinds.iter().any(|k| k == "agent_token"), "{run}: {kinds:?}");
     }
+    let (status, ready) = json(alice.get(served.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "ready again: {ready}");
     assert_eq!(served.integrity(), "ok");
     eprintln!(
         "filled {filled} bytes; {after} registrations answered before the first 503; {} clients and {} runs kept",

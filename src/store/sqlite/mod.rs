@@ -669,6 +669,10 @@ impl Store for SqliteStore {
         false
     }
 
+    fn writes_failing(&self) -> bool {
+        self.worker.writes_failing()
+    }
+
     async fn claim_dpop_proof(
         &self,
         _jkt: &str,

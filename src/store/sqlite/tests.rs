@@ -404,6 +404,7 @@ async fn cap_database(store: &SqliteStore, cap: bool) {
 #[tokio::test]
 async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_and_recovers() {
     let (_dir, store) = store().await;
+    assert!(!store.writes_failing());
     let mut answered: Vec<String> = Vec::new();
     for i in 0..5 {
         let id = format!("kept{i}");
@@ -434,6 +435,7 @@ async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_a
             "{id}: 503, not 500: {e}"
         );
     }
+    assert!(store.writes_failing(), "readiness is told");
     let stored = client_ids(&store).await;
     for (id, _) in &refused {
         assert!(!stored.contains(id), "a refused write leaves nothing: {id}");
@@ -441,6 +443,7 @@ async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_a
     // Space returns: the same connection writes again, and nothing answered is lost.
     cap_database(&store, false).await;
     store.insert_client(&client("after")).await.unwrap();
+    assert!(!store.writes_failing(), "a committed write clears it");
     answered.push("after".into());
     let stored = client_ids(&store).await;
     for id in &answered {

@@ -11,7 +11,8 @@
 //! see every committed transaction and never block the writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -27,10 +28,17 @@ const READERS: usize = 4;
 
 /// What a job hands back once it ran: how to answer its caller given the commit's outcome.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write: runs on the writer thread inside the batch transaction; says whether it failed.
-type Job = Box<dyn FnOnce(&Connection, Isolation) -> (Failed, Reply) + Send>;
-/// Whether a job failed (its caller gets its error whatever the commit does).
-type Failed = bool;
+/// A write: runs on the writer thread inside the batch transaction; says how it ended.
+type Job = Box<dyn FnOnce(&Connection, Isolation) -> (Ran, Reply) + Send>;
+
+/// How a job ended (a failed job's caller gets its error whatever the commit does).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    Done,
+    Failed,
+    /// Failed for want of space or an I/O error ([`StoreError::Unavailable`]).
+    Unavailable,
+}
 
 /// How a job's writes are kept apart from the rest of its transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -95,6 +103,9 @@ pub struct Worker {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
+    /// When the last batch was refused as unavailable (full disk, I/O error), until one
+    /// commits.
+    write_fault: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -109,15 +120,28 @@ impl Worker {
     /// Starts the writer thread on `conn`, already migrated.
     pub fn start(conn: Connection, path: &Path) -> Result<Worker, StoreError> {
         let (jobs, rx) = mpsc::channel::<Job>(QUEUE);
+        let write_fault = Arc::new(Mutex::new(None));
+        let fault = write_fault.clone();
         std::thread::Builder::new()
             .name("tailpass-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, &fault))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Worker {
             jobs,
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
+            write_fault,
         })
+    }
+
+    /// Whether the last batch was refused as unavailable less than
+    /// [`crate::store::WRITE_FAULT_SHOWN`] ago, none committed since.
+    pub fn writes_failing(&self) -> bool {
+        self.write_fault
+            .lock()
+            .ok()
+            .and_then(|fault| *fault)
+            .is_some_and(|at| at.elapsed() < crate::store::WRITE_FAULT_SHOWN)
     }
 
     /// Runs `f` in the next write batch; returns its result once the batch is committed.
@@ -135,11 +159,15 @@ impl Worker {
                     "the write batch's transaction was rolled back".into(),
                 )),
             };
-            let failed = outcome.is_err();
+            let ran = match &outcome {
+                Ok(_) => Ran::Done,
+                Err(StoreError::Unavailable(_)) => Ran::Unavailable,
+                Err(_) => Ran::Failed,
+            };
             let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
                 let _ = tx.send(commit.and(outcome));
             });
-            (failed, reply)
+            (ran, reply)
         });
         self.jobs
             .send(job)
@@ -224,7 +252,7 @@ fn in_savepoint<T>(
     }
 }
 
-fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, write_fault: &Mutex<Option<Instant>>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv().map(|job| batch.push(job)).is_some() {
         // Let the request handlers that are runnable queue their writes too before this batch
@@ -243,7 +271,7 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             Isolation::Savepoint
         };
         let begun = run(&conn, "BEGIN IMMEDIATE");
-        let mut any_failed = false;
+        let (mut any_failed, mut any_unavailable) = (false, false);
         let replies: Vec<Reply> = batch
             .drain(..)
             .map(|job| {
@@ -255,8 +283,9 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 } else {
                     isolation
                 };
-                let (failed, reply) = job(&conn, now);
-                any_failed |= failed;
+                let (ran, reply) = job(&conn, now);
+                any_failed |= ran != Ran::Done;
+                any_unavailable |= ran == Ran::Unavailable;
                 reply
             })
             .collect();
@@ -277,6 +306,13 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         } else {
             begun.and_then(|()| run(&conn, "COMMIT"))
         };
+        if let Ok(mut fault) = write_fault.lock() {
+            if any_unavailable || matches!(committed, Err(StoreError::Unavailable(_))) {
+                *fault = Some(Instant::now());
+            } else if committed.is_ok() {
+                *fault = None;
+            }
+        }
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
             if !conn.is_autocommit() {
