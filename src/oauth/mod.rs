@@ -109,8 +109,12 @@ pub fn public_document<T: Serialize>(body: &T) -> Response {
 /// (RFC 6749 §5.1).
 pub fn no_store<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
+    mark_no_store(response.headers_mut());
+    response
+}
+
+/// Marks a response as not to be stored (`Cache-Control: no-store`, `Pragma: no-cache`).
+pub fn mark_no_store(headers: &mut axum::http::HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
 }
