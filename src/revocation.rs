@@ -8,8 +8,9 @@
 //! converge.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use tailpass_verify::feed::RevocationKind;
 use tailpass_verify::{AccessClaims, UnixTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
@@ -24,6 +25,9 @@ pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 /// Own revocations remembered between two reads of the store; past it the oldest are
 /// forgotten, at worst announced twice on the feed (a verifier applies an event idempotently).
 const MAX_UNPOLLED: usize = 4_096;
+/// Seconds a feed snapshot base is used before the store is read in full again: how late a
+/// revocation that no longer matters may leave a new subscriber's snapshot.
+pub const SNAPSHOT_BASE_AGE: u64 = 10;
 /// Revocation feed streams served at once; past it, 503.
 pub const MAX_SUBSCRIBERS: usize = 1_024;
 
@@ -93,11 +97,28 @@ impl std::fmt::Display for Hit {
     }
 }
 
+/// The revocation feed's snapshot base: the live revocations of one full read of the store.
+/// A feed snapshot is a base younger than [`SNAPSHOT_BASE_AGE`] plus the revocations stored
+/// after its `seq`, so a subscriber connecting costs a read of the few recent rows, not of
+/// every stored revocation — which, with subscribers coming and going, made the server's
+/// memory grow with the number of revocations held.
+#[derive(Debug)]
+pub struct SnapshotBase {
+    /// When the store was read.
+    pub read_at: UnixTime,
+    /// The highest sequence number read, live or not: later rows are not in the base.
+    pub seq: u64,
+    /// The live revocations read, in sequence order, as the comma-separated JSON members of
+    /// a snapshot's `events`: serialized once, shared by every snapshot served from it.
+    pub events: Bytes,
+}
+
 /// The revocation index.
 #[derive(Debug)]
 pub struct Revocations {
     index: RwLock<Index>,
     changes: broadcast::Sender<Revocation>,
+    snapshot_base: Mutex<Option<Arc<SnapshotBase>>>,
 }
 
 impl Revocations {
@@ -117,6 +138,7 @@ impl Revocations {
         let list = Revocations {
             index: RwLock::new(Index::default()),
             changes,
+            snapshot_base: Mutex::new(None),
         };
         list.refresh(store).await?;
         Ok(list)
@@ -211,6 +233,20 @@ impl Revocations {
             e.revoked_at >= horizon || blocking
         });
         before - index.entries.len()
+    }
+
+    /// The feed's snapshot base, unless there is none read within [`SNAPSHOT_BASE_AGE`] before
+    /// `now` (nor after it: a clock set back reads again).
+    pub fn snapshot_base(&self, now: UnixTime) -> Option<Arc<SnapshotBase>> {
+        let base = self.snapshot_base.lock().ok()?.clone()?;
+        (base.read_at <= now && now < base.read_at.plus(SNAPSHOT_BASE_AGE)).then_some(base)
+    }
+
+    /// Keeps `base` as the feed's snapshot base.
+    pub fn keep_snapshot_base(&self, base: Arc<SnapshotBase>) {
+        if let Ok(mut kept) = self.snapshot_base.lock() {
+            *kept = Some(base);
+        }
     }
 
     /// Subscribes to revocations made from now on.
@@ -314,6 +350,31 @@ mod tests {
             "act": {"sub": "node:n1", "run_id": "r1", "act": {"sub": "node:n0", "run_id": "r0"}}
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_base_is_used_only_while_young() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).await.unwrap();
+        let index = Revocations::load(&store).await.unwrap();
+        let at = UnixTime(1_000);
+        assert!(index.snapshot_base(at).is_none(), "none read yet");
+        index.keep_snapshot_base(Arc::new(SnapshotBase {
+            read_at: at,
+            seq: 7,
+            events: Bytes::new(),
+        }));
+        assert_eq!(index.snapshot_base(at).map(|b| b.seq), Some(7));
+        let last = at.plus(SNAPSHOT_BASE_AGE - 1);
+        assert_eq!(index.snapshot_base(last).map(|b| b.seq), Some(7));
+        assert!(
+            index.snapshot_base(at.plus(SNAPSHOT_BASE_AGE)).is_none(),
+            "too old"
+        );
+        assert!(
+            index.snapshot_base(UnixTime(999)).is_none(),
+            "the clock went back"
+        );
     }
 
     #[tokio::test]

@@ -122,8 +122,12 @@ pub fn no_store<T: Serialize>(status: StatusCode, body: &T) -> Response {
             .into_response(),
         Err(e) => return error::Error::server_error(&e).into_response(),
     };
-    let headers = response.headers_mut();
+    mark_no_store(response.headers_mut());
+    response
+}
+
+/// Marks a response as not to be stored (`Cache-Control: no-store`, `Pragma: no-cache`).
+pub fn mark_no_store(headers: &mut axum::http::HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
 }

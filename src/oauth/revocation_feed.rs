@@ -9,14 +9,20 @@
 //!
 //! Any tailnet peer may read it; subscribers are bounded, and a subscriber that falls behind
 //! gets a fresh snapshot rather than an unbounded queue.
+//!
+//! A snapshot is the revocation index's snapshot base (`revocation::SnapshotBase`: one full
+//! read of the store, redone once older than `SNAPSHOT_BASE_AGE`) plus what was stored after
+//! it, serialized straight from both: subscribers coming and going cost a read of recent rows
+//! and one serialization each, not a copy of every stored revocation.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
@@ -28,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use super::error::Error;
 use super::input::Query;
 use crate::oauth::caller::Caller;
+use crate::revocation::SnapshotBase;
 use crate::state::AppState;
 use crate::store::Revocation;
 
@@ -68,15 +75,73 @@ async fn events_since(state: &AppState, since: u64) -> Result<Vec<FeedEvent>, Er
         .collect())
 }
 
-async fn snapshot(state: &AppState) -> Result<Snapshot, Error> {
-    let events = events_since(state, 0).await?;
-    let seq = events
+/// The feed's state now: the snapshot base and what was stored after it.
+struct SnapshotView {
+    seq: u64,
+    base: Arc<SnapshotBase>,
+    recent: Vec<FeedEvent>,
+}
+
+impl SnapshotView {
+    /// The snapshot as JSON (a [`Snapshot`]), in pieces: the base's are shared, not copied.
+    fn json(&self) -> [Bytes; 4] {
+        let mut recent = Vec::new();
+        for event in &self.recent {
+            if !recent.is_empty() || !self.base.events.is_empty() {
+                recent.push(b',');
+            }
+            push_json(&mut recent, event);
+        }
+        [
+            Bytes::from(format!("{{\"seq\":{},\"events\":[", self.seq)),
+            self.base.events.clone(),
+            Bytes::from(recent),
+            Bytes::from_static(b"]}"),
+        ]
+    }
+}
+
+/// Appends `event` as JSON, which cannot fail for its plain fields.
+fn push_json(out: &mut Vec<u8>, event: &FeedEvent) {
+    if let Err(e) = serde_json::to_writer(out, event) {
+        tracing::error!(error = %e, "a feed event did not serialize");
+    }
+}
+
+/// The snapshot base, read in full from the store when the one kept is missing or too old.
+async fn snapshot_base(state: &AppState) -> Result<Arc<SnapshotBase>, Error> {
+    let now = state.now();
+    if let Some(base) = state.revocations.snapshot_base(now) {
+        return Ok(base);
+    }
+    let rows = state.store.revocations_since(0).await?;
+    let mut events = Vec::new();
+    for r in rows.iter().filter(|r| live(state, r, now)) {
+        if !events.is_empty() {
+            events.push(b',');
+        }
+        push_json(&mut events, &FeedEvent::from(r));
+    }
+    let base = Arc::new(SnapshotBase {
+        read_at: now,
+        seq: rows.iter().map(|r| r.seq).max().unwrap_or(0),
+        events: Bytes::from(events),
+    });
+    state.revocations.keep_snapshot_base(base.clone());
+    Ok(base)
+}
+
+async fn snapshot(state: &AppState) -> Result<SnapshotView, Error> {
+    let base = snapshot_base(state).await?;
+    let recent = events_since(state, base.seq).await?;
+    let seq = recent
         .iter()
         .map(|e| e.seq)
         .max()
         .unwrap_or(0)
+        .max(base.seq)
         .max(state.revocations.last_seq());
-    Ok(Snapshot { seq, events })
+    Ok(SnapshotView { seq, base, recent })
 }
 
 /// The polling parameters.
@@ -97,14 +162,27 @@ pub async fn feed(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if !wants_stream {
-        let body = match query.since {
-            Some(since) => Snapshot {
-                seq: state.revocations.last_seq(),
-                events: events_since(&state, since).await?,
-            },
-            None => snapshot(&state).await?,
-        };
-        return Ok(super::no_store(axum::http::StatusCode::OK, &body));
+        let ok = axum::http::StatusCode::OK;
+        return Ok(match query.since {
+            Some(since) => {
+                let body = Snapshot {
+                    seq: state.revocations.last_seq(),
+                    events: events_since(&state, since).await?,
+                };
+                super::no_store(ok, &body)
+            }
+            None => {
+                let json: Vec<u8> = snapshot(&state).await?.json().concat();
+                let mut response = (
+                    ok,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    Body::from(json),
+                )
+                    .into_response();
+                super::mark_no_store(response.headers_mut());
+                response
+            }
+        });
     }
     let privileged = crate::policy::agent::may_introspect(
         &caller,
@@ -132,60 +210,79 @@ pub async fn feed(
         }
         None => {
             let snap = snapshot(&state).await?;
-            let head = snap.seq;
-            (vec![snapshot_event(&snap)], head)
+            (snapshot_event(&snap), snap.seq)
         }
     };
     let stream = events(state, receiver, first, head, permit);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
 }
 
-fn snapshot_event(snapshot: &Snapshot) -> Event {
-    Event::default()
-        .event("snapshot")
-        .id(snapshot.seq.to_string())
-        .json_data(snapshot)
-        .unwrap_or_default()
+/// A keep-alive comment after this long without an event.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The server-sent event of a snapshot, in pieces (the base's shared).
+fn snapshot_event(snapshot: &SnapshotView) -> Vec<Bytes> {
+    let head = format!("event: snapshot\nid: {}\ndata: ", snapshot.seq);
+    let mut pieces = vec![Bytes::from(head)];
+    pieces.extend(snapshot.json());
+    pieces.push(Bytes::from_static(b"\n\n"));
+    pieces
 }
 
-fn revocation_event(event: &FeedEvent) -> Event {
-    Event::default()
-        .event("revocation")
-        .id(event.seq.to_string())
-        .json_data(event)
-        .unwrap_or_default()
+fn revocation_event(event: &FeedEvent) -> Bytes {
+    let mut out = format!("event: revocation\nid: {}\ndata: ", event.seq).into_bytes();
+    push_json(&mut out, event);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 struct Feed {
     state: AppState,
     receiver: broadcast::Receiver<Revocation>,
-    pending: std::collections::VecDeque<Event>,
+    pending: VecDeque<Bytes>,
     head: u64,
-    _permit: Arc<OwnedSemaphorePermit>,
+    quiet_until: tokio::time::Instant,
+    _permit: OwnedSemaphorePermit,
 }
 
+/// The stream's bytes: `first`, then each revocation after `head`, a fresh snapshot for a
+/// subscriber that fell behind, and a keep-alive comment after [`KEEP_ALIVE`] of silence.
 fn events(
     state: AppState,
     receiver: broadcast::Receiver<Revocation>,
-    first: Vec<Event>,
+    first: Vec<Bytes>,
     head: u64,
     permit: OwnedSemaphorePermit,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     let feed = Feed {
         state,
         receiver,
         pending: first.into(),
         head,
-        _permit: Arc::new(permit),
+        quiet_until: tokio::time::Instant::now() + KEEP_ALIVE,
+        _permit: permit,
     };
     stream::unfold(feed, |mut feed| async move {
         loop {
-            if let Some(event) = feed.pending.pop_front() {
-                return Some((Ok(event), feed));
+            if let Some(piece) = feed.pending.pop_front() {
+                feed.quiet_until = tokio::time::Instant::now() + KEEP_ALIVE;
+                return Some((Ok(piece), feed));
             }
-            match feed.receiver.recv().await {
+            let received = tokio::select! {
+                received = feed.receiver.recv() => received,
+                () = tokio::time::sleep_until(feed.quiet_until) => {
+                    feed.quiet_until = tokio::time::Instant::now() + KEEP_ALIVE;
+                    return Some((Ok(Bytes::from_static(b":\n\n")), feed));
+                }
+            };
+            match received {
                 Ok(r) if r.seq > feed.head => {
                     feed.head = r.seq;
                     feed.pending
@@ -196,7 +293,7 @@ fn events(
                     // Too far behind to replay one by one: start over from a snapshot.
                     let snap = snapshot(&feed.state).await.ok()?;
                     feed.head = snap.seq;
-                    feed.pending.push_back(snapshot_event(&snap));
+                    feed.pending.extend(snapshot_event(&snap));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -164,6 +164,65 @@ async fn revoking_a_run_kills_parent_and_child_and_the_feed_says_so() {
     );
 }
 
+/// Mints an agent token and revokes its run; returns the run id.
+async fn revoke_a_run(server: &TestServer) -> String {
+    let (_, agent) = mint(server, CI, &[("audience", GATEWAY), ("scope", "llm:chat")]).await;
+    let run = claims(agent["access_token"].as_str().unwrap())["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    revoke_run(server, &run).await;
+    run
+}
+
+#[tokio::test]
+async fn a_new_subscriber_s_snapshot_holds_every_revocation_once_those_since_the_last_included() {
+    let (server, _dir) = server(&[]).await;
+    let early = revoke_a_run(&server).await;
+    // The first subscriber's snapshot reads the store in full, and that read is kept...
+    let mut first = SseReader::open(&server, GATEWAY_NODE, None).await;
+    let before = first.next().await;
+    assert_eq!(before.event, "snapshot");
+    assert_eq!(before.data["events"][0]["value"], early.as_str());
+    // ... so the next one, a moment later, is that read plus what was stored since.
+    let late = revoke_a_run(&server).await;
+    let mut second = SseReader::open(&server, GATEWAY_NODE, None).await;
+    let snapshot = second.next().await;
+    assert_eq!(snapshot.event, "snapshot");
+    let values: Vec<&str> = snapshot.data["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [early.as_str(), late.as_str()],
+        "{:?}",
+        snapshot.data
+    );
+    let seq = snapshot.data["seq"].as_u64().unwrap();
+    assert_eq!(snapshot.id, Some(seq));
+    assert_eq!(Some(seq), snapshot.data["events"][1]["seq"].as_u64());
+    assert!(seq > before.data["seq"].as_u64().unwrap());
+    // The first subscriber hears of the late one as an event, and pollers get the same snapshot.
+    let event = first.next().await;
+    assert_eq!(
+        (event.event.as_str(), event.data["value"].as_str()),
+        ("revocation", Some(late.as_str()))
+    );
+    let (status, polled) = read(
+        server
+            .peer(GATEWAY_NODE)
+            .get(server.url("/revocations"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &polled), (200, &snapshot.data));
+}
+
 #[tokio::test]
 async fn the_feed_is_for_the_tailnet() {
     let (server, _dir) = server(&[]).await;
