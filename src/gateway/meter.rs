@@ -253,12 +253,28 @@ impl AnswerScanner {
         }
         self.pending.extend_from_slice(chunk);
         if self.event_stream {
-            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                if let Some(data) = line.strip_prefix(b"data:") {
+            // What was pending before this chunk holds no line end, so the search starts at
+            // the chunk, and the lines it completes leave in one drain: linear in the bytes
+            // however the stream is cut.
+            let pending = std::mem::take(&mut self.pending);
+            let mut start = 0;
+            let mut from = pending.len().saturating_sub(chunk.len());
+            while let Some(end) = pending
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+                .map(|at| from + at)
+            {
+                if let Some(data) = pending
+                    .get(start..end)
+                    .and_then(|line| line.strip_prefix(b"data:"))
+                {
                     self.see_json(data.trim_ascii());
                 }
+                start = end + 1;
+                from = start;
             }
+            self.pending = pending;
+            self.pending.drain(..start);
             if self.pending.len() > MAX_LINE {
                 self.overflow = true;
             }
