@@ -373,6 +373,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_fed_a_byte_at_a_time_reads_as_it_does_whole() {
+        let stream = b"event: message_start\r\ndata: {\"message\":{\"usage\":{\"input_tokens\":3}}}\r\n\r\ndata: {\"usage\":{\"output_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let mut scanner = AnswerScanner::new(true);
+        for byte in stream {
+            scanner.push(std::slice::from_ref(byte));
+        }
+        let expected = Usage {
+            input: Some(3),
+            output: Some(4),
+            total: Some(7),
+        };
+        assert_eq!(scanner.finish_usage(), expected);
+        assert!(scanner.pending.is_empty());
+    }
+
+    #[test]
     fn input_and_output_are_counted_in_each_apis_shape() {
         let anthropic = b"event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":15}}\n\n";
         let mut scanner = AnswerScanner::new(true);
