@@ -383,14 +383,15 @@ pub fn basic_auth(data: &[u8]) {
 }
 
 /// A redirect URI, at registration and at use. The first line is the requested URI, each
-/// other line a URI to register (`redirect::check`); the registered ones make a confidential
+/// other line (up to eight) a URI to register (`redirect::check`); the registered ones make a confidential
 /// and a public client (`Client::allows_redirect`). Asserts that a URI registration accepts
 /// is an absolute URL without fragment, whitespace or credentials, and that a requested URI
 /// a client accepts is one of its registered URIs exactly — or, for the public client, an
 /// `http` loopback URL that differs from one only by its port.
 pub fn redirect_uri(data: &[u8]) {
     let Some(text) = text(data) else { return };
-    let mut lines = text.split('\n');
+    // A client registers a few URIs; more lines would only make each input slower.
+    let mut lines = text.split('\n').take(1 + MAX_REGISTERED);
     let requested = lines.next().unwrap_or_default();
     let mut registered = Vec::new();
     for uri in lines {
@@ -445,6 +446,9 @@ pub fn redirect_uri(data: &[u8]) {
         );
     }
 }
+
+/// The most URIs [`redirect_uri`] registers from one input.
+const MAX_REGISTERED: usize = 8;
 
 /// tailscaled's WhoIs answer (`WhoIsResponse`, the LocalAPI's and the local table's JSON)
 /// turned into an `Identity`, then its tsidp grants read. Asserts that a tagged node has no
