@@ -18,6 +18,8 @@ pub mod commands;
 pub mod config;
 pub mod dpop;
 pub mod federation;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_targets;
 pub mod gateway;
 pub mod grant;
 pub mod http;

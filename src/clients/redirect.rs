@@ -86,8 +86,9 @@ pub fn matches(registered: &str, requested: &str, any_loopback_port: bool) -> bo
         }
 }
 
-/// `uri` without its port, when it is `http://` to a loopback host with at most a numeric
-/// port; `None` for every other URI.
+/// `uri` without its port, when it is `http://` to a loopback host with at most a port an app
+/// can listen on (1 to 65535, in digits); `None` for every other URI. A larger number is no
+/// port: the URI is not a URL, and a code sent there could not be delivered.
 fn without_loopback_port(uri: &str) -> Option<(&'static str, &str)> {
     let rest = uri.strip_prefix("http://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -96,7 +97,9 @@ fn without_loopback_port(uri: &str) -> Option<(&'static str, &str)> {
         let port = authority.strip_prefix(host)?;
         let numeric = match port.strip_prefix(':') {
             Some(digits) => {
-                (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+                (1..=5).contains(&digits.len())
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && digits.parse::<u16>().is_ok_and(|p| p > 0)
             }
             None => port.is_empty(),
         };
@@ -325,6 +328,23 @@ mod tests {
             "https://app.example/cb",
             false
         ));
+    }
+
+    /// Found by the `redirect_uri` fuzz target (`fuzz/corpus/redirect_uri/crash-…`): five
+    /// digits past 65535 were taken for a port, so `/authorize` minted a code for a URI it
+    /// then could not redirect to.
+    #[test]
+    fn a_loopback_port_must_be_one_an_app_can_listen_on() {
+        let registered = "http://127.0.0.1/callback";
+        for port in ["82536", "65536", "99999", "0", "00000"] {
+            let requested = format!("http://127.0.0.1:{port}/callback");
+            assert!(!matches(registered, &requested, true), "{requested}");
+        }
+        for port in ["1", "65535", "08080"] {
+            let requested = format!("http://127.0.0.1:{port}/callback");
+            assert!(matches(registered, &requested, true), "{requested}");
+            assert!(Url::parse(&requested).is_ok());
+        }
     }
 
     #[test]

@@ -46,29 +46,38 @@ pub fn load<T: DeserializeOwned + Default>(
     let Some(path) = path else {
         return Ok((GlobalOptions::default(), T::default()));
     };
-    let shown = || path.display().to_string();
+    let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
-        path: shown(),
+        path: shown.clone(),
         source,
     })?;
+    parse(&text, &shown)
+}
+
+/// Parses a file's `text` (read from `shown`, which errors name) as the global options and a
+/// command's options `T`, refusing a key that neither declares. [`load`] without the reading.
+pub fn parse<T: DeserializeOwned>(
+    text: &str,
+    shown: &str,
+) -> Result<(GlobalOptions, T), FileError> {
     let parse = |e: toml::de::Error| FileError::Parse {
-        path: shown(),
+        path: shown.to_owned(),
         message: e.to_string(),
     };
-    let table: toml::Table = toml::from_str(&text).map_err(parse)?;
+    let table: toml::Table = toml::from_str(text).map_err(parse)?;
     let (global_keys, command_keys) = (keys_of::<GlobalOptions>(), keys_of::<T>());
     if let Some(key) = table
         .keys()
         .find(|key| !global_keys.contains(&key.as_str()) && !command_keys.contains(&key.as_str()))
     {
         return Err(FileError::UnknownKey {
-            path: shown(),
+            path: shown.to_owned(),
             key: key.clone(),
         });
     }
     Ok((
-        toml::from_str(&text).map_err(parse)?,
-        toml::from_str(&text).map_err(parse)?,
+        toml::from_str(text).map_err(parse)?,
+        toml::from_str(text).map_err(parse)?,
     ))
 }
 

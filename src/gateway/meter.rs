@@ -253,12 +253,28 @@ impl AnswerScanner {
         }
         self.pending.extend_from_slice(chunk);
         if self.event_stream {
-            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                if let Some(data) = line.strip_prefix(b"data:") {
+            // What was pending before this chunk holds no line end, so the search starts at
+            // the chunk, and the lines it completes leave in one drain: linear in the bytes
+            // however the stream is cut.
+            let pending = std::mem::take(&mut self.pending);
+            let mut start = 0;
+            let mut from = pending.len().saturating_sub(chunk.len());
+            while let Some(end) = pending
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+                .map(|at| from + at)
+            {
+                if let Some(data) = pending
+                    .get(start..end)
+                    .and_then(|line| line.strip_prefix(b"data:"))
+                {
                     self.see_json(data.trim_ascii());
                 }
+                start = end + 1;
+                from = start;
             }
+            self.pending = pending;
+            self.pending.drain(..start);
             if self.pending.len() > MAX_LINE {
                 self.overflow = true;
             }
@@ -354,6 +370,22 @@ mod tests {
             scanner.push(&stream[split..]);
             assert_eq!(scanner.finish(), Some(42), "split at {split}");
         }
+    }
+
+    #[test]
+    fn a_stream_fed_a_byte_at_a_time_reads_as_it_does_whole() {
+        let stream = b"event: message_start\r\ndata: {\"message\":{\"usage\":{\"input_tokens\":3}}}\r\n\r\ndata: {\"usage\":{\"output_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let mut scanner = AnswerScanner::new(true);
+        for byte in stream {
+            scanner.push(std::slice::from_ref(byte));
+        }
+        let expected = Usage {
+            input: Some(3),
+            output: Some(4),
+            total: Some(7),
+        };
+        assert_eq!(scanner.finish_usage(), expected);
+        assert!(scanner.pending.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use crate::binding::Presenter;
-use crate::feed::{FeedEvent, Snapshot};
+use crate::feed::{FeedEvent, RevocationList, Snapshot};
 use crate::verifier::{KeySet, Presented, Verifier, VerifyError};
 use crate::{AccessClaims, UnixTime};
 
@@ -359,20 +359,7 @@ impl RemoteVerifier {
             };
             let events = parser.push(&chunk)?;
             for event in events {
-                match event.name.as_str() {
-                    "snapshot" => {
-                        let snapshot: Snapshot =
-                            serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
-                        list.apply_snapshot(&snapshot);
-                    }
-                    "revocation" => {
-                        let event: FeedEvent =
-                            serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
-                        list.apply(&event);
-                    }
-                    _ => continue,
-                }
-                got_any = true;
+                got_any |= apply_event(list, &event)?;
             }
             self.heard();
         }
@@ -382,6 +369,25 @@ impl RemoteVerifier {
             Err("the feed closed".into())
         }
     }
+}
+
+/// Applies one event of the feed's stream to `list`: a `snapshot` replaces it, a
+/// `revocation` adds to it, any other event is ignored. Whether the event was one of the
+/// feed's; an error when its data is not the JSON its name says.
+pub fn apply_event(list: &RevocationList, event: &SseEvent) -> Result<bool, String> {
+    match event.name.as_str() {
+        "snapshot" => {
+            let snapshot: Snapshot =
+                serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+            list.apply_snapshot(&snapshot);
+        }
+        "revocation" => {
+            let event: FeedEvent = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+            list.apply(&event);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// One server-sent event.
@@ -404,11 +410,21 @@ pub struct SseParser {
 impl SseParser {
     /// Feeds bytes; the events they complete.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
-        self.buffer.extend_from_slice(bytes);
+        // What was buffered before holds no line end, so the search starts at the new bytes,
+        // and the lines they complete leave in one drain: linear however the stream is cut.
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut from = buffer.len();
+        buffer.extend_from_slice(bytes);
+        let mut start = 0;
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
+        while let Some(end) = buffer
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+            .map(|at| from + at)
+        {
+            let line = String::from_utf8_lossy(buffer.get(start..=end).unwrap_or_default());
+            start = end + 1;
+            from = start;
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.data.is_empty() {
@@ -441,6 +457,8 @@ impl SseParser {
                 _ => {}
             }
         }
+        buffer.drain(..start);
+        self.buffer = buffer;
         if self.buffer.len() + self.data.len() > MAX_EVENT {
             return Err("feed event too large".into());
         }
