@@ -203,7 +203,10 @@ pub fn issue_login(
         None => ctx.lifetimes.token,
     };
     let claims = login.access_claims(ctx.issuer.url(), now, lifetime);
-    let access_token = ctx.keys.sign_jwt(ctx.signing.access, ACCESS_TYP, &claims)?;
+    // Read back at `/userinfo` right after, usually: remembered so that it is not re-verified.
+    let access_token = ctx
+        .keys
+        .sign_jwt_to_read_back(ctx.signing.access, ACCESS_TYP, &claims)?;
     let id_token = if grant.scopes.has("openid") {
         let alg = client.id_token_alg(ctx.signing.id_token);
         let at_hash = mint::at_hash(alg, &access_token);

@@ -358,12 +358,26 @@ impl KeyRing {
         typ: &str,
         claims: &C,
     ) -> Result<String, KeyError> {
-        let token = self.active(alg)?.sign_jwt(typ, claims)?;
+        Ok(self.active(alg)?.sign_jwt(typ, claims)?)
+    }
+
+    /// Like [`KeyRing::sign_jwt`], for a token this server will likely read back soon (a
+    /// login's access token, presented at `/userinfo` right after): remembered by digest
+    /// ([`SignedHere`]), so that reading it skips its signature check. Costs a SHA-256 of the
+    /// token and a set update, which a token nobody reads back here should not pay.
+    pub fn sign_jwt_to_read_back<C: Serialize + ?Sized>(
+        &self,
+        alg: Alg,
+        typ: &str,
+        claims: &C,
+    ) -> Result<String, KeyError> {
+        let token = self.sign_jwt(alg, typ, claims)?;
         self.signed.remember(&token);
         Ok(token)
     }
 
-    /// Whether `token` is, byte for byte, one this ring signed lately ([`SignedHere`]): its
+    /// Whether `token` is, byte for byte, one this ring signed lately to read back
+    /// ([`KeyRing::sign_jwt_to_read_back`], [`SignedHere`]): its
     /// signature is known good, though whether its key is still published is not.
     pub fn signed_here(&self, token: &str) -> bool {
         self.signed.contains(token)

@@ -1,6 +1,6 @@
-//! The tokens this process signed lately, remembered by digest, so that reading one back
-//! (`/userinfo` right after a login, introspection, an exchange of a fresh agent token) need
-//! not check a signature that this process made itself. An ES256 check costs about three
+//! The tokens this process signed lately to read back, remembered by digest, so that reading
+//! one back (`/userinfo` right after a login) need not check a signature that this process made
+//! itself. An ES256 check costs about three
 //! signatures; a SHA-256 digest of the token and a set lookup cost a few percent of one.
 //!
 //! Sound because the digest is of the whole compact token: a token whose bytes hash to a
@@ -13,8 +13,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-/// How many digests are remembered: at a few tens of thousands of tokens a second, the last
-/// half second or so, which covers a login's `/userinfo` call; about 1 MiB when full.
+/// How many digests are remembered: at a few thousand logins a second, the last few seconds,
+/// which covers a login's `/userinfo` call; about 1 MiB when full.
 pub const REMEMBERED: usize = 16_384;
 
 type Digest = [u8; 32];

@@ -206,11 +206,19 @@ mod tests {
             exp: now.plus(60),
             iat: now,
         };
-        let token = here.sign_jwt(Alg::ES256, ACCESS_TYP, &claims).unwrap();
+        let token = here
+            .sign_jwt_to_read_back(Alg::ES256, ACCESS_TYP, &claims)
+            .unwrap();
         let read = |ring: &KeyRing, token: &str, issuer: &str| {
             read_signed(token, ring, issuer, ACCESS_TYP, now, registered).map(|(c, _)| c.aud)
         };
         let idp = "https://idp.example";
+        let unkept = here.sign_jwt(Alg::ES256, ACCESS_TYP, &claims).unwrap();
+        assert!(
+            !here.signed_here(&unkept),
+            "only tokens signed to read back"
+        );
+        assert_eq!(read(&here, &unkept, idp).unwrap(), claims.aud);
         assert!(here.signed_here(&token) && !replica.signed_here(&token));
         assert_eq!(read(&here, &token, idp).unwrap(), claims.aud);
         assert_eq!(read(&replica, &token, idp).unwrap(), claims.aud);
