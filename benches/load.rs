@@ -297,50 +297,29 @@ impl CodeFlow {
     }
 }
 
-/// One worker's connection for the agent grant.
-struct Agent {
-    conn: Conn,
-    token: Rc<str>,
-    body: Bytes,
-}
-
-impl Agent {
-    /// One agent token request; fails unless a token comes back.
-    async fn once(&mut self) -> Result<(), String> {
-        let answer = self
-            .conn
-            .send(Method::POST, &self.token, &[FORM], self.body.clone())
-            .await?;
-        if !answer.status.is_success() || !has_access_token(&answer.body) {
-            return Err(format!(
-                "token answered {}: {}",
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// One worker's connection for `client_credentials` with a secret.
-struct ClientCredentials {
+/// One worker's connection for a `client_credentials` token request: the agent grant (no
+/// `authorization`, the caller's address is the credential) or a client's (Basic).
+struct TokenGrant {
     conn: Conn,
     path: Rc<str>,
-    basic: Rc<str>,
+    authorization: Option<Rc<str>>,
     body: Bytes,
 }
 
-impl ClientCredentials {
+impl TokenGrant {
     /// One token request; fails unless a token comes back.
     async fn once(&mut self) -> Result<(), String> {
+        let with_auth;
+        let headers: &[(&str, &str)] = match &self.authorization {
+            Some(value) => {
+                with_auth = [FORM, ("authorization", value.as_ref())];
+                &with_auth
+            }
+            None => &[FORM],
+        };
         let answer = self
             .conn
-            .send(
-                Method::POST,
-                &self.path,
-                &[FORM, ("authorization", &self.basic)],
-                self.body.clone(),
-            )
+            .send(Method::POST, &self.path, headers, self.body.clone())
             .await?;
         if !answer.status.is_success() || !has_access_token(&answer.body) {
             return Err(format!(
@@ -364,15 +343,9 @@ impl Work for CodeFlow {
     }
 }
 
-impl Work for Agent {
+impl Work for TokenGrant {
     async fn once(&mut self) -> Result<(), String> {
-        Agent::once(self).await
-    }
-}
-
-impl Work for ClientCredentials {
-    async fn once(&mut self) -> Result<(), String> {
-        ClientCredentials::once(self).await
+        TokenGrant::once(self).await
     }
 }
 
@@ -530,9 +503,10 @@ async fn run(args: Args) {
                     if let Some(addr) = replicas.get(i % replicas.len().max(1)) {
                         target.addr = *addr;
                     }
-                    Agent {
+                    TokenGrant {
                         conn: Conn::new(Some(from), target),
-                        token: token.clone(),
+                        path: token.clone(),
+                        authorization: None,
                         body: body.clone(),
                     }
                 })
@@ -565,13 +539,11 @@ async fn run(args: Args) {
             let body = Bytes::from(form.finish());
             let basic: Rc<str> = basic(&client_id, &client_secret).into();
             let (latencies, errors, elapsed) =
-                drive(args.concurrency, args.seconds, args.rate, |_| {
-                    ClientCredentials {
-                        conn: Conn::new(None, target.clone()),
-                        path: path.clone(),
-                        basic: basic.clone(),
-                        body: body.clone(),
-                    }
+                drive(args.concurrency, args.seconds, args.rate, |_| TokenGrant {
+                    conn: Conn::new(None, target.clone()),
+                    path: path.clone(),
+                    authorization: Some(basic.clone()),
+                    body: body.clone(),
                 })
                 .await;
             report("client_credentials tokens", latencies, errors, elapsed);

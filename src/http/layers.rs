@@ -79,11 +79,11 @@ async fn front_door(State(front): State<Arc<Front>>, req: Request, next: Next) -
         Some(refusal) => refusal.into_response(),
         None => {
             let start = std::time::Instant::now();
+            // The route template is shared (a reference count), not copied per request.
             let endpoint = front.metrics.as_ref().map(|_| {
                 req.extensions()
                     .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_else(|| "unmatched".to_owned())
+                    .cloned()
             });
             let response = match tokio::time::timeout(front.time_limit, next.run(req)).await {
                 Ok(response) => response,
@@ -92,7 +92,8 @@ async fn front_door(State(front): State<Arc<Front>>, req: Request, next: Next) -
                     .into_response(),
             };
             if let (Some(metrics), Some(endpoint)) = (&front.metrics, endpoint) {
-                metrics.request(&endpoint, start.elapsed());
+                let endpoint = endpoint.as_ref().map_or("unmatched", |p| p.as_str());
+                metrics.request(endpoint, start.elapsed());
             }
             response
         }
