@@ -4,6 +4,7 @@
 #   bench/run.sh code-flow [--seconds N] [--concurrency N]   authorize + token + userinfo
 #   bench/run.sh agent [--seconds N] [--concurrency N]       the agent grant over HTTP
 #     (TAILPASS_BENCH_STORE=postgres://… TAILPASS_BENCH_REPLICAS=2 for replicas on PostgreSQL)
+#   bench/run.sh floor [--seconds N] [--concurrency N]       GET /healthz: what any request costs
 #   bench/run.sh agent-inproc [--seconds N]                  the agent grant in-process, beside
 #                                                            raw ring ES256 signing, one core
 #   bench/run.sh gateway [--seconds N] [--requests N]        verification vs raw ring verify,
@@ -226,6 +227,9 @@ case "$scenario" in
   agent)
     taskset -c 1 "$load" agent --issuer "$issuer" --audience https://gateway.tail1234.ts.net \
       "${targets[@]}" "$@"
+    ;;
+  floor)
+    taskset -c 1 "$load" floor --issuer "$issuer" "$@"
     ;;
   peer)
     peer_main "$@"

@@ -6,6 +6,7 @@
 //! load code-flow --issuer URL --client-id ID --client-secret=S --redirect-uri U [--from 127.0.0.2]
 //! load agent --issuer URL --audience A [--from 127.0.0.3]
 //! load client-credentials --token-url URL --client-id ID --client-secret=S [--audience A | --resource R]
+//! load floor --issuer URL
 //! ```
 //!
 //! The client side is kept lean so that it is not what is measured: one keep-alive HTTP/1.1
@@ -75,6 +76,13 @@ enum Scenario {
         /// connects to replica `i mod n`, naming the issuer's host.
         #[arg(long = "replica")]
         replicas: Vec<SocketAddr>,
+    },
+    /// The HTTP floor: `GET /healthz` on the same keep-alive connections, a request the server
+    /// answers without a grant, a signature or a write. What any token request costs at
+    /// least, measured beside the grants.
+    Floor {
+        #[arg(long)]
+        issuer: String,
     },
     /// `client_credentials` with `client_secret_basic`: the same load against any server.
     ClientCredentials {
@@ -332,6 +340,25 @@ impl TokenGrant {
     }
 }
 
+/// One worker's connection for the floor: `GET` of a path that must answer 200.
+struct Probe {
+    conn: Conn,
+    path: Rc<str>,
+}
+
+impl Probe {
+    async fn once(&mut self) -> Result<(), String> {
+        let answer = self
+            .conn
+            .send(Method::GET, &self.path, &[], Bytes::new())
+            .await?;
+        if answer.status != StatusCode::OK {
+            return Err(format!("{} answered {}", self.path, answer.status));
+        }
+        Ok(())
+    }
+}
+
 /// What one worker does, over and over.
 trait Work: 'static {
     async fn once(&mut self) -> Result<(), String>;
@@ -346,6 +373,12 @@ impl Work for CodeFlow {
 impl Work for TokenGrant {
     async fn once(&mut self) -> Result<(), String> {
         TokenGrant::once(self).await
+    }
+}
+
+impl Work for Probe {
+    async fn once(&mut self) -> Result<(), String> {
+        Probe::once(self).await
     }
 }
 
@@ -512,6 +545,17 @@ async fn run(args: Args) {
                 })
                 .await;
             report("agent tokens over HTTP", latencies, errors, elapsed);
+        }
+        Scenario::Floor { issuer } => {
+            let (target, base) = Target::of(&issuer);
+            let path: Rc<str> = format!("{base}/healthz").into();
+            let (latencies, errors, elapsed) =
+                drive(args.concurrency, args.seconds, args.rate, |_| Probe {
+                    conn: Conn::new(None, target.clone()),
+                    path: path.clone(),
+                })
+                .await;
+            report("HTTP floor (GET /healthz)", latencies, errors, elapsed);
         }
         Scenario::ClientCredentials {
             token_url,

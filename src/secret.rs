@@ -67,7 +67,15 @@ impl SecretHash {
 
     /// The lowercase hex form.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // Store keys and code-derived ids are built from it on every code flow: a digit per
+        // nibble, not a formatter call per byte.
+        let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + (n - 10) });
+        let mut hex = String::with_capacity(64);
+        for b in self.0 {
+            hex.push(digit(b >> 4));
+            hex.push(digit(b & 0x0f));
+        }
+        hex
     }
 
     /// Parses the lowercase or uppercase hex form of a SHA-256.

@@ -186,7 +186,7 @@ impl FamilyRow {
         })
     }
 
-    fn insert(self, c: &Connection, now: UnixTime) -> Result<(), StoreError> {
+    fn insert(&self, c: &Connection, now: UnixTime) -> Result<(), StoreError> {
         c.prepare_cached(
             "INSERT INTO refresh_families (family_id, client_id, user_login, node_id, created_at, expires_at, data) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -406,14 +406,13 @@ impl Store for SqliteStore {
                 let Some(replayed_at) = redeemed else {
                     return Ok(false);
                 };
-                if let Some(row) = row {
-                    let id = row.id.clone();
+                if let Some(row) = &row {
                     row.insert(c, now)?;
                     if let Some(at) = replayed_at {
                         c.prepare_cached(
                             "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2",
                         )?
-                        .execute(params![at, id])?;
+                        .execute(params![at, row.id])?;
                     }
                 }
                 Ok(replayed_at.is_none())
@@ -638,7 +637,7 @@ impl Store for SqliteStore {
         let (client, user, approved) = (client.0.clone(), user.to_owned(), approved.clone());
         self.worker
             .write(move |c| {
-                let data = encode(&approved.joined(consent_of(c, &client, &user)?))?;
+                let data = encode(&approved.clone().joined(consent_of(c, &client, &user)?))?;
                 c.prepare_cached(
                     "INSERT INTO consents (client_id, user_key, granted_at, data) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT (client_id, user_key) DO UPDATE SET granted_at = ?3, data = ?4",

@@ -266,6 +266,117 @@ async fn a_failed_write_leaves_nothing_behind_alone_or_batched() {
     assert!(store.consent(&c, "u2").await.unwrap().is_none());
 }
 
+/// A consent insert for `user` that counts its runs in `runs`.
+fn counted_consent(
+    user: &'static str,
+    runs: &Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(&Connection) -> Result<(), StoreError> + Send + 'static {
+    let runs = runs.clone();
+    move |c| {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        c.execute(
+            "INSERT INTO consents (client_id, user_key, granted_at) VALUES ('c1', ?1, 1)",
+            [user],
+        )?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_once_and_again_in_savepoints_only_when_a_job_fails() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let (_dir, store) = store().await;
+    let store = Arc::new(store);
+    // Holds the writer thread inside a first job while the batch under test queues up.
+    let hold = |store: &Arc<SqliteStore>| {
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let held = store.clone();
+        let job = tokio::spawn(async move {
+            held.worker
+                .write(move |_| {
+                    let _ = started.send(());
+                    let _ = gate.lock().map(|g| g.recv());
+                    Ok(())
+                })
+                .await
+        });
+        (job, running, release)
+    };
+    let queue = |store: &Arc<SqliteStore>, n: usize| {
+        let store = store.clone();
+        async move {
+            while store.worker.queued() < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let (held, running, release) = hold(&store);
+    tokio::task::spawn_blocking(move || running.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (first, failing, last) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let s = store.clone();
+    let f = counted_consent("u1", &first);
+    let a = tokio::spawn(async move { s.worker.write(f).await });
+    queue(&store, 1).await;
+    let s = store.clone();
+    let counted = failing.clone();
+    let b = tokio::spawn(async move {
+        s.worker
+            .write(move |c| {
+                counted.fetch_add(1, SeqCst);
+                consent_then_fail(c, "u2")
+            })
+            .await
+    });
+    queue(&store, 2).await;
+    let s = store.clone();
+    let f = counted_consent("u3", &last);
+    let c = tokio::spawn(async move { s.worker.write(f).await });
+    queue(&store, 3).await;
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    a.await.unwrap().unwrap();
+    assert!(b.await.unwrap().is_err());
+    c.await.unwrap().unwrap();
+    // The batch ran side by side until the failure, was rolled back, and ran again in
+    // savepoints: the jobs before the failure ran twice, each write kept once.
+    assert_eq!(
+        (first.load(SeqCst), failing.load(SeqCst), last.load(SeqCst)),
+        (2, 2, 1)
+    );
+    assert_eq!(consents(&store).await, 2);
+
+    // A batch in which every job succeeds runs each job once.
+    let (held, running, release) = hold(&store);
+    tokio::task::spawn_blocking(move || running.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let runs: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut jobs = Vec::new();
+    for (i, (user, counted)) in ["u4", "u5", "u6"].into_iter().zip(&runs).enumerate() {
+        let s = store.clone();
+        let f = counted_consent(user, counted);
+        jobs.push(tokio::spawn(async move { s.worker.write(f).await }));
+        queue(&store, i + 1).await;
+    }
+    release.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    for job in jobs {
+        job.await.unwrap().unwrap();
+    }
+    assert!(runs.iter().all(|r| r.load(SeqCst) == 1));
+    assert_eq!(consents(&store).await, 5);
+}
+
 #[test]
 fn answered_writes_are_synced_to_disk_not_only_to_the_os() {
     // `synchronous = NORMAL` in WAL mode leaves committed transactions in the OS page cache

@@ -1,11 +1,17 @@
 //! The threads that touch the SQLite file: one writer, a few readers.
 //!
 //! Every write is a job sent to the writer thread. The thread takes all jobs queued (up to
-//! [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction — each inside its own
-//! savepoint, so one job's failure (a duplicate client id, say) does not undo the others; a job
-//! alone in its batch needs none, its failure rolls the transaction back — and commits once. A job's caller gets its result only after that commit: nothing is answered
-//! before it is durable, and a burst of token requests costs one transaction, not hundreds.
-//! This is group commit for every write, not only the audit log.
+//! [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction and commits once. A job's
+//! caller gets its result only after that commit: nothing is answered before it is durable,
+//! and a burst of token requests costs one transaction, not hundreds. This is group commit for
+//! every write, not only the audit log.
+//!
+//! One job's failure (a duplicate client id, say) must not undo the others. The jobs of a batch
+//! first run side by side, with nothing between them: almost always they all succeed and the
+//! batch commits as it ran. If one fails, the batch is rolled back and run again, each job in
+//! a savepoint of its own, so that only the failed one's writes go. A savepoint copies every
+//! page its job touches into a journal, so it is paid for only when a job fails. A job alone
+//! in its batch needs neither: its failure rolls the transaction back.
 //!
 //! Reads run on a small pool of read-only connections under `spawn_blocking`; in WAL mode they
 //! see every committed transaction and never block the writer.
@@ -26,10 +32,51 @@ const QUEUE: usize = 4_096;
 /// Read connections kept open.
 const READERS: usize = 4;
 
-/// What a job hands back once it ran: how to answer its caller given the commit's outcome.
-type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write: runs on the writer thread inside the batch transaction; says how it ended.
-type Job = Box<dyn FnOnce(&Connection, Isolation) -> (Ran, Reply) + Send>;
+/// A write: runs on the writer thread inside the batch transaction (twice, if another job of
+/// its batch failed the first time), then tells its caller how the commit ended.
+trait Job: Send {
+    /// Runs the job's writes, keeping its outcome for [`Job::answer`]; says how it ended.
+    fn run(&mut self, conn: &Connection, isolation: Isolation) -> Ran;
+    /// Answers the caller: the job's outcome, if the commit succeeded.
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+/// A write of a `T`, and where its result goes.
+struct Write<T, F> {
+    f: F,
+    outcome: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: Fn(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection, isolation: Isolation) -> Ran {
+        let outcome = match isolation {
+            Isolation::Savepoint => in_savepoint(conn, &self.f),
+            Isolation::Shared | Isolation::Alone => (self.f)(conn),
+            Isolation::Lost => Err(StoreError::Unavailable(
+                "the write batch's transaction was rolled back".into(),
+            )),
+        };
+        let ran = match &outcome {
+            Ok(_) => Ran::Done,
+            Err(StoreError::Unavailable(_)) => Ran::Unavailable,
+            Err(_) => Ran::Failed,
+        };
+        self.outcome = Some(outcome);
+        ran
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>) {
+        let outcome = self
+            .outcome
+            .unwrap_or_else(|| Err(StoreError::Backend("the write did not run".into())));
+        let _ = self.reply.send(commit.and(outcome));
+    }
+}
 
 /// How a job ended (a failed job's caller gets its error whatever the commit does).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,10 +90,12 @@ enum Ran {
 /// How a job's writes are kept apart from the rest of its transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Isolation {
+    /// Other jobs share the transaction and nothing separates them: if any job fails, the
+    /// transaction is rolled back and the batch runs again, each job in a savepoint.
+    Shared,
     /// Other jobs share the transaction: the job runs in a savepoint, undone alone if it fails.
     Savepoint,
-    /// The job is the whole transaction: if it fails, the transaction is rolled back, which
-    /// spares the savepoint's journal on the common path of one job per batch.
+    /// The job is the whole transaction: if it fails, the transaction is rolled back.
     Alone,
     /// The batch's transaction is gone (SQLite rolled it back itself after a full disk or an
     /// I/O error): the job must not run, since outside a transaction each of its statements
@@ -100,7 +149,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 
 /// The writer thread's handle, and the reader pool.
 pub struct Worker {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
     /// When the last batch was refused as unavailable (full disk, I/O error), until one
@@ -119,7 +168,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Starts the writer thread on `conn`, already migrated.
     pub fn start(conn: Connection, path: &Path) -> Result<Worker, StoreError> {
-        let (jobs, rx) = mpsc::channel::<Job>(QUEUE);
+        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>(QUEUE);
         let write_fault = Arc::new(Mutex::new(None));
         let fault = write_fault.clone();
         std::thread::Builder::new()
@@ -144,30 +193,19 @@ impl Worker {
             .is_some_and(|at| at.elapsed() < crate::store::WRITE_FAULT_SHOWN)
     }
 
-    /// Runs `f` in the next write batch; returns its result once the batch is committed.
+    /// Runs `f` in the next write batch; returns its result once the batch is committed. `f`
+    /// may run twice (the first run rolled back, when another job of its batch failed), so it
+    /// does nothing but its writes.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn, isolation| {
-            let outcome = match isolation {
-                Isolation::Savepoint => in_savepoint(conn, f),
-                Isolation::Alone => f(conn),
-                Isolation::Lost => Err(StoreError::Unavailable(
-                    "the write batch's transaction was rolled back".into(),
-                )),
-            };
-            let ran = match &outcome {
-                Ok(_) => Ran::Done,
-                Err(StoreError::Unavailable(_)) => Ran::Unavailable,
-                Err(_) => Ran::Failed,
-            };
-            let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
-                let _ = tx.send(commit.and(outcome));
-            });
-            (ran, reply)
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Write {
+            f,
+            outcome: None,
+            reply,
         });
         self.jobs
             .send(job)
@@ -175,6 +213,12 @@ impl Worker {
             .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Backend("the writer thread dropped a job".into()))?
+    }
+
+    /// Jobs sent and not yet taken by the writer thread.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// Runs `f` on a read-only connection, off the async workers.
@@ -233,7 +277,7 @@ fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
 /// Runs `f` inside a savepoint, undoing its writes if it fails.
 fn in_savepoint<T>(
     conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    f: impl Fn(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     run(conn, "SAVEPOINT job")?;
     match f(conn) {
@@ -252,8 +296,12 @@ fn in_savepoint<T>(
     }
 }
 
-fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, write_fault: &Mutex<Option<Instant>>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+fn write_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    write_fault: &Mutex<Option<Instant>>,
+) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while rx.blocking_recv().map(|job| batch.push(job)).is_some() {
         // Let the request handlers that are runnable queue their writes too before this batch
         // starts: on a busy server the next jobs are usually a few microseconds away, and one
@@ -265,67 +313,110 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, write_fault: &Mutex
                 Err(_) => break,
             }
         }
-        let isolation = if batch.len() == 1 {
-            Isolation::Alone
-        } else {
-            Isolation::Savepoint
-        };
-        let begun = run(&conn, "BEGIN IMMEDIATE");
-        let (mut any_failed, mut any_unavailable) = (false, false);
-        let replies: Vec<Reply> = batch
-            .drain(..)
-            .map(|job| {
-                // SQLite ends the transaction itself on some failures (a full disk, an I/O
-                // error); what follows must not run outside it, one autocommit at a time. With
-                // no transaction at all nothing runs, and every caller hears why.
-                let now = if begun.is_err() || conn.is_autocommit() {
-                    Isolation::Lost
-                } else {
-                    isolation
-                };
-                let (ran, reply) = job(&conn, now);
-                any_failed |= ran != Ran::Done;
-                any_unavailable |= ran == Ran::Unavailable;
-                reply
-            })
-            .collect();
-        let committed = if begun.is_ok() && any_failed && isolation == Isolation::Alone {
-            // The lone job failed part-way: none of its writes may stay. Its caller gets the
-            // job's own error.
-            if !conn.is_autocommit()
-                && let Err(e) = run(&conn, "ROLLBACK")
-            {
-                tracing::error!(error = %e, "rolling back a failed write failed");
+        let committed = if batch.len() > 1 && run_shared(&conn, &mut batch) {
+            Outcome {
+                committed: run(&conn, "COMMIT"),
+                any_unavailable: false,
             }
-            Ok(())
-        } else if begun.is_ok() && conn.is_autocommit() {
-            // The transaction was rolled back under the batch: nothing of it is committed.
-            Err(StoreError::Unavailable(
-                "the write batch's transaction was rolled back (disk full or I/O error)".into(),
-            ))
         } else {
-            begun.and_then(|()| run(&conn, "COMMIT"))
+            let isolation = if batch.len() == 1 {
+                Isolation::Alone
+            } else {
+                Isolation::Savepoint
+            };
+            run_isolated(&conn, &mut batch, isolation)
         };
         if let Ok(mut fault) = write_fault.lock() {
-            if any_unavailable || matches!(committed, Err(StoreError::Unavailable(_))) {
+            if committed.any_unavailable
+                || matches!(committed.committed, Err(StoreError::Unavailable(_)))
+            {
                 *fault = Some(Instant::now());
-            } else if committed.is_ok() {
+            } else if committed.committed.is_ok() {
                 *fault = None;
             }
         }
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, jobs = replies.len(), "write batch not committed");
+        if let Err(e) = &committed.committed {
+            tracing::error!(error = %e, jobs = batch.len(), "write batch not committed");
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
-        for reply in replies {
-            reply(
+        for job in batch.drain(..) {
+            job.answer(
                 committed
+                    .committed
                     .as_ref()
                     .map(|_| ())
                     .map_err(StoreError::duplicate),
             );
         }
+    }
+}
+
+/// How a batch's transaction ended, and whether a job found the disk full or failing.
+struct Outcome {
+    committed: Result<(), StoreError>,
+    any_unavailable: bool,
+}
+
+/// Runs every job of `batch` in one transaction with nothing between them. True when they all
+/// succeeded and the transaction is open, ready to commit; otherwise it has been rolled back,
+/// nothing of the run is kept, and the batch must run again in savepoints.
+fn run_shared(conn: &Connection, batch: &mut [Box<dyn Job>]) -> bool {
+    if run(conn, "BEGIN IMMEDIATE").is_err() {
+        return false;
+    }
+    let all_done = batch
+        .iter_mut()
+        .all(|job| !conn.is_autocommit() && job.run(conn, Isolation::Shared) == Ran::Done);
+    if all_done && !conn.is_autocommit() {
+        return true;
+    }
+    if !conn.is_autocommit()
+        && let Err(e) = run(conn, "ROLLBACK")
+    {
+        tracing::error!(error = %e, "rolling back a batch to run it in savepoints failed");
+    }
+    false
+}
+
+/// Runs `batch` in one transaction, each job `isolation` (alone, or in a savepoint each), and
+/// commits what succeeded.
+fn run_isolated(conn: &Connection, batch: &mut [Box<dyn Job>], isolation: Isolation) -> Outcome {
+    let begun = run(conn, "BEGIN IMMEDIATE");
+    let (mut any_failed, mut any_unavailable) = (false, false);
+    for job in batch.iter_mut() {
+        // SQLite ends the transaction itself on some failures (a full disk, an I/O error);
+        // what follows must not run outside it, one autocommit at a time. With no transaction
+        // at all nothing runs, and every caller hears why.
+        let now = if begun.is_err() || conn.is_autocommit() {
+            Isolation::Lost
+        } else {
+            isolation
+        };
+        let ran = job.run(conn, now);
+        any_failed |= ran != Ran::Done;
+        any_unavailable |= ran == Ran::Unavailable;
+    }
+    let committed = if begun.is_ok() && any_failed && isolation == Isolation::Alone {
+        // The lone job failed part-way: none of its writes may stay. Its caller gets the
+        // job's own error.
+        if !conn.is_autocommit()
+            && let Err(e) = run(conn, "ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a failed write failed");
+        }
+        Ok(())
+    } else if begun.is_ok() && conn.is_autocommit() {
+        // The transaction was rolled back under the batch: nothing of it is committed.
+        Err(StoreError::Unavailable(
+            "the write batch's transaction was rolled back (disk full or I/O error)".into(),
+        ))
+    } else {
+        begun.and_then(|()| run(conn, "COMMIT"))
+    };
+    Outcome {
+        committed,
+        any_unavailable,
     }
 }
