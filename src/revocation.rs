@@ -97,7 +97,7 @@ impl std::fmt::Display for Hit {
     }
 }
 
-/// The revocation feed's snapshot base: the live revocations of one full read of the store.
+/// The revocation feed's snapshot base: the live revocations of one read of the store.
 /// A feed snapshot is a base younger than [`SNAPSHOT_BASE_AGE`] plus the revocations stored
 /// after its `seq`, so a subscriber connecting costs a read of the few recent rows, not of
 /// every stored revocation — which, with subscribers coming and going, made the server's
@@ -106,7 +106,8 @@ impl std::fmt::Display for Hit {
 pub struct SnapshotBase {
     /// When the store was read.
     pub read_at: UnixTime,
-    /// The highest sequence number read, live or not: later rows are not in the base.
+    /// The highest sequence number the base accounts for: a row up to it is in the base if
+    /// it was live when read; later rows are not.
     pub seq: u64,
     /// The live revocations read, in sequence order, as the comma-separated JSON members of
     /// a snapshot's `events`: serialized once, shared by every snapshot served from it.

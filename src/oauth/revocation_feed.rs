@@ -10,9 +10,9 @@
 //! Any tailnet peer may read it; subscribers are bounded, and a subscriber that falls behind
 //! gets a fresh snapshot rather than an unbounded queue.
 //!
-//! A snapshot is the revocation index's snapshot base (`revocation::SnapshotBase`: one full
-//! read of the store, redone once older than `SNAPSHOT_BASE_AGE`) plus what was stored after
-//! it, serialized straight from both: subscribers coming and going cost a read of recent rows
+//! A snapshot is the revocation index's snapshot base (`revocation::SnapshotBase`: one read
+//! of the store's live revocations, redone once older than `SNAPSHOT_BASE_AGE`) plus what was
+//! stored after it, serialized straight from both: subscribers coming and going cost a read of recent rows
 //! and one serialization each, not a copy of every stored revocation.
 
 use std::collections::VecDeque;
@@ -50,12 +50,15 @@ impl From<&Revocation> for FeedEvent {
     }
 }
 
+/// Seconds after a revocation during which a token it matches may still be valid.
+fn token_horizon(state: &AppState) -> u64 {
+    state.settings.max_token_lifetime + crate::tokens::LEEWAY
+}
+
 /// Whether a revocation can still matter: a token it matches may be unexpired, or it still
 /// refuses new tokens.
 fn live(state: &AppState, r: &Revocation, now: UnixTime) -> bool {
-    let horizon = r
-        .revoked_at
-        .plus(state.settings.max_token_lifetime + crate::tokens::LEEWAY);
+    let horizon = r.revoked_at.plus(token_horizon(state));
     let blocking = r.lifted_at.is_none()
         && r.until.is_none_or(|u| now < u)
         && matches!(r.kind, RevocationKind::Node | RevocationKind::User);
@@ -108,13 +111,20 @@ fn push_json(out: &mut Vec<u8>, event: &FeedEvent) {
     }
 }
 
-/// The snapshot base, read in full from the store when the one kept is missing or too old.
+/// The snapshot base, read from the store when the one kept is missing or too old: the
+/// revocations that may still be live ([`crate::store::Store::live_revocations`]), not every
+/// row kept until the next purge, whose number grows between purges.
 async fn snapshot_base(state: &AppState) -> Result<Arc<SnapshotBase>, Error> {
     let now = state.now();
     if let Some(base) = state.revocations.snapshot_base(now) {
         return Ok(base);
     }
-    let rows = state.store.revocations_since(0).await?;
+    // Applied before the read, so stored by then: a row up to it is in the read if live.
+    let applied = state.revocations.last_seq();
+    let rows = state
+        .store
+        .live_revocations(now.minus(token_horizon(state)), now)
+        .await?;
     let mut events = Vec::new();
     for r in rows.iter().filter(|r| live(state, r, now)) {
         if !events.is_empty() {
@@ -124,7 +134,7 @@ async fn snapshot_base(state: &AppState) -> Result<Arc<SnapshotBase>, Error> {
     }
     let base = Arc::new(SnapshotBase {
         read_at: now,
-        seq: rows.iter().map(|r| r.seq).max().unwrap_or(0),
+        seq: rows.iter().map(|r| r.seq).max().unwrap_or(0).max(applied),
         events: Bytes::from(events),
     });
     state.revocations.keep_snapshot_base(base.clone());

@@ -403,6 +403,16 @@ pub trait Store: Send + Sync + 'static {
     /// Revocations made or lifted after `seq` (whose [`Revocation::position`] is above it),
     /// in the order of their position, each as it stands now.
     async fn revocations_since(&self, seq: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// The revocations that may still matter at `now`, in sequence order, each as it stands
+    /// now: those made at or after `horizon` (a token they match may be unexpired), and node
+    /// and user revocations still refusing new tokens. The revocation feed's snapshot base
+    /// reads these rather than every stored row, so that what it reads stays the size of
+    /// what is live instead of growing with the revocations kept until the next purge.
+    async fn live_revocations(
+        &self,
+        horizon: UnixTime,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError>;
 
     /// What the user (by subject) approved for the client, if anything.
     async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError>;

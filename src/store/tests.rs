@@ -531,6 +531,61 @@ pub(crate) async fn revocations_are_sequenced_lifted_and_purged<S: Store + Raw>(
     assert!(store.revocations_since(0).await.unwrap().is_empty());
 }
 
+/// The feed's snapshot base reads only what may still be live: a revocation newer than the
+/// token horizon, or a node or user revocation still refusing new tokens; what waits for the
+/// next purge is left out.
+pub(crate) async fn live_revocations_leave_out_what_no_token_can_match<S: Store + Raw>(store: &S) {
+    let at = UnixTime(100);
+    let old_run = store
+        .insert_revocation(RevocationKind::Run, "r-old", at, None)
+        .await
+        .unwrap();
+    let node = store
+        .insert_revocation(RevocationKind::Node, "n-standing", at, None)
+        .await
+        .unwrap();
+    store
+        .insert_revocation(RevocationKind::Node, "n-ended", at, Some(UnixTime(300)))
+        .await
+        .unwrap();
+    store
+        .insert_revocation(RevocationKind::User, "u-lifted", at, None)
+        .await
+        .unwrap();
+    store
+        .lift_revocations(RevocationKind::User, "u-lifted", UnixTime(150))
+        .await
+        .unwrap();
+    let recent = store
+        .insert_revocation(RevocationKind::Jti, "j-new", UnixTime(1_000), None)
+        .await
+        .unwrap();
+    let seqs = |rows: Vec<Revocation>| rows.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(
+            store
+                .live_revocations(UnixTime(900), UnixTime(1_000))
+                .await
+                .unwrap()
+        ),
+        [node.seq, recent.seq],
+        "the standing block and the recent one, in sequence order"
+    );
+    let all = store
+        .live_revocations(UnixTime(100), UnixTime(200))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5, "at the horizon: all of them");
+    assert_eq!(all[0], old_run);
+    assert_eq!(
+        all.iter()
+            .find(|r| r.value == "u-lifted")
+            .map(|r| r.lifted_at),
+        Some(Some(UnixTime(150))),
+        "each as it stands now"
+    );
+}
+
 pub(crate) async fn a_lift_is_numbered_so_that_readers_after_it_learn_of_it<S: Store + Raw>(
     store: &S,
 ) {
@@ -1127,6 +1182,7 @@ suite!(
     revocations_are_sequenced_lifted_and_purged,
     an_unlifted_node_revocation_outlives_the_token_horizon,
     a_lift_is_numbered_so_that_readers_after_it_learn_of_it,
+    live_revocations_leave_out_what_no_token_can_match,
     consent_records_what_was_approved,
     audit_is_queryable_by_run_and_append_only,
     audit_seq_follows_time_even_when_the_clock_steps_back,

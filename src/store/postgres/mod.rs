@@ -569,6 +569,25 @@ impl Store for PostgresStore {
         rows.iter().map(revocation).collect()
     }
 
+    async fn live_revocations(
+        &self,
+        horizon: UnixTime,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let conn = self.conn().await?;
+        let statement = conn
+            .prepare_cached(&format!(
+                "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE revoked_at >= $1 \
+                 OR (kind IN ('node', 'user') AND lifted_at IS NULL AND (until IS NULL OR until > $2)) \
+                 ORDER BY seq"
+            ))
+            .await?;
+        let rows = conn
+            .query(&statement, &[&time(horizon), &time(now)])
+            .await?;
+        rows.iter().map(revocation).collect()
+    }
+
     async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError> {
         let row = self
             .conn()

@@ -620,6 +620,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn live_revocations(
+        &self,
+        horizon: UnixTime,
+        now: UnixTime,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        self.worker
+            .read(move |c| {
+                let mut query = c.prepare_cached(&format!(
+                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE revoked_at >= ?1 \
+                     OR (kind IN ('node', 'user') AND lifted_at IS NULL AND (until IS NULL OR until > ?2)) \
+                     ORDER BY seq"
+                ))?;
+                let rows = query.query_map(params![time(horizon), time(now)], revocation_row)?;
+                rows.map(|r| revocation(r?)).collect()
+            })
+            .await
+    }
+
     async fn consent(&self, client: &ClientId, user: &str) -> Result<Option<Consent>, StoreError> {
         let (client, user) = (client.0.clone(), user.to_owned());
         self.worker
