@@ -55,6 +55,18 @@ pub const KID: &str = "fuzz-ed25519";
 pub const NOW: UnixTime = UnixTime(1_800_000_000);
 /// The URL DPoP proofs are checked against.
 pub const DPOP_URL: &str = "https://idp.tail1234.ts.net/token";
+/// The request every fuzzed DPoP proof is checked for: `POST` [`DPOP_URL`] at [`NOW`], with
+/// no access token.
+fn proof_request() -> ProofRequest<'static> {
+    ProofRequest {
+        method: "POST",
+        url: DPOP_URL,
+        access_token: None,
+        now: NOW,
+        max_age: dpop::MAX_AGE,
+        skew: dpop::SKEW,
+    }
+}
 /// The fuzzing key's Ed25519 seed: a fixed, public test key, not a secret, so that the
 /// checked-in seeds stay verifiable.
 const KEY_SEED: [u8; 32] = [7; 32];
@@ -147,14 +159,7 @@ pub fn jws(data: &[u8]) {
 /// once and refuses it the second time.
 pub fn dpop_proof(data: &[u8]) {
     let Some(proof) = text(data) else { return };
-    let request = ProofRequest {
-        method: "POST",
-        url: DPOP_URL,
-        access_token: None,
-        now: NOW,
-        max_age: dpop::MAX_AGE,
-        skew: dpop::SKEW,
-    };
+    let request = proof_request();
     let Ok(checked) = dpop::check_proof(proof, &request) else {
         return;
     };
@@ -752,14 +757,7 @@ mod tests {
         let refused =
             fuzz_verifier().verify(fuzz_keys(), &seed("jws", "expired-token"), &presenter, NOW);
         assert!(refused.is_err());
-        let request = ProofRequest {
-            method: "POST",
-            url: DPOP_URL,
-            access_token: None,
-            now: NOW,
-            max_age: dpop::MAX_AGE,
-            skew: dpop::SKEW,
-        };
+        let request = proof_request();
         for name in ["token-endpoint", "with-nonce-and-ath", "uppercase-host"] {
             let checked = dpop::check_proof(&seed("dpop_proof", name), &request);
             assert!(checked.is_ok(), "{name}: {checked:?}");

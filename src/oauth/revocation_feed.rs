@@ -12,8 +12,8 @@
 //!
 //! A snapshot is the revocation index's snapshot base (`revocation::SnapshotBase`: one read
 //! of the store's live revocations, redone once older than `SNAPSHOT_BASE_AGE`) plus what was
-//! stored after it, serialized straight from both: subscribers coming and going cost a read of recent rows
-//! and one serialization each, not a copy of every stored revocation.
+//! stored after it, serialized straight from both: subscribers coming and going cost a read of
+//! recent rows and one serialization each, not a copy of every stored revocation.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
