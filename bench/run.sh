@@ -13,7 +13,9 @@
 #                                                            client_credentials against tailpass
 #                                                            and panva's oidc-provider, alternating
 # Every server listens on a free port picked at start; secrets reach the load generator as
-# --client-secret=VALUE (a secret may begin with `-`). CARGO_TARGET_DIR is honoured.
+# --client-secret=VALUE (a secret may begin with `-`). CARGO_TARGET_DIR is honoured;
+# TAILPASS_BENCH_BIN=PATH serves with that tailpass binary, unbuilt (to compare two builds back
+# to back), the load generator as last built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-code-flow}; shift || true
@@ -28,8 +30,12 @@ if [ "$scenario" = agent-inproc ]; then
   exec taskset -c 0 "$(ls -t "$release"/deps/agent-* | grep -v '\.d$' | head -n1)" "$@"
 fi
 
-cargo build --release --bin tailpass --bench load >&2
-bin=$release/tailpass
+if [ -n "${TAILPASS_BENCH_BIN:-}" ]; then
+  bin=$TAILPASS_BENCH_BIN
+else
+  cargo build --release --bin tailpass --bench load >&2
+  bin=$release/tailpass
+fi
 load=$(ls -t "$release"/deps/load-* | grep -v '\.d$' | head -n1)
 
 # A TCP port nothing listens on at ADDR now (the kernel's pick).

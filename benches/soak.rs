@@ -15,7 +15,8 @@
 //! Every `--sample-every` seconds it appends a CSV row: elapsed seconds, the server's RSS (KiB)
 //! and open file descriptors (`/proc`), the SQLite files' size in the state directory, p50 and
 //! p99 of the window's requests, the window's requests and errors, and the feed subscribers
-//! connected. At the end it prints a summary and the verdict of docs/benchmarks.md "Soak": RSS
+//! connected, then the RSS's parts (anonymous, file-backed, shared memory, KiB) and the
+//! server's threads. At the end it prints a summary and the verdict of docs/benchmarks.md "Soak": RSS
 //! and fds at the end within 10 % of their minute-2 values, and no errors; it exits 1 on FAIL.
 //!
 //! ```text
@@ -679,6 +680,12 @@ async fn read_feed(
 struct Sample {
     elapsed_s: u64,
     rss_kb: u64,
+    /// The parts of the RSS: anonymous memory (the heap, stacks), mapped files (the binary,
+    /// libraries) and shared memory (SQLite's WAL index), from `/proc/PID/status`.
+    anon_kb: u64,
+    file_kb: u64,
+    shmem_kb: u64,
+    threads: u64,
     fds: u64,
     db_bytes: u64,
     p50_ms: f64,
@@ -688,14 +695,12 @@ struct Sample {
     subscribers: usize,
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        })
+/// A `/proc/PID/status` field's number (KiB for the memory ones), or 0.
+fn status_field(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -733,9 +738,15 @@ fn sample(soak: &Soak, elapsed_s: u64, last_requests: &mut u64) -> Sample {
     let mut window = std::mem::take(&mut *soak.stats.window.lock().unwrap());
     window.sort_unstable();
     let requests = soak.stats.requests.load(Ordering::Relaxed);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", soak.args.server_pid))
+        .unwrap_or_default();
     let sample = Sample {
         elapsed_s,
-        rss_kb: rss_kb(soak.args.server_pid),
+        rss_kb: status_field(&status, "VmRSS"),
+        anon_kb: status_field(&status, "RssAnon"),
+        file_kb: status_field(&status, "RssFile"),
+        shmem_kb: status_field(&status, "RssShmem"),
+        threads: status_field(&status, "Threads"),
         fds: fds(soak.args.server_pid),
         db_bytes: db_bytes(&soak.args.state_dir),
         p50_ms: percentile(&window, 0.50),
@@ -783,7 +794,7 @@ async fn main() {
     let mut csv = std::fs::File::create(&soak.args.csv).unwrap();
     writeln!(
         csv,
-        "elapsed_s,rss_kb,fds,db_bytes,p50_ms,p99_ms,requests,errors,subscribers"
+        "elapsed_s,rss_kb,fds,db_bytes,p50_ms,p99_ms,requests,errors,subscribers,anon_kb,file_kb,shmem_kb,threads"
     )
     .unwrap();
 
@@ -852,7 +863,7 @@ async fn main() {
         let s = sample(&soak, (tick - start).as_secs(), &mut last_requests);
         writeln!(
             csv,
-            "{},{},{},{},{:.2},{:.2},{},{},{}",
+            "{},{},{},{},{:.2},{:.2},{},{},{},{},{},{},{}",
             s.elapsed_s,
             s.rss_kb,
             s.fds,
@@ -861,14 +872,19 @@ async fn main() {
             s.p99_ms,
             s.requests,
             s.errors,
-            s.subscribers
+            s.subscribers,
+            s.anon_kb,
+            s.file_kb,
+            s.shmem_kb,
+            s.threads
         )
         .unwrap();
         csv.flush().unwrap();
         println!(
-            "{:>4}s  rss {:>7} KiB  fds {:>4}  db {:>6.1} MiB  p50 {:>6.2} ms  p99 {:>7.2} ms  {:>6} req  {} err  {} feed",
+            "{:>4}s  rss {:>7} KiB (anon {:>7})  fds {:>4}  db {:>6.1} MiB  p50 {:>6.2} ms  p99 {:>7.2} ms  {:>6} req  {} err  {} feed",
             s.elapsed_s,
             s.rss_kb,
+            s.anon_kb,
             s.fds,
             s.db_bytes as f64 / 1_048_576.0,
             s.p50_ms,

@@ -28,8 +28,10 @@ use crate::state::{AppState, OpenError, Tasks};
 
 /// How often keys are checked for scheduled rotation and expiry.
 const KEY_UPKEEP: Duration = Duration::from_secs(60);
-/// How often expired codes, families and revocations are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often expired codes, families and revocations are purged (from the store and from the
+/// revocation index): often enough that each purge is small and what expired is gone within a
+/// minute.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How often the minute's aggregate of unidentified denials is written.
 const AGGREGATE_EVERY: Duration = Duration::from_secs(60);
 /// How long a redeemed code is kept past its expiry, to recognise a replay.

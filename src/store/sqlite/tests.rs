@@ -567,3 +567,48 @@ async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_a
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_readers_wait_their_turn() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const READS: usize = 3 * worker::READERS;
+    let (_dir, store) = store().await;
+    let store = Arc::new(store);
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new(gate));
+    let reads: Vec<_> =
+        (0..READS)
+            .map(|_| {
+                let (store, running, most, gate) =
+                    (store.clone(), running.clone(), most.clone(), gate.clone());
+                tokio::spawn(async move {
+                    store
+                        .worker
+                        .read(move |c| {
+                            most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                            let _ = gate.lock().map(|g| g.recv());
+                            running.fetch_sub(1, SeqCst);
+                            Ok(c.query_row("SELECT count(*) FROM clients", [], |r| {
+                                r.get::<_, i64>(0)
+                            })?)
+                        })
+                        .await
+                })
+            })
+            .collect();
+    while running.load(SeqCst) < worker::READERS {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..READS {
+        release.send(()).unwrap();
+    }
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap(), 0);
+    }
+    assert_eq!(
+        most.load(SeqCst),
+        worker::READERS,
+        "reads ran past the readers"
+    );
+}

@@ -13,8 +13,11 @@
 //! page its job touches into a journal, so it is paid for only when a job fails. A job alone
 //! in its batch needs neither: its failure rolls the transaction back.
 //!
-//! Reads run on a small pool of read-only connections under `spawn_blocking`; in WAL mode they
-//! see every committed transaction and never block the writer.
+//! Reads run on [`READERS`] reader threads, each with a read-only connection of its own; in WAL
+//! mode they see every committed transaction and never block the writer. Reads queue for the
+//! next free reader. The threads and connections live as long as the store: no thread is
+//! started or connection opened per read, and each connection's page cache is bounded
+//! ([`READER_CACHE_KIB`]), so the memory reads hold is fixed once the caches have filled.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,8 +32,14 @@ use crate::store::StoreError;
 pub const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer at most; past it, callers wait (backpressure, bounded memory).
 const QUEUE: usize = 4_096;
-/// Read connections kept open.
-const READERS: usize = 4;
+/// Reader threads, each with its connection: the reads that run at once.
+pub const READERS: usize = 4;
+/// Reads waiting for a reader at most; past it, callers wait.
+const READ_QUEUE: usize = 1_024;
+/// Each read connection's page cache, in KiB (the writer's is `configure`'s). Small: reads are
+/// point lookups, whose B-tree interior pages fit in it, and the kernel's page cache holds the
+/// file; a bigger one only fills slowly, which is memory growing long after start-up.
+const READER_CACHE_KIB: u32 = 256;
 
 /// A write: runs on the writer thread inside the batch transaction (twice, if another job of
 /// its batch failed the first time), then tells its caller how the commit ended.
@@ -151,7 +160,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 pub struct Worker {
     jobs: mpsc::Sender<Box<dyn Job>>,
     path: PathBuf,
-    readers: Mutex<Vec<Connection>>,
+    /// Reads for the reader threads.
+    reads: mpsc::Sender<ReadJob>,
     /// When the last batch was refused as unavailable (full disk, I/O error), until one
     /// commits.
     write_fault: Arc<Mutex<Option<Instant>>>,
@@ -165,9 +175,48 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// A read, run on a reader thread's connection; it sends its own result.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// Opens a read-only connection with the readers' settings.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A reader thread: runs reads on `conn` until every sender is gone. The threads share one
+/// queue; the one holding its lock waits for the next read. A read that panics loses only its
+/// own answer (its caller hears that the read was dropped), not the thread.
+fn read_loop(conn: Connection, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
+    loop {
+        let Some(read) = queue.lock().ok().and_then(|mut rx| rx.blocking_recv()) else {
+            return;
+        };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&conn))).is_err() {
+            tracing::error!("a read of the database panicked");
+        }
+    }
+}
+
 impl Worker {
-    /// Starts the writer thread on `conn`, already migrated.
+    /// Starts the writer thread on `conn`, already migrated, and the reader threads.
     pub fn start(conn: Connection, path: &Path) -> Result<Worker, StoreError> {
+        let (reads, queue) = mpsc::channel::<ReadJob>(READ_QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..READERS {
+            let reader = open_reader(path)?;
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("tailpass-sqlite-reader-{n}"))
+                .spawn(move || read_loop(reader, &queue))
+                .map_err(|e| StoreError::Backend(format!("cannot start a reader thread: {e}")))?;
+        }
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>(QUEUE);
         let write_fault = Arc::new(Mutex::new(None));
         let fault = write_fault.clone();
@@ -178,7 +227,7 @@ impl Worker {
         Ok(Worker {
             jobs,
             path: path.to_owned(),
-            readers: Mutex::new(Vec::new()),
+            reads,
             write_fault,
         })
     }
@@ -207,12 +256,7 @@ impl Worker {
             outcome: None,
             reply,
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the writer thread dropped a job".into()))?
+        hand_over(&self.jobs, job, rx, "the writer thread").await
     }
 
     /// Jobs sent and not yet taken by the writer thread.
@@ -221,39 +265,34 @@ impl Worker {
         self.jobs.max_capacity() - self.jobs.capacity()
     }
 
-    /// Runs `f` on a read-only connection, off the async workers.
+    /// Runs `f` on a read-only connection, off the async workers, on the next free reader.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.take_reader()?;
-        let (result, conn) = tokio::task::spawn_blocking(move || {
-            let result = f(&conn);
-            (result, conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?;
-        if let Ok(mut pool) = self.readers.lock()
-            && pool.len() < READERS
-        {
-            pool.push(conn);
-        }
-        result
+        let (reply, rx) = oneshot::channel();
+        let read: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        hand_over(&self.reads, read, rx, "the reader threads").await
     }
+}
 
-    fn take_reader(&self) -> Result<Connection, StoreError> {
-        if let Some(conn) = self.readers.lock().ok().and_then(|mut p| p.pop()) {
-            return Ok(conn);
-        }
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        Ok(conn)
-    }
+/// Queues `job` for `threads` and waits for its result on `answer`.
+async fn hand_over<J, T>(
+    queue: &mpsc::Sender<J>,
+    job: J,
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+    threads: &str,
+) -> Result<T, StoreError> {
+    queue
+        .send(job)
+        .await
+        .map_err(|_| StoreError::Backend(format!("{threads}: stopped")))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Backend(format!("{threads}: a job was dropped unanswered")))?
 }
 
 /// Opens the writer connection (creating the file if needed) with its settings.
