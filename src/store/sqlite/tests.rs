@@ -571,14 +571,14 @@ async fn a_full_database_refuses_writes_as_unavailable_keeps_what_was_answered_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_past_the_readers_wait_their_turn() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    const READS: usize = 3 * worker::READERS;
+    let count = 3 * worker::readers();
     let (_dir, store) = store().await;
     let store = Arc::new(store);
     let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let gate = Arc::new(std::sync::Mutex::new(gate));
     let reads: Vec<_> =
-        (0..READS)
+        (0..count)
             .map(|_| {
                 let (store, running, most, gate) =
                     (store.clone(), running.clone(), most.clone(), gate.clone());
@@ -597,10 +597,10 @@ async fn reads_past_the_readers_wait_their_turn() {
                 })
             })
             .collect();
-    while running.load(SeqCst) < worker::READERS {
+    while running.load(SeqCst) < worker::readers() {
         tokio::task::yield_now().await;
     }
-    for _ in 0..READS {
+    for _ in 0..count {
         release.send(()).unwrap();
     }
     for read in reads {
@@ -608,7 +608,7 @@ async fn reads_past_the_readers_wait_their_turn() {
     }
     assert_eq!(
         most.load(SeqCst),
-        worker::READERS,
+        worker::readers(),
         "reads ran past the readers"
     );
 }

@@ -13,7 +13,7 @@
 //! page its job touches into a journal, so it is paid for only when a job fails. A job alone
 //! in its batch needs neither: its failure rolls the transaction back.
 //!
-//! Reads run on [`READERS`] reader threads, each with a read-only connection of its own; in WAL
+//! Reads run on a few reader threads ([`readers`]), each with a read-only connection of its own; in WAL
 //! mode they see every committed transaction and never block the writer. Reads queue for the
 //! next free reader. The threads and connections live as long as the store: no thread is
 //! started or connection opened per read, and each connection's page cache is bounded
@@ -32,8 +32,12 @@ use crate::store::StoreError;
 pub const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer at most; past it, callers wait (backpressure, bounded memory).
 const QUEUE: usize = 4_096;
-/// Reader threads, each with its connection: the reads that run at once.
-pub const READERS: usize = 4;
+/// The reader threads to start, each with its connection: the reads that run at once. One per
+/// core the process may use, from two to four. More could not run at once; each keeps its own
+/// page cache and statements, which it fills only as it meets each kind of read.
+pub fn readers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
 /// Reads waiting for a reader at most; past it, callers wait.
 const READ_QUEUE: usize = 1_024;
 /// Each read connection's page cache, in KiB (the writer's is `configure`'s). Small: reads are
@@ -209,7 +213,7 @@ impl Worker {
     pub fn start(conn: Connection, path: &Path) -> Result<Worker, StoreError> {
         let (reads, queue) = mpsc::channel::<ReadJob>(READ_QUEUE);
         let queue = Arc::new(Mutex::new(queue));
-        for n in 0..READERS {
+        for n in 0..readers() {
             let reader = open_reader(path)?;
             let queue = queue.clone();
             std::thread::Builder::new()
