@@ -16,8 +16,9 @@
 //! and open file descriptors (`/proc`), the SQLite files' size in the state directory, p50 and
 //! p99 of the window's requests, the window's requests and errors, and the feed subscribers
 //! connected, then the RSS's parts (anonymous, file-backed, shared memory, KiB) and the
-//! server's threads. At the end it prints a summary and the verdict of docs/benchmarks.md "Soak": RSS
-//! and fds at the end within 10 % of their minute-2 values, and no errors; it exits 1 on FAIL.
+//! server's threads. At the end it prints a summary and the verdict of docs/benchmarks.md
+//! "Soak": RSS and fds at the end within 10 % of their minute-2 values, and no errors; it exits
+//! 1 on FAIL.
 //!
 //! ```text
 //! soak --issuer URL --client-id ID --client-secret=S --redirect-uri U --server-pid PID
@@ -680,8 +681,8 @@ async fn read_feed(
 struct Sample {
     elapsed_s: u64,
     rss_kb: u64,
-    /// The parts of the RSS: anonymous memory (the heap, stacks), mapped files (the binary,
-    /// libraries) and shared memory (SQLite's WAL index), from `/proc/PID/status`.
+    /// The parts of the RSS: anonymous memory (the heaps, stacks), mapped files (the binary,
+    /// libraries, SQLite's WAL index) and shared anonymous memory, from `/proc/PID/status`.
     anon_kb: u64,
     file_kb: u64,
     shmem_kb: u64,

@@ -13,11 +13,12 @@
 //! page its job touches into a journal, so it is paid for only when a job fails. A job alone
 //! in its batch needs neither: its failure rolls the transaction back.
 //!
-//! Reads run on a few reader threads ([`readers`]), each with a read-only connection of its own; in WAL
-//! mode they see every committed transaction and never block the writer. Reads queue for the
-//! next free reader. The threads and connections live as long as the store: no thread is
-//! started or connection opened per read, and each connection's page cache is bounded
-//! ([`READER_CACHE_KIB`]), so the memory reads hold is fixed once the caches have filled.
+//! Reads run on a few reader threads ([`readers`]), each with a read-only connection of its
+//! own; in WAL mode they see every committed transaction and never block the writer. Reads
+//! queue for the next free reader. The threads and connections live as long as the store: no
+//! thread is started or connection opened per read, and each connection's page cache is
+//! bounded ([`READER_CACHE_KIB`]), so the memory reads hold is fixed once the caches have
+//! filled.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
