@@ -3,7 +3,8 @@
 //!
 //! Events are written by group commit. [`AuditLog::record`] hands the event to a single writer
 //! task and waits until the transaction holding it has committed; the writer takes everything
-//! queued (up to [`MAX_BATCH`]) into one transaction. So a token is never returned before its
+//! queued (up to [`MAX_BATCH`]) into one transaction, and hands the store the next batch while
+//! one is committing (two at most, answered in order). So a token is never returned before its
 //! event is durable, yet the store sees a few transactions per second rather than one per
 //! token. The queue is bounded: when the store falls behind, callers wait instead of memory
 //! growing. Committed events are counted in `/metrics`.
@@ -17,6 +18,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use tailpass_verify::UnixTime;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +31,10 @@ use crate::store::{Store, StoreError};
 pub const MAX_BATCH: usize = 512;
 /// The most events waiting for the writer.
 const QUEUE: usize = 8_192;
+/// The batches handed to the store at once. Two: while one commits, the next is already
+/// queued behind it, so an event waits for the commit under way and its own, not also for
+/// the writer to come back from the one before.
+const IN_FLIGHT: usize = 2;
 /// The most distinct (event, reason) counts in one minute's aggregate; the rest share one.
 const MAX_AGGREGATES: usize = 64;
 /// The reason of aggregated denials beyond [`MAX_AGGREGATES`].
@@ -195,23 +202,67 @@ async fn writer(
         Some(path) => open_mirror(path).await,
         None => None,
     };
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let events: Arc<[AuditEvent]> = batch
-            .drain(..)
-            .map(|pending| {
-                replies.push(pending.done);
-                pending.event
-            })
-            .collect();
-        let result = store
-            .append_audit(events.clone())
-            .await
-            .map_err(|e: StoreError| match e {
-                StoreError::Unavailable(_) => AuditError::Unavailable(e.to_string()),
-                other => AuditError::Store(other.to_string()),
-            });
-        if result.is_ok() {
+    // Batches whose commit is awaited, oldest first: they finish in the order they were
+    // handed to the store, so the mirror keeps the store's order.
+    let mut committing = FuturesOrdered::new();
+    let mut open = true;
+    while open || !committing.is_empty() {
+        tokio::select! {
+            biased;
+            Some(committed) = committing.next(), if !committing.is_empty() => {
+                finish(committed, &metrics, mirror_file.as_mut()).await;
+            }
+            taken = rx.recv_many(&mut batch, MAX_BATCH), if open && committing.len() < IN_FLIGHT => {
+                if taken == 0 {
+                    open = false;
+                    continue;
+                }
+                let mut replies = Vec::with_capacity(taken);
+                let events: Arc<[AuditEvent]> = batch
+                    .drain(..)
+                    .map(|pending| {
+                        replies.push(pending.done);
+                        pending.event
+                    })
+                    .collect();
+                let store = store.clone();
+                committing.push_back(async move {
+                    let result = store
+                        .append_audit(events.clone())
+                        .await
+                        .map_err(|e: StoreError| match e {
+                            StoreError::Unavailable(_) => AuditError::Unavailable(e.to_string()),
+                            other => AuditError::Store(other.to_string()),
+                        });
+                    Committed { events, replies, result }
+                });
+            }
+            else => break,
+        }
+    }
+}
+
+/// A batch the store has answered for.
+struct Committed {
+    events: Arc<[AuditEvent]>,
+    replies: Vec<oneshot::Sender<Result<(), AuditError>>>,
+    result: Result<(), AuditError>,
+}
+
+/// Counts a committed batch, copies it to the mirror, and answers its callers.
+async fn finish(
+    committed: Committed,
+    metrics: &crate::metrics::Metrics,
+    mirror: Option<&mut tokio::fs::File>,
+) {
+    let Committed {
+        events,
+        replies,
+        result,
+    } = committed;
+    match &result {
+        Err(e) => tracing::error!(error = %e, events = events.len(), "audit batch not committed"),
+        Ok(()) => {
             // Aggregated denials were counted one by one as they happened.
             for event in events
                 .iter()
@@ -219,24 +270,22 @@ async fn writer(
             {
                 metrics.event(event.event, event.outcome, event.refusal.as_deref());
             }
-        }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, events = events.len(), "audit batch not committed");
-        } else if let Some(file) = mirror_file.as_mut() {
-            // The mirror is a convenience copy for log shippers; the store is the record.
-            let mut lines = Vec::new();
-            for event in events.iter() {
-                if serde_json::to_writer(&mut lines, event).is_ok() {
-                    lines.push(b'\n');
+            if let Some(file) = mirror {
+                // The mirror is a convenience copy for log shippers; the store is the record.
+                let mut lines = Vec::new();
+                for event in events.iter() {
+                    if serde_json::to_writer(&mut lines, event).is_ok() {
+                        lines.push(b'\n');
+                    }
+                }
+                if let Err(e) = file.write_all(&lines).await {
+                    tracing::warn!(error = %e, "audit mirror write failed");
                 }
             }
-            if let Err(e) = file.write_all(&lines).await {
-                tracing::warn!(error = %e, "audit mirror write failed");
-            }
         }
-        for done in replies.drain(..) {
-            let _ = done.send(result.clone());
-        }
+    }
+    for done in replies {
+        let _ = done.send(result.clone());
     }
 }
 
@@ -259,6 +308,74 @@ async fn open_mirror(path: &std::path::Path) -> Option<tokio::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_event_is_committed_before_its_answer_and_mirrored_in_the_stores_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open_in(dir.path())
+                .await
+                .unwrap(),
+        );
+        let mirror = dir.path().join("audit.jsonl");
+        let (log, writer) = AuditLog::start(
+            store.clone(),
+            Some(mirror.clone()),
+            Arc::new(crate::metrics::Metrics::default()),
+        );
+        // Enough callers at once that batches queue behind one another.
+        let callers: Vec<_> = (0..300)
+            .map(|i| {
+                let log = log.clone();
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let client = format!("client-{i}");
+                    let event =
+                        AuditEvent::new(UnixTime(1_000), EventKind::AgentToken, Outcome::Success)
+                            .client(client.clone());
+                    log.record(event).await.unwrap();
+                    // Answered, so already in the store.
+                    let filter = crate::store::AuditFilter {
+                        limit: 1_000,
+                        ..Default::default()
+                    };
+                    let found = store.audit(&filter).await.unwrap();
+                    assert!(
+                        found
+                            .iter()
+                            .any(|r| r.event.client_id.as_deref() == Some(&client)),
+                        "{client} answered before its commit"
+                    );
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        drop(log);
+        writer.await.unwrap();
+        let filter = crate::store::AuditFilter {
+            limit: 1_000,
+            ..Default::default()
+        };
+        let stored: Vec<String> = store
+            .audit(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.event.client_id)
+            .collect();
+        let mirrored: Vec<String> = std::fs::read_to_string(&mirror)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let event: AuditEvent = serde_json::from_str(line).unwrap();
+                event.client_id.unwrap()
+            })
+            .collect();
+        assert_eq!(stored.len(), 300);
+        assert_eq!(mirrored, stored, "the mirror follows the store's order");
+    }
 
     #[test]
     fn unidentified_denials_fold_into_one_event_per_reason_and_minute() {

@@ -134,10 +134,21 @@ pub async fn redeem(
     let first_token = refresh
         .as_ref()
         .map(|(family, token)| (family, token.hash()));
-    let completed = ctx
-        .store
-        .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now)
-        .await?;
+    let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
+        .by(&code.identity)
+        .client(client.client_id.0.clone());
+    event.jti = Some(issued.claims.jti.clone());
+    event.audience = issued.claims.aud.0.clone();
+    event.scopes = code.scope.clone();
+    // The redemption and its event are written side by side (one commit's wait, not two); the
+    // tokens are answered only when both are durable. The event records what was minted.
+    let (completed, audited) = tokio::join!(
+        ctx.store
+            .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now),
+        ctx.audit.record(event)
+    );
+    let completed = completed?;
+    audited?;
     if !completed {
         // A replay came in meanwhile: it revoked the access token (by its jti) and the family
         // was created revoked. The first redemption still answers, so that of two racing
@@ -145,13 +156,6 @@ pub async fn redeem(
         tracing::info!(client = %client.client_id, "a code was replayed while its first redemption completed");
     }
     let refresh_token = refresh.map(|(_, token)| token);
-    let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
-        .by(&code.identity)
-        .client(client.client_id.0.clone());
-    event.jti = Some(issued.claims.jti.clone());
-    event.audience = issued.claims.aud.0.clone();
-    event.scopes = code.scope.clone();
-    ctx.audit.record(event).await?;
     Ok(TokenResponse {
         expires_in: issued.claims.exp.since(issued.claims.iat),
         access_token: issued.access_token,

@@ -473,15 +473,23 @@ async fn issue_code(
             shown: None,
         }
     };
-    if let Err(e) = ctx.store.insert_code(&code.hash(), &record).await {
-        return fault(e.into(), redirect);
-    }
     let mut event = AuditEvent::new(now, EventKind::Authorize, AuditOutcome::Success)
         .by(&grant.identity)
         .client(client.client_id.0.clone());
     event.scopes = grant.scopes.0;
     event.audience = grant.resources;
-    if let Err(e) = ctx.audit.record(event).await {
+    // The code and its event are written side by side (one commit's wait, not two); the code
+    // is handed out only when both are durable. A refusal may leave the event of a code never
+    // handed out, never a code without its event.
+    let code_hash = code.hash();
+    let (stored, audited) = tokio::join!(
+        ctx.store.insert_code(&code_hash, &record),
+        ctx.audit.record(event)
+    );
+    if let Err(e) = stored {
+        return fault(e.into(), redirect);
+    }
+    if let Err(e) = audited {
         return fault(e.into(), redirect);
     }
     Outcome::Code { redirect, code }

@@ -41,10 +41,16 @@ pub fn readers() -> usize {
 }
 /// Reads waiting for a reader at most; past it, callers wait.
 const READ_QUEUE: usize = 1_024;
-/// Each read connection's page cache, in KiB (the writer's is `configure`'s). Small: reads are
+/// Each read connection's page cache, in KiB (the writer's is [`WRITER_CACHE_KIB`]). Small: reads are
 /// point lookups, whose B-tree interior pages fit in it, and the kernel's page cache holds the
 /// file; a bigger one only fills slowly, which is memory growing long after start-up.
 const READER_CACHE_KIB: u32 = 256;
+/// The writer connection's page cache, in KiB. Not bigger: when an insert splits a B-tree page
+/// and renumbers its siblings, SQLite parks one page at a number past 1 GiB for a moment, and
+/// the commit then walks the whole cache to drop it. With 8 MB that walk was a tenth of the
+/// writer thread's time on code flows (whose random-keyed indexes split often); 2 MB still
+/// holds the tables' and indexes' upper levels, and the kernel's page cache the rest.
+const WRITER_CACHE_KIB: u32 = 2_000;
 
 /// A write: runs on the writer thread inside the batch transaction (twice, if another job of
 /// its batch failed the first time), then tells its caller how the commit ended.
@@ -153,10 +159,10 @@ impl From<rusqlite::Error> for StoreError {
 /// timeout for the rare writer from another process.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
-    )?;
+         PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY;",
+    ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
