@@ -16,7 +16,7 @@ use crate::clients::{Client, GrantType};
 use crate::pkce;
 use crate::secret::{Secret, SecretHash};
 use crate::session::{Reason, Selection, Session};
-use crate::store::{AuthCode, Redemption, RefreshFamily};
+use crate::store::{AuthCode, CodeState, Redemption, RefreshFamily};
 
 /// A token request of the authorization code grant, as parsed from the token endpoint's form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,32 +59,16 @@ pub async fn redeem(
             Err(e) => e.into(),
         }
     };
-    let code = match ctx.store.redeem_code(&hash, now).await? {
-        Redemption::Invalid => return Err(refuse(RedeemError::Invalid).await),
-        Redemption::Replayed(code) => {
-            revoke_issued(ctx, &code, &hash, now).await?;
-            return Err(refuse(RedeemError::Replayed).await);
-        }
-        Redemption::Redeemed(code) => code,
+    // Read first: the checks and the minting need the code, and only a redemption that
+    // passes them spends it, with its refresh family, in one write.
+    let code = match ctx.store.code_state(&hash, now).await? {
+        CodeState::Unknown => return Err(refuse(RedeemError::Invalid).await),
+        CodeState::Spent => return Err(spend(ctx, &hash, now, RedeemError::Replayed, refuse).await),
+        CodeState::Unspent(code) => code,
     };
-    if code.client_id != client.client_id {
-        return Err(refuse(RedeemError::OtherClient).await);
-    }
-    if code.redirect_uri != request.redirect_uri {
-        return Err(refuse(RedeemError::RedirectUri).await);
-    }
-    if let Err(e) = pkce::verify(code.pkce.as_ref(), request.code_verifier.as_deref()) {
-        return Err(refuse(e.into()).await);
-    }
-    if let Some(hit) = ctx.revocations.blocks_issuance(&code.identity, now) {
-        return Err(refuse(RedeemError::Revoked(hit.to_string())).await);
-    }
-    if let Some(other) = request
-        .resources
-        .iter()
-        .find(|r| !code.resources.contains(r))
-    {
-        return Err(refuse(RedeemError::Target(other.clone())).await);
+    if let Err(refusal) = check(ctx, client, request, &code, now) {
+        // A refused attempt still spends the code, as a stolen code's first use would.
+        return Err(spend(ctx, &hash, now, refusal, refuse).await);
     }
     // The access token is for what this request names; the refresh family keeps the whole
     // grant, for later tokens to name another of its resources (RFC 8707 §2.2).
@@ -128,9 +112,6 @@ pub async fn redeem(
             };
             (family, Secret::generate())
         });
-    // The tokens are minted. A replay detected from here on revokes them (the access token by
-    // its jti, the family in the store); one detected before has revoked the jti already, and
-    // the family is then created revoked: no order leaves a live family.
     let first_token = refresh
         .as_ref()
         .map(|(family, token)| (family, token.hash()));
@@ -140,21 +121,24 @@ pub async fn redeem(
     event.jti = Some(issued.claims.jti.clone());
     event.audience = issued.claims.aud.0.clone();
     event.scopes = code.scope.clone();
-    // The redemption and its event are written side by side (one commit's wait, not two); the
-    // tokens are answered only when both are durable. The event records what was minted.
-    let (completed, audited) = tokio::join!(
+    // The tokens are minted. The redemption (with the family) and their event are written
+    // side by side, one commit's wait; the tokens are answered only when both are durable.
+    // The event records what was minted: if another redemption of the code won meanwhile,
+    // this one is its replay, refused, and what the code issued is revoked.
+    let (redeemed, audited) = tokio::join!(
         ctx.store
-            .complete_redemption(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now),
+            .redeem_code(&hash, first_token.as_ref().map(|(f, h)| (*f, h)), now),
         ctx.audit.record(event)
     );
-    let completed = completed?;
-    audited?;
-    if !completed {
-        // A replay came in meanwhile: it revoked the access token (by its jti) and the family
-        // was created revoked. The first redemption still answers, so that of two racing
-        // redemptions exactly one gets tokens, and they are dead (RFC 6749 §4.1.2).
-        tracing::info!(client = %client.client_id, "a code was replayed while its first redemption completed");
+    match redeemed? {
+        Redemption::Redeemed(_) => {}
+        Redemption::Replayed(code) => {
+            revoke_issued(ctx, &code, &hash, now).await?;
+            return Err(refuse(RedeemError::Replayed).await);
+        }
+        Redemption::Invalid => return Err(refuse(RedeemError::Invalid).await),
     }
+    audited?;
     let refresh_token = refresh.map(|(_, token)| token);
     Ok(TokenResponse {
         expires_in: issued.claims.exp.since(issued.claims.iat),
@@ -165,6 +149,59 @@ pub async fn redeem(
         id_token: issued.id_token,
         issued_token_type: None,
     })
+}
+
+/// Whether `code` may be exchanged by `client` with `request`: same client and redirect URI,
+/// the PKCE verifier, no revocation of its identity, and only resources it was granted.
+fn check(
+    ctx: &Context<'_>,
+    client: &Client,
+    request: &CodeRequest,
+    code: &AuthCode,
+    now: UnixTime,
+) -> Result<(), RedeemError> {
+    if code.client_id != client.client_id {
+        return Err(RedeemError::OtherClient);
+    }
+    if code.redirect_uri != request.redirect_uri {
+        return Err(RedeemError::RedirectUri);
+    }
+    pkce::verify(code.pkce.as_ref(), request.code_verifier.as_deref())?;
+    if let Some(hit) = ctx.revocations.blocks_issuance(&code.identity, now) {
+        return Err(RedeemError::Revoked(hit.to_string()));
+    }
+    if let Some(other) = request
+        .resources
+        .iter()
+        .find(|r| !code.resources.contains(r))
+    {
+        return Err(RedeemError::Target(other.clone()));
+    }
+    Ok(())
+}
+
+/// Spends a code whose exchange is refused with `refusal`, and records the refusal. A code
+/// found spent already was replayed: what its first redemption issued is revoked.
+async fn spend<F, R>(
+    ctx: &Context<'_>,
+    hash: &SecretHash,
+    now: UnixTime,
+    refusal: RedeemError,
+    refuse: F,
+) -> RedeemError
+where
+    F: FnOnce(RedeemError) -> R,
+    R: std::future::Future<Output = RedeemError>,
+{
+    let refusal = match ctx.store.redeem_code(hash, None, now).await {
+        Err(e) => return e.into(),
+        Ok(Redemption::Replayed(code)) => match revoke_issued(ctx, &code, hash, now).await {
+            Ok(()) => RedeemError::Replayed,
+            Err(e) => return e,
+        },
+        Ok(Redemption::Redeemed(_) | Redemption::Invalid) => refusal,
+    };
+    refuse(refusal).await
 }
 
 /// The id of the access token a code is exchanged for, derived from the code's hash: a replay

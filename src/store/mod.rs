@@ -116,6 +116,17 @@ pub enum Redemption {
     Invalid,
 }
 
+/// Where a stored authorization code stands, as read before redeeming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeState {
+    /// Not stored, or expired.
+    Unknown,
+    /// Redeemed already: presenting it again is a replay.
+    Spent,
+    /// Stored, unexpired and never redeemed.
+    Unspent(Box<AuthCode>),
+}
+
 /// What a person approved on a dynamically registered client's consent page: a later request
 /// within it needs no new approval, anything more — another scope, resource or redirect URI,
 /// or the client's metadata changed since ([`crate::clients::Client::version`]) — asks again.
@@ -333,24 +344,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new authorization code under the hash of its value.
     async fn insert_code(&self, hash: &SecretHash, code: &AuthCode) -> Result<(), StoreError>;
-    /// Redeems a code: the first call at or before its expiry gets it, every later call learns
-    /// it was replayed. A replay, in the same atomic step, marks the code (so that
-    /// [`Store::complete_redemption`] refuses from then on) and revokes the refresh family
-    /// named by the code's `sid`, if the first redemption already created it.
-    async fn redeem_code(&self, hash: &SecretHash, now: UnixTime)
-    -> Result<Redemption, StoreError>;
-    /// Finishes the first redemption of a code: atomically creates `family` with its first
-    /// token (when the client gets refresh tokens) and answers whether the code is still
-    /// unreplayed. After a replay the family is created already revoked (as of the replay), so
-    /// the first redemption still answers — with tokens the replay has revoked — and no order
-    /// of the two leaves a live family (with [`Store::redeem_code`], which revokes a family the
-    /// first redemption already created). False too for a code never redeemed.
-    async fn complete_redemption(
+    /// Where the code under this hash stands at `now`, without changing it: the grant reads
+    /// it to check and mint before the one write that spends it.
+    async fn code_state(&self, hash: &SecretHash, now: UnixTime) -> Result<CodeState, StoreError>;
+    /// Redeems a code: the first call at or before its expiry gets it and, in the same atomic
+    /// step, creates `family` with its first token (when the client gets refresh tokens);
+    /// every later call learns it was replayed. A replay, in the same atomic step, marks the
+    /// code and revokes the refresh family named by the code's `sid`, so no order of two
+    /// redemptions leaves a live family.
+    async fn redeem_code(
         &self,
-        code: &SecretHash,
+        hash: &SecretHash,
         family: Option<(&RefreshFamily, &SecretHash)>,
         now: UnixTime,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Redemption, StoreError>;
     /// Creates a refresh family whose first token has hash `token`.
     async fn insert_family(
         &self,

@@ -170,15 +170,12 @@ pub(crate) async fn populate(store: &dyn Store) {
         Secret::generate().hash(),
     );
     assert!(matches!(
-        store.redeem_code(&redeemed, UnixTime(110)).await.unwrap(),
+        store
+            .redeem_code(&redeemed, Some((&family("s1", 10_000), &t1)), UnixTime(110))
+            .await
+            .unwrap(),
         Redemption::Redeemed(_)
     ));
-    assert!(
-        store
-            .complete_redemption(&redeemed, Some((&family("s1", 10_000), &t1)), UnixTime(110))
-            .await
-            .unwrap()
-    );
     for (from, to) in [(&t1, &t2), (&t2, &t3)] {
         assert!(matches!(
             store
@@ -188,13 +185,15 @@ pub(crate) async fn populate(store: &dyn Store) {
             Rotation::Rotated(_)
         ));
     }
-    store.redeem_code(&replayed, UnixTime(111)).await.unwrap();
     let f2 = Secret::generate().hash();
     store
-        .complete_redemption(&replayed, Some((&family("s2", 10_000), &f2)), UnixTime(111))
+        .redeem_code(&replayed, Some((&family("s2", 10_000), &f2)), UnixTime(111))
         .await
         .unwrap();
-    store.redeem_code(&replayed, UnixTime(112)).await.unwrap();
+    store
+        .redeem_code(&replayed, None, UnixTime(112))
+        .await
+        .unwrap();
     store
         .insert_revocation(RevocationKind::Node, "n1", UnixTime(130), None)
         .await
@@ -242,7 +241,7 @@ pub(crate) async fn a_code_is_redeemed_exactly_once_even_under_concurrency<S: St
 ) {
     let hash = Secret::generate().hash();
     store.insert_code(&hash, &code(160)).await.unwrap();
-    let attempts = (0..16).map(|_| store.redeem_code(&hash, UnixTime(120)));
+    let attempts = (0..16).map(|_| store.redeem_code(&hash, None, UnixTime(120)));
     let mut redeemed = 0;
     let mut replayed = 0;
     for outcome in futures_util::future::join_all(attempts).await {
@@ -278,83 +277,64 @@ pub(crate) async fn clients_round_trip_and_conflict<S: Store + Raw>(store: &S) {
 pub(crate) async fn replay_is_reported_and_expiry_is_enforced<S: Store + Raw>(store: &S) {
     let hash = Secret::generate().hash();
     store.insert_code(&hash, &code(160)).await.unwrap();
+    assert_eq!(
+        store.code_state(&hash, UnixTime(160)).await.unwrap(),
+        CodeState::Unspent(Box::new(code(160))),
+        "reading a code does not spend it"
+    );
     assert!(matches!(
-        store.redeem_code(&hash, UnixTime(160)).await.unwrap(),
+        store.redeem_code(&hash, None, UnixTime(160)).await.unwrap(),
         Redemption::Redeemed(_)
     ));
     assert_eq!(
-        store.redeem_code(&hash, UnixTime(161)).await.unwrap(),
+        store.code_state(&hash, UnixTime(160)).await.unwrap(),
+        CodeState::Spent
+    );
+    assert_eq!(
+        store.redeem_code(&hash, None, UnixTime(161)).await.unwrap(),
         Redemption::Replayed(code(160)),
         "a second redemption learns it is a replay, and of which code"
     );
     let late = Secret::generate().hash();
     store.insert_code(&late, &code(160)).await.unwrap();
     assert_eq!(
-        store.redeem_code(&late, UnixTime(161)).await.unwrap(),
+        store.code_state(&late, UnixTime(161)).await.unwrap(),
+        CodeState::Unknown
+    );
+    assert_eq!(
+        store.redeem_code(&late, None, UnixTime(161)).await.unwrap(),
         Redemption::Invalid
     );
     let unknown = Secret::generate().hash();
     assert_eq!(
-        store.redeem_code(&unknown, UnixTime(100)).await.unwrap(),
+        store.code_state(&unknown, UnixTime(100)).await.unwrap(),
+        CodeState::Unknown
+    );
+    assert_eq!(
+        store
+            .redeem_code(&unknown, None, UnixTime(100))
+            .await
+            .unwrap(),
         Redemption::Invalid
     );
 }
 
-pub(crate) async fn a_code_replayed_while_its_first_redemption_is_in_flight_leaves_no_live_family<
+pub(crate) async fn a_code_is_spent_with_its_family_and_a_replay_revokes_that_family<
     S: Store + Raw,
 >(
     store: &S,
 ) {
-    // The replay is detected before the first redemption creates its family: the creation is
-    // refused, and nothing is left behind.
     let hash = Secret::generate().hash();
     store.insert_code(&hash, &code(160)).await.unwrap();
-    assert!(matches!(
-        store.redeem_code(&hash, UnixTime(120)).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
-    assert!(matches!(
-        store.redeem_code(&hash, UnixTime(121)).await.unwrap(),
-        Redemption::Replayed(_)
-    ));
     let token = Secret::generate().hash();
     let first = family("s1", 10_000);
-    assert!(
-        !store
-            .complete_redemption(&hash, Some((&first, &token)), UnixTime(122))
-            .await
-            .unwrap(),
-        "the in-flight redemption learns of the replay"
-    );
-    let (born_revoked, _) = store.family_of(&token).await.unwrap().unwrap();
-    assert_eq!(
-        born_revoked.revoked_at,
-        Some(UnixTime(121)),
-        "its family is created revoked, as of the replay"
-    );
-    assert!(
-        !store
-            .complete_redemption(&hash, None, UnixTime(122))
-            .await
-            .unwrap(),
-        "also without a refresh family"
-    );
-
-    // The first redemption creates its family before the replay: the replay's own atomic
-    // step revokes it, with nothing else having to run afterwards.
-    let hash = Secret::generate().hash();
-    let mut second_code = code(160);
-    second_code.sid = "s2".into();
-    store.insert_code(&hash, &second_code).await.unwrap();
-    store.redeem_code(&hash, UnixTime(120)).await.unwrap();
-    let token = Secret::generate().hash();
-    let second = family("s2", 10_000);
-    assert!(
+    assert!(matches!(
         store
-            .complete_redemption(&hash, Some((&second, &token)), UnixTime(121))
+            .redeem_code(&hash, Some((&first, &token)), UnixTime(120))
             .await
-            .unwrap()
-    );
+            .unwrap(),
+        Redemption::Redeemed(_)
+    ));
     assert!(
         store
             .family_of(&token)
@@ -362,21 +342,54 @@ pub(crate) async fn a_code_replayed_while_its_first_redemption_is_in_flight_leav
             .unwrap()
             .unwrap()
             .0
-            .is_live(UnixTime(121))
+            .is_live(UnixTime(121)),
+        "the family is created in the redemption's own step"
     );
-    store.redeem_code(&hash, UnixTime(122)).await.unwrap();
+    // The replay's atomic step revokes it, and creates nothing of its own.
+    let replay_token = Secret::generate().hash();
+    assert!(matches!(
+        store
+            .redeem_code(
+                &hash,
+                Some((&family("s9", 10_000), &replay_token)),
+                UnixTime(122)
+            )
+            .await
+            .unwrap(),
+        Redemption::Replayed(_)
+    ));
     let (revoked, _) = store.family_of(&token).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(UnixTime(122)));
+    assert!(store.family_of(&replay_token).await.unwrap().is_none());
 
-    // An unknown or unredeemed code completes nothing.
-    let unredeemed = Secret::generate().hash();
-    store.insert_code(&unredeemed, &code(160)).await.unwrap();
-    assert!(
-        !store
-            .complete_redemption(&unredeemed, None, UnixTime(121))
+    // An unknown or expired code creates no family.
+    let unknown = Secret::generate().hash();
+    let stray = Secret::generate().hash();
+    assert_eq!(
+        store
+            .redeem_code(
+                &unknown,
+                Some((&family("s3", 10_000), &stray)),
+                UnixTime(121)
+            )
             .await
-            .unwrap()
+            .unwrap(),
+        Redemption::Invalid
     );
+    let expired = Secret::generate().hash();
+    store.insert_code(&expired, &code(160)).await.unwrap();
+    assert_eq!(
+        store
+            .redeem_code(
+                &expired,
+                Some((&family("s4", 10_000), &stray)),
+                UnixTime(161)
+            )
+            .await
+            .unwrap(),
+        Redemption::Invalid
+    );
+    assert!(store.family_of(&stray).await.unwrap().is_none());
 }
 
 pub(crate) async fn refresh_rotation_and_reuse_revokes_the_family<S: Store + Raw>(store: &S) {
@@ -1174,7 +1187,7 @@ suite!(
     clients_round_trip_and_conflict,
     a_code_is_redeemed_exactly_once_even_under_concurrency,
     replay_is_reported_and_expiry_is_enforced,
-    a_code_replayed_while_its_first_redemption_is_in_flight_leaves_no_live_family,
+    a_code_is_spent_with_its_family_and_a_replay_revokes_that_family,
     refresh_rotation_and_reuse_revokes_the_family,
     another_clients_refresh_token_is_unknown_and_left_alone,
     a_family_ends_at_its_absolute_lifetime,

@@ -24,8 +24,8 @@ use tokio_postgres::types::FromSql;
 
 use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
-    Revocation, Rotation, Snapshot, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, CodeState, Consent, KeyManifest, RateCount, Redemption,
+    RefreshFamily, Revocation, Rotation, Snapshot, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -273,16 +273,36 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn code_state(&self, hash: &SecretHash, now: UnixTime) -> Result<CodeState, StoreError> {
+        let conn = self.conn().await?;
+        let select = conn
+            .prepare_cached("SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = $1")
+            .await?;
+        let Some(row) = conn.query_opt(&select, &[&hash.to_hex()]).await? else {
+            return Ok(CodeState::Unknown);
+        };
+        let expires_at: i64 = get(&row, 1)?;
+        let redeemed_at: Option<i64> = get(&row, 2)?;
+        Ok(if redeemed_at.is_some() {
+            CodeState::Spent
+        } else if time(now) > expires_at {
+            CodeState::Unknown
+        } else {
+            CodeState::Unspent(Box::new(decode(get::<&str>(&row, 0)?)?))
+        })
+    }
+
     async fn redeem_code(
         &self,
         hash: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
         now: UnixTime,
     ) -> Result<Redemption, StoreError> {
         let hash = hash.to_hex();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         // The row lock makes a concurrent redemption wait for this one's commit, then read
-        // the row as this one left it.
+        // the row as this one left it (with its family created).
         let select = tx
             .prepare_cached(
                 "SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = $1 FOR UPDATE",
@@ -295,8 +315,7 @@ impl Store for PostgresStore {
         let expires_at: i64 = get(&row, 1)?;
         let redeemed_at: Option<i64> = get(&row, 2)?;
         if redeemed_at.is_some() {
-            // Marked, and the first redemption's family revoked, in this transaction: a family
-            // created later is refused by `complete_redemption`.
+            // The first redemption created its family in its own step: revoked here.
             let mark = tx
                 .prepare_cached(
                     "UPDATE codes SET replayed_at = coalesce(replayed_at, $1) WHERE code_hash = $2",
@@ -319,42 +338,11 @@ impl Store for PostgresStore {
             .prepare_cached("UPDATE codes SET redeemed_at = $1 WHERE code_hash = $2")
             .await?;
         tx.execute(&redeem, &[&time(now), &hash]).await?;
-        tx.commit().await?;
-        Ok(Redemption::Redeemed(code))
-    }
-
-    async fn complete_redemption(
-        &self,
-        code: &SecretHash,
-        family: Option<(&RefreshFamily, &SecretHash)>,
-        now: UnixTime,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        // Locked, so a replay detected meanwhile either committed before (and this finds its
-        // mark) or waits until the family exists (and revokes it).
-        let check = tx
-            .prepare_cached(
-                "SELECT replayed_at FROM codes WHERE code_hash = $1 AND redeemed_at IS NOT NULL \
-                 FOR UPDATE",
-            )
-            .await?;
-        let Some(row) = tx.query_opt(&check, &[&code.to_hex()]).await? else {
-            return Ok(false);
-        };
-        let replayed_at: Option<i64> = row.try_get(0)?;
         if let Some((family, token)) = family {
             insert_family(&tx, family, token, now).await?;
-            if let Some(at) = replayed_at {
-                tx.execute(
-                    "UPDATE refresh_families SET revoked_at = $1 WHERE family_id = $2",
-                    &[&at, &family.id],
-                )
-                .await?;
-            }
         }
         tx.commit().await?;
-        Ok(replayed_at.is_none())
+        Ok(Redemption::Redeemed(code))
     }
 
     async fn insert_family(

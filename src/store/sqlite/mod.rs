@@ -17,8 +17,8 @@ use tailpass_verify::feed::RevocationKind;
 
 use super::codec::{decode, encode, from_seq, from_time, int, time};
 use super::{
-    AuditFilter, AuditRecord, AuthCode, Consent, KeyManifest, RateCount, Redemption, RefreshFamily,
-    Revocation, Rotation, Snapshot, Store, StoreError,
+    AuditFilter, AuditRecord, AuthCode, CodeState, Consent, KeyManifest, RateCount, Redemption,
+    RefreshFamily, Revocation, Rotation, Snapshot, Store, StoreError,
 };
 use crate::audit::AuditEvent;
 use crate::clients::{Client, ClientId};
@@ -240,6 +240,18 @@ fn revocation(row: RevocationRow) -> Result<Revocation, StoreError> {
 
 const REVOCATION_COLUMNS: &str = "seq, kind, value, revoked_at, until, lifted_at, lift_seq";
 
+/// A stored code's record, expiry and redemption time, by the hex of its hash.
+fn code_row(
+    c: &rusqlite::Connection,
+    hash: &str,
+) -> Result<Option<(String, i64, Option<i64>)>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = ?1")?
+            .query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?,
+    )
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn export(&self) -> Result<Snapshot, StoreError> {
@@ -336,27 +348,36 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn code_state(&self, hash: &SecretHash, now: UnixTime) -> Result<CodeState, StoreError> {
+        let hash = hash.to_hex();
+        self.worker
+            .read(move |c| {
+                Ok(match code_row(c, &hash)? {
+                    None => CodeState::Unknown,
+                    Some((_, _, Some(_))) => CodeState::Spent,
+                    Some((_, expires_at, None)) if time(now) > expires_at => CodeState::Unknown,
+                    Some((data, _, None)) => CodeState::Unspent(Box::new(decode(&data)?)),
+                })
+            })
+            .await
+    }
+
     async fn redeem_code(
         &self,
         hash: &SecretHash,
+        family: Option<(&RefreshFamily, &SecretHash)>,
         now: UnixTime,
     ) -> Result<Redemption, StoreError> {
         let hash = hash.to_hex();
+        let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
         self.worker
             .write(move |c| {
-                let row: Option<(String, i64, Option<i64>)> = c
-                    .prepare_cached(
-                        "SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = ?1",
-                    )?
-                    .query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((data, expires_at, redeemed_at)) = row else {
+                let Some((data, expires_at, redeemed_at)) = code_row(c, &hash)? else {
                     return Ok(Redemption::Invalid);
                 };
                 let code: AuthCode = decode(&data)?;
                 if redeemed_at.is_some() {
-                    // Marked, and the first redemption's family revoked, in this transaction:
-                    // a family created later is refused by `complete_redemption`.
+                    // The first redemption created its family in its own step: revoked here.
                     c.prepare_cached(
                         "UPDATE codes SET replayed_at = COALESCE(replayed_at, ?1) WHERE code_hash = ?2",
                     )?
@@ -372,6 +393,9 @@ impl Store for SqliteStore {
                 }
                 c.prepare_cached("UPDATE codes SET redeemed_at = ?1 WHERE code_hash = ?2")?
                     .execute(params![time(now), hash])?;
+                if let Some(row) = &row {
+                    row.insert(c, now)?;
+                }
                 Ok(Redemption::Redeemed(code))
             })
             .await
@@ -385,39 +409,6 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let row = FamilyRow::of(family, token)?;
         self.worker.write(move |c| row.insert(c, now)).await
-    }
-
-    async fn complete_redemption(
-        &self,
-        code: &SecretHash,
-        family: Option<(&RefreshFamily, &SecretHash)>,
-        now: UnixTime,
-    ) -> Result<bool, StoreError> {
-        let code = code.to_hex();
-        let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
-        self.worker
-            .write(move |c| {
-                let redeemed: Option<Option<i64>> = c
-                    .prepare_cached(
-                        "SELECT replayed_at FROM codes WHERE code_hash = ?1 AND redeemed_at IS NOT NULL",
-                    )?
-                    .query_row(params![code], |r| r.get(0))
-                    .optional()?;
-                let Some(replayed_at) = redeemed else {
-                    return Ok(false);
-                };
-                if let Some(row) = &row {
-                    row.insert(c, now)?;
-                    if let Some(at) = replayed_at {
-                        c.prepare_cached(
-                            "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2",
-                        )?
-                        .execute(params![at, row.id])?;
-                    }
-                }
-                Ok(replayed_at.is_none())
-            })
-            .await
     }
 
     async fn rotate_refresh(
