@@ -350,8 +350,9 @@ impl Store for SqliteStore {
 
     async fn code_state(&self, hash: &SecretHash, now: UnixTime) -> Result<CodeState, StoreError> {
         let hash = hash.to_hex();
+        // Read where `redeem_code` will write next: its cache holds the code's pages.
         self.worker
-            .read(move |c| {
+            .peek(move |c| {
                 Ok(match code_row(c, &hash)? {
                     None => CodeState::Unknown,
                     Some((_, _, Some(_))) => CodeState::Spent,

@@ -626,3 +626,43 @@ async fn reads_past_the_readers_wait_their_turn() {
         "reads ran past the readers"
     );
 }
+
+#[tokio::test]
+async fn a_peek_sees_committed_writes_only_and_a_panicking_one_leaves_the_writer_running() {
+    let (_dir, store) = store().await;
+    let count = |c: &rusqlite::Connection| -> Result<i64, StoreError> {
+        Ok(c.query_row("SELECT count(*) FROM clients", [], |r| r.get(0))?)
+    };
+    assert_eq!(store.worker.peek(count).await.unwrap(), 0);
+    store
+        .worker
+        .write(|c| {
+            c.execute(
+                "INSERT INTO clients (client_id, created_at, data) VALUES ('p1', 0, '{}')",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.worker.peek(count).await.unwrap(), 1);
+    // A peek queued beside a write runs before its batch, outside its transaction.
+    let (peeked, wrote) = tokio::join!(
+        store.worker.peek(count),
+        store.worker.write(|c| {
+            c.execute(
+                "INSERT INTO clients (client_id, created_at, data) VALUES ('p2', 0, '{}')",
+                [],
+            )?;
+            Ok(())
+        })
+    );
+    wrote.unwrap();
+    assert_eq!(peeked.unwrap(), 1, "the peek saw no uncommitted write");
+    let lost = store
+        .worker
+        .peek(|_| -> Result<(), StoreError> { panic!("a peek that panics") })
+        .await;
+    assert!(lost.is_err(), "its caller hears it was dropped");
+    assert_eq!(store.worker.peek(count).await.unwrap(), 2);
+}

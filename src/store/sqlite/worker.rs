@@ -18,7 +18,8 @@
 //! queue for the next free reader. The threads and connections live as long as the store: no
 //! thread is started or connection opened per read, and each connection's page cache is
 //! bounded ([`READER_CACHE_KIB`]), so the memory reads hold is fixed once the caches have
-//! filled.
+//! filled. Every commit empties the readers' caches, so a read that a write decides on next
+//! ([`Worker::peek`]) runs on the writer's connection instead, just before its next batch.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,22 @@ where
     }
 }
 
+/// What the writer thread is handed: a write for its next batch, or a read to run just before
+/// it ([`Worker::peek`]).
+enum Task {
+    Write(Box<dyn Job>),
+    Peek(ReadJob),
+}
+
+impl Task {
+    fn sort(self, batch: &mut Vec<Box<dyn Job>>, peeks: &mut Vec<ReadJob>) {
+        match self {
+            Task::Write(job) => batch.push(job),
+            Task::Peek(read) => peeks.push(read),
+        }
+    }
+}
+
 /// How a job ended (a failed job's caller gets its error whatever the commit does).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ran {
@@ -169,7 +186,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 
 /// The writer thread's handle, and the reader pool.
 pub struct Worker {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: mpsc::Sender<Task>,
     path: PathBuf,
     /// Reads for the reader threads.
     reads: mpsc::Sender<ReadJob>,
@@ -228,7 +245,7 @@ impl Worker {
                 .spawn(move || read_loop(reader, &queue))
                 .map_err(|e| StoreError::Backend(format!("cannot start a reader thread: {e}")))?;
         }
-        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>(QUEUE);
+        let (jobs, rx) = mpsc::channel::<Task>(QUEUE);
         let write_fault = Arc::new(Mutex::new(None));
         let fault = write_fault.clone();
         std::thread::Builder::new()
@@ -267,7 +284,20 @@ impl Worker {
             outcome: None,
             reply,
         });
-        hand_over(&self.jobs, job, rx, "the writer thread").await
+        hand_over(&self.jobs, Task::Write(job), rx, "the writer thread").await
+    }
+
+    /// Runs `f` on the writer's connection just before its next batch: it sees every
+    /// committed write and none in flight. For a read that a write of the same request decides
+    /// on next: the writer's cache is warm, where every commit empties a reader's, and the
+    /// read costs no hand-over to another thread.
+    pub async fn peek<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (read, rx) = read_job(f);
+        hand_over(&self.jobs, Task::Peek(read), rx, "the writer thread").await
     }
 
     /// Jobs sent and not yet taken by the writer thread.
@@ -282,12 +312,22 @@ impl Worker {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        let read: ReadJob = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
-        });
+        let (read, rx) = read_job(f);
         hand_over(&self.reads, read, rx, "the reader threads").await
     }
+}
+
+/// `f` as a read that sends its own result, and where that result arrives.
+fn read_job<T, F>(f: F) -> (ReadJob, oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    let read: ReadJob = Box::new(move |conn| {
+        let _ = reply.send(f(conn));
+    });
+    (read, rx)
 }
 
 /// Queues `job` for `threads` and waits for its result on `answer`.
@@ -348,20 +388,31 @@ fn in_savepoint<T>(
 
 fn write_loop(
     conn: Connection,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    mut rx: mpsc::Receiver<Task>,
     write_fault: &Mutex<Option<Instant>>,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
-    while rx.blocking_recv().map(|job| batch.push(job)).is_some() {
+    let mut peeks: Vec<ReadJob> = Vec::new();
+    while let Some(task) = rx.blocking_recv() {
+        task.sort(&mut batch, &mut peeks);
         // Let the request handlers that are runnable queue their writes too before this batch
         // starts: on a busy server the next jobs are usually a few microseconds away, and one
         // commit for many jobs is the point of this thread.
         std::thread::yield_now();
-        while batch.len() < MAX_BATCH {
+        while batch.len() + peeks.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(task) => task.sort(&mut batch, &mut peeks),
                 Err(_) => break,
             }
+        }
+        // Outside any transaction: each sees what is committed.
+        for peek in peeks.drain(..) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peek(&conn))).is_err() {
+                tracing::error!("a read on the writer's connection panicked");
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let committed = if batch.len() > 1 && run_shared(&conn, &mut batch) {
             Outcome {
