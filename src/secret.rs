@@ -2,7 +2,9 @@
 //! registration access tokens.
 //!
 //! They are random 256-bit values shown to their holder once. Only their SHA-256 is stored
-//! ([`SecretHash`]), and a presented value is compared against it in constant time. They are
+//! ([`SecretHash`]), and a presented value is compared against it in constant time. Codes and
+//! refresh tokens, of which a store keeps many, are ordered secrets: they begin with their
+//! issue time, and so does the hash they are stored under ([`Secret::ordered_hash`]). They are
 //! not passwords, so a fast hash is right: a slow one would only cap throughput (docs/design.md
 //! "Tokens"). Neither type prints its value in `Debug`, so a secret cannot reach a log through
 //! `{:?}`.
@@ -13,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
+use tailpass_verify::UnixTime;
 
 /// A freshly generated or presented secret value, in clear. Lives only in memory.
 #[derive(Clone)]
@@ -38,6 +41,53 @@ impl Secret {
     pub fn hash(&self) -> SecretHash {
         SecretHash::of(&self.0)
     }
+
+    /// A new ordered secret, for the kinds a store keeps many of and looks up by hash
+    /// (authorization codes, refresh tokens): the second it was issued at as ten hex digits,
+    /// then 256 random bits base64url-encoded (53 characters in all). Its
+    /// [`Secret::ordered_hash`] begins with that second, so the index of a table of them is
+    /// added to at its end, not at a random page per row.
+    pub fn generate_ordered(now: UnixTime) -> Secret {
+        Secret(format!("{:010x}{}", now.0, random_token(32)))
+    }
+
+    /// The hash under which an ordered secret is stored: the five bytes of its issue time,
+    /// then the first 27 bytes (216 bits) of its SHA-256. Any other value (one issued before
+    /// codes and refresh tokens were ordered, or a forgery) gets its whole SHA-256, so an
+    /// older token is still found, and a presented value still has to match a stored hash to
+    /// be anything.
+    pub fn ordered_hash(&self) -> SecretHash {
+        let plain = SecretHash::of(&self.0);
+        let Some(prefix) = ordered_prefix(&self.0) else {
+            return plain;
+        };
+        let mut out = [0u8; 32];
+        out[..ORDER_BYTES].copy_from_slice(&prefix);
+        out[ORDER_BYTES..].copy_from_slice(&plain.0[..32 - ORDER_BYTES]);
+        SecretHash(out)
+    }
+}
+
+/// The bytes of an ordered secret's issue time (a big-endian second count).
+const ORDER_BYTES: usize = 5;
+
+/// The issue time of an ordered secret, as the bytes that begin its hash; `None` unless
+/// `value` has an ordered secret's shape (ten lowercase hex digits, then 43 base64url
+/// characters).
+fn ordered_prefix(value: &str) -> Option<[u8; ORDER_BYTES]> {
+    let digits = value.get(..2 * ORDER_BYTES)?;
+    if value.len() != 2 * ORDER_BYTES + 43
+        || !digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; ORDER_BYTES];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 impl fmt::Debug for Secret {
@@ -191,6 +241,37 @@ fn push_base32(out: &mut String, value: u128, digits: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordered_secrets_hash_in_issue_order_and_anything_else_hashes_plainly() {
+        let early = Secret::generate_ordered(UnixTime(1_700_000_000));
+        let late = Secret::generate_ordered(UnixTime(1_700_000_001));
+        assert_eq!(early.expose().len(), 53);
+        assert!(early.ordered_hash().to_hex() < late.ordered_hash().to_hex());
+        assert!(early.ordered_hash().to_hex().starts_with("006553f100"));
+        // The same value presented again finds the same row; another value does not.
+        let presented = Secret::from_presented(early.expose());
+        assert_eq!(presented.ordered_hash(), early.ordered_hash());
+        let same_second = Secret::generate_ordered(UnixTime(1_700_000_000));
+        assert_ne!(same_second.ordered_hash(), early.ordered_hash());
+        // The rest of the hash is the SHA-256's start.
+        assert_eq!(
+            early.ordered_hash().to_hex()[10..],
+            early.hash().to_hex()[..54]
+        );
+        // A value of another shape keeps its whole SHA-256: one issued before ordering, a
+        // client secret, or an uppercase or short forgery.
+        for other in [
+            Secret::generate().expose().to_owned(),
+            format!("006553F100{}", random_token(32)),
+            format!("006553f1{}", random_token(32)),
+            "006553f100".to_owned(),
+            String::new(),
+        ] {
+            let secret = Secret::from_presented(&other);
+            assert_eq!(secret.ordered_hash(), secret.hash(), "{other}");
+        }
+    }
 
     #[test]
     fn identifier_bytes_are_never_handed_out_twice() {

@@ -49,7 +49,7 @@ pub async fn redeem(
     )
     .map_err(RedeemError::RateLimited)?;
     let now = ctx.now();
-    let hash = Secret::from_presented(&request.code).hash();
+    let hash = Secret::from_presented(&request.code).ordered_hash();
     let refuse = |refusal: RedeemError| async move {
         let event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Denied)
             .client(client.client_id.0.clone())
@@ -110,11 +110,11 @@ pub async fn redeem(
                 // proof it redeemed the code with; a confidential client's, to its secret.
                 jkt: proof.filter(|_| client.is_public()).map(|p| p.jkt.clone()),
             };
-            (family, Secret::generate())
+            (family, Secret::generate_ordered(now))
         });
     let first_token = refresh
         .as_ref()
-        .map(|(family, token)| (family, token.hash()));
+        .map(|(family, token)| (family, token.ordered_hash()));
     let mut event = AuditEvent::new(now, EventKind::CodeExchanged, AuditOutcome::Success)
         .by(&code.identity)
         .client(client.client_id.0.clone());

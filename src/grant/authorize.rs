@@ -30,7 +30,7 @@ use crate::identity::Identity;
 use crate::identity::peer::CallerError;
 use crate::pkce::{self, Challenge};
 use crate::policy::{login, tsidp};
-use crate::secret::{Secret, random_token};
+use crate::secret::Secret;
 use crate::store::{AuthCode, Consent};
 use crate::tokens;
 
@@ -452,7 +452,7 @@ async fn issue_code(
     redirect: Redirect,
 ) -> Outcome {
     let now = ctx.now();
-    let code = Secret::generate();
+    let code = Secret::generate_ordered(now);
     let record = AuthCode {
         client_id: client.client_id.clone(),
         redirect_uri: redirect.uri.clone(),
@@ -462,7 +462,7 @@ async fn issue_code(
         pkce: grant.pkce,
         identity: (*grant.identity).clone(),
         auth_time: now,
-        sid: random_token(16),
+        sid: crate::session::new_sid(now),
         expires_at: now.plus(CODE_LIFETIME),
     };
     let fault = |fault: Fault, redirect: Redirect| {
@@ -481,7 +481,7 @@ async fn issue_code(
     // The code and its event are written side by side (one commit's wait, not two); the code
     // is handed out only when both are durable. A refusal may leave the event of a code never
     // handed out, never a code without its event.
-    let code_hash = code.hash();
+    let code_hash = code.ordered_hash();
     let (stored, audited) = tokio::join!(
         ctx.store.insert_code(&code_hash, &record),
         ctx.audit.record(event)

@@ -66,7 +66,7 @@ pub async fn introspect(
     }
     if let Some((family, spent)) = ctx
         .store
-        .family_of(&Secret::from_presented(token).hash())
+        .family_of(&Secret::from_presented(token).ordered_hash())
         .await?
     {
         let live = family.is_live(now)

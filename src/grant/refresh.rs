@@ -46,7 +46,7 @@ pub async fn refresh(
     if !client.grant_types.contains(&GrantType::RefreshToken) {
         return Err(RefreshError::GrantNotAllowed);
     }
-    let hash = Secret::from_presented(&request.refresh_token).hash();
+    let hash = Secret::from_presented(&request.refresh_token).ordered_hash();
     let now = ctx.now();
     let event = |outcome| {
         AuditEvent::new(now, EventKind::Refresh, outcome).client(client.client_id.0.clone())
@@ -119,10 +119,10 @@ pub async fn refresh(
         return Err(end_session(ctx, client, &family, refused.into()).await);
     }
 
-    let replacement = Secret::generate();
+    let replacement = Secret::generate_ordered(now);
     let family = match ctx
         .store
-        .rotate_refresh(&hash, &replacement.hash(), &client.client_id, now)
+        .rotate_refresh(&hash, &replacement.ordered_hash(), &client.client_id, now)
         .await?
     {
         Rotation::Rotated(family) => family,

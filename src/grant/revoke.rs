@@ -62,7 +62,7 @@ pub async fn revoke(ctx: &Context<'_>, client: &Client, token: &str) -> Result<(
     }
     if let Some((family, _)) = ctx
         .store
-        .family_of(&Secret::from_presented(token).hash())
+        .family_of(&Secret::from_presented(token).ordered_hash())
         .await
         .map_err(Fault::from)?
         && family.client_id == client.client_id
