@@ -3,8 +3,9 @@
 //!
 //! They are random 256-bit values shown to their holder once. Only their SHA-256 is stored
 //! ([`SecretHash`]), and a presented value is compared against it in constant time. Codes and
-//! refresh tokens, of which a store keeps many, are ordered secrets: they begin with their
-//! issue time, and so does the hash they are stored under ([`Secret::ordered_hash`]). They are
+//! refresh tokens, of which a store keeps many, are ordered secrets: they begin with the
+//! millisecond they were made, and so does the hash they are stored under
+//! ([`Secret::ordered_hash`]). They are
 //! not passwords, so a fast hash is right: a slow one would only cap throughput (docs/design.md
 //! "Tokens"). Neither type prints its value in `Debug`, so a secret cannot reach a log through
 //! `{:?}`.
@@ -15,7 +16,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
-use tailpass_verify::UnixTime;
 
 /// A freshly generated or presented secret value, in clear. Lives only in memory.
 #[derive(Clone)]
@@ -43,16 +43,15 @@ impl Secret {
     }
 
     /// A new ordered secret, for the kinds a store keeps many of and looks up by hash
-    /// (authorization codes, refresh tokens): the second it was issued at as ten hex digits,
-    /// then 256 random bits base64url-encoded (53 characters in all). Its
-    /// [`Secret::ordered_hash`] begins with that second, so the index of a table of them is
-    /// added to at its end, not at a random page per row.
-    pub fn generate_ordered(now: UnixTime) -> Secret {
-        Secret(format!("{:010x}{}", now.0, random_token(32)))
+    /// (authorization codes, refresh tokens): [`ordered_token`] of 256 random bits (55
+    /// characters). Its [`Secret::ordered_hash`] begins with the same millisecond, so the
+    /// index of a table of them is added to at its end, not at a random page per row.
+    pub fn generate_ordered() -> Secret {
+        Secret(ordered_token(32))
     }
 
-    /// The hash under which an ordered secret is stored: the five bytes of its issue time,
-    /// then the first 27 bytes (216 bits) of its SHA-256. Any other value (one issued before
+    /// The hash under which an ordered secret is stored: the six bytes of its millisecond,
+    /// then the first 26 bytes (208 bits) of its SHA-256. Any other value (one issued before
     /// codes and refresh tokens were ordered, or a forgery) gets its whole SHA-256, so an
     /// older token is still found, and a presented value still has to match a stored hash to
     /// be anything.
@@ -68,11 +67,24 @@ impl Secret {
     }
 }
 
-/// The bytes of an ordered secret's issue time (a big-endian second count).
-const ORDER_BYTES: usize = 5;
+/// The current millisecond of the system's clock as twelve hex digits, then `bytes` random
+/// bytes base64url-encoded: unguessable, and sorting in the order it was made. The time is
+/// only where the value lands in an index (a clock stepping back costs locality, nothing
+/// else), never read as a time; it is in the issued tokens' `iat` anyway.
+pub fn ordered_token(bytes: usize) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // Six bytes: the twelve digits stay twelve until the year 10889.
+    let millis = u64::try_from(millis).unwrap_or(u64::MAX) & 0xffff_ffff_ffff;
+    format!("{millis:012x}{}", random_token(bytes))
+}
+
+/// The bytes of an ordered secret's millisecond (big-endian).
+const ORDER_BYTES: usize = 6;
 
 /// The issue time of an ordered secret, as the bytes that begin its hash; `None` unless
-/// `value` has an ordered secret's shape (ten lowercase hex digits, then 43 base64url
+/// `value` has an ordered secret's shape (twelve lowercase hex digits, then 43 base64url
 /// characters).
 fn ordered_prefix(value: &str) -> Option<[u8; ORDER_BYTES]> {
     let digits = value.get(..2 * ORDER_BYTES)?;
@@ -244,28 +256,35 @@ mod tests {
 
     #[test]
     fn ordered_secrets_hash_in_issue_order_and_anything_else_hashes_plainly() {
-        let early = Secret::generate_ordered(UnixTime(1_700_000_000));
-        let late = Secret::generate_ordered(UnixTime(1_700_000_001));
-        assert_eq!(early.expose().len(), 53);
-        assert!(early.ordered_hash().to_hex() < late.ordered_hash().to_hex());
-        assert!(early.ordered_hash().to_hex().starts_with("006553f100"));
-        // The same value presented again finds the same row; another value does not.
+        let made: Vec<Secret> = (0..50).map(|_| Secret::generate_ordered()).collect();
+        for pair in made.windows(2) {
+            let (a, b) = (
+                pair[0].ordered_hash().to_hex(),
+                pair[1].ordered_hash().to_hex(),
+            );
+            assert_ne!(a, b);
+            if a[..12] != b[..12] {
+                assert!(a < b, "made later, sorted earlier");
+            }
+        }
+        let early = &made[0];
+        assert_eq!(early.expose().len(), 55);
+        assert_eq!(early.ordered_hash().to_hex()[..12], early.expose()[..12]);
+        // The same value presented again finds the same row.
         let presented = Secret::from_presented(early.expose());
         assert_eq!(presented.ordered_hash(), early.ordered_hash());
-        let same_second = Secret::generate_ordered(UnixTime(1_700_000_000));
-        assert_ne!(same_second.ordered_hash(), early.ordered_hash());
         // The rest of the hash is the SHA-256's start.
         assert_eq!(
-            early.ordered_hash().to_hex()[10..],
-            early.hash().to_hex()[..54]
+            early.ordered_hash().to_hex()[12..],
+            early.hash().to_hex()[..52]
         );
         // A value of another shape keeps its whole SHA-256: one issued before ordering, a
         // client secret, or an uppercase or short forgery.
         for other in [
             Secret::generate().expose().to_owned(),
-            format!("006553F100{}", random_token(32)),
-            format!("006553f1{}", random_token(32)),
-            "006553f100".to_owned(),
+            format!("0193A1B2C3D4{}", random_token(32)),
+            format!("0193a1b2c3{}", random_token(32)),
+            "0193a1b2c3d4".to_owned(),
             String::new(),
         ] {
             let secret = Secret::from_presented(&other);

@@ -110,7 +110,7 @@ pub async fn redeem(
                 // proof it redeemed the code with; a confidential client's, to its secret.
                 jkt: proof.filter(|_| client.is_public()).map(|p| p.jkt.clone()),
             };
-            (family, Secret::generate_ordered(now))
+            (family, Secret::generate_ordered())
         });
     let first_token = refresh
         .as_ref()

@@ -452,7 +452,7 @@ async fn issue_code(
     redirect: Redirect,
 ) -> Outcome {
     let now = ctx.now();
-    let code = Secret::generate_ordered(now);
+    let code = Secret::generate_ordered();
     let record = AuthCode {
         client_id: client.client_id.clone(),
         redirect_uri: redirect.uri.clone(),
@@ -462,7 +462,7 @@ async fn issue_code(
         pkce: grant.pkce,
         identity: (*grant.identity).clone(),
         auth_time: now,
-        sid: crate::session::new_sid(now),
+        sid: crate::session::new_sid(),
         expires_at: now.plus(CODE_LIFETIME),
     };
     let fault = |fault: Fault, redirect: Redirect| {

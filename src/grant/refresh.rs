@@ -119,7 +119,7 @@ pub async fn refresh(
         return Err(end_session(ctx, client, &family, refused.into()).await);
     }
 
-    let replacement = Secret::generate_ordered(now);
+    let replacement = Secret::generate_ordered();
     let family = match ctx
         .store
         .rotate_refresh(&hash, &replacement.ordered_hash(), &client.client_id, now)
