@@ -46,6 +46,11 @@ const READ_QUEUE: usize = 1_024;
 /// point lookups, whose B-tree interior pages fit in it, and the kernel's page cache holds the
 /// file; a bigger one only fills slowly, which is memory growing long after start-up.
 const READER_CACHE_KIB: u32 = 256;
+/// Prepared statements each read connection keeps. Its reads are a handful of point lookups;
+/// a rare read beyond them is prepared again. Every kept statement holds memory of its own,
+/// which a reader would otherwise fill only as each rare read first reached it, minutes after
+/// start-up.
+const READER_STATEMENTS: usize = 16;
 /// The writer connection's page cache, in KiB. Not bigger: when an insert splits a B-tree page
 /// and renumbers its siblings, SQLite parks one page at a number past 1 GiB for a moment, and
 /// the commit then walks the whole cache to drop it. With 8 MB that walk was a tenth of the
@@ -214,7 +219,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))?;
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(READER_STATEMENTS);
     Ok(conn)
 }
 
