@@ -5,10 +5,9 @@
 //! ([`SecretHash`]), and a presented value is compared against it in constant time. Codes and
 //! refresh tokens, of which a store keeps many, are ordered secrets: they begin with the
 //! millisecond they were made, and so does the hash they are stored under
-//! ([`Secret::ordered_hash`]). They are
-//! not passwords, so a fast hash is right: a slow one would only cap throughput (docs/design.md
-//! "Tokens"). Neither type prints its value in `Debug`, so a secret cannot reach a log through
-//! `{:?}`.
+//! ([`Secret::ordered_hash`]). They are not passwords, so a fast hash is right: a slow one
+//! would only cap throughput (docs/design.md "Tokens"). Neither type prints its value in
+//! `Debug`, so a secret cannot reach a log through `{:?}`.
 
 use std::fmt;
 

@@ -42,9 +42,9 @@ pub fn readers() -> usize {
 }
 /// Reads waiting for a reader at most; past it, callers wait.
 const READ_QUEUE: usize = 1_024;
-/// Each read connection's page cache, in KiB (the writer's is [`WRITER_CACHE_KIB`]). Small: reads are
-/// point lookups, whose B-tree interior pages fit in it, and the kernel's page cache holds the
-/// file; a bigger one only fills slowly, which is memory growing long after start-up.
+/// Each read connection's page cache, in KiB (the writer's is [`WRITER_CACHE_KIB`]). Small:
+/// reads are point lookups, whose B-tree interior pages fit in it, and the kernel's page cache
+/// holds the file; a bigger one only fills slowly, which is memory growing long after start-up.
 const READER_CACHE_KIB: u32 = 256;
 /// Prepared statements each read connection keeps. Its reads are a handful of point lookups;
 /// a rare read beyond them is prepared again. Every kept statement holds memory of its own,
@@ -224,16 +224,13 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// A reader thread: runs reads on `conn` until every sender is gone. The threads share one
-/// queue; the one holding its lock waits for the next read. A read that panics loses only its
-/// own answer (its caller hears that the read was dropped), not the thread.
+/// queue; the one holding its lock waits for the next read.
 fn read_loop(conn: Connection, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
     loop {
         let Some(read) = queue.lock().ok().and_then(|mut rx| rx.blocking_recv()) else {
             return;
         };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&conn))).is_err() {
-            tracing::error!("a read of the database panicked");
-        }
+        run_read(read, &conn);
     }
 }
 
@@ -319,6 +316,14 @@ impl Worker {
     {
         let (read, rx) = read_job(f);
         hand_over(&self.reads, read, rx, "the reader threads").await
+    }
+}
+
+/// Runs `read` on `conn`. A read that panics loses only its own answer (its caller hears that
+/// the read was dropped), not the thread running it.
+fn run_read(read: ReadJob, conn: &Connection) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(conn))).is_err() {
+        tracing::error!("a read of the database panicked");
     }
 }
 
@@ -412,9 +417,7 @@ fn write_loop(
         }
         // Outside any transaction: each sees what is committed.
         for peek in peeks.drain(..) {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peek(&conn))).is_err() {
-                tracing::error!("a read on the writer's connection panicked");
-            }
+            run_read(peek, &conn);
         }
         if batch.is_empty() {
             continue;
