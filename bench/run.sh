@@ -7,6 +7,9 @@
 #   bench/run.sh floor [--seconds N] [--concurrency N]       GET /healthz: what any request costs
 #   bench/run.sh agent-inproc [--seconds N]                  the agent grant in-process, beside
 #                                                            raw ring ES256 signing, one core
+#   bench/run.sh ceiling [--seconds N] [--concurrency N]     the agent load against a bare server
+#                                                            that only signs (benches/ceiling.rs):
+#                                                            the HTTP/1.1 ceiling, beside raw ring
 #   bench/run.sh gateway [--seconds N] [--requests N]        verification vs raw ring verify,
 #                                                            latency added, revoke-to-refusal
 #   bench/run.sh peer [--seconds N] [--concurrency N] [--rounds N]
@@ -24,6 +27,21 @@ release=${CARGO_TARGET_DIR:-target}/release
 if [ "$scenario" = gateway ]; then
   cargo build --release --bench gateway >&2
   exec "$(ls -t "$release"/deps/gateway-* | grep -v '\.d$' | head -n1)" "$@"
+fi
+if [ "$scenario" = ceiling ]; then
+  cargo build --release --bench ceiling --bench load >&2
+  ceiling=$(ls -t "$release"/deps/ceiling-* | grep -v '\.d$' | head -n1)
+  load=$(ls -t "$release"/deps/load-* | grep -v '\.d$' | head -n1)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  out=$(mktemp)
+  taskset -c 0 "$ceiling" --listen "127.0.0.1:$port" >"$out" &
+  server=$!
+  trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$out"' EXIT
+  for _ in $(seq 100); do grep -q listening "$out" && break; sleep 0.1; done
+  grep 'raw ring' "$out"
+  taskset -c 1 "$load" agent --issuer "http://127.0.0.1:$port" \
+    --audience https://gateway.tail1234.ts.net "$@" | sed 's/^agent tokens over HTTP/bare signing server over HTTP/'
+  exit 0
 fi
 if [ "$scenario" = agent-inproc ]; then
   cargo build --release --bench agent >&2
