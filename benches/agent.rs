@@ -21,12 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use tailpass::clock::{Clock, SystemClock};
 use tailpass::grant::agent::{AgentRequest, agent};
 use tailpass::identity::whois::WhoIsResponse;
 
+mod raw_sign;
 mod support;
 
 #[global_allocator]
@@ -55,26 +54,6 @@ struct Args {
 const GATEWAY: &str = "https://gateway.tail1234.ts.net";
 
 const POLICY: &str = include_str!("../bench/policy.toml");
-
-/// Signs a message the size of an agent token's signing input for `seconds`; signatures per
-/// second on this thread.
-fn raw_sign_rate(seconds: u64) -> f64 {
-    let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let key =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let message = vec![b'e'; 720];
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        for _ in 0..64 {
-            std::hint::black_box(key.sign(&rng, std::hint::black_box(&message)).unwrap());
-        }
-        n += 64;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 fn main() {
     let args = Args::parse();
@@ -121,7 +100,7 @@ fn main() {
     let raw = if args.no_raw {
         f64::NAN
     } else {
-        raw_sign_rate(args.seconds)
+        raw_sign::rate(args.seconds)
     };
     let (minted, elapsed) = runtime.block_on(async {
         let running = tailpass::server::start(settings, Arc::new(SystemClock) as Arc<dyn Clock>)

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,6 +33,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+
+mod raw_sign;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -104,26 +106,6 @@ impl Signer {
     }
 }
 
-/// Raw ES256 signatures per second on this thread, over a message an agent token's size.
-fn raw_sign_rate(signer: &Signer, seconds: u64) -> f64 {
-    let message = vec![b'e'; 720];
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        for _ in 0..64 {
-            std::hint::black_box(
-                signer
-                    .key
-                    .sign(&signer.rng, std::hint::black_box(&message))
-                    .unwrap(),
-            );
-        }
-        n += 64;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 async fn answer(
     signer: Arc<Signer>,
     request: Request<Incoming>,
@@ -145,7 +127,7 @@ async fn answer(
 async fn main() {
     let args = Args::parse();
     let signer = Arc::new(Signer::new());
-    let raw = raw_sign_rate(&signer, args.raw_seconds);
+    let raw = raw_sign::rate(args.raw_seconds);
     println!("raw ring ES256 signatures: {raw:.0}/s");
     let listener = tokio::net::TcpListener::bind(args.listen).await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
