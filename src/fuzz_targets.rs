@@ -20,7 +20,8 @@ use tailpass_verify::binding::Presenter;
 use tailpass_verify::claims::LogoutClaims;
 use tailpass_verify::dpop::{self, ProofRequest, ReplayCache};
 use tailpass_verify::feed::{FeedEvent, RevocationList, Snapshot};
-use tailpass_verify::remote::{self, SseParser};
+use tailpass_verify::remote;
+use tailpass_verify::sse::SseParser;
 use tailpass_verify::{AccessClaims, Alg, IdClaims, Jwk, JwkSet, Jws, KeySet, UnixTime, Verifier};
 
 use crate::clients::metadata::{ClientMetadata, MetadataRules, Registrant};
@@ -29,6 +30,7 @@ use crate::clients::{AuthMethod, Client, ClientId, ClientOrigin};
 use crate::config::file;
 use crate::config::options::ServeOptions;
 use crate::gateway::endpoints::{Api, Cost, Matched};
+use crate::gateway::mcp::{answer, jsonrpc};
 use crate::gateway::meter::AnswerScanner;
 use crate::gateway::options::GatewayOptions;
 use crate::gateway::{body, tools};
@@ -553,15 +555,15 @@ fn revoked_claims() -> &'static AccessClaims {
     })
 }
 
-/// The revocation feed's event stream as a verifier follows it (`remote::SseParser`, then
+/// The revocation feed's event stream as a verifier follows it (`sse::SseParser`, then
 /// `remote::apply_event` into a `RevocationList`, which then checks a token). Asserts that the
 /// events read do not depend on how the stream was cut into chunks.
 pub fn feed_sse(data: &[u8]) {
-    let mut whole = SseParser::default();
+    let mut whole = SseParser::new(remote::MAX_EVENT);
     let Ok(events) = whole.push(data) else {
         return;
     };
-    let mut pieces = SseParser::default();
+    let mut pieces = SseParser::new(remote::MAX_EVENT);
     let mut again = Vec::new();
     for chunk in chunks(data) {
         let pushed = pieces.push(chunk);
@@ -709,6 +711,205 @@ fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The tools the fuzzed MCP token allows: those whose name begins with `search`.
+fn fuzz_tool_allowed(name: &str) -> bool {
+    name.starts_with("search")
+}
+
+/// Whether `message`, as a caller reads it, lists a tool the fuzzed token does not allow.
+fn lists_a_forbidden_tool(message: &Value) -> bool {
+    message
+        .get("result")
+        .and_then(|r| r.get("tools"))
+        .and_then(Value::as_array)
+        .is_some_and(|tools| {
+            tools.iter().any(|tool| {
+                !tool
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(fuzz_tool_allowed)
+            })
+        })
+}
+
+/// What a fresh watch passes of an answer arriving as `pieces`: for the fuzzed token when
+/// `restricted`, else for one that allows every tool; `None` when the answer was cut.
+fn watch_answer<'a>(
+    sse: bool,
+    restricted: bool,
+    list: bool,
+    pieces: impl Iterator<Item = &'a [u8]>,
+) -> Option<Vec<u8>> {
+    let allowed = restricted.then(|| Box::new(fuzz_tool_allowed) as answer::Allowed);
+    let mut watch = answer::Watch::new(sse, allowed, None, list);
+    let mut out = Vec::new();
+    for piece in pieces {
+        out.extend(watch.push(piece).ok()?);
+    }
+    out.extend(watch.finish());
+    Some(out)
+}
+
+/// An MCP server's answer on its way back to the caller (`mcp::answer::Watch`), as an event
+/// stream or as a JSON body (the first byte picks which, whether the request was
+/// `tools/list`, and how the answer is cut into chunks), for a token that allows only the
+/// tools named `search…` and for one that allows every tool. Asserts that an unrestricted
+/// answer passes byte for byte, that a filtered answer does not depend on how it was cut, and
+/// that a caller reading it — its events by the event-stream format (`sse::SseParser`), a
+/// body as JSON, both decoded as UTF-8 with replacement characters — finds no listed tool
+/// the token does not allow.
+pub fn mcp_answer(data: &[u8]) {
+    let Some((&mode, body)) = data.split_first() else {
+        return;
+    };
+    let (sse, list) = (mode & 1 == 1, mode & 2 == 2);
+    let stride = usize::from(mode >> 2) % 13 + 1;
+    let open = watch_answer(sse, false, list, std::iter::once(body));
+    assert_eq!(
+        open.as_deref(),
+        Some(body),
+        "an unrestricted answer changed"
+    );
+    let Some(filtered) = watch_answer(sse, true, list, std::iter::once(body)) else {
+        return;
+    };
+    let cut = watch_answer(sse, true, list, body.chunks(stride));
+    assert_eq!(
+        cut.as_ref(),
+        Some(&filtered),
+        "the filter depends on the chunks"
+    );
+    let read = |text: &str| serde_json::from_str::<Value>(text).ok();
+    if sse {
+        let mut caller = SseParser::new(usize::MAX);
+        for event in caller.push(&filtered).unwrap_or_default() {
+            let message = read(&event.data);
+            assert!(
+                !message.as_ref().is_some_and(lists_a_forbidden_tool),
+                "a forbidden tool reached the caller: {}",
+                event.data
+            );
+        }
+    } else if list {
+        let text = String::from_utf8_lossy(&filtered);
+        assert!(
+            !read(&text).as_ref().is_some_and(lists_a_forbidden_tool),
+            "a forbidden tool reached the caller: {text}"
+        );
+    }
+}
+
+/// A JSON value as a parser that keeps the first of two equal member names reads it (serde_json
+/// keeps the last): what a server of that kind would see of the bytes the gateway forwards.
+struct FirstWins(Value);
+
+impl<'de> serde::Deserialize<'de> for FirstWins {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FirstWinsVisitor)
+    }
+}
+
+struct FirstWinsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FirstWinsVisitor {
+    type Value = FirstWins;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::from(v)))
+    }
+    fn visit_unit<E>(self) -> Result<FirstWins, E> {
+        Ok(FirstWins(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FirstWins, A::Error> {
+        let mut items = Vec::new();
+        while let Some(FirstWins(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(FirstWins(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FirstWins, A::Error> {
+        let mut members = serde_json::Map::new();
+        while let Some((name, FirstWins(value))) = map.next_entry::<String, FirstWins>()? {
+            members.entry(name).or_insert(value);
+        }
+        Ok(FirstWins(Value::Object(members)))
+    }
+}
+
+/// A caller's message to an MCP server through the gateway (`mcp::jsonrpc::Incoming::parse`:
+/// its kind, method, id, and for `tools/call` the tool the gateway checks). Asserts that an
+/// accepted message is one JSON object whose `jsonrpc`, `method`, `id` and (for a
+/// `tools/call`) `params.name` a server reads the same whichever of two equal names it keeps,
+/// and that the tool checked is the one it names.
+pub fn mcp_request(data: &[u8]) {
+    let Ok(incoming) = jsonrpc::Incoming::parse(data) else {
+        return;
+    };
+    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(data) else {
+        panic!("accepted a message that is not a JSON object");
+    };
+    let Ok(FirstWins(first)) = serde_json::from_slice::<FirstWins>(data) else {
+        panic!("accepted a message a first-wins reader cannot read");
+    };
+    let call = message.get("method") == Some(&Value::from("tools/call"));
+    let named: &[&str] = if call {
+        &["params", "name"]
+    } else {
+        &["method"]
+    };
+    for path in [&["method"][..], &["id"], &["jsonrpc"], named] {
+        let at = |v: &Value| path.iter().try_fold(v.clone(), |v, k| v.get(k).cloned());
+        assert_eq!(
+            at(&first),
+            at(&Value::Object(message.clone())),
+            "readers that keep the first or the last of two names differ on {path:?}"
+        );
+    }
+    assert_eq!(message.get("jsonrpc"), Some(&Value::from("2.0")));
+    match incoming {
+        jsonrpc::Incoming::Request { method, id, tool } => {
+            assert_eq!(message.get("method"), Some(&Value::from(method.as_str())));
+            assert_eq!(message.get("id"), Some(&id));
+            let named = message
+                .get("params")
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str);
+            if method == "tools/call" {
+                assert_eq!(
+                    tool.as_deref(),
+                    named,
+                    "checked a tool other than the one named"
+                );
+            } else {
+                assert_eq!(tool, None);
+            }
+        }
+        jsonrpc::Incoming::Notification { method } => {
+            assert_eq!(message.get("method"), Some(&Value::from(method.as_str())));
+            assert!(message.get("id").is_none_or(Value::is_null));
+        }
+        jsonrpc::Incoming::Response => {
+            assert!(message.get("method").is_none());
+            assert!(message.contains_key("result") || message.contains_key("error"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -799,5 +1000,7 @@ mod tests {
         gateway_answer_sse,
         gateway_answer_json,
         gateway_request,
+        mcp_answer,
+        mcp_request,
     );
 }

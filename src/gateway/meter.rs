@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tailpass_verify::UnixTime;
+use tailpass_verify::sse::LineEnds;
 
 use super::quota::Reservation;
 use super::tools::CallScanner;
@@ -163,6 +164,8 @@ pub struct Usage {
 #[derive(Debug)]
 pub struct AnswerScanner {
     event_stream: bool,
+    /// Where the stream's lines end, across chunks.
+    ends: LineEnds,
     pending: Vec<u8>,
     overflow: bool,
     input: Option<u64>,
@@ -213,6 +216,7 @@ impl AnswerScanner {
     pub fn new(event_stream: bool) -> AnswerScanner {
         AnswerScanner {
             event_stream,
+            ends: LineEnds::default(),
             pending: Vec::new(),
             overflow: false,
             input: None,
@@ -254,25 +258,16 @@ impl AnswerScanner {
         self.pending.extend_from_slice(chunk);
         if self.event_stream {
             // What was pending before this chunk holds no line end, so the search starts at
-            // the chunk, and the lines it completes leave in one drain: linear in the bytes
-            // however the stream is cut.
+            // the chunk, and the lines it completes leave in one drain.
             let pending = std::mem::take(&mut self.pending);
-            let mut start = 0;
-            let mut from = pending.len().saturating_sub(chunk.len());
-            while let Some(end) = pending
-                .get(from..)
-                .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
-                .map(|at| from + at)
-            {
-                if let Some(data) = pending
-                    .get(start..end)
-                    .and_then(|line| line.strip_prefix(b"data:"))
-                {
+            let from = pending.len().saturating_sub(chunk.len());
+            let mut ends = std::mem::take(&mut self.ends);
+            let start = ends.split(&pending, from, |line| {
+                if let Some(data) = line.strip_prefix(b"data:") {
                     self.see_json(data.trim_ascii());
                 }
-                start = end + 1;
-                from = start;
-            }
+            });
+            self.ends = ends;
             self.pending = pending;
             self.pending.drain(..start);
             if self.pending.len() > MAX_LINE {
@@ -429,6 +424,18 @@ mod tests {
             assert_eq!(seen, expected, "split at {split}");
         }
         expected
+    }
+
+    #[test]
+    fn a_stream_with_lone_cr_or_crlf_line_ends_is_read_the_same_split_anywhere() {
+        let lf = "event: message_start\ndata: {\"message\":{\"usage\":{\"input_tokens\":3}}}\n\ndata: {\"usage\":{\"output_tokens\":4}}\n\n";
+        let (expected, _) = split_everywhere(true, lf.as_bytes());
+        assert_eq!(expected.total, Some(7));
+        for ends in ["\r", "\r\n"] {
+            let stream = lf.replace('\n', ends);
+            let (usage, _) = split_everywhere(true, stream.as_bytes());
+            assert_eq!(usage, expected, "line ends {ends:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod jwk;
 pub mod jws;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod sse;
 pub mod time;
 pub mod validate;
 pub mod verifier;

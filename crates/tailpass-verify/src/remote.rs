@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::binding::Presenter;
 use crate::feed::{FeedEvent, RevocationList, Snapshot};
+use crate::sse::{SseEvent, SseParser};
 use crate::verifier::{KeySet, Presented, Verifier, VerifyError};
 use crate::{AccessClaims, UnixTime};
 
@@ -31,7 +32,7 @@ const REPLAY_CAPACITY: usize = 200_000;
 /// The largest discovery or JWKS document read.
 const MAX_DOCUMENT: usize = 256 * 1024;
 /// The largest single feed event read.
-const MAX_EVENT: usize = 1024 * 1024;
+pub const MAX_EVENT: usize = 1024 * 1024;
 /// The longest wait between feed reconnections.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an open feed connection may say nothing (not even a keep-alive) before it is
@@ -339,7 +340,7 @@ impl RemoteVerifier {
         self.feed_connected.send_replace(true);
         let _connected = Connected(&self.feed_connected);
         self.heard();
-        let mut parser = SseParser::default();
+        let mut parser = SseParser::new(MAX_EVENT);
         let mut stream = response.bytes_stream();
         let mut got_any = false;
         loop {
@@ -388,118 +389,4 @@ pub fn apply_event(list: &RevocationList, event: &SseEvent) -> Result<bool, Stri
         _ => return Ok(false),
     }
     Ok(true)
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The `event:` field (`message` when absent).
-    pub name: String,
-    /// The `data:` lines joined with newlines.
-    pub data: String,
-}
-
-/// An incremental `text/event-stream` parser (HTML Living Standard §9.2.6), bounded.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buffer: Vec<u8>,
-    name: String,
-    data: String,
-}
-
-impl SseParser {
-    /// Feeds bytes; the events they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
-        // What was buffered before holds no line end, so the search starts at the new bytes,
-        // and the lines they complete leave in one drain: linear however the stream is cut.
-        let mut buffer = std::mem::take(&mut self.buffer);
-        let mut from = buffer.len();
-        buffer.extend_from_slice(bytes);
-        let mut start = 0;
-        let mut events = Vec::new();
-        while let Some(end) = buffer
-            .get(from..)
-            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
-            .map(|at| from + at)
-        {
-            let line = String::from_utf8_lossy(buffer.get(start..=end).unwrap_or_default());
-            start = end + 1;
-            from = start;
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    let name = std::mem::take(&mut self.name);
-                    events.push(SseEvent {
-                        name: if name.is_empty() {
-                            "message".into()
-                        } else {
-                            name
-                        },
-                        data: std::mem::take(&mut self.data),
-                    });
-                }
-                self.name.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => self.name = value.to_owned(),
-                "data" => {
-                    if !self.data.is_empty() {
-                        self.data.push('\n');
-                    }
-                    self.data.push_str(value);
-                }
-                _ => {}
-            }
-        }
-        buffer.drain(..start);
-        self.buffer = buffer;
-        if self.buffer.len() + self.data.len() > MAX_EVENT {
-            return Err("feed event too large".into());
-        }
-        Ok(events)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_split_across_chunks_are_reassembled() {
-        let mut parser = SseParser::default();
-        assert!(
-            parser
-                .push(b": keep-alive\n\nevent: snap")
-                .unwrap()
-                .is_empty()
-        );
-        let events = parser
-            .push(b"shot\nid: 4\ndata: {\"seq\":4,\ndata: \"events\":[]}\r\n\r\ndata: x\n\n")
-            .unwrap();
-        assert_eq!(
-            events,
-            vec![
-                SseEvent {
-                    name: "snapshot".into(),
-                    data: "{\"seq\":4,\n\"events\":[]}".into()
-                },
-                SseEvent {
-                    name: "message".into(),
-                    data: "x".into()
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn an_endless_line_is_refused() {
-        let mut parser = SseParser::default();
-        assert!(parser.push(&vec![b'a'; MAX_EVENT + 1]).is_err());
-    }
 }

@@ -7,6 +7,7 @@
 //! is cut rather than passed unfiltered.
 
 use serde_json::Value;
+use tailpass_verify::sse::{BOM, LineEnds};
 
 use super::jsonrpc;
 
@@ -33,6 +34,8 @@ pub struct Watch {
     held: Vec<u8>,
     /// Nothing (more) to read: chunks pass as they come.
     passthrough: bool,
+    /// No event read yet: the first may begin with a byte order mark.
+    first: bool,
     /// The watched call's outcome: whether it failed (`isError`, or a JSON-RPC error).
     pub failed: Option<bool>,
 }
@@ -88,6 +91,7 @@ impl Watch {
             list,
             held: Vec::new(),
             passthrough,
+            first: true,
             failed: None,
         }
     }
@@ -95,7 +99,11 @@ impl Watch {
     /// Reads one message: its outcome, if it answers the watched call; its tools filtered.
     /// The message re-serialized when it changed.
     fn message(&mut self, data: &[u8]) -> Option<Vec<u8>> {
-        let mut message: Value = serde_json::from_slice(data).ok()?;
+        // Decoded as the caller will decode it (an event stream is UTF-8, read with
+        // replacement characters, and so are JSON bodies in most clients): a listing the
+        // caller can read must not pass unfiltered for a byte the gateway could not.
+        let text = String::from_utf8_lossy(data);
+        let mut message: Value = serde_json::from_str(&text).ok()?;
         if let Some(id) = &self.call
             && let Some(failed) = jsonrpc::call_failed(&message, id)
         {
@@ -110,25 +118,30 @@ impl Watch {
 
     /// One complete event, rewritten when its message changed.
     fn event(&mut self, event: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(event);
-        let mut data: Vec<&str> = Vec::new();
-        let mut other: Vec<&str> = Vec::new();
-        for line in text.lines() {
-            let line = line.trim_end_matches('\r');
-            if let Some(value) = line.strip_prefix("data:") {
-                data.push(value.strip_prefix(' ').unwrap_or(value));
+        // Lines end as the event-stream format says (CRLF, LF or a lone CR), as the caller's
+        // parser will split them: an event the filter reads otherwise would pass unfiltered.
+        let mut data: Vec<&[u8]> = Vec::new();
+        let mut other: Vec<&[u8]> = Vec::new();
+        let lines = if std::mem::take(&mut self.first) {
+            event.strip_prefix(BOM).unwrap_or(event)
+        } else {
+            event
+        };
+        LineEnds::default().split(lines, 0, |line| {
+            if let Some(value) = line.strip_prefix(b"data:") {
+                data.push(value.strip_prefix(b" ").unwrap_or(value));
             } else if !line.is_empty() {
                 other.push(line);
             }
-        }
+        });
         if data.is_empty() {
             return event.to_vec();
         }
-        match self.message(data.join("\n").as_bytes()) {
+        match self.message(&data.join(&b'\n')) {
             Some(rewritten) => {
                 let mut out = Vec::with_capacity(rewritten.len() + 64);
                 for line in other {
-                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(line);
                     out.push(b'\n');
                 }
                 out.extend_from_slice(b"data: ");
@@ -213,6 +226,42 @@ mod tests {
             assert!(out.contains("\"search\""), "split {split}: {out}");
             assert!(!out.contains("delete_everything"), "split {split}: {out}");
             assert!(out.ends_with("\n\n"));
+        }
+    }
+
+    #[test]
+    fn a_listing_with_lone_cr_line_ends_is_filtered_however_the_stream_is_split() {
+        // `event:` and `data:` on lines a lone CR ends: the caller's parser reads one event
+        // with the listing, so the filter must too.
+        let stream = format!("event: message\rid: e2\rdata: {LISTED}\r\r");
+        let stream = stream.as_bytes();
+        for split in 1..stream.len() {
+            let mut watch = Watch::new(true, only_search(), None, false);
+            let mut out = watch.push(&stream[..split]).unwrap();
+            out.extend(watch.push(&stream[split..]).unwrap());
+            out.extend(watch.finish());
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.contains("\"search\""), "split {split}: {out}");
+            assert!(!out.contains("delete_everything"), "split {split}: {out}");
+        }
+    }
+
+    #[test]
+    fn a_listing_with_bytes_that_are_not_utf8_is_filtered_as_the_caller_reads_it() {
+        // The caller decodes with replacement characters, so it would list this tool.
+        let listed = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"search\"},{\"name\":\"delete\xff\"}]}}";
+        for sse in [false, true] {
+            let body = if sse {
+                [&b"data: "[..], listed, b"\n\n"].concat()
+            } else {
+                listed.to_vec()
+            };
+            let mut watch = Watch::new(sse, only_search(), None, true);
+            let mut out = watch.push(&body).unwrap();
+            out.extend(watch.finish());
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.contains("\"search\""), "{out}");
+            assert!(!out.contains("delete"), "{out}");
         }
     }
 

@@ -4,7 +4,9 @@
 //! `tools/list` result filtered to what a token may call.
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// JSON-RPC's "invalid request" code: a batch, or a message that is not one.
 pub const INVALID_REQUEST: i64 = -32600;
@@ -60,15 +62,19 @@ impl Malformed {
     }
 }
 
-/// The members of a message the gateway reads; the rest passes untouched.
+/// The members of a message the gateway reads; the rest passes untouched. Read straight from
+/// the bytes, so that a member named twice is refused: the gateway forwards the bytes as they
+/// came, and a server whose parser keeps the first of two `name`s would otherwise run a tool
+/// other than the one checked.
 #[derive(Deserialize)]
-struct Wire {
+struct Wire<'a> {
     jsonrpc: Option<String>,
     method: Option<String>,
     id: Option<Value>,
-    params: Option<Value>,
-    result: Option<Value>,
-    error: Option<Value>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    result: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
 }
 
 /// `tools/call`'s params, as far as the gateway reads them.
@@ -77,15 +83,25 @@ struct CallParams {
     name: String,
 }
 
+/// Whether `json` (valid JSON) is an object: a struct is read from an array too, by position,
+/// which no JSON-RPC server would read the same way.
+fn is_object(json: &[u8]) -> bool {
+    json.trim_ascii_start().first() == Some(&b'{')
+}
+
 impl Incoming {
-    /// Parses a caller's POST body: one JSON-RPC 2.0 message.
+    /// Parses one message; batches are refused.
     pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
-        let value: Value = serde_json::from_slice(body).map_err(|_| Malformed::NotJson)?;
-        if value.is_array() {
+        serde_json::from_slice::<IgnoredAny>(body).map_err(|_| Malformed::NotJson)?;
+        if body.trim_ascii_start().first() == Some(&b'[') {
             return Err(Malformed::Batch);
         }
-        let wire: Wire = serde_json::from_value(value)
-            .map_err(|_| Malformed::NotMessage("not an object with the members' types"))?;
+        if !is_object(body) {
+            return Err(Malformed::NotMessage("not an object"));
+        }
+        let wire: Wire<'_> = serde_json::from_slice(body).map_err(|_| {
+            Malformed::NotMessage("not an object with the members' types, each once")
+        })?;
         if wire.jsonrpc.as_deref() != Some("2.0") {
             return Err(Malformed::NotMessage("jsonrpc must be \"2.0\""));
         }
@@ -94,8 +110,9 @@ impl Incoming {
                 let tool = if method == "tools/call" {
                     let params: CallParams = wire
                         .params
-                        .and_then(|p| serde_json::from_value(p).ok())
-                        .ok_or(Malformed::NotMessage("tools/call needs params.name"))?;
+                        .filter(|p| is_object(p.get().as_bytes()))
+                        .and_then(|p| serde_json::from_str(p.get()).ok())
+                        .ok_or(Malformed::NotMessage("tools/call needs params.name, once"))?;
                     Some(params.name)
                 } else {
                     None
@@ -201,6 +218,12 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1}"#,
             br#"{"jsonrpc":"2.0","method":7}"#,
             b"42",
+            // A member twice: servers differ on which one counts.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name":"delete"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"name":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            // Positional params name no tool.
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["search"]}"#,
         ] {
             assert!(
                 matches!(Incoming::parse(body), Err(Malformed::NotMessage(_))),
