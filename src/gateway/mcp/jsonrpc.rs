@@ -92,6 +92,8 @@ fn is_object(json: &[u8]) -> bool {
 impl Incoming {
     /// Parses one message; batches are refused.
     pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
+        // JSON is UTF-8 throughout; skipping a member does not check its bytes.
+        std::str::from_utf8(body).map_err(|_| Malformed::NotJson)?;
         serde_json::from_slice::<IgnoredAny>(body).map_err(|_| Malformed::NotJson)?;
         if body.trim_ascii_start().first() == Some(&b'[') {
             return Err(Malformed::Batch);
