@@ -860,11 +860,18 @@ pub fn mcp_request(data: &[u8]) {
     let Ok(incoming) = jsonrpc::Incoming::parse(data) else {
         return;
     };
-    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(data) else {
-        panic!("accepted a message that is not a JSON object");
-    };
-    let Ok(FirstWins(first)) = serde_json::from_slice::<FirstWins>(data) else {
-        panic!("accepted a message a first-wins reader cannot read");
+    let last_wins = serde_json::from_slice::<Value>(data);
+    let first_wins = serde_json::from_slice::<FirstWins>(data);
+    assert!(
+        matches!(last_wins, Ok(Value::Object(_))),
+        "accepted a message that is not a JSON object"
+    );
+    assert!(
+        first_wins.is_ok(),
+        "accepted a message a first-wins reader cannot read"
+    );
+    let (Ok(Value::Object(message)), Ok(FirstWins(first))) = (last_wins, first_wins) else {
+        return;
     };
     let call = message.get("method") == Some(&Value::from("tools/call"));
     let named: &[&str] = if call {

@@ -207,6 +207,15 @@ mod tests {
 
     const LISTED: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"search"},{"name":"delete_everything"}]}}"#;
 
+    /// What a watch for a `search`-only token passes of event stream `stream` cut at `split`.
+    fn filtered_split_at(stream: &[u8], split: usize) -> String {
+        let mut watch = Watch::new(true, only_search(), None, false);
+        let mut out = watch.push(&stream[..split]).unwrap();
+        out.extend(watch.push(&stream[split..]).unwrap());
+        out.extend(watch.finish());
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn a_listing_in_a_stream_is_filtered_however_the_stream_is_split() {
         let stream = format!(
@@ -214,11 +223,7 @@ mod tests {
         );
         let stream = stream.as_bytes();
         for split in 1..stream.len() {
-            let mut watch = Watch::new(true, only_search(), None, false);
-            let mut out = watch.push(&stream[..split]).unwrap();
-            out.extend(watch.push(&stream[split..]).unwrap());
-            out.extend(watch.finish());
-            let out = String::from_utf8(out).unwrap();
+            let out = filtered_split_at(stream, split);
             assert!(
                 out.starts_with("event: message\r\nid: e1\r\ndata: {\"jsonrpc\""),
                 "{out}"
@@ -236,11 +241,7 @@ mod tests {
         let stream = format!("event: message\rid: e2\rdata: {LISTED}\r\r");
         let stream = stream.as_bytes();
         for split in 1..stream.len() {
-            let mut watch = Watch::new(true, only_search(), None, false);
-            let mut out = watch.push(&stream[..split]).unwrap();
-            out.extend(watch.push(&stream[split..]).unwrap());
-            out.extend(watch.finish());
-            let out = String::from_utf8(out).unwrap();
+            let out = filtered_split_at(stream, split);
             assert!(out.contains("\"search\""), "split {split}: {out}");
             assert!(!out.contains("delete_everything"), "split {split}: {out}");
         }

@@ -92,16 +92,16 @@ fn is_object(json: &[u8]) -> bool {
 impl Incoming {
     /// Parses one message; batches are refused.
     pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
-        // JSON is UTF-8 throughout; skipping a member does not check its bytes.
-        std::str::from_utf8(body).map_err(|_| Malformed::NotJson)?;
-        serde_json::from_slice::<IgnoredAny>(body).map_err(|_| Malformed::NotJson)?;
-        if body.trim_ascii_start().first() == Some(&b'[') {
-            return Err(Malformed::Batch);
-        }
+        // JSON is UTF-8 throughout, in the members skipped too (which a parse does not check).
+        let text = std::str::from_utf8(body).map_err(|_| Malformed::NotJson)?;
+        serde_json::from_str::<IgnoredAny>(text).map_err(|_| Malformed::NotJson)?;
         if !is_object(body) {
-            return Err(Malformed::NotMessage("not an object"));
+            return Err(match body.trim_ascii_start().first() {
+                Some(b'[') => Malformed::Batch,
+                _ => Malformed::NotMessage("not an object"),
+            });
         }
-        let wire: Wire<'_> = serde_json::from_slice(body).map_err(|_| {
+        let wire: Wire<'_> = serde_json::from_str(text).map_err(|_| {
             Malformed::NotMessage("not an object with the members' types, each once")
         })?;
         if wire.jsonrpc.as_deref() != Some("2.0") {
