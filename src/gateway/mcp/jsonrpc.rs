@@ -70,12 +70,29 @@ impl Malformed {
 struct Wire<'a> {
     jsonrpc: Option<String>,
     method: Option<String>,
+    /// `Some(Value::Null)` for `"id": null`, which is not an absent id.
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
+
+/// A member that is there, `null` included (a plain `Option` reads `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// MCP's ids: a string or an integer, never `null` (unlike plain JSON-RPC's).
+fn is_mcp_id(id: &Value) -> bool {
+    id.is_string() || id.is_i64() || id.is_u64()
+}
+
+/// MCP names every notification `notifications/…`. A message without an id under any other
+/// method is a request missing its id, which a lenient server might still run: a `tools/call`
+/// without one would otherwise pass unchecked.
+const NOTIFICATIONS: &str = "notifications/";
 
 /// `tools/call`'s params, as far as the gateway reads them.
 #[derive(Deserialize)]
@@ -107,6 +124,9 @@ impl Incoming {
         if wire.jsonrpc.as_deref() != Some("2.0") {
             return Err(Malformed::NotMessage("jsonrpc must be \"2.0\""));
         }
+        if wire.id.as_ref().is_some_and(|id| !is_mcp_id(id)) {
+            return Err(Malformed::NotMessage("an id is a string or an integer"));
+        }
         match (wire.method, wire.id) {
             (Some(method), Some(id)) => {
                 let tool = if method == "tools/call" {
@@ -121,7 +141,12 @@ impl Incoming {
                 };
                 Ok(Incoming::Request { method, id, tool })
             }
-            (Some(method), None) => Ok(Incoming::Notification { method }),
+            (Some(method), None) if method.starts_with(NOTIFICATIONS) => {
+                Ok(Incoming::Notification { method })
+            }
+            (Some(_), None) => Err(Malformed::NotMessage(
+                "a request needs an id; only notifications/… go without one",
+            )),
             (None, Some(_)) if wire.result.is_some() != wire.error.is_some() => {
                 Ok(Incoming::Response)
             }
@@ -226,6 +251,14 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
             // Positional params name no tool.
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["search"]}"#,
+            // A request without an id is no notification: a lenient server may run it.
+            br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete"}}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"delete"}}"#,
+            br#"{"jsonrpc":"2.0","method":"ping"}"#,
+            // MCP's ids are strings or integers.
+            br#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0","id":true,"result":{}}"#,
         ] {
             assert!(
                 matches!(Incoming::parse(body), Err(Malformed::NotMessage(_))),
