@@ -131,7 +131,7 @@ pub async fn redeem(
         ctx.audit.record(event)
     );
     match redeemed? {
-        Redemption::Redeemed(_) => {}
+        Redemption::Redeemed => {}
         Redemption::Replayed(code) => {
             revoke_issued(ctx, &code, &hash, now).await?;
             return Err(refuse(RedeemError::Replayed).await);
@@ -199,7 +199,7 @@ where
             Ok(()) => RedeemError::Replayed,
             Err(e) => return e,
         },
-        Ok(Redemption::Redeemed(_) | Redemption::Invalid) => refusal,
+        Ok(Redemption::Redeemed | Redemption::Invalid) => refusal,
     };
     refuse(refusal).await
 }

@@ -108,10 +108,11 @@ pub struct AuthCode {
 /// The result of redeeming a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
-    /// First use: the code is now spent.
-    Redeemed(AuthCode),
+    /// First use: the code is now spent. It carries nothing: the grant read the code before
+    /// (`code_state`), and decoding it again inside the write would only lengthen the batch.
+    Redeemed,
     /// The code was already used; what it issued should be revoked.
-    Replayed(AuthCode),
+    Replayed(Box<AuthCode>),
     /// Unknown or expired.
     Invalid,
 }

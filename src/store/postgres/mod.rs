@@ -305,16 +305,17 @@ impl Store for PostgresStore {
         // the row as this one left it (with its family created).
         let select = tx
             .prepare_cached(
-                "SELECT data, expires_at, redeemed_at FROM codes WHERE code_hash = $1 FOR UPDATE",
+                "SELECT expires_at, CASE WHEN redeemed_at IS NOT NULL THEN data END \
+                 FROM codes WHERE code_hash = $1 FOR UPDATE",
             )
             .await?;
         let Some(row) = tx.query_opt(&select, &[&hash]).await? else {
             return Ok(Redemption::Invalid);
         };
-        let code: AuthCode = decode(get::<&str>(&row, 0)?)?;
-        let expires_at: i64 = get(&row, 1)?;
-        let redeemed_at: Option<i64> = get(&row, 2)?;
-        if redeemed_at.is_some() {
+        let expires_at: i64 = get(&row, 0)?;
+        // The record itself is read only for a replay, which revokes what it issued.
+        if let Some(data) = get::<Option<&str>>(&row, 1)? {
+            let code: AuthCode = decode(data)?;
             // The first redemption created its family in its own step: revoked here.
             let mark = tx
                 .prepare_cached(
@@ -329,7 +330,7 @@ impl Store for PostgresStore {
                 .await?;
             tx.execute(&revoke, &[&time(now), &code.sid]).await?;
             tx.commit().await?;
-            return Ok(Redemption::Replayed(code));
+            return Ok(Redemption::Replayed(Box::new(code)));
         }
         if time(now) > expires_at {
             return Ok(Redemption::Invalid);
@@ -342,7 +343,7 @@ impl Store for PostgresStore {
             insert_family(&tx, family, token, now).await?;
         }
         tx.commit().await?;
-        Ok(Redemption::Redeemed(code))
+        Ok(Redemption::Redeemed)
     }
 
     async fn insert_family(

@@ -373,11 +373,21 @@ impl Store for SqliteStore {
         let row = family.map(|(f, t)| FamilyRow::of(f, t)).transpose()?;
         self.worker
             .write(move |c| {
-                let Some((data, expires_at, redeemed_at)) = code_row(c, &hash)? else {
+                // The record itself is read only for a replay, which revokes what it issued.
+                let Some((expires_at, replayed)) = c
+                    .prepare_cached(
+                        "SELECT expires_at, CASE WHEN redeemed_at IS NOT NULL THEN data END \
+                         FROM codes WHERE code_hash = ?1",
+                    )?
+                    .query_row(params![hash], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+                    })
+                    .optional()?
+                else {
                     return Ok(Redemption::Invalid);
                 };
-                let code: AuthCode = decode(&data)?;
-                if redeemed_at.is_some() {
+                if let Some(data) = replayed {
+                    let code: AuthCode = decode(&data)?;
                     // The first redemption created its family in its own step: revoked here.
                     c.prepare_cached(
                         "UPDATE codes SET replayed_at = COALESCE(replayed_at, ?1) WHERE code_hash = ?2",
@@ -387,7 +397,7 @@ impl Store for SqliteStore {
                         "UPDATE refresh_families SET revoked_at = ?1 WHERE family_id = ?2 AND revoked_at IS NULL",
                     )?
                     .execute(params![time(now), code.sid])?;
-                    return Ok(Redemption::Replayed(code));
+                    return Ok(Redemption::Replayed(Box::new(code)));
                 }
                 if time(now) > expires_at {
                     return Ok(Redemption::Invalid);
@@ -397,7 +407,7 @@ impl Store for SqliteStore {
                 if let Some(row) = &row {
                     row.insert(c, now)?;
                 }
-                Ok(Redemption::Redeemed(code))
+                Ok(Redemption::Redeemed)
             })
             .await
     }
