@@ -79,6 +79,51 @@ struct Wire<'a> {
     error: Option<IgnoredAny>,
 }
 
+/// Any JSON value, read through and dropped: every string (names too) decoded, so that a lone
+/// surrogate escape (`"\ude00"`) or a number past `f64` is refused as a strict server would
+/// refuse it, which skipping it ([`IgnoredAny`]) does not check.
+struct Json;
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(Json)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Json {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        while seq.next_element::<Json>()?.is_some() {}
+        Ok(Json)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        while map.next_entry::<Json, Json>()?.is_some() {}
+        Ok(Json)
+    }
+}
+
 /// A member that is there, `null` included (a plain `Option` reads `null` as absent).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
@@ -111,7 +156,7 @@ impl Incoming {
     pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
         // JSON is UTF-8 throughout, in the members skipped too (which a parse does not check).
         let text = std::str::from_utf8(body).map_err(|_| Malformed::NotJson)?;
-        serde_json::from_str::<IgnoredAny>(text).map_err(|_| Malformed::NotJson)?;
+        serde_json::from_str::<Json>(text).map_err(|_| Malformed::NotJson)?;
         if !is_object(body) {
             return Err(match body.trim_ascii_start().first() {
                 Some(b'[') => Malformed::Batch,
@@ -235,6 +280,16 @@ mod tests {
                 Malformed::Batch,
             ),
             (b"{nope", Malformed::NotJson),
+            // Not JSON a strict server reads: a lone surrogate, even in a name the gateway
+            // skips, and a number past f64.
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"na\ude005":1}}"#,
+                Malformed::NotJson,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n":1e400}}"#,
+                Malformed::NotJson,
+            ),
         ] {
             assert_eq!(Incoming::parse(body), Err(refused));
         }
