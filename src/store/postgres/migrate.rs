@@ -18,13 +18,14 @@ use crate::store::StoreError;
 use crate::store::codec::time;
 
 /// The migrations, in order; version N is `MIGRATIONS[N - 1]`. Only ever append.
-pub(super) const MIGRATIONS: [&str; 6] = [
+pub(super) const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/postgres/0001_initial.sql"),
     include_str!("../migrations/postgres/0002_replicas.sql"),
     include_str!("../migrations/postgres/0003_shared_keys.sql"),
     include_str!("../migrations/postgres/0004_gateway_budgets.sql"),
     include_str!("../migrations/postgres/0005_federation_replay.sql"),
     include_str!("../migrations/postgres/0006_federated_runs.sql"),
+    include_str!("../migrations/postgres/0007_purge_indexes.sql"),
 ];
 
 /// The advisory lock migrations run under ("tailpass" in ASCII).

@@ -32,7 +32,7 @@ mod worker;
 use worker::Worker;
 
 /// Schema versions, in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: [&str; 10] = [
+const MIGRATIONS: [&str; 11] = [
     include_str!("../migrations/sqlite/0001_initial.sql"),
     include_str!("../migrations/sqlite/0002_audit_lean_indexes.sql"),
     include_str!("../migrations/sqlite/0003_audit_contexts.sql"),
@@ -43,6 +43,25 @@ const MIGRATIONS: [&str; 10] = [
     include_str!("../migrations/sqlite/0008_shared_keys.sql"),
     include_str!("../migrations/sqlite/0009_federation_replay.sql"),
     include_str!("../migrations/sqlite/0010_federated_runs.sql"),
+    include_str!("../migrations/sqlite/0011_purge_indexes.sql"),
+];
+
+/// The housekeeping deletes of [`SqliteStore::purge`], in its order. Each must find its rows
+/// through an index: it holds the writer, so every write waits for it.
+const PURGES: [&str; 6] = [
+    // ?1: the codes' cutoff (now less the grace in which a replay is still recognised).
+    "DELETE FROM codes WHERE expires_at < ?1",
+    // ?1: now; ?2: the horizon past which no token of a revoked family can be valid.
+    "DELETE FROM refresh_families WHERE expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?2)",
+    // A revocation can go once no token it matches can still be valid, and it no longer
+    // blocks new tokens (lifted, expired, or a kind that never blocks). ?1: the horizon; ?2:
+    // now.
+    "DELETE FROM revocations WHERE revoked_at < ?1 AND \
+     (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < ?2) OR kind IN ('run', 'jti', 'family'))",
+    // ?1: now, for the three below.
+    "DELETE FROM federation_replay WHERE expires_at < ?1",
+    "DELETE FROM federated_runs WHERE exp < ?1",
+    "DELETE FROM federation_blocks WHERE until <= ?1",
 ];
 
 /// A store in one SQLite file.
@@ -831,32 +850,18 @@ impl Store for SqliteStore {
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError> {
         self.worker
             .write(move |c| {
-                let codes = c.execute("DELETE FROM codes WHERE expires_at < ?1", params![time(now.minus(grace))])?;
-                let families = c.execute(
-                    "DELETE FROM refresh_families WHERE expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?2)",
-                    params![time(now), time(horizon)],
-                )?;
-                // A revocation can go once no token it matches can still be valid, and it no
-                // longer blocks new tokens (lifted, expired, or a kind that never blocks).
-                let revocations = c.execute(
-                    "DELETE FROM revocations WHERE revoked_at < ?1 AND \
-                     (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < ?2) OR kind IN ('run', 'jti', 'family'))",
-                    params![time(horizon), time(now)],
-                )?;
-                let replay = c.execute(
-                    "DELETE FROM federation_replay WHERE expires_at < ?1",
-                    params![time(now)],
-                )?;
-                let runs = c.execute(
-                    "DELETE FROM federated_runs WHERE exp < ?1",
-                    params![time(now)],
-                )?;
-                let blocks = c.execute(
-                    "DELETE FROM federation_blocks WHERE until <= ?1",
-                    params![time(now)],
-                )?;
-                Ok(u64::try_from(codes + families + revocations + replay + runs + blocks)
-                    .unwrap_or(u64::MAX))
+                let [codes, families, revocations, replay, runs, blocks] = PURGES;
+                let (now_, horizon) = (time(now), time(horizon));
+                let codes = c.execute(codes, params![time(now.minus(grace))])?;
+                let families = c.execute(families, params![now_, horizon])?;
+                let revocations = c.execute(revocations, params![horizon, now_])?;
+                let replay = c.execute(replay, params![now_])?;
+                let runs = c.execute(runs, params![now_])?;
+                let blocks = c.execute(blocks, params![now_])?;
+                Ok(
+                    u64::try_from(codes + families + revocations + replay + runs + blocks)
+                        .unwrap_or(u64::MAX),
+                )
             })
             .await
     }

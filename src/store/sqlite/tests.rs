@@ -220,6 +220,28 @@ async fn audit_queries_never_scan_the_whole_log() {
     }
 }
 
+#[tokio::test]
+async fn the_purge_finds_its_rows_through_indexes_and_scans_no_table() {
+    let (_dir, store) = store().await;
+    for sql in PURGES {
+        let plan: Vec<String> = store
+            .worker
+            .read(move |c| {
+                let mut explain = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let times = vec![1_700_000_000_i64; explain.parameter_count()];
+                let rows = explain.query_map(params_from_iter(times), |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        // "SCAN t" reads the whole table, "SCAN t USING INDEX i" the whole index.
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN ")),
+            "{sql}: {plan:#?}"
+        );
+    }
+}
+
 /// A write job that stores a consent for `user` and then fails.
 fn consent_then_fail(c: &Connection, user: &str) -> Result<(), StoreError> {
     c.execute(
