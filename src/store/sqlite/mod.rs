@@ -46,22 +46,32 @@ const MIGRATIONS: [&str; 11] = [
     include_str!("../migrations/sqlite/0011_purge_indexes.sql"),
 ];
 
-/// The housekeeping deletes of [`SqliteStore::purge`], in its order. Each must find its rows
-/// through an index: it holds the writer, so every write waits for it.
+/// The most rows one step of [`SqliteStore::purge`] deletes. Each step is a write job of its
+/// own, so the writes queued meanwhile commit between two steps: after a long downtime, say,
+/// a million expired codes are a thousand short pauses of the writer, not one long one.
+const PURGE_STEP: i64 = 1_000;
+
+/// The housekeeping deletes of [`SqliteStore::purge`], in its order, each deleting at most
+/// `:step` rows. Each must find its rows through an index: it holds the writer, so every
+/// write waits for it. `:now` is now; `:cutoff` the codes' (now less the grace in which a
+/// replay is still recognised); `:horizon` the time before which no token a revocation or a
+/// revoked family matches can still be valid.
 const PURGES: [&str; 6] = [
-    // ?1: the codes' cutoff (now less the grace in which a replay is still recognised).
-    "DELETE FROM codes WHERE expires_at < ?1",
-    // ?1: now; ?2: the horizon past which no token of a revoked family can be valid.
-    "DELETE FROM refresh_families WHERE expires_at < ?1 OR (revoked_at IS NOT NULL AND revoked_at < ?2)",
+    "DELETE FROM codes WHERE rowid IN \
+     (SELECT rowid FROM codes WHERE expires_at < :cutoff LIMIT :step)",
+    "DELETE FROM refresh_families WHERE rowid IN (SELECT rowid FROM refresh_families \
+     WHERE expires_at < :now OR (revoked_at IS NOT NULL AND revoked_at < :horizon) LIMIT :step)",
     // A revocation can go once no token it matches can still be valid, and it no longer
-    // blocks new tokens (lifted, expired, or a kind that never blocks). ?1: the horizon; ?2:
-    // now.
-    "DELETE FROM revocations WHERE revoked_at < ?1 AND \
-     (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < ?2) OR kind IN ('run', 'jti', 'family'))",
-    // ?1: now, for the three below.
-    "DELETE FROM federation_replay WHERE expires_at < ?1",
-    "DELETE FROM federated_runs WHERE exp < ?1",
-    "DELETE FROM federation_blocks WHERE until <= ?1",
+    // blocks new tokens (lifted, expired, or a kind that never blocks).
+    "DELETE FROM revocations WHERE rowid IN (SELECT rowid FROM revocations \
+     WHERE revoked_at < :horizon AND (lifted_at IS NOT NULL OR (until IS NOT NULL AND until < :now) \
+     OR kind IN ('run', 'jti', 'family')) LIMIT :step)",
+    "DELETE FROM federation_replay WHERE rowid IN \
+     (SELECT rowid FROM federation_replay WHERE expires_at < :now LIMIT :step)",
+    "DELETE FROM federated_runs WHERE rowid IN \
+     (SELECT rowid FROM federated_runs WHERE exp < :now LIMIT :step)",
+    "DELETE FROM federation_blocks WHERE rowid IN \
+     (SELECT rowid FROM federation_blocks WHERE until <= :now LIMIT :step)",
 ];
 
 /// A store in one SQLite file.
@@ -848,22 +858,35 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, now: UnixTime, grace: u64, horizon: UnixTime) -> Result<u64, StoreError> {
-        self.worker
-            .write(move |c| {
-                let [codes, families, revocations, replay, runs, blocks] = PURGES;
-                let (now_, horizon) = (time(now), time(horizon));
-                let codes = c.execute(codes, params![time(now.minus(grace))])?;
-                let families = c.execute(families, params![now_, horizon])?;
-                let revocations = c.execute(revocations, params![horizon, now_])?;
-                let replay = c.execute(replay, params![now_])?;
-                let runs = c.execute(runs, params![now_])?;
-                let blocks = c.execute(blocks, params![now_])?;
-                Ok(
-                    u64::try_from(codes + families + revocations + replay + runs + blocks)
-                        .unwrap_or(u64::MAX),
-                )
-            })
-            .await
+        let (now, cutoff, horizon) = (time(now), time(now.minus(grace)), time(horizon));
+        let mut purged = 0_u64;
+        for sql in PURGES {
+            loop {
+                let deleted = self
+                    .worker
+                    .write(move |c| {
+                        let mut delete = c.prepare_cached(sql)?;
+                        // Each statement names only some of the times.
+                        for (name, value) in [
+                            (":now", now),
+                            (":cutoff", cutoff),
+                            (":horizon", horizon),
+                            (":step", PURGE_STEP),
+                        ] {
+                            if let Some(i) = delete.parameter_index(name)? {
+                                delete.raw_bind_parameter(i, value)?;
+                            }
+                        }
+                        Ok(delete.raw_execute()?)
+                    })
+                    .await?;
+                purged = purged.saturating_add(u64::try_from(deleted).unwrap_or(u64::MAX));
+                if i64::try_from(deleted).unwrap_or(i64::MAX) < PURGE_STEP {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     // Shared keys

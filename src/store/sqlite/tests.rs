@@ -242,6 +242,31 @@ async fn the_purge_finds_its_rows_through_indexes_and_scans_no_table() {
     }
 }
 
+#[tokio::test]
+async fn the_purge_deletes_past_its_step_in_steps_and_keeps_what_is_live() {
+    let (_dir, store) = store().await;
+    // Two and a half steps' worth of expired codes, and one live code.
+    let expired = PURGE_STEP * 5 / 2;
+    store
+        .execute(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {expired}) \
+             INSERT INTO codes (code_hash, client_id, expires_at, data) \
+             SELECT printf('%064x', i), 'c1', 100, '{{}}' FROM n"
+        ))
+        .await
+        .unwrap();
+    store
+        .execute("INSERT INTO codes (code_hash, client_id, expires_at, data) VALUES ('live', 'c1', 10000, '{}')")
+        .await
+        .unwrap();
+    let purged = store
+        .purge(UnixTime(5_000), 0, UnixTime(4_000))
+        .await
+        .unwrap();
+    assert_eq!(purged, u64::try_from(expired).unwrap());
+    assert_eq!(store.count("codes").await.unwrap(), 1);
+}
+
 /// A write job that stores a consent for `user` and then fails.
 fn consent_then_fail(c: &Connection, user: &str) -> Result<(), StoreError> {
     c.execute(
