@@ -351,14 +351,16 @@ async fn a_batch_runs_once_and_again_in_savepoints_only_when_a_job_fails() {
         });
         (job, running, release)
     };
-    let queue = |store: &Arc<SqliteStore>, n: usize| {
-        let store = store.clone();
-        async move {
-            while store.worker.queued() < n {
-                tokio::task::yield_now().await;
-            }
-        }
-    };
+    // Polls a write once, on this thread: the poll hands its job to the writer's queue, so
+    // when it returns the job is queued. (Counting the queue's reserved slots instead raced:
+    // a task on another thread can hold its slot before its job is in.)
+    async fn queued<F: std::future::Future + Unpin>(write: &mut F) {
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *write).poll(cx).is_pending())
+        })
+        .await;
+        assert!(polled, "the write was answered while the writer was held");
+    }
     let (held, running, release) = hold(&store);
     tokio::task::spawn_blocking(move || running.recv())
         .await
@@ -371,11 +373,11 @@ async fn a_batch_runs_once_and_again_in_savepoints_only_when_a_job_fails() {
     );
     let s = store.clone();
     let f = counted_consent("u1", &first);
-    let a = tokio::spawn(async move { s.worker.write(f).await });
-    queue(&store, 1).await;
+    let mut a = Box::pin(async move { s.worker.write(f).await });
+    queued(&mut a).await;
     let s = store.clone();
     let counted = failing.clone();
-    let b = tokio::spawn(async move {
+    let mut b = Box::pin(async move {
         s.worker
             .write(move |c| {
                 counted.fetch_add(1, SeqCst);
@@ -383,16 +385,16 @@ async fn a_batch_runs_once_and_again_in_savepoints_only_when_a_job_fails() {
             })
             .await
     });
-    queue(&store, 2).await;
+    queued(&mut b).await;
     let s = store.clone();
     let f = counted_consent("u3", &last);
-    let c = tokio::spawn(async move { s.worker.write(f).await });
-    queue(&store, 3).await;
+    let mut c = Box::pin(async move { s.worker.write(f).await });
+    queued(&mut c).await;
     release.send(()).unwrap();
     held.await.unwrap().unwrap();
-    a.await.unwrap().unwrap();
-    assert!(b.await.unwrap().is_err());
-    c.await.unwrap().unwrap();
+    a.await.unwrap();
+    assert!(b.await.is_err());
+    c.await.unwrap();
     // The batch ran side by side until the failure, was rolled back, and ran again in
     // savepoints: the jobs before the failure ran twice, each write kept once.
     assert_eq!(
@@ -409,16 +411,17 @@ async fn a_batch_runs_once_and_again_in_savepoints_only_when_a_job_fails() {
         .unwrap();
     let runs: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let mut jobs = Vec::new();
-    for (i, (user, counted)) in ["u4", "u5", "u6"].into_iter().zip(&runs).enumerate() {
+    for (user, counted) in ["u4", "u5", "u6"].into_iter().zip(&runs) {
         let s = store.clone();
         let f = counted_consent(user, counted);
-        jobs.push(tokio::spawn(async move { s.worker.write(f).await }));
-        queue(&store, i + 1).await;
+        let mut job = Box::pin(async move { s.worker.write(f).await });
+        queued(&mut job).await;
+        jobs.push(job);
     }
     release.send(()).unwrap();
     held.await.unwrap().unwrap();
     for job in jobs {
-        job.await.unwrap().unwrap();
+        job.await.unwrap();
     }
     assert!(runs.iter().all(|r| r.load(SeqCst) == 1));
     assert_eq!(consents(&store).await, 5);

@@ -302,12 +302,6 @@ impl Worker {
         hand_over(&self.jobs, Task::Peek(read), rx, "the writer thread").await
     }
 
-    /// Jobs sent and not yet taken by the writer thread.
-    #[cfg(test)]
-    pub fn queued(&self) -> usize {
-        self.jobs.max_capacity() - self.jobs.capacity()
-    }
-
     /// Runs `f` on a read-only connection, off the async workers, on the next free reader.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
