@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tailpass_verify::UnixTime;
-use tailpass_verify::sse::LineEnds;
+use tailpass_verify::sse::{BOM, LineEnds};
 
 use super::quota::Reservation;
 use super::tools::CallScanner;
@@ -166,6 +166,9 @@ pub struct AnswerScanner {
     event_stream: bool,
     /// Where the stream's lines end, across chunks.
     ends: LineEnds,
+    /// Whether a line was read yet: a byte order mark before the first is no part of it, as
+    /// an event-stream parser reads it.
+    line_read: bool,
     pending: Vec<u8>,
     overflow: bool,
     input: Option<u64>,
@@ -217,6 +220,7 @@ impl AnswerScanner {
         AnswerScanner {
             event_stream,
             ends: LineEnds::default(),
+            line_read: false,
             pending: Vec::new(),
             overflow: false,
             input: None,
@@ -262,12 +266,18 @@ impl AnswerScanner {
             let pending = std::mem::take(&mut self.pending);
             let from = pending.len().saturating_sub(chunk.len());
             let mut ends = std::mem::take(&mut self.ends);
+            let mut line_read = self.line_read;
             let start = ends.split(&pending, from, |line| {
+                let line = match std::mem::replace(&mut line_read, true) {
+                    false => line.strip_prefix(BOM).unwrap_or(line),
+                    true => line,
+                };
                 if let Some(data) = line.strip_prefix(b"data:") {
                     self.see_json(data.trim_ascii());
                 }
             });
             self.ends = ends;
+            self.line_read = line_read;
             self.pending = pending;
             self.pending.drain(..start);
             if self.pending.len() > MAX_LINE {
@@ -436,6 +446,20 @@ mod tests {
             let (usage, _) = split_everywhere(true, stream.as_bytes());
             assert_eq!(usage, expected, "line ends {ends:?}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_no_part_of_it_split_anywhere() {
+        let plain = "data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        let (expected, _) = split_everywhere(true, plain.as_bytes());
+        assert_eq!(expected.total, Some(7));
+        let marked = [BOM, plain.as_bytes()].concat();
+        let (usage, _) = split_everywhere(true, &marked);
+        assert_eq!(usage, expected);
+        // Only the stream's first line may carry one.
+        let later = format!("data: {{}}\n\n{}{plain}", String::from_utf8_lossy(BOM));
+        let (usage, _) = split_everywhere(true, later.as_bytes());
+        assert_eq!(usage.total, None);
     }
 
     #[test]
