@@ -14,8 +14,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 /// How many digests are remembered: at a few thousand logins a second, the last few seconds,
-/// which covers a login's `/userinfo` call; about 1 MiB when full.
-pub const REMEMBERED: usize = 16_384;
+/// which covers a login's `/userinfo` call; about 1.5 MiB, taken at start (see [`Remembered`]).
+pub const REMEMBERED: usize = 14_000;
 
 type Digest = [u8; 32];
 
@@ -25,10 +25,26 @@ pub struct SignedHere {
     inner: Mutex<Remembered>,
 }
 
-#[derive(Debug, Default)]
+/// The digests, and their order. Both are sized once, at their full size, and never grow: a
+/// set that forgets one digest for each it learns fills with tombstones, and a hash table that
+/// runs out of room while more than half full doubles rather than clearing them. Sized for
+/// exactly `REMEMBERED`, the set doubled (2 MiB) minutes after the server started, which a
+/// long run saw as memory still growing. Twice `REMEMBERED` of room keeps it under half full,
+/// so it only ever clears its tombstones in place; the table is reserved, not touched, until
+/// the digests fill it.
+#[derive(Debug)]
 struct Remembered {
     set: HashSet<Digest>,
     order: VecDeque<Digest>,
+}
+
+impl Default for Remembered {
+    fn default() -> Self {
+        Remembered {
+            set: HashSet::with_capacity(2 * REMEMBERED),
+            order: VecDeque::with_capacity(REMEMBERED),
+        }
+    }
 }
 
 fn digest(token: &str) -> Option<Digest> {
@@ -45,15 +61,17 @@ impl SignedHere {
         let Ok(mut remembered) = self.inner.lock() else {
             return;
         };
-        if !remembered.set.insert(digest) {
+        if remembered.set.contains(&digest) {
             return;
         }
-        remembered.order.push_back(digest);
-        if remembered.order.len() > REMEMBERED
+        // The oldest goes first, so that neither ever holds more than `REMEMBERED`.
+        if remembered.order.len() >= REMEMBERED
             && let Some(oldest) = remembered.order.pop_front()
         {
             remembered.set.remove(&oldest);
         }
+        remembered.set.insert(digest);
+        remembered.order.push_back(digest);
     }
 
     /// Whether `token` is, byte for byte, one this process signed and still remembers.
@@ -91,5 +109,29 @@ mod tests {
         let remembered = signed.inner.lock().unwrap();
         assert_eq!(remembered.set.len(), REMEMBERED);
         assert_eq!(remembered.order.len(), REMEMBERED);
+    }
+
+    #[test]
+    fn forgetting_and_learning_for_many_rounds_never_grows_the_memory_taken_at_start() {
+        let signed = SignedHere::default();
+        let at_start = {
+            let remembered = signed.inner.lock().unwrap();
+            (remembered.set.capacity(), remembered.order.capacity())
+        };
+        assert!(at_start.0 >= 2 * REMEMBERED && at_start.1 >= REMEMBERED);
+        for i in 0..8 * REMEMBERED {
+            signed.remember(&format!("token-{i}"));
+        }
+        let remembered = signed.inner.lock().unwrap();
+        assert_eq!(remembered.set.len(), REMEMBERED);
+        // A set's capacity is its digests and the room left, which tombstones eat into: it
+        // can fall, and only a bigger table could raise it.
+        assert!(
+            remembered.set.capacity() <= at_start.0,
+            "eight rounds of forgetting the oldest digest grew the set: {} > {}",
+            remembered.set.capacity(),
+            at_start.0
+        );
+        assert_eq!(remembered.order.capacity(), at_start.1);
     }
 }
