@@ -25,13 +25,12 @@ pub struct SignedHere {
     inner: Mutex<Remembered>,
 }
 
-/// The digests, and their order. Both are sized once, at their full size, and never grow: a
-/// set that forgets one digest for each it learns fills with tombstones, and a hash table that
-/// runs out of room while more than half full doubles rather than clearing them. Sized for
-/// exactly `REMEMBERED`, the set doubled (2 MiB) minutes after the server started, which a
-/// long run saw as memory still growing. Twice `REMEMBERED` of room keeps it under half full,
-/// so it only ever clears its tombstones in place; the table is reserved, not touched, until
-/// the digests fill it.
+/// The digests, and their order. Both are sized once, at start, and never grow, so that the
+/// memory they take is fixed from the first minute: a set that forgets one digest for each it
+/// learns fills with tombstones, and a hash table that runs out of room while more than half
+/// full doubles rather than clearing them. Twice `REMEMBERED` of room keeps the set under
+/// half full, so it only ever clears its tombstones in place; the table is reserved, not
+/// touched, until the digests fill it.
 #[derive(Debug)]
 struct Remembered {
     set: HashSet<Digest>,
@@ -61,16 +60,15 @@ impl SignedHere {
         let Ok(mut remembered) = self.inner.lock() else {
             return;
         };
-        if remembered.set.contains(&digest) {
+        if !remembered.set.insert(digest) {
             return;
         }
-        // The oldest goes first, so that neither ever holds more than `REMEMBERED`.
+        // The oldest goes before the new one is queued, so the order never outgrows its room.
         if remembered.order.len() >= REMEMBERED
             && let Some(oldest) = remembered.order.pop_front()
         {
             remembered.set.remove(&oldest);
         }
-        remembered.set.insert(digest);
         remembered.order.push_back(digest);
     }
 
