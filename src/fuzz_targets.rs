@@ -657,8 +657,9 @@ pub fn gateway_answer_json(data: &[u8]) {
 
 /// A model call's request body as the gateway admits it (`body::shape` for each API: the
 /// model, the reservation, the tools offered; `stream_options.include_usage` set on OpenAI
-/// streams). Asserts that shaping is idempotent: the shaped body, shaped again, is the same
-/// body, model and tools.
+/// streams). Asserts that a body is admitted only as one JSON object that serde's lenient
+/// reading reads the same, and that shaping is idempotent: the shaped body, shaped again, is
+/// the same body, model and tools.
 pub fn gateway_request(data: &[u8]) {
     for api in [Api::Openai, Api::Anthropic, Api::Gemini] {
         let matched = Matched {
@@ -666,10 +667,28 @@ pub fn gateway_request(data: &[u8]) {
             model: None,
             cost: Cost::Generation,
             usage_opt_in: api == Api::Openai,
+            json_body: true,
         };
-        let shaped = body::shape(Bytes::copy_from_slice(data), &matched, 4096);
+        let Ok(shaped) = body::shape(Bytes::copy_from_slice(data), &matched, 4096) else {
+            continue;
+        };
+        assert!(!shaped.unread, "a built-in endpoint's body went unread");
+        if !data.is_empty() {
+            let lenient = serde_json::from_slice::<Value>(data);
+            assert!(
+                lenient.as_ref().is_ok_and(Value::is_object),
+                "admitted a body serde does not read as an object"
+            );
+        }
         assert!(shaped.reservation >= (data.len() as u64).div_ceil(body::INPUT_BYTES_PER_TOKEN));
         let again = body::shape(shaped.body.clone(), &matched, 4096);
+        assert!(
+            again.is_ok(),
+            "the shaped body is refused when shaped again"
+        );
+        let Ok(again) = again else {
+            return;
+        };
         if again.body != shaped.body {
             let json = |b: &[u8]| serde_json::from_slice::<Value>(b).ok();
             let (first, second) = (json(&shaped.body), json(&again.body));
@@ -853,9 +872,8 @@ impl<'de> serde::de::Visitor<'de> for FirstWinsVisitor {
 
 /// A caller's message to an MCP server through the gateway (`mcp::jsonrpc::Incoming::parse`:
 /// its kind, method, id, and for `tools/call` the tool the gateway checks). Asserts that an
-/// accepted message is one JSON object whose `jsonrpc`, `method`, `id` and (for a
-/// `tools/call`) `params.name` a server reads the same whichever of two equal names it keeps,
-/// and that the tool checked is the one it names.
+/// accepted message is one JSON object that a server reads the same, whole, whichever of two
+/// equal names it keeps, and that the tool checked is the one it names.
 pub fn mcp_request(data: &[u8]) {
     let Ok(incoming) = jsonrpc::Incoming::parse(data) else {
         return;
@@ -873,20 +891,11 @@ pub fn mcp_request(data: &[u8]) {
     let (Ok(Value::Object(message)), Ok(FirstWins(first))) = (last_wins, first_wins) else {
         return;
     };
-    let call = message.get("method") == Some(&Value::from("tools/call"));
-    let named: &[&str] = if call {
-        &["params", "name"]
-    } else {
-        &["method"]
-    };
-    for path in [&["method"][..], &["id"], &["jsonrpc"], named] {
-        let at = |v: &Value| path.iter().try_fold(v.clone(), |v, k| v.get(k).cloned());
-        assert_eq!(
-            at(&first),
-            at(&Value::Object(message.clone())),
-            "readers that keep the first or the last of two names differ on {path:?}"
-        );
-    }
+    assert_eq!(
+        first,
+        Value::Object(message.clone()),
+        "readers that keep the first or the last of two equal names read the message differently"
+    );
     assert_eq!(message.get("jsonrpc"), Some(&Value::from("2.0")));
     match incoming {
         jsonrpc::Incoming::Request { method, id, tool } => {

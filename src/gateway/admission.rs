@@ -1,6 +1,7 @@
 //! Whether a call whose token verified may go upstream, in the order its checks run: the
 //! token names its models (unless the gateway allows unrestricted tokens), the endpoint is
-//! forwarded, the body fits, the model is allowed, every tool the request offers the model is
+//! forwarded, the body fits and reads as its endpoint's (strict JSON for the built-in ones),
+//! the model is allowed, every tool the request offers the model is
 //! allowed by the token's `tools` claim (any tool without one), and the run's budget admits
 //! the call, reserving its estimated LLM tokens. A refusal is a JSON error with a bounded
 //! reason label for the call log and metrics.
@@ -12,7 +13,7 @@ use http_body_util::BodyExt as _;
 use tailpass_verify::{AccessClaims, UnixTime};
 
 use super::Shared;
-use super::body::Shaped;
+use super::body::{Shaped, Unreadable};
 use super::endpoints::{Cost, Refused};
 use super::meter::CallRecord;
 use super::quota::{QuotaError, Reservation};
@@ -61,6 +62,28 @@ impl Refusal {
             reason: "tool",
             code: "tool_not_allowed",
             description: super::tools::refused_description(tool),
+        }
+    }
+
+    /// The body is not what its endpoint takes, read strictly.
+    fn unreadable(e: Unreadable) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: "other",
+            code: "invalid_request",
+            description: e.to_string(),
+        }
+    }
+
+    /// The token limits the tools a request may offer and the body could not be read for them.
+    fn tools_unread() -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: "tool",
+            code: "invalid_request",
+            description: "this token limits the tools a request may offer, and this body is \
+                          not a JSON object the gateway can read them in"
+                .into(),
         }
     }
 
@@ -150,7 +173,8 @@ pub async fn admit(
             description: format!("the request body is larger than {MAX_REQUEST} bytes"),
         })?
         .to_bytes();
-    let shaped = super::body::shape(body, &endpoint, state.default_max_tokens);
+    let shaped = super::body::shape(body, &endpoint, state.default_max_tokens)
+        .map_err(Refusal::unreadable)?;
     record.model.clone_from(&shaped.model);
     record.tools_offered = super::tools::bounded(&shaped.tools);
     if let Some(allowed) = allowed {
@@ -169,10 +193,13 @@ pub async fn admit(
             None => {}
         }
     }
-    if let Some(allowed) = claims.tools()
-        && let Some(tool) = super::tools::first_refused(&allowed, &shaped.tools)
-    {
-        return Err(Refusal::tool(tool));
+    if let Some(allowed) = claims.tools() {
+        if shaped.unread {
+            return Err(Refusal::tools_unread());
+        }
+        if let Some(tool) = super::tools::first_refused(&allowed, &shaped.tools) {
+            return Err(Refusal::tool(tool));
+        }
     }
     let reservation = match (claims.quota(), claims.budget_run()) {
         (Some(quota), Some(run)) => {

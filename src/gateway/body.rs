@@ -2,12 +2,15 @@
 //! model the call is for, the LLM tokens it reserves against its run's budget, the tools it
 //! offers the model (read by [`super::tools::offered`]), and for OpenAI
 //! streams, usage reporting turned on (without `stream_options.include_usage` a streamed
-//! answer reports no usage, and the call could not be charged what it cost).
+//! answer reports no usage, and the call could not be charged what it cost). A built-in
+//! endpoint's body is read as strict JSON ([`super::strict_json`]) or not forwarded: what the
+//! gateway checks must be what the upstream reads.
 
 use axum::body::Bytes;
 use serde_json::Value;
 
 use super::endpoints::{Cost, Matched};
+use super::strict_json::{self, NotStrict};
 
 /// Request bytes per LLM token in the input estimate: generous for English text and JSON,
 /// which run nearer four characters per token.
@@ -31,6 +34,20 @@ pub struct Shaped {
     /// Every tool the body offers the model, in order and uncut (the `tools` claim is checked
     /// against each): bounded only by the body's size.
     pub tools: Vec<String>,
+    /// Whether a body was there but not read: an opted-in endpoint's body that is not a
+    /// strict JSON object (a file upload, say), in which no tool could be looked for.
+    pub unread: bool,
+}
+
+/// Why a built-in endpoint's body is not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// Occurs when the body is not strict JSON.
+    #[error(transparent)]
+    NotStrict(#[from] NotStrict),
+    /// Occurs when the body is JSON but not an object.
+    #[error("the body is JSON but not an object")]
+    NotObject,
 }
 
 fn u64_at(value: &Value, path: &[&str]) -> Option<u64> {
@@ -61,10 +78,22 @@ fn output_limit(json: Option<&Value>, default_max_tokens: u64) -> u64 {
 
 /// Reads `body` for an endpoint that matched as `matched`; turns on usage reporting in an
 /// OpenAI stream request.
-pub fn shape(body: Bytes, matched: &Matched, default_max_tokens: u64) -> Shaped {
-    let mut json: Option<Value> = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .filter(Value::is_object);
+pub fn shape(
+    body: Bytes,
+    matched: &Matched,
+    default_max_tokens: u64,
+) -> Result<Shaped, Unreadable> {
+    let mut json = if body.is_empty() {
+        None
+    } else {
+        match strict_json::parse(&body) {
+            Ok(value) if value.is_object() => Some(value),
+            Ok(_) if matched.json_body => return Err(Unreadable::NotObject),
+            Err(e) if matched.json_body => return Err(e.into()),
+            _ => None,
+        }
+    };
+    let unread = !body.is_empty() && json.is_none();
     let model = matched.model.clone().or_else(|| {
         json.as_ref()
             .and_then(|v| v.get("model"))
@@ -103,12 +132,13 @@ pub fn shape(body: Bytes, matched: &Matched, default_max_tokens: u64) -> Shaped 
         }
         _ => body,
     };
-    Shaped {
+    Ok(Shaped {
         body,
         model,
         reservation,
         tools,
-    }
+        unread,
+    })
 }
 
 #[cfg(test)]
@@ -123,6 +153,7 @@ mod tests {
             model: None,
             cost,
             usage_opt_in,
+            json_body: true,
         }
     }
 
@@ -133,19 +164,26 @@ mod tests {
             Bytes::from(body.to_string()),
             &matched(Cost::Generation, true),
             100,
-        );
+        )
+        .unwrap();
         let sent: Value = serde_json::from_slice(&shaped.body).unwrap();
         assert_eq!(
             sent["stream_options"],
             json!({"include_usage": true, "x": 1})
         );
         let body = Bytes::from(json!({"stream": true, "stream_options": 3}).to_string());
-        let sent: Value =
-            serde_json::from_slice(&shape(body, &matched(Cost::Generation, true), 1).body).unwrap();
+        let sent: Value = serde_json::from_slice(
+            &shape(body, &matched(Cost::Generation, true), 1)
+                .unwrap()
+                .body,
+        )
+        .unwrap();
         assert_eq!(sent["stream_options"], json!({"include_usage": true}));
         let unstreamed = Bytes::from_static(b"{\"model\": \"m\"}");
         assert_eq!(
-            shape(unstreamed.clone(), &matched(Cost::Generation, true), 1).body,
+            shape(unstreamed.clone(), &matched(Cost::Generation, true), 1)
+                .unwrap()
+                .body,
             unstreamed
         );
     }
@@ -154,7 +192,7 @@ mod tests {
     fn the_reservation_is_the_output_limit_plus_an_input_estimate() {
         let body = Bytes::from(json!({"model": "m", "max_tokens": 50, "n": 2}).to_string());
         let input = (body.len() as u64).div_ceil(4);
-        let shaped = shape(body.clone(), &matched(Cost::Generation, false), 1_000);
+        let shaped = shape(body.clone(), &matched(Cost::Generation, false), 1_000).unwrap();
         assert_eq!(
             (shaped.reservation, shaped.model.as_deref()),
             (100 + input, Some("m"))
@@ -162,23 +200,39 @@ mod tests {
         let gemini = Bytes::from(json!({"generationConfig": {"maxOutputTokens": 7}}).to_string());
         let gemini_input = (gemini.len() as u64).div_ceil(4);
         assert_eq!(
-            shape(gemini, &matched(Cost::Generation, false), 1_000).reservation,
+            shape(gemini, &matched(Cost::Generation, false), 1_000)
+                .unwrap()
+                .reservation,
             7 + gemini_input
         );
         assert_eq!(
-            shape(
-                Bytes::from_static(b"not json"),
-                &matched(Cost::Generation, false),
-                1_000
-            )
-            .reservation,
+            shape(Bytes::new(), &matched(Cost::Generation, false), 1_000)
+                .unwrap()
+                .reservation,
+            1_000
+        );
+        let opted_in = Matched {
+            json_body: false,
+            ..matched(Cost::Generation, false)
+        };
+        assert_eq!(
+            shape(Bytes::from_static(b"not json"), &opted_in, 1_000)
+                .unwrap()
+                .reservation,
             1_000 + 2
         );
         assert_eq!(
-            shape(body.clone(), &matched(Cost::Input, false), 9).reservation,
+            shape(body.clone(), &matched(Cost::Input, false), 9)
+                .unwrap()
+                .reservation,
             input
         );
-        assert_eq!(shape(body, &matched(Cost::Free, false), 9).reservation, 0);
+        assert_eq!(
+            shape(body, &matched(Cost::Free, false), 9)
+                .unwrap()
+                .reservation,
+            0
+        );
     }
 
     #[test]
@@ -188,19 +242,48 @@ mod tests {
             api: super::super::Api::Gemini,
             ..matched(Cost::Generation, false)
         };
-        let shaped = shape(Bytes::from(body.to_string()), &gemini, 1);
+        let shaped = shape(Bytes::from(body.to_string()), &gemini, 1).unwrap();
         assert_eq!(shaped.tools, ["get_weather", "googleSearch"]);
         let openai = json!({"stream": true, "tools": [{"type": "function", "function": {"name": "get_weather"}}]});
         let shaped = shape(
             Bytes::from(openai.to_string()),
             &matched(Cost::Generation, true),
             1,
-        );
+        )
+        .unwrap();
         assert_eq!(shaped.tools, ["get_weather"]);
-        assert!(
-            shape(Bytes::from_static(b"[1]"), &gemini, 1)
-                .tools
-                .is_empty()
+    }
+
+    #[test]
+    fn a_builtin_endpoints_body_is_a_strict_json_object_or_refused() {
+        let gemini = Matched {
+            api: super::super::Api::Gemini,
+            ..matched(Cost::Generation, false)
+        };
+        let hidden = br#"{"tools": [{"functionDeclarations": [{"name": "ok", "name": "rm_rf"}]}]}"#;
+        let bom = b"\xef\xbb\xbf{\"tools\": [{\"googleSearch\": {}}]}";
+        for body in [&hidden[..], bom, br#"{"a": "\udc00"}"#, b"not json"] {
+            assert!(
+                matches!(
+                    shape(Bytes::copy_from_slice(body), &gemini, 1),
+                    Err(Unreadable::NotStrict(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            shape(Bytes::from_static(b"[1]"), &gemini, 1),
+            Err(Unreadable::NotObject)
         );
+        let opted_in = Matched {
+            json_body: false,
+            ..gemini.clone()
+        };
+        let upload = shape(Bytes::from_static(b"--boundary\r\n"), &opted_in, 1).unwrap();
+        assert!(upload.unread && upload.tools.is_empty());
+        let read = shape(Bytes::from_static(br#"{"tools": []}"#), &opted_in, 1).unwrap();
+        assert!(!read.unread);
+        assert!(!shape(Bytes::new(), &gemini, 1).unwrap().unread);
     }
 }

@@ -44,6 +44,8 @@ pub struct Endpoint {
     cost: Cost,
     /// OpenAI streams that report usage only when `stream_options.include_usage` is set.
     usage_opt_in: bool,
+    /// Whether its body, when it has one, is a JSON object (every built-in endpoint's is).
+    json_body: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,10 @@ pub struct Matched {
     /// Whether a streamed answer reports usage only when asked to
     /// (`stream_options.include_usage`).
     pub usage_opt_in: bool,
+    /// Whether its body, when it has one, must be a JSON object: true for the built-in
+    /// endpoints, false for those opted in through `paths`, which may take any body (a file
+    /// upload, say).
+    pub json_body: bool,
 }
 
 const OPENAI: &[(&str, Cost)] = &[
@@ -161,6 +167,7 @@ impl Endpoint {
             segments,
             cost,
             usage_opt_in: false,
+            json_body: false,
         })
     }
 
@@ -199,6 +206,7 @@ impl Endpoint {
             model,
             cost: self.cost,
             usage_opt_in: self.usage_opt_in,
+            json_body: self.json_body,
         })
     }
 }
@@ -259,6 +267,7 @@ impl Endpoints {
                 let mut endpoint = Endpoint::with_cost(text, *cost).ok()?;
                 endpoint.usage_opt_in =
                     api == Api::Openai && OPENAI_USAGE_OPT_IN.iter().any(|p| text.ends_with(p));
+                endpoint.json_body = true;
                 Some(endpoint)
             })
             .collect();

@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod quota;
 pub mod resource;
 pub mod routes;
+pub mod strict_json;
 pub mod tools;
 
 pub use endpoints::Api;

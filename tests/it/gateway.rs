@@ -139,6 +139,7 @@ async fn paid_api(
             return axum::Json(json!({"id": "file-abc", "deleted": true})).into_response();
         }
         ("POST", "/v1/batches") => return axum::Json(json!({"id": "batch_1"})).into_response(),
+        ("POST", "/v1/files") => return axum::Json(json!({"id": "file-1"})).into_response(),
         ("POST", "/v1/messages") => return anthropic_answer(&request),
         _ => return axum::http::StatusCode::NOT_FOUND.into_response(),
     }
@@ -1269,6 +1270,77 @@ async fn a_token_without_a_tools_claim_may_offer_any_tool() {
     assert_eq!(setup.upstream.seen().len(), 1);
     let log = setup.call_log();
     assert_eq!(log[0]["tools_called"], json!(["delete_repo"]));
+}
+
+/// `body` as it is, posted to `path` through the gateway from CI: status and JSON answer.
+async fn post_bytes(setup: &Setup, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let response = setup
+        .peer(CI)
+        .post(setup.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_body_two_parsers_could_read_two_ways_never_reaches_the_upstream() {
+    let files = || vec![tailpass::gateway::endpoints::Endpoint::parse("POST /v1/files").unwrap()];
+    let setup = tools_setup_with(|s| s.upstreams[0].paths = files()).await;
+    let token = setup.agent_token().await;
+    let hidden = r#"{"model": "gpt-small", "messages": [], "tools": [{"type": "function", "function": {"name": "get_weather", "name": "delete_repo"}}]}"#;
+    let model_twice = r#"{"model": "gpt-small", "messages": [], "model": "gpt-large"}"#;
+    let bom = "\u{feff}{\"model\": \"gpt-small\", \"messages\": [], \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"delete_repo\"}}]}";
+    let lone_surrogate = r#"{"model": "gpt-small", "messages": [{"role": "user", "content": "\udc00"}], "tools": []}"#;
+    for body in [
+        hidden,
+        model_twice,
+        bom,
+        lone_surrogate,
+        "[]",
+        "model=gpt-small",
+    ] {
+        let (status, answer) =
+            post_bytes(&setup, "/v1/chat/completions", &token, body.as_bytes()).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}: {answer}"
+        );
+    }
+    // An opted-in endpoint may take any body, but one the gateway cannot read offers tools it
+    // cannot check, which a token limiting its tools is refused.
+    let upload = b"--b\r\ncontent-disposition: form-data; name=\"file\"\r\n\r\n{}\r\n--b--\r\n";
+    let (status, answer) = post_bytes(&setup, "/v1/files", &token, upload).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert!(
+        setup.upstream.seen().is_empty(),
+        "nothing reached the upstream"
+    );
+
+    let strict = r#"{"model": "gpt-small", "messages": [], "tools": [{"type": "function", "function": {"name": "get_weather"}}]}"#;
+    let (status, _) = post_bytes(&setup, "/v1/chat/completions", &token, strict.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(setup.upstream.seen().len(), 1);
+    let refusals = setup
+        .call_log()
+        .iter()
+        .filter(|line| line["status"] == 400)
+        .count();
+    assert_eq!(refusals, 7, "each refusal is in the call log");
+
+    // Without a tools claim, the upload goes through unread.
+    let open = Setup::with(|s| s.upstreams[0].paths = files()).await;
+    let token = open.agent_token().await;
+    assert_eq!(post_bytes(&open, "/v1/files", &token, upload).await.0, 200);
+    assert_eq!(open.upstream.seen()[0].path, "/v1/files");
 }
 
 #[tokio::test]

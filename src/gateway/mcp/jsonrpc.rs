@@ -8,6 +8,8 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::gateway::strict_json::{self, NotStrict};
+
 /// JSON-RPC's "invalid request" code: a batch, or a message that is not one.
 pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC's "parse error" code: a body that is not JSON.
@@ -63,9 +65,9 @@ impl Malformed {
 }
 
 /// The members of a message the gateway reads; the rest passes untouched. Read straight from
-/// the bytes, so that a member named twice is refused: the gateway forwards the bytes as they
-/// came, and a server whose parser keeps the first of two `name`s would otherwise run a tool
-/// other than the one checked.
+/// the bytes, once they read as strict JSON (no member named twice at any depth): the gateway
+/// forwards the bytes as they came, and a server whose parser keeps the first of two `name`s
+/// would otherwise run a tool other than the one checked.
 #[derive(Deserialize)]
 struct Wire<'a> {
     jsonrpc: Option<String>,
@@ -77,51 +79,6 @@ struct Wire<'a> {
     params: Option<&'a RawValue>,
     result: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
-}
-
-/// Any JSON value, read through and dropped: every string (names too) decoded, so that a lone
-/// surrogate escape (`"\ude00"`) or a number past `f64` is refused as a strict server would
-/// refuse it, which skipping it ([`IgnoredAny`]) does not check.
-struct Json;
-
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
-        d.deserialize_any(Json)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Json {
-    type Value = Json;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_unit<E>(self) -> Result<Json, E> {
-        Ok(Json)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-        while seq.next_element::<Json>()?.is_some() {}
-        Ok(Json)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-        while map.next_entry::<Json, Json>()?.is_some() {}
-        Ok(Json)
-    }
 }
 
 /// A member that is there, `null` included (a plain `Option` reads `null` as absent).
@@ -154,10 +111,13 @@ fn is_object(json: &[u8]) -> bool {
 impl Incoming {
     /// Parses one message; batches are refused.
     pub fn parse(body: &[u8]) -> Result<Incoming, Malformed> {
-        // JSON is UTF-8 throughout, and every string and number in it decodes, in the members
-        // the gateway skips too: a strict server refuses the message otherwise.
+        // Read strictly throughout, the members the gateway skips too: a strict server refuses
+        // what does not decode, and two servers may read a member named twice two ways.
         let text = std::str::from_utf8(body).map_err(|_| Malformed::NotJson)?;
-        serde_json::from_str::<Json>(text).map_err(|_| Malformed::NotJson)?;
+        strict_json::parse(body).map_err(|e| match e {
+            NotStrict::Syntax(_) => Malformed::NotJson,
+            NotStrict::Duplicate(_) => Malformed::NotMessage("a member is named twice"),
+        })?;
         if !is_object(body) {
             return Err(match body.trim_ascii_start().first() {
                 Some(b'[') => Malformed::Batch,
